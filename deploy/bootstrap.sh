@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a fresh Debian machine, then exits; safe to run again.
+# Debian packages: the OpenClipart corpus (product dataset) and redis-server (embedded Redis, tests).
+# Python: a venv in .venv with the CPU build of torch installed *before* the project, so the project's
+# torch range is already satisfied and pip never pulls a CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(openclipart-png openclipart-svg redis-server)
+TORCH_PIN="torch==2.13.0"
+VENV=.venv
+
+missing=()
+for pkg in "${DEBIAN_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "bootstrap: installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+stamp="$VENV/.installed-$(cat pyproject.toml deploy/bootstrap.sh | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "bootstrap: preparing Python environment in $VENV"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q "$TORCH_PIN"
+  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  rm -f "$VENV"/.installed-*
+  touch "$stamp"
+fi

@@ -1,0 +1,1 @@
+"""The REST service (FastAPI): search both ways, batch ingestion, health and metrics."""

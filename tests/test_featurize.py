@@ -1,0 +1,115 @@
+"""Featurizers: deterministic fixed-size image descriptors for any PNG mode, a saved text vocabulary."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training.featurize.image import ImageDescriptor, ImageDescriptorParams, ImageFeaturizer
+from training.featurize.pixels import IMAGE_SIZE, ImageDecodeError, load_pixels
+from training.featurize.text import BagOfWords, BagOfWordsParams
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("L", (40, 80), 30),
+        Image.new("LA", (80, 40), (30, 255)),
+        Image.new("RGB", (10, 10), (200, 10, 10)),
+        Image.new("RGBA", (300, 120), (0, 0, 255, 255)),
+        Image.new("P", (64, 64), 3),
+        Image.new("I;16", (50, 50), 4000),
+    ],
+    ids=lambda im: im.mode,
+)
+def test_every_png_mode_decodes_to_a_fixed_rgb_block(image: Image.Image) -> None:
+    pixels = load_pixels(_png_bytes(image))
+    assert pixels.shape == (3, IMAGE_SIZE, IMAGE_SIZE) and pixels.dtype == np.uint8
+
+
+def test_transparency_becomes_white_and_aspect_is_kept() -> None:
+    image = Image.new("RGBA", (64, 32), (255, 0, 0, 255))
+    pixels = load_pixels(_png_bytes(image))
+    assert pixels[:, 0, 0].tolist() == [255, 255, 255]  # padding above the wide image
+    assert pixels[:, 32, 32].tolist() == [255, 0, 0]
+    clear = load_pixels(_png_bytes(Image.new("RGBA", (8, 8), (0, 0, 0, 0))))
+    assert (clear == 255).all()
+
+
+def test_undecodable_bytes_raise_a_decode_error() -> None:
+    with pytest.raises(ImageDecodeError):
+        load_pixels(b"\x89PNG\r\n\x1a\n garbage")
+
+
+@pytest.fixture(scope="module")
+def featurizer() -> ImageFeaturizer:
+    return ImageFeaturizer()
+
+
+def test_image_descriptor_is_deterministic_with_its_declared_dimension(featurizer: ImageFeaturizer) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    first, second = featurizer.transform(pixels), ImageFeaturizer(featurizer.params).transform(pixels)
+    assert first.shape == (5, featurizer.params.dim) and np.isfinite(first).all()
+    assert np.array_equal(first, second)
+
+
+def test_onnx_descriptor_matches_the_torch_definition(featurizer: ImageFeaturizer) -> None:
+    pixels = np.random.default_rng(1).integers(0, 256, (3, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
+    reference = ImageDescriptor(featurizer.params)(torch.from_numpy(pixels)).detach().numpy()
+    assert np.allclose(featurizer.transform(pixels), reference, atol=1e-5)
+
+
+def test_descriptor_separates_different_drawings(featurizer: ImageFeaturizer) -> None:
+    blank = np.full((1, 3, IMAGE_SIZE, IMAGE_SIZE), 255, dtype=np.uint8)
+    stripes = blank.copy()
+    stripes[:, :, :, ::4] = 0
+    a, b = featurizer.transform(np.concatenate([blank, stripes]))
+    assert np.linalg.norm(a - b) > 0.5
+
+
+def test_descriptor_rejects_pixels_of_the_wrong_size(featurizer: ImageFeaturizer) -> None:
+    with pytest.raises(ValueError, match="expected pixels of shape"):
+        featurizer.transform(np.zeros((1, 3, 32, 32), dtype=np.uint8))
+
+
+def test_params_survive_json() -> None:
+    params = ImageDescriptorParams(grid=2)
+    assert ImageDescriptorParams.from_json(params.to_json()) == params
+
+
+TEXTS = ["A red car on the road", "red apple and green apple", "car", "Signs_and_symbols red car", "the blue"]
+
+
+def test_vocabulary_is_fitted_with_stop_words_and_min_count() -> None:
+    bow = BagOfWords(BagOfWordsParams(min_count=2)).fit(TEXTS)
+    assert bow.vocabulary == ["car", "red"]  # "the"/"and" are stop words; other words occur once
+
+
+def test_bag_of_words_is_binary_or_counts() -> None:
+    binary = BagOfWords(BagOfWordsParams(min_count=1)).fit(TEXTS)
+    counts = BagOfWords(BagOfWordsParams(min_count=1, binary=False)).fit(TEXTS)
+    apple = binary.vocabulary.index("apple")
+    assert binary.transform(["apple apple"])[0, apple] == 1.0
+    assert counts.transform(["apple apple"])[0, apple] == 2.0
+
+
+def test_underscored_tags_split_into_words() -> None:
+    bow = BagOfWords(BagOfWordsParams(min_count=1)).fit(TEXTS)
+    assert {"signs", "symbols"} <= set(bow.vocabulary)
+
+
+def test_saved_vocabulary_reproduces_the_features() -> None:
+    bow = BagOfWords(BagOfWordsParams(min_count=1)).fit(TEXTS)
+    restored = BagOfWords.from_json(bow.to_json())
+    assert np.array_equal(restored.transform(TEXTS), bow.transform(TEXTS))
+    assert restored.transform(["zzz unknown"]).sum() == 0

@@ -1,0 +1,142 @@
+"""``python -m training``: dataset statistics, training runs and code evaluation."""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+class Method(StrEnum):
+    lsh = "lsh"
+    cca = "cca"
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def datasets(
+    name: Annotated[str, typer.Argument(help="openclipart, a .mat path, or a name under ../shared/data")],
+    stats: Annotated[bool, typer.Option("--stats", help="featurize and print statistics")] = False,
+    seed: int = 0,
+) -> None:
+    """Load a dataset with its standard split and print its statistics as JSON."""
+    from training.datasets import DatasetNotFoundError, load_dataset
+    from training.evaluation.metrics import relevance
+    from training.featurize.pipeline import featurize
+
+    try:
+        dataset = load_dataset(name, seed=seed)
+    except DatasetNotFoundError as exc:
+        raise _fail(str(exc)) from exc
+    summary = dataset.summary()
+    if stats:
+        features = featurize(dataset)
+        summary |= features.describe()
+        if features.text_featurizer:
+            summary["vocabulary_size"] = features.text_featurizer.dim
+        counts = dataset.labels.sum(0)
+        summary["label_members"] = {"min": int(counts.min()), "max": int(counts.max())}
+        query, database = dataset.labels[dataset.split.query], dataset.labels[dataset.split.database]
+        # Expected precision of a random ranking: the floor every precision figure is read against.
+        summary["label_prior"] = round(float(relevance(query, database).mean()), 4)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+def _train_one(method: Method, features, bits: int, seed: int):
+    from training.methods.baselines import train_cca, train_lsh
+
+    image, text, _ = features.part("train")
+    if method is Method.lsh:
+        return train_lsh(image, text, bits, seed)
+    return train_cca(image, text, bits)
+
+
+@app.command()
+def train(
+    method: Annotated[Method, typer.Option(help="hashing method")],
+    dataset: Annotated[str, typer.Option(help="openclipart, a .mat path, or a name under ../shared/data")],
+    bits: Annotated[list[int], typer.Option(help="code length; repeat for several")],
+    out: Annotated[Path, typer.Option(help="output folder; one sub-folder per code length")],
+    seed: int = 0,
+) -> None:
+    """Train a method at each code length, evaluate it both ways, write metrics and plots."""
+    from training.datasets import DatasetNotFoundError, load_dataset
+    from training.evaluation.report import evaluate_hasher, summary_row, write_report
+    from training.featurize.pipeline import featurize
+
+    try:
+        features = featurize(load_dataset(dataset, seed=seed))
+    except DatasetNotFoundError as exc:
+        raise _fail(str(exc)) from exc
+    rows = []
+    for length in bits:
+        started = time.perf_counter()
+        try:
+            hasher = _train_one(method, features, length, seed)
+        except ValueError as exc:
+            raise _fail(str(exc)) from exc
+        seconds = time.perf_counter() - started
+        metrics = evaluate_hasher(hasher, features)
+        write_report(metrics, out / f"{length}bits", f"{method.value} {length} bits")
+        rows.append(summary_row(method.value, length, metrics) | {"train_seconds": round(seconds, 2)})
+    (out / "summary.json").write_text(json.dumps(rows, indent=2))
+    typer.echo(markdown_table(rows))
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Rows of the results table (docs/results.md) for a list of summary rows."""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+@app.command()
+def evaluate(
+    codes: Annotated[
+        Path,
+        typer.Argument(
+            help=".npz with query_image, query_text, database_image, "
+            "database_text ({-1,+1} or real), query_labels, database_labels"
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="folder for metrics.json and the PNG plots")],
+) -> None:
+    """Evaluate a set of codes in both directions: metrics JSON and PR / precision@top-N plots."""
+    from training.codes import to_signs
+    from training.evaluation.report import evaluate_directions, write_report
+
+    if not codes.is_file():
+        raise _fail(f"no such file: {codes}")
+    with np.load(codes, allow_pickle=False) as data:
+        missing = {
+            "query_image",
+            "query_text",
+            "database_image",
+            "database_text",
+            "query_labels",
+            "database_labels",
+        } - set(data.files)
+        if missing:
+            raise _fail(f"{codes} lacks arrays {sorted(missing)}")
+        signs = {
+            k: to_signs(data[k]) for k in ("query_image", "query_text", "database_image", "database_text")
+        }
+        metrics = evaluate_directions(signs, data["query_labels"], data["database_labels"])
+    write_report(metrics, out, codes.stem)
+    typer.echo(
+        json.dumps(
+            {d: {k: v for k, v in m.items() if not isinstance(v, dict)} for d, m in metrics.items()}, indent=2
+        )
+    )

@@ -1,0 +1,41 @@
+"""Dataset loaders behind one interface: ``load_dataset(spec)`` → :class:`CrossModalDataset`.
+
+``spec`` is ``openclipart`` (the product corpus), a path to a ``.mat`` benchmark file or DCMH prefix,
+or the name of one found in ``../shared/data/`` (e.g. ``mirflickr25k``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from training.datasets.base import CrossModalDataset, DatasetNotFoundError, Split, seeded_split
+from training.datasets.matfile import load_mat
+from training.datasets.openclipart import load_openclipart
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+__all__ = ["CrossModalDataset", "DatasetNotFoundError", "Split", "load_dataset", "seeded_split"]
+
+
+def _find_shared(name: str) -> Path | None:
+    for candidate in (SHARED_DATA / f"{name}.mat", SHARED_DATA / name):
+        if candidate.is_file() or Path(f"{candidate}-lall.mat").is_file():
+            return candidate
+    return None
+
+
+def load_dataset(spec: str, seed: int = 0, n_query: int | None = None) -> CrossModalDataset:
+    """Load a dataset by name or path with its seeded standard split."""
+    split_args = {"seed": seed} | ({"n_query": n_query} if n_query else {})
+    if spec == "openclipart":
+        return load_openclipart(**split_args)
+    path = Path(spec)
+    if path.is_file() or Path(f"{spec}-lall.mat").is_file():
+        return load_mat(path, **split_args)
+    shared = _find_shared(spec)
+    if shared is None:
+        raise DatasetNotFoundError(
+            f"unknown dataset {spec!r}: use 'openclipart', a path to a .mat file (or DCMH prefix), "
+            f"or a dataset name present in {SHARED_DATA}"
+        )
+    return load_mat(shared, **split_args)

@@ -1,0 +1,78 @@
+"""The one interface every dataset loader returns, and the seeded query/database/training split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset's files are missing; the message says what to install or where to put them."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """Index arrays into the dataset. ``train`` is drawn from ``database`` (the literature's protocol)."""
+
+    query: np.ndarray
+    database: np.ndarray
+    train: np.ndarray
+
+    def sizes(self) -> dict[str, int]:
+        return {"query": len(self.query), "database": len(self.database), "train": len(self.train)}
+
+
+def seeded_split(n: int, n_query: int, n_train: int | None, seed: int) -> Split:
+    """Random query set; the rest is the retrieval database; training items are sampled from it.
+
+    ``n_train=None`` trains on the whole database. Indices within each part are sorted so that the
+    database order (which decides tie order in Hamming ranking) does not depend on the permutation.
+    """
+    if not 0 < n_query < n:
+        raise ValueError(f"query size {n_query} must be between 1 and {n - 1} for {n} items")
+    perm = np.random.default_rng(seed).permutation(n)
+    query, database = np.sort(perm[:n_query]), perm[n_query:]
+    train = database if n_train is None or n_train >= len(database) else database[:n_train]
+    return Split(query=query, database=np.sort(database), train=np.sort(train))
+
+
+@dataclass
+class CrossModalDataset:
+    """Paired items with two modalities and multi-hot labels.
+
+    ``images`` is either raw pixels (n, 3, S, S) uint8 (``image_kind == "pixels"``) or a feature matrix
+    (n, d) (``"features"``); ``texts`` is a list of raw strings (``text_kind == "raw"``) or a feature
+    matrix (``"features"``). Featurizers turn raw sides into features.
+    """
+
+    name: str
+    images: np.ndarray
+    texts: list[str] | np.ndarray
+    labels: np.ndarray
+    label_names: list[str]
+    split: Split
+    image_kind: str
+    text_kind: str
+    ids: list[str] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.labels)
+        if len(self.images) != n or len(self.texts) != n:
+            raise ValueError(f"{self.name}: {len(self.images)} images, {len(self.texts)} texts, {n} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "items": len(self),
+            "labels": len(self.label_names),
+            "image_kind": self.image_kind,
+            "text_kind": self.text_kind,
+            "split": self.split.sizes(),
+            "mean_labels_per_item": float(self.labels.sum(1).mean()),
+            **self.stats,
+        }

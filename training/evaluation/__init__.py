@@ -1,0 +1,1 @@
+"""The evaluation protocol every method and the index are judged by."""

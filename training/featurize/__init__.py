@@ -1,0 +1,1 @@
+"""Featurizers: raw text → bag-of-words, raw pixels → a deterministic image descriptor."""

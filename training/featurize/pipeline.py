@@ -1,0 +1,86 @@
+"""Dataset → feature matrices, with featurizers fitted on the training split only.
+
+Raw sides are featurized (text: bag-of-words fitted on training texts; image: the descriptor graph);
+feature-matrix sides pass through. Image descriptors of a pixel corpus are cached on disk, keyed by the
+descriptor graph and the pixel bytes, since computing them takes about a minute on two cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from training.datasets.base import CrossModalDataset, Split
+from training.datasets.openclipart import CACHE_DIR
+from training.featurize.image import ImageDescriptorParams, ImageFeaturizer
+from training.featurize.text import BagOfWords, BagOfWordsParams
+
+
+@dataclass
+class FeatureSet:
+    """Features of every item of a dataset (rows aligned with its labels and split)."""
+
+    dataset: str
+    image: np.ndarray
+    text: np.ndarray
+    labels: np.ndarray
+    split: Split
+    image_featurizer: ImageFeaturizer | None
+    text_featurizer: BagOfWords | None
+
+    def part(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(image, text, labels) of the ``query``, ``database`` or ``train`` part."""
+        rows = getattr(self.split, name)
+        return self.image[rows], self.text[rows], self.labels[rows]
+
+    def describe(self) -> dict:
+        return {
+            "image_dim": self.image.shape[1],
+            "text_dim": self.text.shape[1],
+            "image_featurizer": "gist-gabor-color" if self.image_featurizer else "precomputed",
+            "text_featurizer": "bag-of-words" if self.text_featurizer else "precomputed",
+        }
+
+
+def _image_features(featurizer: ImageFeaturizer, pixels: np.ndarray) -> np.ndarray:
+    digest = hashlib.sha256(featurizer.onnx_bytes)
+    digest.update(np.ascontiguousarray(pixels).data)
+    path = CACHE_DIR / "image-features" / f"{digest.hexdigest()[:16]}.npy"
+    if path.is_file():
+        return np.load(path, allow_pickle=False)
+    features = featurizer.transform(pixels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, features, allow_pickle=False)
+    tmp.replace(path)
+    return features
+
+
+def featurize(
+    dataset: CrossModalDataset,
+    text_params: BagOfWordsParams | None = None,
+    image_params: ImageDescriptorParams | None = None,
+) -> FeatureSet:
+    image_featurizer = text_featurizer = None
+    if dataset.image_kind == "pixels":
+        image_featurizer = ImageFeaturizer(image_params)
+        image = _image_features(image_featurizer, dataset.images)
+    else:
+        image = np.asarray(dataset.images, dtype=np.float32)
+    if dataset.text_kind == "raw":
+        train_texts = [dataset.texts[i] for i in dataset.split.train]
+        text_featurizer = BagOfWords(text_params).fit(train_texts)
+        text = text_featurizer.transform(dataset.texts)
+    else:
+        text = np.asarray(dataset.texts, dtype=np.float32)
+    return FeatureSet(
+        dataset=dataset.name,
+        image=image,
+        text=text,
+        labels=dataset.labels,
+        split=dataset.split,
+        image_featurizer=image_featurizer,
+        text_featurizer=text_featurizer,
+    )

@@ -1,0 +1,1 @@
+"""Cross-modal hashing methods, one module per paper."""

@@ -1,0 +1,56 @@
+"""What every trainer returns: one real-valued encoder per modality plus its training record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+MODALITIES = ("image", "text")
+
+
+class ModalityEncoder(Protocol):
+    """Maps a modality's feature vectors to real codes; the binary code is their sign."""
+
+    @property
+    def bits(self) -> int: ...
+
+    @property
+    def input_dim(self) -> int: ...
+
+    def real_codes(self, x: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class TrainedHasher:
+    """A trained cross-modal hasher: ``encoders[m].real_codes(features)`` for m in MODALITIES."""
+
+    method: str
+    bits: int
+    encoders: dict[str, ModalityEncoder]
+    config: dict
+    history: list[dict] = field(default_factory=list)  # one record per outer iteration (objectives...)
+
+
+def check_features(name: str, x: np.ndarray) -> np.ndarray:
+    """Validate a training feature matrix before any work starts; returns it as float64."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} features must be a non-empty 2-D matrix, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} features contain NaN or inf ({int((~np.isfinite(x)).sum())} values)")
+    return x
+
+
+def check_labels(name: str, labels: np.ndarray, n: int) -> np.ndarray:
+    """Validate a multi-hot label matrix: n rows, 0/1 entries, no empty class."""
+    y = np.asarray(labels)
+    if y.ndim != 2 or y.shape[0] != n:
+        raise ValueError(f"{name} labels must have shape ({n}, c), got {y.shape}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"{name} labels must be multi-hot 0/1")
+    empty = np.flatnonzero(y.sum(0) == 0)
+    if empty.size:
+        raise ValueError(f"{name} labels have {empty.size} empty class(es), e.g. column {int(empty[0])}")
+    return y.astype(np.float64)

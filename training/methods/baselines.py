@@ -1,0 +1,75 @@
+"""Reference points every trained method must beat, sharing the trainers' interface.
+
+- ``lsh``: random Gaussian hyperplanes on each modality's centred features, drawn independently per
+  modality. Image and text codes then live in unrelated spaces, so cross-modal retrieval is at chance
+  level: this row is the floor that shows what the label prior alone gives.
+- ``cca``: canonical correlation analysis maps both modalities into one correlated space, and the
+  top-``bits`` canonical directions are thresholded at the mean (the classic unsupervised CCA hashing
+  baseline of the cross-modal hashing literature).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from training.methods.base import TrainedHasher, check_features
+
+_RIDGE = 1e-3  # relative ridge on covariances; BoW covariances are singular
+
+
+@dataclass(frozen=True)
+class LinearHashFunction:
+    """``real(x) = (x − mean) P``."""
+
+    mean: np.ndarray
+    projection: np.ndarray
+
+    @property
+    def bits(self) -> int:
+        return self.projection.shape[1]
+
+    @property
+    def input_dim(self) -> int:
+        return self.projection.shape[0]
+
+    def real_codes(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, dtype=np.float64) - self.mean) @ self.projection
+
+
+def train_lsh(image: np.ndarray, text: np.ndarray, bits: int, seed: int = 0) -> TrainedHasher:
+    rng = np.random.default_rng(seed)
+    encoders = {}
+    for name, x in (("image", image), ("text", text)):
+        x = check_features(name, x)
+        encoders[name] = LinearHashFunction(x.mean(0), rng.normal(size=(x.shape[1], bits)))
+    return TrainedHasher(method="lsh", bits=bits, encoders=encoders, config={"seed": seed})
+
+
+def _inverse_sqrt(cov: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh(cov)
+    return (vectors / np.sqrt(np.maximum(values, 1e-12))) @ vectors.T
+
+
+def train_cca(image: np.ndarray, text: np.ndarray, bits: int) -> TrainedHasher:
+    x, y = check_features("image", image), check_features("text", text)
+    if len(x) != len(y):
+        raise ValueError(f"CCA needs paired rows: {len(x)} images vs {len(y)} texts")
+    if bits > min(x.shape[1], y.shape[1]):
+        raise ValueError(f"CCA gives at most {min(x.shape[1], y.shape[1])} directions, {bits} bits asked")
+    mx, my = x.mean(0), y.mean(0)
+    xc, yc = x - mx, y - my
+    n = len(x)
+
+    def regularised(c: np.ndarray) -> np.ndarray:
+        return c + _RIDGE * np.trace(c) / len(c) * np.eye(len(c))
+
+    wx = _inverse_sqrt(regularised(xc.T @ xc / n))
+    wy = _inverse_sqrt(regularised(yc.T @ yc / n))
+    u, _, vt = np.linalg.svd(wx @ (xc.T @ yc / n) @ wy, full_matrices=False)
+    encoders = {
+        "image": LinearHashFunction(mx, wx @ u[:, :bits]),
+        "text": LinearHashFunction(my, wy @ vt[:bits].T),
+    }
+    return TrainedHasher(method="cca", bits=bits, encoders=encoders, config={"ridge": _RIDGE})
