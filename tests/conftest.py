@@ -23,3 +23,13 @@ def make_synthetic_crossmodal(
 @pytest.fixture
 def synthetic() -> dict[str, np.ndarray]:
     return make_synthetic_crossmodal()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    """One real redis-server for the session; tests isolate themselves by index name."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()

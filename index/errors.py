@@ -1,0 +1,17 @@
+"""What can go wrong in the index, as exceptions the service maps to HTTP statuses."""
+
+
+class IndexInputError(ValueError):
+    """Bad input from the caller (wrong code length, unknown modality, …): a 4xx, nothing written."""
+
+
+class ModalityConflictError(IndexInputError):
+    """An id already stored under the other modality was written again with a new modality: a 409."""
+
+
+class ItemNotFoundError(KeyError):
+    """No item with this id: a 404."""
+
+
+class StoreUnavailableError(RuntimeError):
+    """Redis cannot be reached or refused the write: a 503; the write was not acknowledged."""

@@ -1,0 +1,200 @@
+"""The durable half of the index: Redis holds every item, bucket counts and the centers.
+
+Keys, under ``xmh:{index}:{bundle_id}:`` so two bundles' codes never mix:
+
+- ``items:{modality}``  hash id → bucket (u32 BE) · label (u64 BE) · packed code
+- ``meta:{modality}``   hash id → user metadata (JSON)
+- ``counts:{modality}`` hash bucket → number of items
+- ``centers``           the bucket centers (``.npy`` bytes, no pickle); ``info`` hash: version, bits
+- ``next_label``        counter giving labels in insertion order
+
+A batch is written by one Lua script, which Redis runs atomically: it checks every id first (an id
+held by the other modality fails the whole batch, nothing written), then writes items, metadata and
+counts together. The call returns only after Redis has applied it (and, with ``appendfsync always``
+as the deploy config sets, written it to the AOF), so a returned call is an acknowledged write.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import redis
+
+from index.errors import ModalityConflictError, StoreUnavailableError
+
+MODALITIES = ("image", "text")
+_HEADER = struct.Struct(">IQ")  # bucket, label
+
+_UPSERT = """
+local n = tonumber(ARGV[1])
+for i = 0, n - 1 do
+  if redis.call('HEXISTS', KEYS[4], ARGV[2 + 3 * i]) == 1 then
+    return redis.error_reply('CONFLICT ' .. ARGV[2 + 3 * i])
+  end
+end
+local previous = {}
+for i = 0, n - 1 do
+  local id, value, meta = ARGV[2 + 3 * i], ARGV[3 + 3 * i], ARGV[4 + 3 * i]
+  local old = redis.call('HGET', KEYS[1], id)
+  if old then
+    redis.call('HINCRBY', KEYS[3], struct.unpack('>I4', old), -1)
+    previous[i + 1] = string.sub(old, 1, 12)
+  else
+    previous[i + 1] = ''
+  end
+  redis.call('HSET', KEYS[1], id, value)
+  redis.call('HSET', KEYS[2], id, meta)
+  redis.call('HINCRBY', KEYS[3], struct.unpack('>I4', value), 1)
+end
+return previous
+"""
+
+_DELETE = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then return '' end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[3], struct.unpack('>I4', old), -1)
+return string.sub(old, 1, 12)
+"""
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    id: str
+    modality: str
+    bucket: int
+    label: int
+    code: bytes
+    metadata: dict
+
+
+def _other(modality: str) -> str:
+    return MODALITIES[1 - MODALITIES.index(modality)]
+
+
+def _header(raw: bytes) -> tuple[int, int] | None:
+    """(bucket, label) of a previous value returned by a script, or None when there was none."""
+    return _HEADER.unpack(raw[: _HEADER.size]) if raw else None
+
+
+class RedisStore:
+    """Items, counts and centers of one index under one bundle, in Redis."""
+
+    def __init__(self, client: redis.Redis, index_name: str, bundle_id: str) -> None:
+        self.client = client
+        self.prefix = f"xmh:{index_name}:{bundle_id}:"
+        self.active_key = f"xmh:{index_name}:active"
+        self._upsert = client.register_script(_UPSERT)
+        self._delete = client.register_script(_DELETE)
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except redis.ResponseError as exc:
+            if str(exc).startswith("CONFLICT "):
+                item = str(exc).removeprefix("CONFLICT ")
+                raise ModalityConflictError(f"id {item!r} is already stored as another modality") from exc
+            raise StoreUnavailableError(f"Redis refused the operation: {exc}") from exc
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
+
+    def allocate_labels(self, n: int) -> np.ndarray:
+        last = self._call(self.client.incrby, self.key("next_label"), n)
+        return np.arange(last - n + 1, last + 1, dtype=np.int64)
+
+    def upsert(
+        self,
+        modality: str,
+        ids: Sequence[str],
+        buckets: np.ndarray,
+        labels: np.ndarray,
+        codes: np.ndarray,
+        metadata: Sequence[dict],
+    ) -> list[tuple[int, int] | None]:
+        """Write a batch atomically; returns each id's previous (bucket, label), None if it was new."""
+        args: list = [len(ids)]
+        for item, bucket, label, code, meta in zip(ids, buckets, labels, codes, metadata, strict=True):
+            args += [item, _HEADER.pack(int(bucket), int(label)) + code.tobytes(), json.dumps(meta)]
+        keys = [self.key(f"items:{modality}"), self.key(f"meta:{modality}"), self.key(f"counts:{modality}")]
+        keys.append(self.key(f"items:{_other(modality)}"))
+        previous = self._call(self._upsert, keys=keys, args=args)
+        return [_header(raw) for raw in previous]
+
+    def delete(self, modality: str, item: str) -> tuple[int, int] | None:
+        keys = [self.key(f"items:{modality}"), self.key(f"meta:{modality}"), self.key(f"counts:{modality}")]
+        return _header(self._call(self._delete, keys=keys, args=[item]))
+
+    def modality_of(self, item: str) -> str | None:
+        pipe = self.client.pipeline(transaction=False)
+        for modality in MODALITIES:
+            pipe.hexists(self.key(f"items:{modality}"), item)
+        found = self._call(pipe.execute)
+        return next((m for m, hit in zip(MODALITIES, found, strict=True) if hit), None)
+
+    def get(self, modality: str, item: str) -> StoredItem | None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(self.key(f"items:{modality}"), item)
+        pipe.hget(self.key(f"meta:{modality}"), item)
+        value, meta = self._call(pipe.execute)
+        if value is None:
+            return None
+        bucket, label = _HEADER.unpack(value[: _HEADER.size])
+        return StoredItem(item, modality, bucket, label, value[_HEADER.size :], json.loads(meta or "{}"))
+
+    def metadata(self, modality: str, ids: Sequence[str]) -> list[dict]:
+        if not ids:
+            return []
+        raw = self._call(self.client.hmget, self.key(f"meta:{modality}"), list(ids))
+        return [json.loads(m) if m else {} for m in raw]
+
+    def scan_items(
+        self, modality: str, chunk: int = 10_000
+    ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray, list[bytes]]]:
+        """All items of a modality in chunks: (ids, buckets, labels, codes) — the rebuild's source."""
+        cursor = 0
+        while True:
+            cursor, page = self._call(self.client.hscan, self.key(f"items:{modality}"), cursor, count=chunk)
+            if page:
+                ids = [k.decode() for k in page]
+                headers = [_HEADER.unpack(v[: _HEADER.size]) for v in page.values()]
+                buckets = np.array([h[0] for h in headers], dtype=np.int64)
+                labels = np.array([h[1] for h in headers], dtype=np.int64)
+                yield ids, buckets, labels, [v[_HEADER.size :] for v in page.values()]
+            if cursor == 0:
+                return
+
+    def counts(self, modality: str) -> dict[int, int]:
+        raw = self._call(self.client.hgetall, self.key(f"counts:{modality}"))
+        return {int(b): int(c) for b, c in raw.items()}
+
+    def save_centers(self, centers: np.ndarray, version: str) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(centers, dtype=np.int8), allow_pickle=False)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(self.key("centers"), buffer.getvalue())
+        pipe.hset(self.key("info"), mapping={"centers_version": version, "k": len(centers)})
+        self._call(pipe.execute)
+
+    def load_centers(self) -> tuple[np.ndarray, str] | None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.key("centers"))
+        pipe.hget(self.key("info"), "centers_version")
+        raw, version = self._call(pipe.execute)
+        if raw is None:
+            return None
+        return np.load(io.BytesIO(raw), allow_pickle=False), version.decode()
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False

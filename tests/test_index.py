@@ -1,0 +1,136 @@
+"""The two-level index against a real redis-server: exact at full probe, routed otherwise, durable."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+import redis
+
+from index.centers import fit_centers, nearest_centers
+from index.engine import HashIndex, Item
+from index.errors import IndexInputError, ItemNotFoundError, ModalityConflictError, StoreUnavailableError
+from training.codes import hamming_distances, pack_signs, to_signs, unpack_signs
+
+BITS = 16  # short codes: plenty of ties
+
+
+def _codes(n: int, seed: int, bits: int = BITS) -> np.ndarray:
+    return pack_signs(to_signs(np.random.default_rng(seed).normal(size=(n, bits))))
+
+
+def _open(redis_server, n_buckets: int = 8, bits: int = BITS, name: str | None = None) -> HashIndex:
+    centers, _ = fit_centers(unpack_signs(_codes(500, 99, bits), bits), n_buckets, np.random.default_rng(0))
+    return HashIndex.open(redis_server.client(), name or uuid.uuid4().hex, "bundle1", bits, centers, "v1")
+
+
+def _items(prefix: str, modality: str, codes: np.ndarray) -> list[Item]:
+    return [Item(f"{prefix}{i}", modality, c, {"n": i}) for i, c in enumerate(codes)]
+
+
+def _brute_force(
+    queries: np.ndarray, ids: list[str], codes: np.ndarray, k: int
+) -> list[list[tuple[str, int]]]:
+    """Stable numpy Hamming ranking over items in insertion order."""
+    d = hamming_distances(unpack_signs(queries, BITS), unpack_signs(codes, BITS))
+    order = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return [[(ids[j], int(d[q, j])) for j in row] for q, row in enumerate(order)]
+
+
+def test_full_probe_equals_brute_force_ranking_with_ties_deletes_and_reinserts(redis_server) -> None:
+    index = _open(redis_server)
+    codes = _codes(600, 1)
+    index.upsert(_items("t", "text", codes[:300]))
+    index.upsert([Item(f"t{i}", "text", codes[i]) for i in range(300, 600)])
+    for i in range(0, 600, 7):
+        index.delete(f"t{i}")
+    reinserted = list(range(1, 600, 11))
+    index.upsert([Item(f"t{i}", "text", codes[(i * 5) % 600]) for i in reinserted])
+    # The model: insertion order, a re-insert moves an item to the end with its new code.
+    live = {f"t{i}": codes[i] for i in range(600) if i % 7}
+    for i in reinserted:
+        live.pop(f"t{i}", None)
+        live[f"t{i}"] = codes[(i * 5) % 600]
+    queries = _codes(40, 2)
+    hits = index.search("text", queries, k=50)
+    expected = _brute_force(queries, list(live), np.stack(list(live.values())), 50)
+    assert [[(h.id, h.distance) for h in row] for row in hits] == expected
+
+
+def test_probing_fewer_buckets_scans_only_those_buckets(redis_server) -> None:
+    index = _open(redis_server)
+    codes = _codes(400, 3)
+    index.upsert(_items("i", "image", codes))
+    queries = _codes(10, 4)
+    probes = nearest_centers(unpack_signs(queries, BITS), index.centers, 2)
+    for row, allowed in zip(index.search("image", queries, k=20, probe=2), probes, strict=True):
+        assert {h.bucket for h in row} <= set(allowed.tolist())
+        assert [h.distance for h in row] == sorted(h.distance for h in row)
+
+
+def test_items_are_routed_to_their_nearest_center_and_counts_match_members(redis_server) -> None:
+    index = _open(redis_server)
+    codes = _codes(300, 5)
+    index.upsert(_items("x", "image", codes))
+    index.upsert([Item("x0", "image", codes[1])])  # move x0 to x1's bucket
+    index.delete("x2")
+    buckets = nearest_centers(unpack_signs(codes, BITS), index.centers, 1)[:, 0]
+    assert index.get("x0").bucket == buckets[1]
+    members = index.sides["image"].scan.bucket_sizes()
+    counts = index.store.counts("image")
+    assert all(counts.get(b, 0) == members[b] for b in range(index.n_buckets))
+    assert sum(members) == 299
+
+
+def test_the_memory_index_is_a_cache_rebuilt_from_redis(redis_server) -> None:
+    name = uuid.uuid4().hex
+    first = _open(redis_server, name=name)
+    codes = _codes(250, 6)
+    first.upsert(_items("i", "image", codes))
+    first.delete("i3")
+    queries = _codes(5, 7)
+    before = first.search("image", queries, k=30)
+    second = _open(redis_server, name=name)
+    assert second.search("image", queries, k=30) == before
+    assert np.array_equal(second.centers, first.centers)
+
+
+def test_search_returns_metadata_and_get_returns_the_stored_item(redis_server) -> None:
+    index = _open(redis_server)
+    code = _codes(1, 8)
+    index.upsert([Item("cat", "image", code[0], {"title": "a cat"})])
+    [[hit]] = index.search("image", code, k=5)
+    assert (hit.id, hit.distance, hit.metadata) == ("cat", 0, {"title": "a cat"})
+    stored = index.get("cat")
+    assert stored.modality == "image" and stored.code == code[0].tobytes()
+    with pytest.raises(ItemNotFoundError):
+        index.get("dog")
+    with pytest.raises(ItemNotFoundError):
+        index.delete("dog")
+
+
+def test_bad_input_is_rejected_and_nothing_is_half_written(redis_server) -> None:
+    index = _open(redis_server)
+    codes = _codes(3, 9)
+    index.upsert([Item("a", "image", codes[0])])
+    with pytest.raises(IndexInputError, match="packed uint8 of shape"):
+        index.upsert([Item("b", "image", np.zeros(3, np.uint8))])
+    with pytest.raises(IndexInputError, match="unknown modality 'audio'"):
+        index.upsert([Item("b", "audio", codes[1])])
+    with pytest.raises(ModalityConflictError, match="'a' is already stored as another modality"):
+        index.upsert([Item("c", "text", codes[1]), Item("a", "text", codes[2])])
+    with pytest.raises(IndexInputError, match="same id twice"):
+        index.upsert([Item("d", "text", codes[1]), Item("d", "text", codes[2])])
+    assert index.stats()["items"] == {"image": 1, "text": 0}
+    assert index.store.modality_of("c") is None  # the conflicting batch wrote nothing
+    with pytest.raises(IndexInputError, match="probe must be between"):
+        index.search("image", codes[:1], k=1, probe=99)
+
+
+def test_an_unreachable_redis_is_a_store_unavailable_error(redis_server) -> None:
+    index = _open(redis_server)
+    index.store.client = redis.Redis(port=1, socket_connect_timeout=0.2)  # nothing listens on port 1
+    with pytest.raises(StoreUnavailableError, match="unreachable"):
+        index.upsert([Item("a", "image", _codes(1, 10)[0])])
+    assert index.stats()["items"]["image"] == 0
