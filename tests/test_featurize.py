@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from training.featurize.image import ImageDescriptor, ImageDescriptorParams, ImageFeaturizer
+from training.featurize.image import ImageDescriptorParams, ImageFeaturizer
+from training.featurize.image_graph import ImageDescriptor
 from training.featurize.pixels import IMAGE_SIZE, ImageDecodeError, load_pixels
 from training.featurize.text import BagOfWords, BagOfWordsParams
 

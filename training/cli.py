@@ -17,6 +17,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 class Method(StrEnum):
     lsh = "lsh"
     cca = "cca"
+    dsfh = "dsfh"
+    amsh = "amsh"
+    amsh_unpaired = "amsh-unpaired"
 
 
 def _fail(message: str) -> typer.Exit:
@@ -53,28 +56,26 @@ def datasets(
     typer.echo(json.dumps(summary, indent=2))
 
 
-def _train_one(method: Method, features, bits: int, seed: int):
-    from training.methods.baselines import train_cca, train_lsh
-
-    image, text, _ = features.part("train")
-    if method is Method.lsh:
-        return train_lsh(image, text, bits, seed)
-    return train_cca(image, text, bits)
-
-
 @app.command()
 def train(
     method: Annotated[Method, typer.Option(help="hashing method")],
     dataset: Annotated[str, typer.Option(help="openclipart, a .mat path, or a name under ../shared/data")],
     bits: Annotated[list[int], typer.Option(help="code length; repeat for several")],
     out: Annotated[Path, typer.Option(help="output folder; one sub-folder per code length")],
+    param: Annotated[
+        list[str] | None, typer.Option(help="config override KEY=VALUE (a number or text); repeatable")
+    ] = None,
     seed: int = 0,
 ) -> None:
-    """Train a method at each code length, evaluate it both ways, write metrics and plots."""
+    """Train a method at each code length, evaluate it both ways, and write per code length a model
+    bundle (``<out>/<bits>bits/bundle``) with its metrics JSON and plots beside it."""
+    from training.bundle.writer import write_bundle
     from training.datasets import DatasetNotFoundError, load_dataset
     from training.evaluation.report import evaluate_hasher, summary_row, write_report
     from training.featurize.pipeline import featurize
+    from training.methods.registry import TRAINERS
 
+    params = _parse_params(param or [])
     try:
         features = featurize(load_dataset(dataset, seed=seed))
     except DatasetNotFoundError as exc:
@@ -83,15 +84,32 @@ def train(
     for length in bits:
         started = time.perf_counter()
         try:
-            hasher = _train_one(method, features, length, seed)
-        except ValueError as exc:
+            hasher = TRAINERS[method.value](features, length, seed, params)
+        except (ValueError, TypeError) as exc:
             raise _fail(str(exc)) from exc
         seconds = time.perf_counter() - started
         metrics = evaluate_hasher(hasher, features)
-        write_report(metrics, out / f"{length}bits", f"{method.value} {length} bits")
-        rows.append(summary_row(method.value, length, metrics) | {"train_seconds": round(seconds, 2)})
+        run = out / f"{length}bits"
+        write_report(metrics, run, f"{method.value} {length} bits")
+        row = summary_row(method.value, length, metrics) | {"train_seconds": round(seconds, 2)}
+        manifest = write_bundle(run / "bundle", hasher, features, row)
+        rows.append(row | {"bundle_id": manifest["bundle_id"]})
     (out / "summary.json").write_text(json.dumps(rows, indent=2))
     typer.echo(markdown_table(rows))
+
+
+def _parse_params(items: list[str]) -> dict:
+    """``["n_anchors=500", "alpha=1e-4"]`` → ``{"n_anchors": 500, "alpha": 0.0001}``."""
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _fail(f"--param wants KEY=VALUE, got {item!r}")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
 
 
 def markdown_table(rows: list[dict]) -> str:

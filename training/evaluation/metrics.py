@@ -33,8 +33,8 @@ def _ranked(dist: np.ndarray, rel: np.ndarray) -> np.ndarray:
     return np.take_along_axis(rel, order, axis=1)
 
 
-def _ap_at(ranked_rel: np.ndarray, k: int) -> np.ndarray:
-    """AP over the top k of each ranked row (k = full length gives ordinary AP)."""
+def average_precision_at(ranked_rel: np.ndarray, k: int) -> np.ndarray:
+    """AP over the top k of each ranked relevance row (k = full length gives ordinary AP)."""
     top = ranked_rel[:, :k].astype(np.float64)
     hits = np.cumsum(top, axis=1)
     precision = hits / np.arange(1, top.shape[1] + 1)
@@ -107,8 +107,8 @@ def evaluate_codes(
         valid_total += int(valid.sum())
         ranked = _ranked(dist, rel)
         n, r = _distance_histograms(dist, rel, bits)
-        scores = {"mAP": _ap_at(ranked, nd), "mAP_tie_averaged": _expected_ap(n, r)}
-        scores |= {f"MAP@{k}": _ap_at(ranked, k) for k in map_at}
+        scores = {"mAP": average_precision_at(ranked, nd), "mAP_tie_averaged": _expected_ap(n, r)}
+        scores |= {f"MAP@{k}": average_precision_at(ranked, k) for k in map_at}
         hits = np.cumsum(ranked, axis=1)
         scores |= {f"P@{k}": hits[:, k - 1] / k for k in precision_at if k <= nd}
         for name, values in scores.items():

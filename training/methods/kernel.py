@@ -12,12 +12,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_CHUNK = 4096  # rows per block when forming kernel features, bounds memory at O(chunk × h)
+_CHUNK = 4096  # rows per block when forming distances, bounds temporaries at O(chunk × h)
 
 
-def _sq_distances(x: np.ndarray, anchors: np.ndarray, anchor_sq: np.ndarray) -> np.ndarray:
-    d2 = (x * x).sum(1, keepdims=True) - 2.0 * (x @ anchors.T) + anchor_sq[None, :]
-    return np.maximum(d2, 0.0)
+def _chunked_sq_distances(x: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """‖x_i − a_j‖² as ‖x‖² − 2 x·a + ‖a‖², clipped at 0; row blocks bound the temporaries."""
+    anchor_sq = (anchors * anchors).sum(1)
+    out = np.empty((x.shape[0], anchors.shape[0]))
+    for start in range(0, x.shape[0], _CHUNK):
+        block = x[start : start + _CHUNK]
+        d2 = (block * block).sum(1, keepdims=True) - 2.0 * (block @ anchors.T) + anchor_sq[None, :]
+        out[start : start + _CHUNK] = np.maximum(d2, 0.0)
+    return out
 
 
 @dataclass(frozen=True)
@@ -28,36 +34,37 @@ class RBFKernelMap:
     sigma: float
 
     @classmethod
-    def fit(cls, x: np.ndarray, n_anchors: int, rng: np.random.Generator) -> RBFKernelMap:
-        """Anchors are ``n_anchors`` distinct training rows; σ is their mean distance to the data."""
+    def fit_transform(
+        cls, x: np.ndarray, n_anchors: int, rng: np.random.Generator
+    ) -> tuple[RBFKernelMap, np.ndarray]:
+        """Anchors are ``n_anchors`` distinct training rows; σ is their mean distance to the data.
+
+        Returns the map and the training rows' kernel features, computed from the same squared
+        distances that give σ (so the n × h distances are computed once).
+        """
         x = np.asarray(x, dtype=np.float64)
         if n_anchors > x.shape[0]:
             raise ValueError(f"{n_anchors} anchors requested but only {x.shape[0]} training samples")
         anchors = x[rng.choice(x.shape[0], size=n_anchors, replace=False)].copy()
-        anchor_sq = (anchors * anchors).sum(1)
-        total, count = 0.0, 0
-        for start in range(0, x.shape[0], _CHUNK):
-            d = np.sqrt(_sq_distances(x[start : start + _CHUNK], anchors, anchor_sq))
-            total, count = total + d.sum(), count + d.size
-        sigma = total / count
+        d2 = _chunked_sq_distances(x, anchors)
+        sigma = float(np.sqrt(d2).mean())
         if not sigma > 0:
             raise ValueError("all training samples coincide with the anchors: kernel width would be 0")
-        return cls(anchors=anchors, sigma=float(sigma))
+        kernel = cls(anchors=anchors, sigma=sigma)
+        return kernel, kernel._from_sq_distances(d2)
 
     @property
     def dim(self) -> int:
         return self.anchors.shape[0]
 
+    def _from_sq_distances(self, d2: np.ndarray) -> np.ndarray:
+        return np.exp(d2 / (-2.0 * self.sigma**2), out=d2)
+
     def transform(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.anchors.shape[1]:
             raise ValueError(f"expected features of shape (n, {self.anchors.shape[1]}), got {x.shape}")
-        anchor_sq = (self.anchors * self.anchors).sum(1)
-        out = np.empty((x.shape[0], self.dim))
-        for start in range(0, x.shape[0], _CHUNK):
-            d2 = _sq_distances(x[start : start + _CHUNK], self.anchors, anchor_sq)
-            out[start : start + _CHUNK] = np.exp(d2 / (-2.0 * self.sigma**2))
-        return out
+        return self._from_sq_distances(_chunked_sq_distances(x, self.anchors))
 
 
 @dataclass(frozen=True)

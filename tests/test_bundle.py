@@ -1,0 +1,160 @@
+"""The model bundle: what a trainer writes is what the service reads, bit for bit, or nothing loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_synthetic_crossmodal
+from training.bundle import BundleError, load_bundle
+from training.bundle.writer import write_bundle
+from training.codes import to_signs
+from training.datasets.base import CrossModalDataset, seeded_split
+from training.featurize.pipeline import featurize
+from training.methods.registry import TRAINERS
+
+WORDS = ["red", "car", "tree", "bird", "house", "blue", "green", "sun"]
+
+
+def _raw_dataset(n: int = 120, seed: int = 0) -> CrossModalDataset:
+    """Random pixels and word texts driven by two labels: enough to exercise raw featurizers."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((n, 2), dtype=np.uint8)
+    labels[np.arange(n), rng.integers(0, 2, n)] = 1
+    pixels = rng.integers(0, 256, (n, 3, 64, 64), dtype=np.uint8)
+    texts = [" ".join(rng.choice(WORDS[4 * int(y[1]) : 4 * int(y[1]) + 4], 3)) for y in labels]
+    return CrossModalDataset(
+        name="toy-raw",
+        images=pixels,
+        texts=texts,
+        labels=labels,
+        label_names=["a", "b"],
+        split=seeded_split(n, 20, None, seed),
+        image_kind="pixels",
+        text_kind="raw",
+    )
+
+
+def _feature_dataset() -> CrossModalDataset:
+    data = make_synthetic_crossmodal(n=300)
+    return CrossModalDataset(
+        name="toy-features",
+        images=data["image"],
+        texts=data["text"],
+        labels=data["labels"],
+        label_names=[f"c{j}" for j in range(data["labels"].shape[1])],
+        split=seeded_split(300, 50, None, 0),
+        image_kind="features",
+        text_kind="features",
+    )
+
+
+@pytest.fixture(scope="module")
+def raw_bundle(tmp_path_factory: pytest.TempPathFactory):
+    features = featurize(_raw_dataset())
+    hasher = TRAINERS["cca"](features, 8, 0, {})
+    path = tmp_path_factory.mktemp("bundles") / "cca"
+    write_bundle(path, hasher, features, {"note": "test"})
+    return path, hasher, features
+
+
+def test_bundle_encodes_raw_inputs_exactly_as_the_trainer(raw_bundle) -> None:
+    path, hasher, features = raw_bundle
+    bundle = load_bundle(path)
+    dataset = _raw_dataset()
+    query = dataset.split.query
+    image_features = bundle.image_features(dataset.images[query])
+    text_features = bundle.text_features([dataset.texts[i] for i in query])
+    assert np.array_equal(image_features, features.image[query])
+    assert np.array_equal(text_features, features.text[query])
+    for modality, x in (("image", image_features), ("text", text_features)):
+        assert np.array_equal(bundle.signs(modality, x), to_signs(hasher.encoders[modality].real_codes(x)))
+
+
+def test_manifest_describes_what_serving_needs(raw_bundle) -> None:
+    manifest = load_bundle(raw_bundle[0]).manifest
+    assert manifest["format_version"] == 1 and manifest["method"] == "cca" and manifest["code_bits"] == 8
+    assert manifest["modalities"]["text"]["featurizer"]["kind"] == "bag-of-words"
+    assert manifest["modalities"]["text"]["featurizer"]["vocabulary"]
+    assert manifest["modalities"]["image"]["featurizer"]["onnx"] == "image_featurizer.onnx"
+    assert set(manifest["files"]) == {"image.onnx", "text.onnx", "image_featurizer.onnx"}
+    assert len(manifest["training"]["fingerprint"]) == 64
+    assert manifest["semantic_index"] is None
+
+
+def test_packed_codes_use_faiss_bit_order(raw_bundle) -> None:
+    bundle = load_bundle(raw_bundle[0])
+    x = raw_bundle[2].text[:5]
+    signs = bundle.signs("text", x)
+    packed = bundle.packed_codes("text", x)
+    assert packed.shape == (5, 1)
+    assert all(((packed[i, 0] >> j) & 1) == (signs[i, j] > 0) for i in range(5) for j in range(8))
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for file in src.iterdir():
+        (dst / file.name).write_bytes(file.read_bytes())
+    return dst
+
+
+def test_a_modified_file_refuses_to_load(raw_bundle, tmp_path: Path) -> None:
+    bundle = _copy(raw_bundle[0], tmp_path / "tampered")
+    data = bytearray((bundle / "text.onnx").read_bytes())
+    data[-1] ^= 0xFF
+    (bundle / "text.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"sha256 of text\.onnx does not match"):
+        load_bundle(bundle)
+
+
+def test_an_onnx_input_shape_that_disagrees_with_the_manifest_refuses_to_load(
+    raw_bundle, tmp_path: Path
+) -> None:
+    bundle = _copy(raw_bundle[0], tmp_path / "wrong-shape")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["modalities"]["text"]["input"]["dim"] += 1
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"text\.onnx takes"):
+        load_bundle(bundle)
+
+
+def test_missing_or_foreign_bundles_are_clear_errors(raw_bundle, tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match=r"manifest\.json is missing"):
+        load_bundle(tmp_path)
+    bundle = _copy(raw_bundle[0], tmp_path / "future")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    (bundle / "manifest.json").write_text(json.dumps(manifest | {"format_version": 99}))
+    with pytest.raises(BundleError, match="format 99"):
+        load_bundle(bundle)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    (bundle / "image.onnx").unlink()
+    with pytest.raises(BundleError, match=r"'image\.onnx' listed in the manifest is missing"):
+        load_bundle(bundle)
+
+
+def test_feature_only_bundles_say_they_cannot_take_raw_inputs(tmp_path: Path) -> None:
+    features = featurize(_feature_dataset())
+    write_bundle(tmp_path / "b", TRAINERS["lsh"](features, 16, 0, {}), features, {})
+    bundle = load_bundle(tmp_path / "b")
+    with pytest.raises(ValueError, match="cannot take raw text"):
+        bundle.text_features(["a red car"])
+    with pytest.raises(ValueError, match="cannot take raw images"):
+        bundle.image_features(np.zeros((1, 3, 64, 64), np.uint8))
+    with pytest.raises(ValueError, match=r"must have shape \(n, 40\)"):
+        bundle.real_codes("image", np.zeros((1, 39)))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        bundle.real_codes("image", np.full((1, 40), np.nan))
+
+
+def test_semantic_index_centers_travel_with_the_bundle(tmp_path: Path) -> None:
+    features = featurize(_feature_dataset())
+    centers = to_signs(np.random.default_rng(0).normal(size=(4, 8)))
+    write_bundle(
+        tmp_path / "b", TRAINERS["lsh"](features, 16, 0, {}), features, {}, centers=centers, head_bits=8
+    )
+    bundle = load_bundle(tmp_path / "b")
+    assert np.array_equal(bundle.centers, centers)
+    assert bundle.manifest["semantic_index"] == {"head_bits": [0, 8], "centers": "centers.npy", "k": 4}

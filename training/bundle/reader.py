@@ -1,0 +1,146 @@
+"""Load a bundle, refusing anything tampered with or inconsistent, and encode queries with it."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from training.bundle.format import FORMAT_VERSION, MANIFEST
+from training.codes import pack_signs, to_signs
+from training.featurize.image import ImageDescriptorParams, ImageFeaturizer
+from training.featurize.text import BagOfWords
+
+MODALITIES = ("image", "text")
+
+
+class BundleError(ValueError):
+    """A bundle cannot be loaded: missing, tampered with, or inconsistent with its manifest."""
+
+
+def _session(model: bytes, name: str) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for invalid models
+        raise BundleError(f"{name} is not a valid ONNX model: {exc}") from exc
+
+
+def _static_dim(arg: ort.NodeArg) -> list[int | str | None]:
+    return list(arg.shape)
+
+
+class Bundle:
+    """A verified bundle: its manifest, ONNX sessions per modality, featurizers and head centers."""
+
+    def __init__(self, path: Path, manifest: dict, files: dict[str, bytes]) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.bits: int = manifest["code_bits"]
+        self.sessions = {}
+        for modality in MODALITIES:
+            spec = manifest["modalities"][modality]
+            session = _session(files[spec["onnx"]], spec["onnx"])
+            inputs, outputs = session.get_inputs(), session.get_outputs()
+            expected_in, expected_out = ["batch", spec["input"]["dim"]], ["batch", self.bits]
+            if len(inputs) != 1 or _static_dim(inputs[0]) != expected_in:
+                raise BundleError(
+                    f"{spec['onnx']} takes {_static_dim(inputs[0])}, manifest says {expected_in}"
+                )
+            if len(outputs) != 1 or _static_dim(outputs[0]) != expected_out:
+                raise BundleError(
+                    f"{spec['onnx']} gives {_static_dim(outputs[0])}, manifest says {expected_out}"
+                )
+            self.sessions[modality] = session
+        self.text_featurizer: BagOfWords | None = None
+        text = manifest["modalities"]["text"]["featurizer"]
+        if text["kind"] == "bag-of-words":
+            self.text_featurizer = BagOfWords.from_json(text)
+        self.image_featurizer: ImageFeaturizer | None = None
+        image = manifest["modalities"]["image"]["featurizer"]
+        if image["kind"] != "precomputed":
+            params = ImageDescriptorParams.from_json(image["params"])
+            self.image_featurizer = ImageFeaturizer(params, files[image["onnx"]])
+        self.centers: np.ndarray | None = None
+        index = manifest.get("semantic_index")
+        if index:
+            self.centers = np.load(io.BytesIO(files[index["centers"]]), allow_pickle=False)
+
+    @property
+    def bundle_id(self) -> str:
+        return self.manifest["bundle_id"]
+
+    @property
+    def method(self) -> str:
+        return self.manifest["method"]
+
+    def input_dim(self, modality: str) -> int:
+        return self.manifest["modalities"][modality]["input"]["dim"]
+
+    def real_codes(self, modality: str, features: np.ndarray) -> np.ndarray:
+        """Run a modality's hash function on feature vectors (N, d) → real codes (N, bits)."""
+        if modality not in self.sessions:
+            raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+        x = np.asarray(features, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.input_dim(modality):
+            raise ValueError(
+                f"{modality} features must have shape (n, {self.input_dim(modality)}), got {x.shape}"
+            )
+        if not np.isfinite(x).all():
+            raise ValueError(f"{modality} features contain NaN or inf")
+        return self.sessions[modality].run(None, {"features": x})[0]
+
+    def signs(self, modality: str, features: np.ndarray) -> np.ndarray:
+        return to_signs(self.real_codes(modality, features))
+
+    def packed_codes(self, modality: str, features: np.ndarray) -> np.ndarray:
+        return pack_signs(self.signs(modality, features))
+
+    def text_features(self, texts: Sequence[str]) -> np.ndarray:
+        if self.text_featurizer is None:
+            raise ValueError("this bundle was trained on precomputed text features: it cannot take raw text")
+        return self.text_featurizer.transform(texts)
+
+    def image_features(self, pixels: np.ndarray) -> np.ndarray:
+        if self.image_featurizer is None:
+            raise ValueError(
+                "this bundle was trained on precomputed image features: it cannot take raw images"
+            )
+        return self.image_featurizer.transform(pixels)
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and verify a bundle: format version, sha256 of every file, ONNX shapes vs the manifest."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"no bundle at {path}: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from exc
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"bundle format {manifest.get('format_version')!r} is not {FORMAT_VERSION}")
+    files: dict[str, bytes] = {}
+    for name, expected in manifest.get("files", {}).items():
+        file = path / name
+        if Path(name).name != name or not file.is_file():
+            raise BundleError(f"bundle file {name!r} listed in the manifest is missing")
+        data = file.read_bytes()
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise BundleError(f"sha256 of {name} does not match the manifest: the bundle was modified")
+        files[name] = data
+    referenced = [m["onnx"] for m in manifest["modalities"].values()]
+    referenced += [
+        m["featurizer"]["onnx"] for m in manifest["modalities"].values() if "onnx" in m["featurizer"]
+    ]
+    unlisted = [name for name in referenced if name not in files]
+    if unlisted:
+        raise BundleError(f"bundle files {unlisted} are not covered by the manifest's sha256 list")
+    return Bundle(path, manifest, files)
