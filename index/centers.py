@@ -46,8 +46,10 @@ def fit_centers(
 
 
 def _majority_centers(signs: np.ndarray, assignment: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    sums = np.zeros(centers.shape, dtype=np.int64)
-    np.add.at(sums, assignment, signs.astype(np.int64))
+    k = len(centers)
+    sums = np.stack(
+        [np.bincount(assignment, weights=signs[:, j], minlength=k) for j in range(signs.shape[1])], 1
+    )
     return np.where(sums > 0, 1, np.where(sums < 0, -1, centers)).astype(np.int8)
 
 

@@ -28,7 +28,7 @@ def synthetic() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory):
     """One real redis-server for the session; tests isolate themselves by index name."""
-    from tests.redis_server import RedisServer
+    from index.redis_server import RedisServer
 
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from index.engine import HashIndex
+from index.redis_server import RedisServer
 from tests.ingest_stream import BITS, centers, code
-from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 

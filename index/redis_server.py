@@ -1,4 +1,4 @@
-"""A real redis-server on a free loopback port, owned by the test that starts it."""
+"""A real redis-server child process on a free loopback port: embedded mode, tests and benchmarks."""
 
 from __future__ import annotations
 

@@ -1,0 +1,241 @@
+"""Two-level index benchmark: retention vs cost, latency vs a flat FAISS scan, memory per item.
+
+    python -m bench.index_bench --bundle var/runs/dsfh/64bits/bundle
+
+1. Retention on OpenClipart: the bundle encodes the real query and database sets; per direction and
+   probe, MAP@50 and recall@100 of the routed search relative to the full scan, and codes scanned.
+2. Scaled databases: the real database codes replicated with bit noise to 1 M and 4 M items (labels
+   copied), the real query codes, the same retention figures.
+3. Speed at 1 M items, one thread: per-query latency of the two-level search vs ``IndexBinaryFlat``,
+   batched throughput, and the in-bucket scan rate vs FAISS's raw flat scan rate (codes per second).
+4. Memory per item at 1 M: packed code, FAISS id, id map, and Redis (measured on a real redis-server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import tracemalloc
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from index.centers import fit_centers, nearest_centers
+from index.scan import BucketScan
+from training.bundle import load_bundle
+from training.codes import pack_signs, unpack_signs
+from training.datasets import load_dataset
+from training.evaluation.metrics import average_precision_at, relevance
+from training.featurize.pipeline import featurize
+
+DIRECTIONS = {"i2t": ("image", "text"), "t2i": ("text", "image")}
+
+
+def build(codes: np.ndarray, bits: int, head_bits: int, k: int, seed: int = 0):
+    """Fit centers on (a sample of) the database head codes, assign, and fill a BucketScan."""
+    rng = np.random.default_rng(seed)
+    head = unpack_signs(codes[:, : head_bits // 8], head_bits)
+    sample = head[rng.choice(len(head), size=min(len(head), 200_000), replace=False)]
+    centers, _ = fit_centers(sample, k, rng)
+    buckets = nearest_centers(head, centers)[:, 0]
+    scan = BucketScan(bits, k)
+    scan.add(np.arange(len(codes)), codes, buckets)
+    return scan, centers
+
+
+def routed_search(
+    scan: BucketScan, centers: np.ndarray, queries: np.ndarray, head_bits: int, probe: int, k: int
+):
+    head = unpack_signs(queries[:, : head_bits // 8], head_bits)
+    probes = nearest_centers(head, centers, probe)
+    _, labels, _ = scan.search(queries, probes, k)
+    scanned = scan.bucket_sizes()[probes].sum(1)
+    return labels, scanned
+
+
+def retention(scan, centers, queries, q_labels, db_labels, head_bits: int, probes: list[int]) -> list[dict]:
+    n = len(db_labels)
+    full, _ = routed_search(scan, centers, queries, head_bits, len(centers), 100)
+    rel_full = np.take_along_axis(relevance(q_labels, db_labels), full, 1)
+    map_full = average_precision_at(rel_full, 50).mean()
+    rows = [{"probe": "all", "MAP@50": round(float(map_full), 4), "retention": 1.0, "recall@100": 1.0,
+             "scanned": 1.0, "fewer_codes": 1.0}]  # fmt: skip
+    for probe in probes:
+        labels, scanned = routed_search(scan, centers, queries, head_bits, probe, 100)
+        rel = np.take_along_axis(relevance(q_labels, db_labels), np.maximum(labels, 0), 1) & (labels >= 0)
+        value = average_precision_at(rel, 50).mean()
+        recall = np.mean(
+            [len(set(a) & set(b)) / 100 for a, b in zip(labels.tolist(), full.tolist(), strict=True)]
+        )
+        fraction = scanned.mean() / n
+        rows.append({
+            "probe": probe, "MAP@50": round(float(value), 4), "retention": round(float(value / map_full), 4),
+            "recall@100": round(float(recall), 4), "scanned": round(float(fraction), 4),
+            "fewer_codes": round(float(1 / fraction), 1),
+        })  # fmt: skip
+    return rows
+
+
+def replicate(codes: np.ndarray, labels: np.ndarray, bits: int, n: int, flip: float, seed: int = 0):
+    """``n`` codes: copies of the real ones, each bit flipped with probability ``flip``."""
+    rng = np.random.default_rng(seed)
+    source = rng.integers(0, len(codes), n)
+    signs = unpack_signs(codes[source], bits)
+    signs[rng.random(signs.shape) < flip] *= -1
+    return pack_signs(signs), labels[source]
+
+
+def latency(scan, centers, flat, queries, head_bits: int, probe: int, k: int = 100) -> dict:
+    faiss.omp_set_num_threads(1)
+
+    def per_query(fn) -> np.ndarray:
+        times = []
+        for q in queries:
+            started = time.perf_counter()
+            fn(q[None])
+            times.append(time.perf_counter() - started)
+        return np.array(times) * 1e3
+
+    flat_ms = per_query(lambda q: flat.search(q, k))
+    two_ms = per_query(lambda q: routed_search(scan, centers, q, head_bits, probe, k))
+    started = time.perf_counter()
+    flat.search(queries, k)
+    flat_batch = time.perf_counter() - started
+    started = time.perf_counter()
+    _, scanned = routed_search(scan, centers, queries, head_bits, probe, k)
+    two_batch = time.perf_counter() - started
+    # In-bucket scan rate: the buckets probed, scanned by BucketScan alone (routing excluded).
+    head = unpack_signs(queries[:, : head_bits // 8], head_bits)
+    probes = nearest_centers(head, centers, probe)
+    started = time.perf_counter()
+    scan.search(queries, probes, k)
+    bucket_rate = scanned.sum() / (time.perf_counter() - started)
+    flat_rate = len(queries) * flat.ntotal / flat_batch
+    return {
+        "probe": probe,
+        "flat_p50_ms": round(float(np.median(flat_ms)), 3),
+        "two_level_p50_ms": round(float(np.median(two_ms)), 3),
+        "flat_p99_ms": round(float(np.percentile(flat_ms, 99)), 3),
+        "two_level_p99_ms": round(float(np.percentile(two_ms, 99)), 3),
+        "speedup_p50": round(float(np.median(flat_ms) / np.median(two_ms)), 1),
+        "batch_qps_flat": round(len(queries) / flat_batch, 1),
+        "batch_qps_two_level": round(len(queries) / two_batch, 1),
+        "batch_speedup": round(flat_batch / two_batch, 1),
+        "in_bucket_codes_per_s": f"{bucket_rate:.3g}",
+        "flat_codes_per_s": f"{flat_rate:.3g}",
+        "flat_rate_over_bucket_rate": round(float(flat_rate / bucket_rate), 2),
+    }
+
+
+def memory_per_item(codes: np.ndarray, bits: int, centers: np.ndarray, head_bits: int) -> dict:
+    """Bytes per item in the process (FAISS + id map, traced) and in Redis (used_memory delta)."""
+    import tempfile
+
+    from index.redis_server import RedisServer
+    from index.store import RedisStore
+
+    n = len(codes)
+    tracemalloc.start()
+    ids = {i: f"openclipart/item-{i:07d}" for i in range(n)}
+    python_bytes = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    faiss_bytes = n * (bits // 8 + 8)  # flat codes + int64 ids in IndexBinaryIDMap
+    with tempfile.TemporaryDirectory() as tmp:
+        server = RedisServer(Path(tmp)).start()
+        try:
+            client = server.client()
+            base = client.info("memory")["used_memory"]
+            store = RedisStore(client, "bench", "bundle")
+            head = unpack_signs(codes[:, : head_bits // 8], head_bits)
+            buckets = nearest_centers(head, centers)[:, 0]
+            for start in range(0, n, 2000):
+                stop = min(n, start + 2000)
+                batch = [ids[i] for i in range(start, stop)]
+                metadata = [{"title": "clip art"}] * len(batch)
+                store.upsert(
+                    "image", batch, buckets[start:stop], np.arange(start, stop), codes[start:stop], metadata
+                )
+            redis_bytes = client.info("memory")["used_memory"] - base
+        finally:
+            server.stop()
+    del ids
+    return {
+        "items": n,
+        "code_bytes": bits // 8,
+        "faiss_bytes_per_item": round(faiss_bytes / n, 1),
+        "id_map_bytes_per_item": round(python_bytes / n, 1),
+        "redis_bytes_per_item": round(redis_bytes / n, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--buckets", type=int, default=64, help="buckets on OpenClipart (no head code)")
+    parser.add_argument("--scaled-buckets", type=int, default=1024, help="buckets on the scaled databases")
+    parser.add_argument("--probes", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--scales", type=int, nargs="+", default=[1_000_000, 4_000_000])
+    parser.add_argument("--flip", type=float, default=0.05, help="bit-noise probability of the replicas")
+    parser.add_argument("--memory-items", type=int, default=1_000_000)
+    parser.add_argument("--out", type=Path, default=Path("var/bench/index.json"))
+    args = parser.parse_args()
+
+    bundle = load_bundle(args.bundle)
+    bits = bundle.bits
+    head_bits = (bundle.manifest["semantic_index"] or {"head_bits": [0, bits]})["head_bits"][1]
+    features = featurize(load_dataset(bundle.manifest["training"]["dataset"]))
+    q_image, q_text, q_labels = features.part("query")
+    d_image, d_text, d_labels = features.part("database")
+    packed = {
+        "query_image": bundle.packed_codes("image", q_image),
+        "query_text": bundle.packed_codes("text", q_text),
+        "database_image": bundle.packed_codes("image", d_image),
+        "database_text": bundle.packed_codes("text", d_text),
+    }
+    report: dict = {"bundle": bundle.bundle_id, "method": bundle.method, "bits": bits, "head_bits": head_bits}
+    for direction, (source, target) in DIRECTIONS.items():
+        db = packed[f"database_{target}"]
+        if bundle.centers is not None:
+            centers = bundle.centers
+            scan = BucketScan(bits, len(centers))
+            scan.add(
+                np.arange(len(db)),
+                db,
+                nearest_centers(unpack_signs(db[:, : head_bits // 8], head_bits), centers)[:, 0],
+            )
+        else:
+            scan, centers = build(db, bits, head_bits, args.buckets)
+        rows = retention(scan, centers, packed[f"query_{source}"], q_labels, d_labels, head_bits, args.probes)
+        report[f"openclipart_{direction}"] = rows
+        print(f"\nOpenClipart {direction} ({len(db)} items, {len(centers)} buckets)")
+        for row in rows:
+            print(json.dumps(row))
+    for n in args.scales:
+        db, labels = replicate(packed["database_image"], d_labels, bits, n, args.flip)
+        scan, centers = build(db, bits, head_bits, args.scaled_buckets)
+        rows = retention(scan, centers, packed["query_text"], q_labels, labels, head_bits, args.probes)
+        report[f"scaled_{n}_t2i"] = rows
+        print(f"\nScaled t2i: {n} items, {len(centers)} buckets, flip {args.flip}")
+        for row in rows:
+            print(json.dumps(row))
+        if n == 1_000_000:
+            flat = faiss.IndexBinaryFlat(bits)
+            flat.add(db)
+            speed = [latency(scan, centers, flat, packed["query_text"], head_bits, p) for p in args.probes]
+            report["speed_1M"] = speed
+            print("\nSpeed at 1M items, one thread (two-level vs IndexBinaryFlat)")
+            for row in speed:
+                print(json.dumps(row))
+            memory = memory_per_item(db[: args.memory_items], bits, centers, head_bits)
+            report["memory"] = memory
+            print("\nMemory per item:", json.dumps(memory))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
