@@ -133,12 +133,23 @@ class RedisStore:
         keys = [self.key(f"items:{modality}"), self.key(f"meta:{modality}"), self.key(f"counts:{modality}")]
         return _header(self._call(self._delete, keys=keys, args=[item]))
 
-    def modality_of(self, item: str) -> str | None:
+    def modalities_of(self, items: Sequence[str]) -> dict[str, str | None]:
+        """The modality each id is stored under (None when absent), in one round trip."""
+        if not items:
+            return {}
         pipe = self.client.pipeline(transaction=False)
         for modality in MODALITIES:
-            pipe.hexists(self.key(f"items:{modality}"), item)
+            pipe.hmget(self.key(f"items:{modality}"), list(items))
         found = self._call(pipe.execute)
-        return next((m for m, hit in zip(MODALITIES, found, strict=True) if hit), None)
+        return {
+            item: next(
+                (m for m, values in zip(MODALITIES, found, strict=True) if values[i] is not None), None
+            )
+            for i, item in enumerate(items)
+        }
+
+    def modality_of(self, item: str) -> str | None:
+        return self.modalities_of([item])[item]
 
     def get(self, modality: str, item: str) -> StoredItem | None:
         pipe = self.client.pipeline(transaction=False)

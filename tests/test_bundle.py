@@ -80,9 +80,9 @@ def test_manifest_describes_what_serving_needs(raw_bundle) -> None:
     assert manifest["modalities"]["text"]["featurizer"]["kind"] == "bag-of-words"
     assert manifest["modalities"]["text"]["featurizer"]["vocabulary"]
     assert manifest["modalities"]["image"]["featurizer"]["onnx"] == "image_featurizer.onnx"
-    assert set(manifest["files"]) == {"image.onnx", "text.onnx", "image_featurizer.onnx"}
+    assert set(manifest["files"]) == {"image.onnx", "text.onnx", "image_featurizer.onnx", "centers.npy"}
     assert len(manifest["training"]["fingerprint"]) == 64
-    assert manifest["semantic_index"] is None
+    assert manifest["semantic_index"]["source"] == "fitted on training codes"
 
 
 def test_packed_codes_use_faiss_bit_order(raw_bundle) -> None:
@@ -149,12 +149,20 @@ def test_feature_only_bundles_say_they_cannot_take_raw_inputs(tmp_path: Path) ->
         bundle.real_codes("image", np.full((1, 40), np.nan))
 
 
-def test_semantic_index_centers_travel_with_the_bundle(tmp_path: Path) -> None:
+def test_a_learned_head_and_its_centers_travel_with_the_bundle(tmp_path: Path) -> None:
     features = featurize(_feature_dataset())
-    centers = to_signs(np.random.default_rng(0).normal(size=(4, 8)))
-    write_bundle(
-        tmp_path / "b", TRAINERS["lsh"](features, 16, 0, {}), features, {}, centers=centers, head_bits=8
-    )
+    hasher = TRAINERS["lsh"](features, 16, 0, {})
+    hasher.head_bits, hasher.centers = 8, to_signs(np.random.default_rng(0).normal(size=(4, 8)))
+    write_bundle(tmp_path / "b", hasher, features, {})
     bundle = load_bundle(tmp_path / "b")
-    assert np.array_equal(bundle.centers, centers)
-    assert bundle.manifest["semantic_index"] == {"head_bits": [0, 8], "centers": "centers.npy", "k": 4}
+    assert np.array_equal(bundle.centers, hasher.centers) and bundle.head_bits == 8
+    assert bundle.manifest["semantic_index"] == {
+        "head_bits": [0, 8], "centers": "centers.npy", "k": 4, "source": "lsh head code"
+    }  # fmt: skip
+
+
+def test_methods_without_a_head_get_centers_fitted_on_their_training_codes(raw_bundle) -> None:
+    path, _, features = raw_bundle
+    bundle = load_bundle(path)
+    assert bundle.head_bits == 8 and len(bundle.centers) == min(64, 2 * len(features.split.train))
+    assert set(np.unique(bundle.centers)) <= {-1, 1}

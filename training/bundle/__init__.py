@@ -8,8 +8,8 @@ A bundle is a directory::
     image.onnx, text.onnx    hash function of each modality: ``features`` (N, d) → ``codes`` (N, bits),
                              the real code before sign
     image_featurizer.onnx    pixels (N, 3, S, S) float 0–255 → image features (raw-image datasets only)
-    centers.npy              binary semantic-index centers (k, head bits) in {−1, +1}, when the method
-                             has a head code
+    centers.npy              binary semantic-index centers (k, head bits) in {−1, +1}: the method's
+                             learned head (UDDH), else centers fitted on the training codes
 
 Arrays are ``.npy`` read with ``allow_pickle=False``; nothing in a bundle is pickled. Codes follow
 ``training.codes``: bit = 1 iff the real code is > 0, packed least-significant bit first (FAISS).

@@ -46,8 +46,13 @@ def hash_function_graph(encoder: object) -> onnx.ModelProto:
 def _kernel(encoder: KernelHashFunction) -> onnx.ModelProto:
     # exp(−max(‖x‖² − 2 x·Aᵀ + ‖a‖², 0) / 2σ²) P + b, the order of RBFKernelMap.transform.
     anchors = encoder.kernel.anchors
+    # Anchors are training rows, which come from float32 features: stored as float32 (half the bytes)
+    # and cast back in the graph, exactly. Anything not float32-exact stays float64.
+    compact = anchors.T.astype(np.float32)
+    anchors_t = compact if np.array_equal(compact.astype(np.float64), anchors.T) else anchors.T.copy()
     nodes = [
         helper.make_node("Cast", [INPUT_NAME], ["x"], to=TensorProto.DOUBLE),
+        helper.make_node("Cast", ["anchors_stored"], ["anchors_t"], to=TensorProto.DOUBLE),
         helper.make_node("Mul", ["x", "x"], ["x2"]),
         helper.make_node("ReduceSum", ["x2", "axis1"], ["x_sq"], keepdims=1),
         helper.make_node("MatMul", ["x", "anchors_t"], ["xa"]),
@@ -62,7 +67,7 @@ def _kernel(encoder: KernelHashFunction) -> onnx.ModelProto:
     ]
     initializers = {
         "axis1": np.array([1], dtype=np.int64),
-        "anchors_t": anchors.T.copy(),
+        "anchors_stored": anchors_t,
         "two": np.array(2.0),
         "anchor_sq": (anchors * anchors).sum(1),
         "zero": np.array(0.0),

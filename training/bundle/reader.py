@@ -67,10 +67,16 @@ class Bundle:
         if image["kind"] != "precomputed":
             params = ImageDescriptorParams.from_json(image["params"])
             self.image_featurizer = ImageFeaturizer(params, files[image["onnx"]])
-        self.centers: np.ndarray | None = None
-        index = manifest.get("semantic_index")
-        if index:
-            self.centers = np.load(io.BytesIO(files[index["centers"]]), allow_pickle=False)
+        index = manifest["semantic_index"]
+        self.centers: np.ndarray = np.load(io.BytesIO(files[index["centers"]]), allow_pickle=False)
+        self.head_bits: int = index["head_bits"][1]
+        if self.centers.shape[1] != self.head_bits or self.head_bits > self.bits or self.head_bits % 8:
+            raise BundleError(f"centers of shape {self.centers.shape} do not fit a {self.head_bits}-bit head")
+
+    @property
+    def centers_version(self) -> str:
+        """Identifies the centers shipped in the bundle (the index stores it beside its own)."""
+        return f"{self.bundle_id}:{self.manifest['semantic_index']['source']}"
 
     @property
     def bundle_id(self) -> str:

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from index.centers import fit_centers
 from training.bundle.format import FORMAT_VERSION, MANIFEST
 from training.bundle.onnx_graphs import hash_function_graph
+from training.codes import to_signs
 from training.featurize.pipeline import FeatureSet
 from training.methods.base import MODALITIES, TrainedHasher
 
@@ -44,22 +46,31 @@ def _featurizers(features: FeatureSet) -> dict[str, dict]:
     return {"image": image, "text": text}
 
 
+def _semantic_index(
+    hasher: TrainedHasher, features: FeatureSet, n_buckets: int
+) -> tuple[np.ndarray, int, str]:
+    if hasher.centers is not None and hasher.head_bits is not None:
+        return np.asarray(hasher.centers, dtype=np.int8), hasher.head_bits, f"{hasher.method} head code"
+    image, text, _ = features.part("train")
+    codes = np.concatenate([to_signs(hasher.encoders["image"].real_codes(image)),
+                            to_signs(hasher.encoders["text"].real_codes(text))])  # fmt: skip
+    centers, _ = fit_centers(codes, min(n_buckets, len(codes)), np.random.default_rng(0))
+    return centers, hasher.bits, "fitted on training codes"
+
+
 def write_bundle(
-    out: Path,
-    hasher: TrainedHasher,
-    features: FeatureSet,
-    metrics: dict,
-    centers: np.ndarray | None = None,
-    head_bits: int | None = None,
+    out: Path, hasher: TrainedHasher, features: FeatureSet, metrics: dict, n_buckets: int = 64
 ) -> dict:
     """Write the bundle atomically (temporary directory, then rename) and return its manifest.
 
-    ``centers`` (k, head_bits) ±1 and ``head_bits`` describe a semantic-index head code made of the
-    first ``head_bits`` bits of every code (UDDH's shared code); other methods leave them out.
+    Every bundle carries semantic-index centers (the index's first level) over the first ``head_bits``
+    bits of each code: a method's learned head (UDDH's shared code and centers), or else the whole
+    code with ``n_buckets`` centers fitted on the codes of the training items of both modalities.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
     try:
         featurizers = _featurizers(features)
         modalities = {}
@@ -78,12 +89,14 @@ def write_bundle(
             }
         if features.image_featurizer is not None:
             (staging / "image_featurizer.onnx").write_bytes(features.image_featurizer.onnx_bytes)
-        semantic_index = None
-        if centers is not None:
-            if head_bits is None or centers.shape[1] != head_bits or head_bits > hasher.bits:
-                raise ValueError("centers need head_bits equal to their width and at most the code length")
-            np.save(staging / "centers.npy", np.asarray(centers, dtype=np.int8), allow_pickle=False)
-            semantic_index = {"head_bits": [0, head_bits], "centers": "centers.npy", "k": len(centers)}
+        centers, head_bits, source = _semantic_index(hasher, features, n_buckets)
+        np.save(staging / "centers.npy", centers, allow_pickle=False)
+        semantic_index = {
+            "head_bits": [0, head_bits],
+            "centers": "centers.npy",
+            "k": len(centers),
+            "source": source,
+        }
         files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
         bundle_id = hashlib.sha256(json.dumps([hasher.method, hasher.bits, files]).encode()).hexdigest()[:12]
         manifest = {

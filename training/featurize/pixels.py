@@ -29,12 +29,22 @@ def to_pixels(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
     return np.asarray(canvas.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
-def load_pixels(source: str | Path | bytes, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Decode a file path or raw bytes; raises :class:`ImageDecodeError` on anything undecodable."""
+def load_pixels(
+    source: str | Path | bytes, size: int = IMAGE_SIZE, max_pixels: int | None = None
+) -> np.ndarray:
+    """Decode a file path or raw bytes; raises :class:`ImageDecodeError` on anything undecodable.
+
+    ``max_pixels`` rejects an image from its header, before decoding a byte of pixel data (the
+    decompression-bomb guard for untrusted uploads; Pillow's own global limit still applies).
+    """
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
         with handle, Image.open(handle) as image:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise ImageDecodeError(f"image of {image.width}×{image.height} exceeds {max_pixels} pixels")
             image.load()
             return to_pixels(image, size)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, ImageDecodeError):
+            raise
         raise ImageDecodeError(f"cannot decode image: {exc}") from exc

@@ -31,6 +31,9 @@ class TrainedHasher:
     encoders: dict[str, ModalityEncoder]
     config: dict
     history: list[dict] = field(default_factory=list)  # one record per outer iteration (objectives...)
+    # A learned semantic-index head (UDDH): the first head_bits bits of every code, and its centers.
+    head_bits: int | None = None
+    centers: np.ndarray | None = None
 
 
 def check_features(name: str, x: np.ndarray) -> np.ndarray:

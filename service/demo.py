@@ -1,0 +1,49 @@
+"""``--demo``: ingest the OpenClipart retrieval database (its images and its texts) so one can search.
+
+Items are ``img:<path>`` and ``txt:<path>`` with the title and categories as metadata. Ingestion goes
+through the same path as the batch endpoint (``service.ingest.store``), in the background, and skips
+items already present, so restarting the demo does not ingest twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from service.ingest import Prepared, store
+from service.runtime import Runtime
+
+log = logging.getLogger("xmhash.demo")
+BATCH = 256
+
+
+def ingest_openclipart(runtime: Runtime) -> None:
+    from training.datasets.openclipart import load_openclipart
+
+    dataset = load_openclipart()
+    rows = dataset.split.database
+    present = runtime.index.stats()["items"]
+    if present["image"] >= len(rows) and present["text"] >= len(rows):
+        log.info("demo: OpenClipart already ingested (%s)", present)
+        return
+    for start in range(0, len(rows), BATCH):
+        part = rows[start : start + BATCH]
+        images = runtime.bundle.image_features(dataset.images[part])
+        texts = runtime.bundle.text_features([dataset.texts[i] for i in part])
+        batch = []
+        for j, i in enumerate(part):
+            meta = {
+                "path": dataset.ids[i],
+                "title": dataset.texts[i][:120],
+                "labels": [dataset.label_names[c] for c in dataset.labels[i].nonzero()[0]],
+            }
+            batch.append(Prepared(f"img:{dataset.ids[i]}", "image", images[j], meta))
+            batch.append(Prepared(f"txt:{dataset.ids[i]}", "text", texts[j], meta))
+        store(runtime, batch)
+    log.info("demo: ingested %d OpenClipart items per modality", len(rows))
+
+
+def start_demo_ingestion(runtime: Runtime) -> threading.Thread:
+    thread = threading.Thread(target=ingest_openclipart, args=(runtime,), name="demo-ingest", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,89 @@
+"""Batch ingestion: validate and featurize each item on its own, then store the good ones at once.
+
+An item that fails validation or encoding is rejected with its reason and never reaches the index;
+the accepted items are written in one atomic index batch (all acknowledged together, or none).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import ValidationError
+
+from index.engine import Item
+from service.encoder import EncodeError
+from service.runtime import Runtime
+from service.schemas import BatchResponse, ItemIn, ItemResult
+
+
+@dataclass(frozen=True)
+class Prepared:
+    id: str
+    modality: str
+    features: np.ndarray  # (d,) float32
+    metadata: dict
+
+
+def _features(runtime: Runtime, item: ItemIn) -> np.ndarray:
+    given = [name for name in ("text", "image_base64", "features") if getattr(item, name) is not None]
+    if len(given) != 1:
+        raise EncodeError("give exactly one of 'text', 'image_base64' or 'features'")
+    encoder = runtime.encoder
+    if item.features is not None:
+        return encoder.features(item.modality, item.features)[0]
+    if item.text is not None:
+        if item.modality != "text":
+            raise EncodeError("'text' is the input of a text item")
+        return encoder.text_features(item.text, require_known_words=False)[0]
+    if item.modality != "image":
+        raise EncodeError("'image_base64' is the input of an image item")
+    return encoder.image_features(encoder.decode_base64(item.image_base64))[0]
+
+
+def _validation_message(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'item'}: {e['msg']}" for e in exc.errors())
+
+
+def store(runtime: Runtime, items: list[Prepared]) -> None:
+    """Encode prepared items and write them in one atomic index batch."""
+    batch = []
+    for modality in ("image", "text"):
+        group = [p for p in items if p.modality == modality]
+        if group:
+            codes = runtime.encoder.packed(modality, np.stack([p.features for p in group]))
+            batch += [Item(p.id, modality, code, p.metadata) for p, code in zip(group, codes, strict=True)]
+    runtime.index.upsert(batch)
+    for modality in ("image", "text"):
+        runtime.metrics.ingested.labels(modality).inc(sum(p.modality == modality for p in items))
+
+
+def ingest_batch(runtime: Runtime, raw_items: list[dict]) -> BatchResponse:
+    results: list[ItemResult | None] = []
+    accepted: dict[str, tuple[int, Prepared]] = {}
+    for position, raw in enumerate(raw_items):
+        item_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
+        try:
+            item = ItemIn.model_validate(raw)
+            if item.id in accepted:
+                raise EncodeError("the same id appears earlier in this batch")
+            prepared = Prepared(item.id, item.modality, _features(runtime, item), item.metadata)
+        except ValidationError as exc:
+            results.append(ItemResult(id=item_id, status="rejected", error=_validation_message(exc)))
+            continue
+        except EncodeError as exc:
+            results.append(ItemResult(id=item_id, status="rejected", error=str(exc)))
+            continue
+        accepted[item.id] = (position, prepared)
+        results.append(None)
+    stored_modalities = runtime.index.store.modalities_of(list(accepted))
+    for item_id, current in stored_modalities.items():
+        position, prepared = accepted[item_id]
+        if current is not None and current != prepared.modality:
+            results[position] = ItemResult(
+                id=item_id, status="rejected", error=f"id is already stored as a {current} item"
+            )
+            del accepted[item_id]
+    store(runtime, [prepared for _, prepared in accepted.values()])
+    final = [r or ItemResult(id=raw_items[i]["id"], status="stored") for i, r in enumerate(results)]
+    return BatchResponse(stored=len(accepted), rejected=len(final) - len(accepted), results=final)

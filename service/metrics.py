@@ -1,0 +1,31 @@
+"""Prometheus metrics of the service (one registry per app, so tests can run several apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Histogram(
+            "xmhash_request_seconds", "HTTP request latency", ["route", "method", "status"],
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.encode = Histogram(
+            "xmhash_encode_seconds", "time to encode a query into a code", ["modality", "input"],
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.search = Histogram(
+            "xmhash_search_seconds", "time of the two-level index search", ["target"],
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.ingested = Counter(
+            "xmhash_items_ingested_total", "items stored through the batch endpoint", ["modality"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.index_items = Gauge(
+            "xmhash_index_items", "items in the index", ["modality"], registry=self.registry
+        )

@@ -1,0 +1,58 @@
+"""Items: batch ingestion (idempotent by id), read and delete. Writes need the API key."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException
+
+from service.ingest import ingest_batch
+from service.routes.deps import require_writer, runtime
+from service.runtime import Runtime
+from service.schemas import BatchRequest, BatchResponse, ErrorBody, StoredItemOut
+
+router = APIRouter(prefix="/v1/items", tags=["items"])
+
+WRITE_ERRORS = {
+    403: {"model": ErrorBody, "description": "missing or wrong X-API-Key"},
+    409: {"model": ErrorBody, "description": "an id is stored under the other modality (raced in)"},
+    413: {"model": ErrorBody, "description": "more items than the batch limit"},
+    503: {"model": ErrorBody, "description": "Redis unavailable: nothing was stored"},
+}
+
+
+@router.post(
+    ":batch", response_model=BatchResponse, responses=WRITE_ERRORS, dependencies=[Depends(require_writer)]
+)
+def batch(request: BatchRequest, rt: Annotated[Runtime, Depends(runtime)]) -> BatchResponse:
+    """Ingest up to ``max_batch_items`` items (default 256). Each item is an ``ItemIn``: ``id``,
+    ``modality`` (image/text), exactly one of ``text`` / ``image_base64`` / ``features``, and
+    ``metadata``. Items are validated one by one and get their own status; the accepted ones are stored
+    together, atomically, and an id already present is replaced (re-sending a batch is idempotent)."""
+    if len(request.items) > rt.settings.max_batch_items:
+        raise HTTPException(413, f"a batch holds at most {rt.settings.max_batch_items} items")
+    return ingest_batch(rt, request.items)
+
+
+@router.get("/{item_id:path}", response_model=StoredItemOut, responses={404: {"model": ErrorBody}})
+def get_item(item_id: str, rt: Annotated[Runtime, Depends(runtime)]) -> StoredItemOut:
+    """An item as stored: modality, bucket, packed code and metadata."""
+    stored = rt.index.get(item_id)
+    return StoredItemOut(
+        id=stored.id,
+        modality=stored.modality,
+        bucket=stored.bucket,
+        code_hex=stored.code.hex(),
+        metadata=stored.metadata,
+    )
+
+
+@router.delete(
+    "/{item_id:path}",
+    status_code=204,
+    responses={404: {"model": ErrorBody}, **WRITE_ERRORS},
+    dependencies=[Depends(require_writer)],
+)
+def delete_item(item_id: str, rt: Annotated[Runtime, Depends(runtime)]) -> None:
+    """Remove an item from the index and from Redis."""
+    rt.index.delete(item_id)

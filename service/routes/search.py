@@ -1,0 +1,116 @@
+"""Cross-modal search: text → images and image → texts, from raw input or feature vectors."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
+
+from service.routes.deps import runtime
+from service.runtime import Runtime
+from service.schemas import ErrorBody, Hit, ImageQuery, SearchOptions, SearchResponse, TextQuery, Timing
+
+router = APIRouter(prefix="/v1/search", tags=["search"])
+
+ERRORS = {
+    422: {
+        "model": ErrorBody,
+        "description": "invalid query: bad input, empty text, undecodable image, k/probe",
+    },
+    503: {"model": ErrorBody, "description": "Redis unavailable"},
+}
+
+
+def _probe(rt: Runtime, probe: int | Literal["all"] | None) -> int | None:
+    if probe == "all":
+        return None
+    value = min(rt.settings.default_probe, rt.index.n_buckets) if probe is None else probe
+    if not 1 <= value <= rt.index.n_buckets:
+        raise HTTPException(422, f"probe must be between 1 and {rt.index.n_buckets}, or 'all'")
+    return value
+
+
+def _matches(metadata: dict, wanted: dict) -> bool:
+    return all(metadata.get(key) == value for key, value in wanted.items())
+
+
+def run_search(
+    rt: Runtime, source: str, features: np.ndarray, options: SearchOptions, encode_seconds: float, kind: str
+) -> SearchResponse:
+    """Encode → route → scan → (filter) for one query; filters over-fetch until k matches or the end."""
+    if options.k > rt.settings.max_k:
+        raise HTTPException(422, f"k must be at most {rt.settings.max_k}")
+    started = time.perf_counter()
+    code = rt.encoder.packed(source, features)
+    encode_seconds += time.perf_counter() - started
+    target = "image" if source == "text" else "text"
+    probe = _probe(rt, options.probe)
+    wanted = options.filter.metadata if options.filter else {}
+    started = time.perf_counter()
+    fetch = options.k if not wanted else options.k * 4
+    while True:
+        [hits] = rt.index.search(target, code, fetch, probe)
+        kept = [h for h in hits if _matches(h.metadata, wanted)]
+        if len(kept) >= options.k or len(hits) < fetch:
+            break
+        fetch *= 4
+    search_seconds = time.perf_counter() - started
+    rt.metrics.encode.labels(source, kind).observe(encode_seconds)
+    rt.metrics.search.labels(target).observe(search_seconds)
+    return SearchResponse(
+        results=[
+            Hit(id=h.id, distance=h.distance, bucket=h.bucket, metadata=h.metadata) for h in kept[: options.k]
+        ],
+        k=options.k,
+        probe="all" if probe is None else probe,
+        bundle_id=rt.bundle.bundle_id,
+        timing=Timing(
+            encode_ms=encode_seconds * 1e3,
+            search_ms=search_seconds * 1e3,
+            total_ms=(encode_seconds + search_seconds) * 1e3,
+        ),
+    )
+
+
+@router.post("/text-to-image", response_model=SearchResponse, responses=ERRORS)
+def text_to_image(query: TextQuery, rt: Annotated[Runtime, Depends(runtime)]) -> SearchResponse:
+    """Find images for a text: raw ``text`` (featurized by the model's vocabulary) or ``features``."""
+    started = time.perf_counter()
+    if query.features is not None:
+        features, kind = rt.encoder.features("text", query.features), "features"
+    else:
+        features, kind = rt.encoder.text_features(query.text, require_known_words=True), "raw"
+    return run_search(rt, "text", features, query, time.perf_counter() - started, kind)
+
+
+@router.post("/image-to-text", response_model=SearchResponse, responses=ERRORS)
+def image_to_text(query: ImageQuery, rt: Annotated[Runtime, Depends(runtime)]) -> SearchResponse:
+    """Find texts for an image: a base64 image file (``image_base64``) or ``features``."""
+    started = time.perf_counter()
+    if query.features is not None:
+        features, kind = rt.encoder.features("image", query.features), "features"
+    else:
+        features, kind = rt.encoder.image_features(rt.encoder.decode_base64(query.image_base64)), "raw"
+    return run_search(rt, "image", features, query, time.perf_counter() - started, kind)
+
+
+@router.post("/image-to-text/upload", response_model=SearchResponse, responses=ERRORS)
+def image_to_text_upload(
+    rt: Annotated[Runtime, Depends(runtime)],
+    image: Annotated[UploadFile, File(description="the image file (PNG, JPEG, GIF, …)")],
+    k: Annotated[int, Form(ge=1)] = 10,
+    probe: Annotated[str | None, Form(description="buckets to scan, or 'all'")] = None,
+) -> SearchResponse:
+    """Find texts for an uploaded image (multipart form)."""
+    started = time.perf_counter()
+    data = image.file.read(rt.settings.max_image_bytes + 1)
+    features = rt.encoder.image_features(data)
+    try:
+        parsed = SearchOptions(
+            k=k, probe=None if probe in (None, "") else ("all" if probe == "all" else int(probe))
+        )
+    except ValueError as exc:
+        raise HTTPException(422, f"probe must be a number or 'all': {exc}") from exc
+    return run_search(rt, "image", features, parsed, time.perf_counter() - started, "raw")

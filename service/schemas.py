@@ -1,0 +1,128 @@
+"""Request and response bodies of the REST API (pydantic v2), with the examples the docs page shows."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Modality = Literal["image", "text"]
+ItemId = Field(min_length=1, max_length=256, pattern=r"^[^\s]+$", examples=["animals/birds/robin_01"])
+
+
+class Filter(BaseModel):
+    """Keep only items whose metadata has these exact key/value pairs."""
+
+    model_config = ConfigDict(extra="forbid")
+    metadata: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, examples=[{"category": "animals"}]
+    )
+
+
+class SearchOptions(BaseModel):
+    k: int = Field(default=10, ge=1, description="results to return (at most the server's max_k)")
+    probe: int | Literal["all"] | None = Field(
+        default=None, description="semantic buckets to scan; 'all' is an exact full scan; omitted → default"
+    )
+    filter: Filter | None = None
+
+
+class TextQuery(SearchOptions):
+    """Exactly one of ``text`` (raw) or ``features`` (the bundle's text feature vector)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"text": "red apple fruit", "k": 5}]}
+    )
+    text: str | None = Field(default=None, description="raw query text")
+    features: list[float] | None = Field(default=None, description="precomputed text feature vector")
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TextQuery:
+        if (self.text is None) == (self.features is None):
+            raise ValueError("give exactly one of 'text' or 'features'")
+        return self
+
+
+class ImageQuery(SearchOptions):
+    """Exactly one of ``image_base64`` (a PNG/JPEG/… file, base64) or ``features``."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"image_base64": "iVBORw0KGgo…", "k": 5}]}
+    )
+    image_base64: str | None = Field(default=None, description="raw image file, base64-encoded")
+    features: list[float] | None = Field(default=None, description="precomputed image feature vector")
+
+    @model_validator(mode="after")
+    def _one_input(self) -> ImageQuery:
+        if (self.image_base64 is None) == (self.features is None):
+            raise ValueError("give exactly one of 'image_base64' or 'features'")
+        return self
+
+
+class Hit(BaseModel):
+    id: str
+    distance: int = Field(description="Hamming distance between the query code and the item code")
+    bucket: int = Field(description="semantic bucket the item lives in")
+    metadata: dict
+
+
+class Timing(BaseModel):
+    encode_ms: float
+    search_ms: float
+    total_ms: float
+
+
+class SearchResponse(BaseModel):
+    results: list[Hit]
+    k: int
+    probe: int | Literal["all"]
+    bundle_id: str
+    timing: Timing
+
+
+class ItemIn(BaseModel):
+    """An item to ingest: exactly one of ``text``, ``image_base64`` or ``features``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"id": "txt/apple", "modality": "text", "text": "red apple", "metadata": {"title": "Apple"}}
+            ]
+        },
+    )
+    id: str = ItemId
+    modality: Modality
+    text: str | None = None
+    image_base64: str | None = None
+    features: list[float] | None = None
+    metadata: dict = Field(default_factory=dict)
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[dict] = Field(min_length=1, description="items (see ItemIn); validated one by one")
+
+
+class ItemResult(BaseModel):
+    id: str | None
+    status: Literal["stored", "rejected"]
+    error: str | None = None
+
+
+class BatchResponse(BaseModel):
+    stored: int
+    rejected: int
+    results: list[ItemResult]
+
+
+class StoredItemOut(BaseModel):
+    id: str
+    modality: Modality
+    bucket: int
+    code_hex: str = Field(description="packed code, FAISS bit order")
+    metadata: dict
+
+
+class ErrorBody(BaseModel):
+    detail: str | list = Field(examples=["give exactly one of 'text' or 'features'"])
