@@ -45,9 +45,7 @@ def build(codes: np.ndarray, bits: int, head_bits: int, k: int, seed: int = 0):
     return scan, centers
 
 
-def routed_search(
-    scan: BucketScan, centers: np.ndarray, queries: np.ndarray, head_bits: int, probe: int, k: int
-):
+def routed_search(scan: BucketScan, centers: np.ndarray, queries: np.ndarray, head_bits: int, probe: int, k: int):
     head = unpack_signs(queries[:, : head_bits // 8], head_bits)
     probes = nearest_centers(head, centers, probe)
     _, labels, _ = scan.search(queries, probes, k)
@@ -66,9 +64,7 @@ def retention(scan, centers, queries, q_labels, db_labels, head_bits: int, probe
         labels, scanned = routed_search(scan, centers, queries, head_bits, probe, 100)
         rel = np.take_along_axis(relevance(q_labels, db_labels), np.maximum(labels, 0), 1) & (labels >= 0)
         value = average_precision_at(rel, 50).mean()
-        recall = np.mean(
-            [len(set(a) & set(b)) / 100 for a, b in zip(labels.tolist(), full.tolist(), strict=True)]
-        )
+        recall = np.mean([len(set(a) & set(b)) / 100 for a, b in zip(labels.tolist(), full.tolist(), strict=True)])
         fraction = scanned.mean() / n
         rows.append({
             "probe": probe, "MAP@50": round(float(value), 4), "retention": round(float(value / map_full), 4),
@@ -154,9 +150,7 @@ def memory_per_item(codes: np.ndarray, bits: int, centers: np.ndarray, head_bits
                 stop = min(n, start + 2000)
                 batch = [ids[i] for i in range(start, stop)]
                 metadata = [{"title": "clip art"}] * len(batch)
-                store.upsert(
-                    "image", batch, buckets[start:stop], np.arange(start, stop), codes[start:stop], metadata
-                )
+                store.upsert("image", batch, buckets[start:stop], np.arange(start, stop), codes[start:stop], metadata)
             redis_bytes = client.info("memory")["used_memory"] - base
         finally:
             server.stop()
@@ -171,9 +165,7 @@ def memory_per_item(codes: np.ndarray, bits: int, centers: np.ndarray, head_bits
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--buckets", type=int, default=64, help="buckets on OpenClipart (no head code)")
     parser.add_argument("--scaled-buckets", type=int, default=1024, help="buckets on the scaled databases")

@@ -47,15 +47,11 @@ def fit_centers(
 
 def _majority_centers(signs: np.ndarray, assignment: np.ndarray, centers: np.ndarray) -> np.ndarray:
     k = len(centers)
-    sums = np.stack(
-        [np.bincount(assignment, weights=signs[:, j], minlength=k) for j in range(signs.shape[1])], 1
-    )
+    sums = np.stack([np.bincount(assignment, weights=signs[:, j], minlength=k) for j in range(signs.shape[1])], 1)
     return np.where(sums > 0, 1, np.where(sums < 0, -1, centers)).astype(np.int8)
 
 
-def _reseed_empty(
-    signs: np.ndarray, centers: np.ndarray, assignment: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _reseed_empty(signs: np.ndarray, centers: np.ndarray, assignment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     centers = centers.copy()
     for empty in np.flatnonzero(np.bincount(assignment, minlength=len(centers)) == 0):
         own = (signs != centers[assignment]).sum(1)

@@ -22,9 +22,7 @@ class RedisServer:
 
     def __init__(self, directory: Path) -> None:
         if shutil.which("redis-server") is None:
-            raise RuntimeError(
-                "redis-server not installed: run `make bootstrap` (Debian package redis-server)"
-            )
+            raise RuntimeError("redis-server not installed: run `make bootstrap` (Debian package redis-server)")
         self.directory = directory
         self.port = free_port()
         self.process: subprocess.Popen | None = None

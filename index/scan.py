@@ -43,9 +43,7 @@ class BucketScan:
         for bucket in np.unique(buckets):
             self.buckets[bucket].remove_ids(labels[buckets == bucket])
 
-    def search(
-        self, queries: np.ndarray, probes: np.ndarray, k: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, probes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top k of each query over its probed buckets: distances (int32), labels (int64) and the
         bucket each came from, all −1 past the end of the results. ``probes`` is (nq, p) buckets.
 

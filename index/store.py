@@ -142,9 +142,7 @@ class RedisStore:
             pipe.hmget(self.key(f"items:{modality}"), list(items))
         found = self._call(pipe.execute)
         return {
-            item: next(
-                (m for m, values in zip(MODALITIES, found, strict=True) if values[i] is not None), None
-            )
+            item: next((m for m, values in zip(MODALITIES, found, strict=True) if values[i] is not None), None)
             for i, item in enumerate(items)
         }
 

@@ -20,9 +20,7 @@ class EncodeError(ValueError):
 
 
 class Encoder:
-    def __init__(
-        self, bundle: Bundle, max_text_chars: int, max_image_bytes: int, max_image_pixels: int
-    ) -> None:
+    def __init__(self, bundle: Bundle, max_text_chars: int, max_image_bytes: int, max_image_pixels: int) -> None:
         self.bundle = bundle
         self.max_text_chars = max_text_chars
         self.max_image_bytes = max_image_bytes
@@ -47,9 +45,7 @@ class Encoder:
 
     def text_features(self, text: str, require_known_words: bool) -> np.ndarray:
         if not self.accepts_raw_text:
-            raise EncodeError(
-                "this model takes text only as feature vectors (its bundle has no text featurizer)"
-            )
+            raise EncodeError("this model takes text only as feature vectors (its bundle has no text featurizer)")
         if not text.strip():
             raise EncodeError("text is empty")
         if len(text) > self.max_text_chars:
@@ -61,9 +57,7 @@ class Encoder:
 
     def image_features(self, data: bytes) -> np.ndarray:
         if not self.accepts_raw_images:
-            raise EncodeError(
-                "this model takes images only as feature vectors (its bundle has no image featurizer)"
-            )
+            raise EncodeError("this model takes images only as feature vectors (its bundle has no image featurizer)")
         if not data:
             raise EncodeError("image is empty")
         if len(data) > self.max_image_bytes:

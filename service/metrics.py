@@ -26,6 +26,4 @@ class Metrics:
             "xmhash_items_ingested_total", "items stored through the batch endpoint", ["modality"],
             registry=self.registry,
         )  # fmt: skip
-        self.index_items = Gauge(
-            "xmhash_index_items", "items in the index", ["modality"], registry=self.registry
-        )
+        self.index_items = Gauge("xmhash_index_items", "items in the index", ["modality"], registry=self.registry)

@@ -14,9 +14,7 @@ class Filter(BaseModel):
     """Keep only items whose metadata has these exact key/value pairs."""
 
     model_config = ConfigDict(extra="forbid")
-    metadata: dict[str, str | int | float | bool] = Field(
-        default_factory=dict, examples=[{"category": "animals"}]
-    )
+    metadata: dict[str, str | int | float | bool] = Field(default_factory=dict, examples=[{"category": "animals"}])
 
 
 class SearchOptions(BaseModel):
@@ -30,9 +28,7 @@ class SearchOptions(BaseModel):
 class TextQuery(SearchOptions):
     """Exactly one of ``text`` (raw) or ``features`` (the bundle's text feature vector)."""
 
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"text": "red apple fruit", "k": 5}]}
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "red apple fruit", "k": 5}]})
     text: str | None = Field(default=None, description="raw query text")
     features: list[float] | None = Field(default=None, description="precomputed text feature vector")
 
@@ -86,9 +82,7 @@ class ItemIn(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [
-                {"id": "txt/apple", "modality": "text", "text": "red apple", "metadata": {"title": "Apple"}}
-            ]
+            "examples": [{"id": "txt/apple", "modality": "text", "text": "red apple", "metadata": {"title": "Apple"}}]
         },
     )
     id: str = ItemId

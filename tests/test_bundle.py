@@ -110,9 +110,7 @@ def test_a_modified_file_refuses_to_load(raw_bundle, tmp_path: Path) -> None:
         load_bundle(bundle)
 
 
-def test_an_onnx_input_shape_that_disagrees_with_the_manifest_refuses_to_load(
-    raw_bundle, tmp_path: Path
-) -> None:
+def test_an_onnx_input_shape_that_disagrees_with_the_manifest_refuses_to_load(raw_bundle, tmp_path: Path) -> None:
     bundle = _copy(raw_bundle[0], tmp_path / "wrong-shape")
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["modalities"]["text"]["input"]["dim"] += 1

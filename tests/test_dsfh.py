@@ -88,9 +88,7 @@ def test_factored_similarity_equals_the_dense_n_by_n_matrix(problem: dict) -> No
     np.testing.assert_allclose(np.diag(semantics.labels @ semantics.labels.T), 1.0)
     assign = semantics.clusters.toarray().argmax(1)
     same_cluster = assign[:, None] == assign[None, :]
-    np.testing.assert_allclose(
-        dense - semantics.labels @ semantics.labels.T, GAMMA * same_cluster, atol=1e-12
-    )
+    np.testing.assert_allclose(dense - semantics.labels @ semantics.labels.T, GAMMA * same_cluster, atol=1e-12)
 
 
 def test_label_clusters_keep_identical_label_vectors_together(problem: dict) -> None:
@@ -229,9 +227,7 @@ def test_seeded_runs_are_reproducible(synthetic: dict) -> None:
     first, again, other = train_dsfh(*args, seed=7), train_dsfh(*args, seed=7), train_dsfh(*args, seed=8)
     assert first.history == again.history
     for modality in ("image", "text"):
-        np.testing.assert_array_equal(
-            first.encoders[modality].projection, again.encoders[modality].projection
-        )
+        np.testing.assert_array_equal(first.encoders[modality].projection, again.encoders[modality].projection)
     assert not np.array_equal(first.encoders["image"].projection, other.encoders["image"].projection)
 
 
@@ -283,9 +279,7 @@ def test_bad_input_raises_before_training(synthetic: dict, monkeypatch, change, 
 def test_config_too_large_for_the_data_raises_before_training(
     synthetic: dict, monkeypatch, config: DSFHConfig, rows: int, message: str
 ) -> None:
-    monkeypatch.setattr(
-        dsfh.RBFKernelMap, "fit_transform", lambda *args, **kwargs: pytest.fail("training started")
-    )
+    monkeypatch.setattr(dsfh.RBFKernelMap, "fit_transform", lambda *args, **kwargs: pytest.fail("training started"))
     with pytest.raises(ValueError, match=message):
         train_dsfh(synthetic["image"][:rows], synthetic["text"][:rows], synthetic["labels"][:rows], config)
 

@@ -29,9 +29,7 @@ def _items(prefix: str, modality: str, codes: np.ndarray) -> list[Item]:
     return [Item(f"{prefix}{i}", modality, c, {"n": i}) for i, c in enumerate(codes)]
 
 
-def _brute_force(
-    queries: np.ndarray, ids: list[str], codes: np.ndarray, k: int
-) -> list[list[tuple[str, int]]]:
+def _brute_force(queries: np.ndarray, ids: list[str], codes: np.ndarray, k: int) -> list[list[tuple[str, int]]]:
     """Stable numpy Hamming ranking over items in insertion order."""
     d = hamming_distances(unpack_signs(queries, BITS), unpack_signs(codes, BITS))
     order = np.argsort(d, axis=1, kind="stable")[:, :k]

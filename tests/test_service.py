@@ -91,18 +91,13 @@ def _precision_at_10(corpus, query_rows, responses) -> tuple[float, float]:
     db_rows = _database_rows(corpus)
     prior = relevance(corpus.labels[query_rows], corpus.labels[db_rows]).mean()
     hits = [[h["metadata"]["row"] for h in r.json()["results"]] for r in responses]
-    rel = [
-        relevance(corpus.labels[[q]], corpus.labels[h])[0].mean()
-        for q, h in zip(query_rows, hits, strict=True)
-    ]
+    rel = [relevance(corpus.labels[[q]], corpus.labels[h])[0].mean() for q, h in zip(query_rows, hits, strict=True)]
     return float(np.mean(rel)), float(prior)
 
 
 def test_text_queries_find_relevant_images_well_above_the_label_prior(loaded, corpus) -> None:
     rows = _query_rows(corpus, 100)
-    responses = [
-        loaded.post("/v1/search/text-to-image", json={"text": corpus.texts[i], "k": 10}) for i in rows
-    ]
+    responses = [loaded.post("/v1/search/text-to-image", json={"text": corpus.texts[i], "k": 10}) for i in rows]
     ok = [(i, r) for i, r in zip(rows, responses, strict=True) if r.status_code == 200]
     assert len(ok) >= 95  # the rest have no word in the model's vocabulary: a clear 422
     precision, prior = _precision_at_10(corpus, [i for i, _ in ok], [r for _, r in ok])
@@ -127,17 +122,13 @@ def test_feature_queries_match_raw_queries_and_the_index_called_directly(loaded,
     i = corpus.split.query[3]
     features = runtime.bundle.text_features([corpus.texts[i]])[0]
     raw = loaded.post("/v1/search/text-to-image", json={"text": corpus.texts[i], "k": 20, "probe": 4}).json()
-    via_features = loaded.post(
-        "/v1/search/text-to-image", json={"features": features.tolist(), "k": 20, "probe": 4}
-    )
+    via_features = loaded.post("/v1/search/text-to-image", json={"features": features.tolist(), "k": 20, "probe": 4})
     assert via_features.json()["results"] == raw["results"]
     code = runtime.bundle.packed_codes("text", features[None])
     [direct] = runtime.index.search("image", code, 20, 4)
     assert [(h["id"], h["distance"]) for h in raw["results"]] == [(h.id, h.distance) for h in direct]
     image = base64.b64encode((DEFAULT_ROOT / "png" / f"{corpus.ids[i]}.png").read_bytes()).decode()
-    by_json = loaded.post(
-        "/v1/search/image-to-text", json={"image_base64": image, "k": 5, "probe": "all"}
-    ).json()
+    by_json = loaded.post("/v1/search/image-to-text", json={"image_base64": image, "k": 5, "probe": "all"}).json()
     image_features = runtime.bundle.image_features(corpus.images[[i]])[0]
     by_features = loaded.post(
         "/v1/search/image-to-text", json={"features": image_features.tolist(), "k": 5, "probe": "all"}
@@ -169,10 +160,7 @@ def test_items_can_be_read_replaced_idempotently_and_deleted(client) -> None:
 def test_writes_need_the_api_key(client) -> None:
     item = {"id": "a", "modality": "text", "text": "apple"}
     assert client.post("/v1/items:batch", json={"items": [item]}).status_code == 403
-    assert (
-        client.post("/v1/items:batch", json={"items": [item]}, headers={"X-API-Key": "wrong"}).status_code
-        == 403
-    )
+    assert client.post("/v1/items:batch", json={"items": [item]}, headers={"X-API-Key": "wrong"}).status_code == 403
     assert client.delete("/v1/items/a").status_code == 403
 
 
@@ -242,9 +230,7 @@ def test_malformed_json_oversized_images_and_batches_are_4xx(redis_server) -> No
             ).status_code
             == 422
         )
-        big = c.post(
-            "/v1/search/image-to-text/upload", files={"image": ("x.png", b"\x89PNG" + b"0" * 20_000)}
-        )
+        big = c.post("/v1/search/image-to-text/upload", files={"image": ("x.png", b"\x89PNG" + b"0" * 20_000)})
         assert big.status_code == 422 and "larger than 10000 bytes" in big.text
         bomb = c.post("/v1/search/image-to-text/upload", files={"image": ("x.png", _png((200, 200)))})
         assert bomb.status_code == 422 and "exceeds 10000 pixels" in bomb.text
@@ -259,9 +245,7 @@ def test_health_readiness_models_and_metrics(client) -> None:
     assert models["method"] == "dsfh" and models["code_bits"] == 64 and models["inputs"]["image"]["raw_input"]
     client.post("/v1/search/text-to-image", json={"text": "apple"})
     metrics = client.get("/metrics").text
-    assert (
-        'xmhash_request_seconds_count{method="POST",route="/v1/search/text-to-image",status="200"}' in metrics
-    )
+    assert 'xmhash_request_seconds_count{method="POST",route="/v1/search/text-to-image",status="200"}' in metrics
     assert "xmhash_encode_seconds" in metrics and "xmhash_search_seconds" in metrics
     assert 'xmhash_index_items{modality="image"}' in metrics
 

@@ -148,13 +148,9 @@ def evaluate(
         } - set(data.files)
         if missing:
             raise _fail(f"{codes} lacks arrays {sorted(missing)}")
-        signs = {
-            k: to_signs(data[k]) for k in ("query_image", "query_text", "database_image", "database_text")
-        }
+        signs = {k: to_signs(data[k]) for k in ("query_image", "query_text", "database_image", "database_text")}
         metrics = evaluate_directions(signs, data["query_labels"], data["database_labels"])
     write_report(metrics, out, codes.stem)
     typer.echo(
-        json.dumps(
-            {d: {k: v for k, v in m.items() if not isinstance(v, dict)} for d, m in metrics.items()}, indent=2
-        )
+        json.dumps({d: {k: v for k, v in m.items() if not isinstance(v, dict)} for d, m in metrics.items()}, indent=2)
     )

@@ -21,9 +21,7 @@ WRITE_ERRORS = {
 }
 
 
-@router.post(
-    ":batch", response_model=BatchResponse, responses=WRITE_ERRORS, dependencies=[Depends(require_writer)]
-)
+@router.post(":batch", response_model=BatchResponse, responses=WRITE_ERRORS, dependencies=[Depends(require_writer)])
 def batch(request: BatchRequest, rt: Annotated[Runtime, Depends(runtime)]) -> BatchResponse:
     """Ingest up to ``max_batch_items`` items (default 256). Each item is an ``ItemIn``: ``id``,
     ``modality`` (image/text), exactly one of ``text`` / ``image_base64`` / ``features``, and

@@ -60,9 +60,7 @@ def run_search(
     rt.metrics.encode.labels(source, kind).observe(encode_seconds)
     rt.metrics.search.labels(target).observe(search_seconds)
     return SearchResponse(
-        results=[
-            Hit(id=h.id, distance=h.distance, bucket=h.bucket, metadata=h.metadata) for h in kept[: options.k]
-        ],
+        results=[Hit(id=h.id, distance=h.distance, bucket=h.bucket, metadata=h.metadata) for h in kept[: options.k]],
         k=options.k,
         probe="all" if probe is None else probe,
         bundle_id=rt.bundle.bundle_id,
@@ -108,9 +106,7 @@ def image_to_text_upload(
     data = image.file.read(rt.settings.max_image_bytes + 1)
     features = rt.encoder.image_features(data)
     try:
-        parsed = SearchOptions(
-            k=k, probe=None if probe in (None, "") else ("all" if probe == "all" else int(probe))
-        )
+        parsed = SearchOptions(k=k, probe=None if probe in (None, "") else ("all" if probe == "all" else int(probe)))
     except ValueError as exc:
         raise HTTPException(422, f"probe must be a number or 'all': {exc}") from exc
     return run_search(rt, "image", features, parsed, time.perf_counter() - started, "raw")

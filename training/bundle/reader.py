@@ -50,13 +50,9 @@ class Bundle:
             inputs, outputs = session.get_inputs(), session.get_outputs()
             expected_in, expected_out = ["batch", spec["input"]["dim"]], ["batch", self.bits]
             if len(inputs) != 1 or _static_dim(inputs[0]) != expected_in:
-                raise BundleError(
-                    f"{spec['onnx']} takes {_static_dim(inputs[0])}, manifest says {expected_in}"
-                )
+                raise BundleError(f"{spec['onnx']} takes {_static_dim(inputs[0])}, manifest says {expected_in}")
             if len(outputs) != 1 or _static_dim(outputs[0]) != expected_out:
-                raise BundleError(
-                    f"{spec['onnx']} gives {_static_dim(outputs[0])}, manifest says {expected_out}"
-                )
+                raise BundleError(f"{spec['onnx']} gives {_static_dim(outputs[0])}, manifest says {expected_out}")
             self.sessions[modality] = session
         self.text_featurizer: BagOfWords | None = None
         text = manifest["modalities"]["text"]["featurizer"]
@@ -95,9 +91,7 @@ class Bundle:
             raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
         x = np.asarray(features, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.input_dim(modality):
-            raise ValueError(
-                f"{modality} features must have shape (n, {self.input_dim(modality)}), got {x.shape}"
-            )
+            raise ValueError(f"{modality} features must have shape (n, {self.input_dim(modality)}), got {x.shape}")
         if not np.isfinite(x).all():
             raise ValueError(f"{modality} features contain NaN or inf")
         return self.sessions[modality].run(None, {"features": x})[0]
@@ -115,9 +109,7 @@ class Bundle:
 
     def image_features(self, pixels: np.ndarray) -> np.ndarray:
         if self.image_featurizer is None:
-            raise ValueError(
-                "this bundle was trained on precomputed image features: it cannot take raw images"
-            )
+            raise ValueError("this bundle was trained on precomputed image features: it cannot take raw images")
         return self.image_featurizer.transform(pixels)
 
 
@@ -143,9 +135,7 @@ def load_bundle(path: str | Path) -> Bundle:
             raise BundleError(f"sha256 of {name} does not match the manifest: the bundle was modified")
         files[name] = data
     referenced = [m["onnx"] for m in manifest["modalities"].values()]
-    referenced += [
-        m["featurizer"]["onnx"] for m in manifest["modalities"].values() if "onnx" in m["featurizer"]
-    ]
+    referenced += [m["featurizer"]["onnx"] for m in manifest["modalities"].values() if "onnx" in m["featurizer"]]
     unlisted = [name for name in referenced if name not in files]
     if unlisted:
         raise BundleError(f"bundle files {unlisted} are not covered by the manifest's sha256 list")

@@ -46,9 +46,7 @@ def _featurizers(features: FeatureSet) -> dict[str, dict]:
     return {"image": image, "text": text}
 
 
-def _semantic_index(
-    hasher: TrainedHasher, features: FeatureSet, n_buckets: int
-) -> tuple[np.ndarray, int, str]:
+def _semantic_index(hasher: TrainedHasher, features: FeatureSet, n_buckets: int) -> tuple[np.ndarray, int, str]:
     if hasher.centers is not None and hasher.head_bits is not None:
         return np.asarray(hasher.centers, dtype=np.int8), hasher.head_bits, f"{hasher.method} head code"
     image, text, _ = features.part("train")
@@ -58,9 +56,7 @@ def _semantic_index(
     return centers, hasher.bits, "fitted on training codes"
 
 
-def write_bundle(
-    out: Path, hasher: TrainedHasher, features: FeatureSet, metrics: dict, n_buckets: int = 64
-) -> dict:
+def write_bundle(out: Path, hasher: TrainedHasher, features: FeatureSet, metrics: dict, n_buckets: int = 64) -> dict:
     """Write the bundle atomically (temporary directory, then rename) and return its manifest.
 
     Every bundle carries semantic-index centers (the index's first level) over the first ``head_bits``
@@ -78,9 +74,7 @@ def write_bundle(
         for modality in MODALITIES:
             encoder = hasher.encoders[modality]
             if encoder.input_dim != dims[modality]:
-                raise ValueError(
-                    f"{modality} encoder takes {encoder.input_dim} features, data has {dims[modality]}"
-                )
+                raise ValueError(f"{modality} encoder takes {encoder.input_dim} features, data has {dims[modality]}")
             (staging / f"{modality}.onnx").write_bytes(hash_function_graph(encoder).SerializeToString())
             modalities[modality] = {
                 "onnx": f"{modality}.onnx",

@@ -55,9 +55,7 @@ def _labels(matrix: np.ndarray) -> np.ndarray:
     return (labels > 0).astype(np.uint8)
 
 
-def load_mat(
-    path: str | Path, n_query: int = 2000, n_train: int | None = 10000, seed: int = 0
-) -> CrossModalDataset:
+def load_mat(path: str | Path, n_query: int = 2000, n_train: int | None = 10000, seed: int = 0) -> CrossModalDataset:
     """A pre-split ``.mat`` file, or the prefix of a DCMH ``-iall/-yall/-lall`` triple."""
     path = Path(path)
     if path.is_file():

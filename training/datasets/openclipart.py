@@ -104,9 +104,7 @@ def _scan(root: Path) -> list[dict]:
         if not real.is_file() or not real.is_relative_to(png_root.resolve()):
             continue
         item_id = real.relative_to(png_root.resolve()).with_suffix("").as_posix()
-        categories.setdefault(item_id, set()).update(
-            _category_labels(path.relative_to(png_root).parent.as_posix())
-        )
+        categories.setdefault(item_id, set()).update(_category_labels(path.relative_to(png_root).parent.as_posix()))
     records = []
     for item_id in sorted(categories):
         svg = svg_root / f"{item_id}.svg"
@@ -142,9 +140,7 @@ def _build_cache(root: Path, cache: Path, workers: int) -> None:
     records = _scan(root)
     paths = [str(root / "png" / f"{r['id']}.png") for r in records]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        decoded = list(
-            tqdm(pool.map(_decode, paths, chunksize=16), total=len(paths), desc="decoding OpenClipart PNGs")
-        )
+        decoded = list(tqdm(pool.map(_decode, paths, chunksize=16), total=len(paths), desc="decoding OpenClipart PNGs"))
     kept = [i for i, px in enumerate(decoded) if px is not None]
     pixels = np.stack([decoded[i] for i in kept]) if kept else np.zeros((0, 3, IMAGE_SIZE, IMAGE_SIZE))
     cache.mkdir(parents=True, exist_ok=True)

@@ -26,9 +26,7 @@ def encode_parts(hasher: TrainedHasher, features: FeatureSet) -> dict[str, np.nd
     return codes
 
 
-def evaluate_directions(
-    codes: dict[str, np.ndarray], query_labels: np.ndarray, db_labels: np.ndarray
-) -> dict:
+def evaluate_directions(codes: dict[str, np.ndarray], query_labels: np.ndarray, db_labels: np.ndarray) -> dict:
     """Image→text and text→image metrics from query/database codes of both modalities."""
     return {
         direction: evaluate_codes(codes[f"query_{q}"], codes[f"database_{d}"], query_labels, db_labels)

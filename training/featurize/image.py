@@ -69,8 +69,7 @@ class ImageFeaturizer:
         expected = (3, self.params.size, self.params.size)
         if pixels.ndim != 4 or pixels.shape[1:] != expected:
             raise ValueError(
-                f"expected pixels of shape (n, {expected[0]}, {expected[1]}, {expected[2]}), "
-                f"got {pixels.shape}"
+                f"expected pixels of shape (n, {expected[0]}, {expected[1]}, {expected[2]}), got {pixels.shape}"
             )
         out = np.empty((len(pixels), self.dim), dtype=np.float32)
         for start in range(0, len(pixels), _BATCH):

@@ -37,9 +37,7 @@ class ImageDescriptor(nn.Module):
         super().__init__()
         self.params = params
         for s, wavelength in enumerate(params.wavelengths):
-            pairs = [
-                _gabor_pair(wavelength, math.pi * o / params.orientations) for o in range(params.orientations)
-            ]
+            pairs = [_gabor_pair(wavelength, math.pi * o / params.orientations) for o in range(params.orientations)]
             bank = np.stack([k for pair in pairs for k in pair])[:, None]  # (2·orientations, 1, k, k)
             self.register_buffer(f"bank{s}", torch.tensor(bank, dtype=torch.float32))
         self.register_buffer("bin_ids", torch.arange(params.color_bins**3, dtype=torch.float32))

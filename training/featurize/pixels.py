@@ -29,9 +29,7 @@ def to_pixels(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
     return np.asarray(canvas.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
-def load_pixels(
-    source: str | Path | bytes, size: int = IMAGE_SIZE, max_pixels: int | None = None
-) -> np.ndarray:
+def load_pixels(source: str | Path | bytes, size: int = IMAGE_SIZE, max_pixels: int | None = None) -> np.ndarray:
     """Decode a file path or raw bytes; raises :class:`ImageDecodeError` on anything undecodable.
 
     ``max_pixels`` rejects an image from its header, before decoding a byte of pixel data (the

@@ -26,9 +26,7 @@ class BagOfWordsParams:
 class BagOfWords:
     """``fit`` on training texts, ``transform`` any texts to (n, vocabulary size) float32."""
 
-    def __init__(
-        self, params: BagOfWordsParams | None = None, vocabulary: Sequence[str] | None = None
-    ) -> None:
+    def __init__(self, params: BagOfWordsParams | None = None, vocabulary: Sequence[str] | None = None) -> None:
         self.params = params or BagOfWordsParams()
         self.vocabulary: list[str] = list(vocabulary) if vocabulary is not None else []
 

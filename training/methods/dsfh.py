@@ -79,9 +79,7 @@ class DSFHConfig:
         if self.iterations < 1 or self.n_clusters < 1 or self.kmeans_n_init < 1:
             raise ValueError("iterations, n_clusters and kmeans_n_init must be positive")
         if not (self.alpha >= 0 and self.gamma >= 0 and self.lam > 0):
-            raise ValueError(
-                f"need alpha ≥ 0, gamma ≥ 0, lam > 0; got {self.alpha}, {self.gamma}, {self.lam}"
-            )
+            raise ValueError(f"need alpha ≥ 0, gamma ≥ 0, lam > 0; got {self.alpha}, {self.gamma}, {self.lam}")
 
 
 @dataclass(frozen=True)
@@ -104,9 +102,7 @@ class FusedSemantics:
         return float((yy**2).sum() + 2 * self.gamma * (ly**2).sum() + self.gamma**2 * (sizes**2).sum())
 
 
-def fuse_semantics(
-    labels: np.ndarray, n_clusters: int, gamma: float, seed: int, n_init: int
-) -> FusedSemantics:
+def fuse_semantics(labels: np.ndarray, n_clusters: int, gamma: float, seed: int, n_init: int) -> FusedSemantics:
     """Instance-level (cosine) plus cluster-level (label K-means) similarity of §3.2."""
     labels = np.asarray(labels, dtype=np.float64)
     n = labels.shape[0]
@@ -227,8 +223,7 @@ def train_dsfh(
         )
 
     encoders = {
-        m: KernelHashFunction(kernels[m], fit_hash_projection(xs[m], b, config.lam), np.zeros(r))
-        for m in MODALITIES
+        m: KernelHashFunction(kernels[m], fit_hash_projection(xs[m], b, config.lam), np.zeros(r)) for m in MODALITIES
     }
     return TrainedHasher(
         method="dsfh",

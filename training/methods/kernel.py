@@ -34,9 +34,7 @@ class RBFKernelMap:
     sigma: float
 
     @classmethod
-    def fit_transform(
-        cls, x: np.ndarray, n_anchors: int, rng: np.random.Generator
-    ) -> tuple[RBFKernelMap, np.ndarray]:
+    def fit_transform(cls, x: np.ndarray, n_anchors: int, rng: np.random.Generator) -> tuple[RBFKernelMap, np.ndarray]:
         """Anchors are ``n_anchors`` distinct training rows; σ is their mean distance to the data.
 
         Returns the map and the training rows' kernel features, computed from the same squared

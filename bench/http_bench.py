@@ -1,0 +1,180 @@
+"""HTTP benchmark of the service at 1 M indexed items on loopback (wrk as the load generator).
+
+    python -m bench.http_bench --items 1000000 --duration 20
+
+Set-up: a redis-server of its own; the default bundle's codes of the real OpenClipart database images,
+replicated with bit noise to ``--items`` and written to Redis; then ``python -m service`` rebuilds its
+index from Redis. Load: wrk (``apt-get install wrk``), one thread, ``--connections`` connections, on
+text → image queries given as feature vectors, raw text and raw images (base64 JSON), and on
+``GET /healthz`` as the framework's own floor (the ratio baseline). Ingestion: items/s through
+``POST /v1/items:batch`` with feature vectors, batches of 256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from bench.index_bench import replicate
+from index.centers import nearest_centers
+from index.redis_server import RedisServer, free_port
+from index.store import RedisStore
+from service.settings import DEFAULT_BUNDLE
+from training.bundle import load_bundle
+from training.codes import unpack_signs
+from training.datasets.openclipart import DEFAULT_ROOT, load_openclipart
+
+LUA = Path(__file__).with_name("wrk_bodies.lua")
+
+
+def preload(store: RedisStore, bundle, images: np.ndarray, labels: np.ndarray, n: int) -> float:
+    """Write n replicated image codes straight into Redis (the service rebuilds from it); seconds."""
+    codes, _ = replicate(bundle.packed_codes("image", images), labels, bundle.bits, n, flip=0.05)
+    head = unpack_signs(codes[:, : bundle.head_bits // 8], bundle.head_bits)
+    buckets = nearest_centers(head, bundle.centers)[:, 0]
+    started = time.perf_counter()
+    for start in range(0, n, 5000):
+        stop = min(n, start + 5000)
+        ids = [f"img:{i}" for i in range(start, stop)]
+        metadata = [{"n": i} for i in range(start, stop)]
+        store.upsert("image", ids, buckets[start:stop], np.arange(start + 1, stop + 1), codes[start:stop], metadata)
+    store.client.set(store.key("next_label"), n)
+    return time.perf_counter() - started
+
+
+def wait_ready(url: str, timeout: float) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return time.perf_counter() - started
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError("service did not become ready")
+
+
+def run_wrk(url: str, bodies: Path | None, duration: int, connections: int) -> dict:
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if bodies is not None:
+        command += ["-s", str(LUA), url, "--", str(bodies)]
+    else:
+        command.append(url)
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    percent = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.M))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return {
+        "qps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        "p50": percent.get("50"),
+        "p99": percent.get("99"),
+        "non_2xx": int(errors.group(1)) if errors else 0,
+    }
+
+
+def query_bodies(bundle, corpus, queries: np.ndarray) -> dict[str, tuple[str, list[dict]]]:
+    """Per query kind: the route and request bodies (real OpenClipart query items)."""
+    texts = [corpus.texts[i] for i in queries]
+    features = bundle.text_features(texts)
+    known = [t for t, f in zip(texts, features, strict=True) if f.any()]  # others are a 422 by design
+    images = [(DEFAULT_ROOT / "png" / f"{corpus.ids[i]}.png").read_bytes() for i in queries[:50]]
+    return {
+        "features": ("text-to-image", [{"features": f.tolist(), "k": 10} for f in features]),
+        "raw_text": ("text-to-image", [{"text": t, "k": 10} for t in known]),
+        "raw_image": (
+            "image-to-text",
+            [{"image_base64": base64.b64encode(b).decode(), "k": 10} for b in images],
+        ),
+    }
+
+
+def start_service(redis_url: str, probe: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = os.environ | {
+        "REDIS_URL": redis_url,
+        "XMHASH_INDEX_NAME": "bench",
+        "XMHASH_PORT": str(port),
+        "XMHASH_API_KEY": "bench",
+        "XMHASH_DEFAULT_PROBE": str(probe),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--duration", type=int, default=20)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--probe", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=Path("var/bench/http.json"))
+    args = parser.parse_args()
+
+    bundle = load_bundle(DEFAULT_BUNDLE)
+    corpus = load_openclipart()
+    database = corpus.split.database
+    report: dict = {"items": args.items, "bundle": bundle.bundle_id, "connections": args.connections}
+    with tempfile.TemporaryDirectory() as tmp:
+        server = RedisServer(Path(tmp) / "redis").start()
+        service = None
+        try:
+            store = RedisStore(server.client(), "bench", bundle.bundle_id)
+            images = bundle.image_features(corpus.images[database])
+            report["preload_s"] = round(preload(store, bundle, images, corpus.labels[database], args.items), 1)
+            service, url = start_service(server.url, args.probe)
+            report["startup_rebuild_s"] = round(wait_ready(url, 900), 1)
+            report["healthz"] = run_wrk(f"{url}/healthz", None, args.duration, args.connections)
+            print("GET /healthz (floor):", json.dumps(report["healthz"]), flush=True)
+            for name, (route, requests) in query_bodies(bundle, corpus, corpus.split.query[:200]).items():
+                path = Path(tmp) / f"{name}.jsonl"
+                path.write_text("\n".join(json.dumps(b) for b in requests))
+                result = run_wrk(f"{url}/v1/search/{route}", path, args.duration, args.connections)
+                result["qps_vs_healthz"] = round(result["qps"] / report["healthz"]["qps"], 2)
+                report[f"search_{name}"] = result
+                print(f"search ({name}):", json.dumps(result), flush=True)
+            report["ingest"] = ingest_rate(url, bundle.input_dim("text"))
+            print("ingest:", json.dumps(report["ingest"]), flush=True)
+        finally:
+            if service is not None:
+                service.terminate()
+                service.wait(30)
+            server.stop()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+
+
+def ingest_rate(url: str, text_dim: int, batches: int = 20, size: int = 256) -> dict:
+    rng = np.random.default_rng(0)
+    headers = {"content-type": "application/json", "x-api-key": "bench"}
+    started = time.perf_counter()
+    for b in range(batches):
+        items = [
+            {
+                "id": f"bench-txt-{b}-{i}",
+                "modality": "text",
+                "features": rng.random(text_dim).round(3).tolist(),
+            }
+            for i in range(size)
+        ]
+        body = json.dumps({"items": items}).encode()
+        request = urllib.request.Request(f"{url}/v1/items:batch", data=body, headers=headers)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert json.load(response)["stored"] == size
+    seconds = time.perf_counter() - started
+    return {"items_per_s": round(batches * size / seconds, 1), "batch_size": size, "batches": batches}
+
+
+if __name__ == "__main__":
+    main()
