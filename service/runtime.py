@@ -32,7 +32,7 @@ class Runtime:
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
         faiss.omp_set_num_threads(1)  # one query per request thread: OpenMP fan-out only adds overhead
-        bundle = load_bundle(settings.bundle_path)
+        bundle = load_bundle(settings.bundle_path, threads=1)
         encoder = Encoder(bundle, settings.max_text_chars, settings.max_image_bytes, settings.max_image_pixels)
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
         index = HashIndex.open(

@@ -23,9 +23,10 @@ class BundleError(ValueError):
     """A bundle cannot be loaded: missing, tampered with, or inconsistent with its manifest."""
 
 
-def _session(model: bytes, name: str) -> ort.InferenceSession:
+def _session(model: bytes, name: str, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for invalid models
@@ -39,14 +40,14 @@ def _static_dim(arg: ort.NodeArg) -> list[int | str | None]:
 class Bundle:
     """A verified bundle: its manifest, ONNX sessions per modality, featurizers and head centers."""
 
-    def __init__(self, path: Path, manifest: dict, files: dict[str, bytes]) -> None:
+    def __init__(self, path: Path, manifest: dict, files: dict[str, bytes], threads: int = 0) -> None:
         self.path = path
         self.manifest = manifest
         self.bits: int = manifest["code_bits"]
         self.sessions = {}
         for modality in MODALITIES:
             spec = manifest["modalities"][modality]
-            session = _session(files[spec["onnx"]], spec["onnx"])
+            session = _session(files[spec["onnx"]], spec["onnx"], threads)
             inputs, outputs = session.get_inputs(), session.get_outputs()
             expected_in, expected_out = ["batch", spec["input"]["dim"]], ["batch", self.bits]
             if len(inputs) != 1 or _static_dim(inputs[0]) != expected_in:
@@ -113,8 +114,12 @@ class Bundle:
         return self.image_featurizer.transform(pixels)
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Read and verify a bundle: format version, sha256 of every file, ONNX shapes vs the manifest."""
+def load_bundle(path: str | Path, threads: int = 0) -> Bundle:
+    """Read and verify a bundle: format version, sha256 of every file, ONNX shapes vs the manifest.
+
+    ``threads`` caps onnxruntime's intra-op threads (0: one per core). A server answering one query
+    per request thread wants 1, so requests do not contend for cores inside one matrix product.
+    """
     path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
@@ -139,4 +144,4 @@ def load_bundle(path: str | Path) -> Bundle:
     unlisted = [name for name in referenced if name not in files]
     if unlisted:
         raise BundleError(f"bundle files {unlisted} are not covered by the manifest's sha256 list")
-    return Bundle(path, manifest, files)
+    return Bundle(path, manifest, files, threads)
