@@ -46,22 +46,24 @@ def build(codes: np.ndarray, bits: int, head_bits: int, k: int, seed: int = 0):
 
 
 def routed_search(scan: BucketScan, centers: np.ndarray, queries: np.ndarray, head_bits: int, probe: int, k: int):
+    """Route and scan, as the index does; returns labels and the probed buckets."""
     head = unpack_signs(queries[:, : head_bits // 8], head_bits)
     probes = nearest_centers(head, centers, probe)
     _, labels, _ = scan.search(queries, probes, k)
-    scanned = scan.bucket_sizes()[probes].sum(1)
-    return labels, scanned
+    return labels, probes
 
 
 def retention(scan, centers, queries, q_labels, db_labels, head_bits: int, probes: list[int]) -> list[dict]:
     n = len(db_labels)
+    sizes = scan.bucket_sizes()
     full, _ = routed_search(scan, centers, queries, head_bits, len(centers), 100)
     rel_full = np.take_along_axis(relevance(q_labels, db_labels), full, 1)
     map_full = average_precision_at(rel_full, 50).mean()
     rows = [{"probe": "all", "MAP@50": round(float(map_full), 4), "retention": 1.0, "recall@100": 1.0,
              "scanned": 1.0, "fewer_codes": 1.0}]  # fmt: skip
     for probe in probes:
-        labels, scanned = routed_search(scan, centers, queries, head_bits, probe, 100)
+        labels, probes = routed_search(scan, centers, queries, head_bits, probe, 100)
+        scanned = sizes[probes].sum(1)
         rel = np.take_along_axis(relevance(q_labels, db_labels), np.maximum(labels, 0), 1) & (labels >= 0)
         value = average_precision_at(rel, 50).mean()
         recall = np.mean([len(set(a) & set(b)) / 100 for a, b in zip(labels.tolist(), full.tolist(), strict=True)])
@@ -100,11 +102,10 @@ def latency(scan, centers, flat, queries, head_bits: int, probe: int, k: int = 1
     flat.search(queries, k)
     flat_batch = time.perf_counter() - started
     started = time.perf_counter()
-    _, scanned = routed_search(scan, centers, queries, head_bits, probe, k)
+    _, probes = routed_search(scan, centers, queries, head_bits, probe, k)
     two_batch = time.perf_counter() - started
+    scanned = scan.bucket_sizes()[probes].sum(1)
     # In-bucket scan rate: the buckets probed, scanned by BucketScan alone (routing excluded).
-    head = unpack_signs(queries[:, : head_bits // 8], head_bits)
-    probes = nearest_centers(head, centers, probe)
     started = time.perf_counter()
     scan.search(queries, probes, k)
     bucket_rate = scanned.sum() / (time.perf_counter() - started)

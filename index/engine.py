@@ -5,6 +5,11 @@ head bits (UDDH's shared code, or the whole code for methods without one). Level
 codes inside the probed buckets (``index.scan``). Redis (``index.store``) is the source of truth;
 the FAISS structures are a cache rebuilt from it by :meth:`HashIndex.open`.
 
+One *generation* (centers + items bucketed by them) is served at a time, held in an immutable
+:class:`Generation` that a reader takes once per call; :meth:`HashIndex.refresh` loads a newer
+generation made by a re-bucket (``index.rebuild``) completely before swapping the reference, so a
+reader never sees a half-built index.
+
 Writes take one lock: labels are allocated, the batch is written to Redis (the acknowledgement), and
 only then applied in memory, so memory never holds an unacknowledged item and label order is
 insertion order. Searches take the same lock only around the in-memory scan.
@@ -22,7 +27,7 @@ import redis
 from index.centers import nearest_centers
 from index.errors import IndexInputError, ItemNotFoundError
 from index.scan import BucketScan
-from index.store import MODALITIES, RedisStore
+from index.store import MODALITIES, RedisStore, StoredItem
 from training.codes import unpack_signs
 
 
@@ -52,54 +57,26 @@ class _Side:
     ids: dict[int, str] = field(default_factory=dict)
 
 
-class HashIndex:
-    """Items of both modalities under one bundle's code space, searchable across modalities."""
+@dataclass(frozen=True)
+class Generation:
+    """Centers, the Redis store of their generation, and the in-memory scan of each modality."""
 
-    def __init__(self, store: RedisStore, bits: int, centers: np.ndarray, centers_version: str) -> None:
-        if bits % 8:
-            raise ValueError(f"code length {bits} is not a multiple of 8")
-        head_bits = centers.shape[1]
-        if head_bits % 8 or head_bits > bits:
-            raise ValueError(f"head of {head_bits} bits must be a multiple of 8 and at most {bits}")
-        self.store = store
-        self.bits = bits
-        self.centers = np.asarray(centers, dtype=np.int8)
-        self.centers_version = centers_version
-        self.head_bytes = head_bits // 8
-        self.sides = {m: _Side(BucketScan(bits, len(centers))) for m in MODALITIES}
-        self._lock = threading.Lock()
-
-    @property
-    def n_buckets(self) -> int:
-        return len(self.centers)
+    store: RedisStore
+    centers: np.ndarray
+    version: str
+    sides: dict[str, _Side]
 
     @classmethod
-    def open(
-        cls,
-        client: redis.Redis,
-        index_name: str,
-        bundle_id: str,
-        bits: int,
-        centers: np.ndarray,
-        centers_version: str,
-    ) -> HashIndex:
-        """Attach to Redis: keep the centers stored there (or store these), then load every item."""
-        store = RedisStore(client, index_name, bundle_id)
+    def load(cls, store: RedisStore, bits: int) -> Generation:
+        """Read a generation's centers and every item from Redis into fresh FAISS structures."""
         stored = store.load_centers()
         if stored is None:
-            store.save_centers(centers, centers_version)
-        else:
-            centers, centers_version = stored
-        index = cls(store, bits, centers, centers_version)
-        index.reload()
-        return index
-
-    def reload(self) -> None:
-        """Rebuild the in-memory structures from Redis (the cache is never the source of truth)."""
-        sides = {m: _Side(BucketScan(self.bits, self.n_buckets)) for m in MODALITIES}
+            raise IndexInputError(f"generation {store.generation} of {store.base} has no centers")
+        centers, version = stored
+        sides = {m: _Side(BucketScan(bits, len(centers))) for m in MODALITIES}
         for modality, side in sides.items():
             seen: dict[str, tuple[int, int, bytes]] = {}
-            for ids, buckets, labels, codes in self.store.scan_items(modality):
+            for ids, buckets, labels, codes in store.scan_items(modality):
                 for item, bucket, label, code in zip(ids, buckets, labels, codes, strict=True):
                     seen[item] = (int(label), int(bucket), code)  # HSCAN may repeat a key
             if not seen:
@@ -110,8 +87,64 @@ class HashIndex:
             codes = np.frombuffer(b"".join(r[1][2] for r in rows), dtype=np.uint8).reshape(len(rows), -1)
             side.scan.add(labels, codes, buckets)
             side.ids = {int(label): item for label, (item, _) in zip(labels, rows, strict=True)}
+        return cls(store, np.asarray(centers, dtype=np.int8), version, sides)
+
+
+class HashIndex:
+    """Items of both modalities under one bundle's code space, searchable across modalities."""
+
+    def __init__(self, bits: int, generation: Generation) -> None:
+        if bits % 8:
+            raise ValueError(f"code length {bits} is not a multiple of 8")
+        head_bits = generation.centers.shape[1]
+        if head_bits % 8 or head_bits > bits:
+            raise ValueError(f"head of {head_bits} bits must be a multiple of 8 and at most {bits}")
+        self.bits = bits
+        self.head_bytes = head_bits // 8
+        self.generation = generation
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls, client: redis.Redis, index_name: str, bundle_id: str, bits: int, centers: np.ndarray, centers_version: str
+    ) -> HashIndex:
+        """Attach to Redis and load the active generation; a new index starts generation 0 with these
+        centers (a re-bucketed one keeps the centers it was re-bucketed with)."""
+        store = RedisStore(client, index_name, bundle_id)
+        active = store.active_generation()
+        if active is None:
+            store.save_centers(centers, centers_version)
+            store.activate()
+        else:
+            store = store.at(active)
+        return cls(bits, Generation.load(store, bits))
+
+    # The current generation's parts, for callers that read one of them.
+    @property
+    def store(self) -> RedisStore:
+        return self.generation.store
+
+    @property
+    def centers(self) -> np.ndarray:
+        return self.generation.centers
+
+    @property
+    def sides(self) -> dict[str, _Side]:
+        return self.generation.sides
+
+    @property
+    def n_buckets(self) -> int:
+        return len(self.generation.centers)
+
+    def refresh(self) -> bool:
+        """Switch to the active generation if a re-bucket made a new one; True when it switched."""
+        active = self.generation.store.active_generation()
+        if active is None or active == self.generation.store.generation:
+            return False
+        fresh = Generation.load(self.generation.store.at(active), self.bits)
         with self._lock:
-            self.sides = sides
+            self.generation = fresh
+        return True
 
     def _check_modality(self, modality: str) -> None:
         if modality not in MODALITIES:
@@ -126,10 +159,10 @@ class HashIndex:
             )
         return np.ascontiguousarray(codes)
 
-    def route(self, codes: np.ndarray, probe: int) -> np.ndarray:
+    def route(self, codes: np.ndarray, probe: int, centers: np.ndarray | None = None) -> np.ndarray:
         """(n, probe) nearest buckets of packed codes, by Hamming distance over the head bits."""
         head = unpack_signs(codes[:, : self.head_bytes], self.head_bytes * 8)
-        return nearest_centers(head, self.centers, probe)
+        return nearest_centers(head, self.centers if centers is None else centers, probe)
 
     def upsert(self, items: Sequence[Item]) -> None:
         """Insert or replace items (by id); all or nothing, acknowledged once Redis has the batch."""
@@ -142,45 +175,46 @@ class HashIndex:
         for item in items:
             self._check_modality(item.modality)
             by_modality.setdefault(item.modality, []).append(item)
-        prepared = {}
-        for modality, group in by_modality.items():
-            codes = self._check_codes(np.stack([np.asarray(i.code) for i in group]))
-            prepared[modality] = (group, codes, self.route(codes, 1)[:, 0])
-        if len(prepared) == 2:
+        codes = {m: self._check_codes(np.stack([np.asarray(i.code) for i in g])) for m, g in by_modality.items()}
+        if len(by_modality) == 2:
             clash = {i.id for i in by_modality["image"]} & {i.id for i in by_modality["text"]}
             if clash:
                 raise IndexInputError(f"id {sorted(clash)[0]!r} appears with both modalities in one batch")
         with self._lock:
-            for modality, (group, codes, buckets) in prepared.items():
-                labels = self.store.allocate_labels(len(group))
-                previous = self.store.upsert(
-                    modality, [i.id for i in group], buckets, labels, codes, [i.metadata for i in group]
+            generation = self.generation
+            for modality, group in by_modality.items():
+                buckets = self.route(codes[modality], 1, generation.centers)[:, 0]
+                labels = generation.store.allocate_labels(len(group))
+                previous = generation.store.upsert(
+                    modality, [i.id for i in group], buckets, labels, codes[modality], [i.metadata for i in group]
                 )
-                side = self.sides[modality]
+                side = generation.sides[modality]
                 stale = [p for p in previous if p is not None and p[1] in side.ids]
                 if stale:
                     side.scan.remove(np.array([p[1] for p in stale]), np.array([p[0] for p in stale]))
                     for _, label in stale:
                         del side.ids[label]
-                side.scan.add(labels, codes, buckets)
+                side.scan.add(labels, codes[modality], buckets)
                 side.ids.update(zip(labels.tolist(), (i.id for i in group), strict=True))
 
     def delete(self, item_id: str) -> str:
         """Remove an item; returns its modality. Raises :class:`ItemNotFoundError` if absent."""
         with self._lock:
-            modality = self.store.modality_of(item_id)
+            generation = self.generation
+            modality = generation.store.modality_of(item_id)
             if modality is None:
                 raise ItemNotFoundError(item_id)
-            previous = self.store.delete(modality, item_id)
-            side = self.sides[modality]
+            previous = generation.store.delete(modality, item_id)
+            side = generation.sides[modality]
             if previous is not None and previous[1] in side.ids:
                 side.scan.remove(np.array([previous[1]]), np.array([previous[0]]))
                 del side.ids[previous[1]]
             return modality
 
-    def get(self, item_id: str):
-        modality = self.store.modality_of(item_id)
-        stored = self.store.get(modality, item_id) if modality else None
+    def get(self, item_id: str) -> StoredItem:
+        store = self.generation.store
+        modality = store.modality_of(item_id)
+        stored = store.get(modality, item_id) if modality else None
         if stored is None:
             raise ItemNotFoundError(item_id)
         return stored
@@ -192,21 +226,23 @@ class HashIndex:
         codes = self._check_codes(codes)
         if k < 1:
             raise IndexInputError("k must be at least 1")
-        probe = self.n_buckets if probe is None else probe
-        if not 1 <= probe <= self.n_buckets:
-            raise IndexInputError(f"probe must be between 1 and {self.n_buckets}")
-        if probe == self.n_buckets:
-            probes = np.broadcast_to(np.arange(self.n_buckets), (len(codes), self.n_buckets))
+        generation = self.generation
+        n_buckets = len(generation.centers)
+        probe = n_buckets if probe is None else probe
+        if not 1 <= probe <= n_buckets:
+            raise IndexInputError(f"probe must be between 1 and {n_buckets}")
+        if probe == n_buckets:
+            probes = np.broadcast_to(np.arange(n_buckets), (len(codes), n_buckets))
         else:
-            probes = self.route(codes, probe)
+            probes = self.route(codes, probe, generation.centers)
         with self._lock:
-            side = self.sides[target]
+            side = generation.sides[target]
             distances, labels, buckets = side.scan.search(codes, probes, k)
             found = [
                 [(side.ids[label], d, b) for d, label, b in zip(dr, lr, br, strict=True) if label >= 0]
                 for dr, lr, br in zip(distances.tolist(), labels.tolist(), buckets.tolist(), strict=True)
             ]
-        metadata = self.store.metadata(target, [item for row in found for item, _, _ in row])
+        metadata = generation.store.metadata(target, [item for row in found for item, _, _ in row])
         hits, position = [], 0
         for row in found:
             hits.append([Hit(item, d, b, metadata[position + j]) for j, (item, d, b) in enumerate(row)])
@@ -214,11 +250,13 @@ class HashIndex:
         return hits
 
     def stats(self) -> dict:
+        generation = self.generation
         return {
             "bits": self.bits,
             "head_bits": self.head_bytes * 8,
-            "buckets": self.n_buckets,
-            "centers_version": self.centers_version,
-            "items": {m: len(s.scan) for m, s in self.sides.items()},
-            "bucket_sizes": {m: s.scan.bucket_sizes().tolist() for m, s in self.sides.items()},
+            "buckets": len(generation.centers),
+            "generation": generation.store.generation,
+            "centers_version": generation.version,
+            "items": {m: len(s.scan) for m, s in generation.sides.items()},
+            "bucket_sizes": {m: s.scan.bucket_sizes().tolist() for m, s in generation.sides.items()},
         }

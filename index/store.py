@@ -1,6 +1,9 @@
 """The durable half of the index: Redis holds every item, bucket counts and the centers.
 
-Keys, under ``xmh:{index}:{bundle_id}:`` so two bundles' codes never mix:
+Keys live under ``xmh:{index}:{bundle_id}:`` (two bundles' codes never mix), then under a
+*generation* ``g{n}:`` (one set of centers and the items bucketed by them); ``…:active`` names the
+generation readers use, and ``…:rebuilding`` is set while a re-bucket copies items into the next one:
+
 
 - ``items:{modality}``  hash id → bucket (u32 BE) · label (u64 BE) · packed code
 - ``meta:{modality}``   hash id → user metadata (JSON)
@@ -9,9 +12,10 @@ Keys, under ``xmh:{index}:{bundle_id}:`` so two bundles' codes never mix:
 - ``next_label``        counter giving labels in insertion order
 
 A batch is written by one Lua script, which Redis runs atomically: it checks every id first (an id
-held by the other modality fails the whole batch, nothing written), then writes items, metadata and
-counts together. The call returns only after Redis has applied it (and, with ``appendfsync always``
-as the deploy config sets, written it to the AOF), so a returned call is an acknowledged write.
+held by the other modality fails the whole batch, nothing written; so does a rebuild in progress),
+then writes items, metadata and counts together. The call returns only after Redis has applied it
+(and, with ``appendfsync always`` as the deploy config sets, written it to the AOF), so a returned
+call is an acknowledged write.
 """
 
 from __future__ import annotations
@@ -31,15 +35,18 @@ MODALITIES = ("image", "text")
 _HEADER = struct.Struct(">IQ")  # bucket, label
 
 _UPSERT = """
-local n = tonumber(ARGV[1])
+if ARGV[1] == '1' and redis.call('EXISTS', KEYS[5]) == 1 then
+  return redis.error_reply('REBUILDING')
+end
+local n = tonumber(ARGV[2])
 for i = 0, n - 1 do
-  if redis.call('HEXISTS', KEYS[4], ARGV[2 + 3 * i]) == 1 then
-    return redis.error_reply('CONFLICT ' .. ARGV[2 + 3 * i])
+  if redis.call('HEXISTS', KEYS[4], ARGV[3 + 3 * i]) == 1 then
+    return redis.error_reply('CONFLICT ' .. ARGV[3 + 3 * i])
   end
 end
 local previous = {}
 for i = 0, n - 1 do
-  local id, value, meta = ARGV[2 + 3 * i], ARGV[3 + 3 * i], ARGV[4 + 3 * i]
+  local id, value, meta = ARGV[3 + 3 * i], ARGV[4 + 3 * i], ARGV[5 + 3 * i]
   local old = redis.call('HGET', KEYS[1], id)
   if old then
     redis.call('HINCRBY', KEYS[3], struct.unpack('>I4', old), -1)
@@ -55,6 +62,9 @@ return previous
 """
 
 _DELETE = """
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  return redis.error_reply('REBUILDING')
+end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if not old then return '' end
 redis.call('HDEL', KEYS[1], ARGV[1])
@@ -86,12 +96,32 @@ def _header(raw: bytes) -> tuple[int, int] | None:
 class RedisStore:
     """Items, counts and centers of one index under one bundle, in Redis."""
 
-    def __init__(self, client: redis.Redis, index_name: str, bundle_id: str) -> None:
+    def __init__(self, client: redis.Redis, index_name: str, bundle_id: str, generation: int = 0) -> None:
         self.client = client
-        self.prefix = f"xmh:{index_name}:{bundle_id}:"
-        self.active_key = f"xmh:{index_name}:active"
+        self.index_name, self.bundle_id, self.generation = index_name, bundle_id, generation
+        self.base = f"xmh:{index_name}:{bundle_id}:"
+        self.prefix = f"{self.base}g{generation}:"
+        self.rebuild_key = self.base + "rebuilding"
         self._upsert = client.register_script(_UPSERT)
         self._delete = client.register_script(_DELETE)
+
+    def at(self, generation: int) -> RedisStore:
+        """The same index and bundle, another generation."""
+        return RedisStore(self.client, self.index_name, self.bundle_id, generation)
+
+    def active_generation(self) -> int | None:
+        value = self._call(self.client.get, self.base + "active")
+        return None if value is None else int(value)
+
+    def activate(self) -> None:
+        """Make this generation the one readers use: one SET, so the switch is atomic."""
+        self._call(self.client.set, self.base + "active", self.generation)
+
+    def drop(self) -> None:
+        """Delete every key of this generation (UNLINK frees memory in the background)."""
+        keys = list(self.client.scan_iter(match=self.prefix + "*", count=1000))
+        if keys:
+            self._call(self.client.unlink, *keys)
 
     def key(self, name: str) -> str:
         return self.prefix + name
@@ -103,6 +133,8 @@ class RedisStore:
             if str(exc).startswith("CONFLICT "):
                 item = str(exc).removeprefix("CONFLICT ")
                 raise ModalityConflictError(f"id {item!r} is already stored as another modality") from exc
+            if str(exc).startswith("REBUILDING"):
+                raise StoreUnavailableError("the index is being re-bucketed: writes resume when it ends") from exc
             raise StoreUnavailableError(f"Redis refused the operation: {exc}") from exc
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
@@ -119,18 +151,22 @@ class RedisStore:
         labels: np.ndarray,
         codes: np.ndarray,
         metadata: Sequence[dict],
+        during_rebuild: bool = False,
     ) -> list[tuple[int, int] | None]:
-        """Write a batch atomically; returns each id's previous (bucket, label), None if it was new."""
-        args: list = [len(ids)]
+        """Write a batch atomically; returns each id's previous (bucket, label), None if it was new.
+
+        Refused while a re-bucket runs, except for the re-bucket's own copy (``during_rebuild``)."""
+        args: list = ["0" if during_rebuild else "1", len(ids)]
         for item, bucket, label, code, meta in zip(ids, buckets, labels, codes, metadata, strict=True):
             args += [item, _HEADER.pack(int(bucket), int(label)) + code.tobytes(), json.dumps(meta)]
         keys = [self.key(f"items:{modality}"), self.key(f"meta:{modality}"), self.key(f"counts:{modality}")]
-        keys.append(self.key(f"items:{_other(modality)}"))
+        keys += [self.key(f"items:{_other(modality)}"), self.rebuild_key]
         previous = self._call(self._upsert, keys=keys, args=args)
         return [_header(raw) for raw in previous]
 
     def delete(self, modality: str, item: str) -> tuple[int, int] | None:
         keys = [self.key(f"items:{modality}"), self.key(f"meta:{modality}"), self.key(f"counts:{modality}")]
+        keys.append(self.rebuild_key)
         return _header(self._call(self._delete, keys=keys, args=[item]))
 
     def modalities_of(self, items: Sequence[str]) -> dict[str, str | None]:

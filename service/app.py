@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPIOffline:
 
             start_demo_ingestion(app.state.runtime)
         yield
+        app.state.runtime.stop()
 
     app = FastAPIOffline(title="xmhash", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     if settings.cors_origins:

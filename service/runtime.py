@@ -7,17 +7,22 @@ new bundle starts a new, empty index until items are re-ingested (see ``python -
 
 from __future__ import annotations
 
+import logging
 import secrets
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import faiss
 import redis
 
 from index.engine import HashIndex
+from index.errors import StoreUnavailableError
 from service.encoder import Encoder
 from service.metrics import Metrics
 from service.settings import Settings
 from training.bundle import Bundle, load_bundle
+
+log = logging.getLogger("xmhash.service")
 
 
 @dataclass
@@ -28,6 +33,7 @@ class Runtime:
     index: HashIndex
     metrics: Metrics
     api_key: str | None
+    _stopping: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
@@ -39,7 +45,21 @@ class Runtime:
             client, settings.index_name, bundle.bundle_id, bundle.bits, bundle.centers, bundle.centers_version
         )
         key = None if settings.demo else (settings.api_key.get_secret_value() if settings.api_key else None)
-        return cls(settings, bundle, encoder, index, Metrics(), key)
+        runtime = cls(settings, bundle, encoder, index, Metrics(), key)
+        threading.Thread(target=runtime._follow_generations, name="index-refresh", daemon=True).start()
+        return runtime
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _follow_generations(self) -> None:
+        """Pick up a re-bucketed generation (``python -m index rebucket``) without a restart."""
+        while not self._stopping.wait(self.settings.refresh_seconds):
+            try:
+                if self.index.refresh():
+                    log.info("index: now serving generation %s", self.index.stats()["generation"])
+            except StoreUnavailableError as exc:
+                log.warning("index: cannot check for a new generation: %s", exc)
 
     def authorised(self, presented: str | None) -> bool:
         """Write access: demo mode lets everyone in (it binds to 127.0.0.1); otherwise the API key,

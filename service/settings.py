@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     port: int = 8000
     data_dir: Path = Field(default=ROOT / "var" / "service", description="embedded Redis data (AOF)")
     default_probe: int = Field(default=8, ge=1, description="buckets probed when a query gives none")
+    refresh_seconds: float = Field(default=2.0, gt=0, description="how often to look for a re-bucketed index")
     max_k: int = Field(default=100, ge=1)
     max_batch_items: int = Field(default=256, ge=1)
     max_text_chars: int = Field(default=4000, ge=1)

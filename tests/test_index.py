@@ -11,6 +11,7 @@ import redis
 from index.centers import fit_centers, nearest_centers
 from index.engine import HashIndex, Item
 from index.errors import IndexInputError, ItemNotFoundError, ModalityConflictError, StoreUnavailableError
+from index.rebuild import rebucket
 from training.codes import hamming_distances, pack_signs, to_signs, unpack_signs
 
 BITS = 16  # short codes: plenty of ties
@@ -132,3 +133,48 @@ def test_an_unreachable_redis_is_a_store_unavailable_error(redis_server) -> None
     with pytest.raises(StoreUnavailableError, match="unreachable"):
         index.upsert([Item("a", "image", _codes(1, 10)[0])])
     assert index.stats()["items"]["image"] == 0
+
+
+def test_rebucket_swaps_in_new_centers_without_losing_or_reordering_anything(redis_server) -> None:
+    name = uuid.uuid4().hex
+    writer, reader = _open(redis_server, name=name), _open(redis_server, name=name)
+    codes = _codes(300, 11)
+    writer.upsert(_items("i", "image", codes[:200]) + _items("t", "text", codes[200:]))
+    writer.delete("i5")
+    queries = _codes(20, 12)
+    before = {m: writer.search(m, queries, k=40) for m in ("image", "text")}
+
+    summary = rebucket(writer.store, BITS, k=4)
+
+    assert summary["generation"] == 1 and summary["items"] == {"image": 199, "text": 100}
+    assert reader.refresh() and writer.refresh() and not writer.refresh()
+    for index in (reader, writer):
+        assert index.n_buckets == 4 and index.stats()["generation"] == 1
+        for modality in ("image", "text"):
+            after = index.search(modality, queries, k=40)
+            assert [[(h.id, h.distance, h.metadata) for h in row] for row in after] == [
+                [(h.id, h.distance, h.metadata) for h in row] for row in before[modality]
+            ]
+    counts, members = writer.store.counts("image"), writer.sides["image"].scan.bucket_sizes()
+    assert all(counts.get(b, 0) == members[b] for b in range(4))
+    assert not list(redis_server.client().scan_iter(match=f"xmh:{name}:bundle1:g0:*"))  # old generation dropped
+    writer.upsert([Item("new", "image", codes[0])])  # writes resume after the swap
+    assert reader.store.modality_of("new") == "image"
+
+
+def test_writes_wait_out_a_rebucket_while_reads_go_on(redis_server) -> None:
+    index = _open(redis_server)
+    codes = _codes(50, 13)
+    index.upsert(_items("i", "image", codes))
+    index.store.client.set(index.store.rebuild_key, 1)
+    try:
+        with pytest.raises(StoreUnavailableError, match="re-bucketed"):
+            index.upsert([Item("x", "image", codes[0])])
+        with pytest.raises(StoreUnavailableError, match="re-bucketed"):
+            index.delete("i1")
+        with pytest.raises(StoreUnavailableError, match="another re-bucket"):
+            rebucket(index.store, BITS, k=2)
+        assert len(index.search("image", codes[:1], k=5)[0]) == 5
+    finally:
+        index.store.client.delete(index.store.rebuild_key)
+    assert index.stats()["items"]["image"] == 50

@@ -1,0 +1,90 @@
+"""Re-bucket an index: fit new centers on the stored codes and swap generations atomically.
+
+1. Set ``…:rebuilding`` (NX: one re-bucket at a time). Writes are refused from here on (a 503 the
+   client retries), so no acknowledged write can miss the copy; reads go on from the old generation.
+2. Read every item of the active generation, fit ``k`` centers on their head codes (alternating
+   nearest-center assignment and bit-wise majority, ``index.centers``), and write centers and items
+   (same ids, labels in the same order, metadata) into generation n + 1.
+3. One ``SET …:active n+1`` switches readers; services pick it up with ``HashIndex.refresh``. The old
+   generation is then dropped and the lock released (also on failure, leaving the old one active).
+
+A new *bundle* is a new code space: its items live under its own bundle id and are re-encoded by
+ingesting them again through the batch endpoint with that bundle serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from index.centers import fit_centers, nearest_centers
+from index.engine import Generation
+from index.errors import StoreUnavailableError
+from index.store import MODALITIES, RedisStore
+from training.codes import unpack_signs
+
+_BATCH = 2000
+_LOCK_SECONDS = 3600
+
+
+def rebucket(store: RedisStore, bits: int, k: int, seed: int = 0, sample: int = 200_000) -> dict:
+    """Re-bucket the active generation of ``store``'s index into ``k`` buckets; returns a summary."""
+    active = store.active_generation()
+    if active is None:
+        raise ValueError(f"no index at {store.base}")
+    if not store.client.set(store.rebuild_key, 1, nx=True, ex=_LOCK_SECONDS):
+        raise StoreUnavailableError("another re-bucket of this index is running")
+    try:
+        old = Generation.load(store.at(active), bits)
+        head_bits = old.centers.shape[1]
+        items = {m: _items(old.store, m, bits // 8) for m in MODALITIES}
+        heads = np.concatenate(
+            [unpack_signs(codes[:, : head_bits // 8], head_bits) for _, _, codes, _ in items.values()]
+        )
+        rng = np.random.default_rng(seed)
+        if len(heads) < k:
+            raise ValueError(f"cannot fit {k} buckets on {len(heads)} items")
+        chosen = heads[rng.choice(len(heads), size=min(sample, len(heads)), replace=False)]
+        centers, _ = fit_centers(chosen, k, rng)
+        version = hashlib.sha256(centers.tobytes()).hexdigest()[:12]
+        new = store.at(active + 1)
+        new.drop()  # leftovers of an interrupted re-bucket
+        new.save_centers(centers, version)
+        for modality, (ids, labels, codes, metadata) in items.items():
+            buckets = _assign(codes, centers, head_bits)
+            for start in range(0, len(ids), _BATCH):
+                part = slice(start, start + _BATCH)
+                new.upsert(
+                    modality, ids[part], buckets[part], labels[part], codes[part], metadata[part], during_rebuild=True
+                )
+        last = max((int(labels.max()) for _, labels, _, _ in items.values() if len(labels)), default=0)
+        new.client.set(new.key("next_label"), last)
+        new.activate()
+        old.store.drop()
+        return {"generation": active + 1, "buckets": k, "centers_version": version,
+                "items": {m: len(v[0]) for m, v in items.items()}}  # fmt: skip
+    finally:
+        store.client.delete(store.rebuild_key)
+
+
+def _assign(codes: np.ndarray, centers: np.ndarray, head_bits: int) -> np.ndarray:
+    if not len(codes):
+        return np.zeros(0, dtype=np.int64)
+    return nearest_centers(unpack_signs(codes[:, : head_bits // 8], head_bits), centers)[:, 0]
+
+
+def _items(store: RedisStore, modality: str, code_bytes: int) -> tuple[list[str], np.ndarray, np.ndarray, list[dict]]:
+    """Every item of a modality in label (insertion) order: ids, labels, packed codes, metadata."""
+    rows: dict[str, tuple[int, bytes]] = {}
+    for ids, _, labels, codes in store.scan_items(modality):
+        rows.update(zip(ids, zip(labels.tolist(), codes, strict=True), strict=True))
+    ordered = sorted(rows.items(), key=lambda kv: kv[1][0])
+    ids = [item for item, _ in ordered]
+    labels = np.array([label for _, (label, _) in ordered], dtype=np.int64)
+    width = store.client.hlen  # noqa: F841  (documents that codes are fixed-width per bundle)
+    codes = np.array([np.frombuffer(code, dtype=np.uint8) for _, (_, code) in ordered], dtype=np.uint8)
+    metadata = [
+        m for start in range(0, len(ids), _BATCH) for m in store.metadata(modality, ids[start : start + _BATCH])
+    ]
+    return ids, labels, codes.reshape(len(ids), -1), metadata
