@@ -50,12 +50,23 @@ def _kernel(encoder: KernelHashFunction) -> onnx.ModelProto:
     # and cast back in the graph, exactly. Anything not float32-exact stays float64.
     compact = anchors.T.astype(np.float32)
     anchors_t = compact if np.array_equal(compact.astype(np.float64), anchors.T) else anchors.T.copy()
+    # Bag-of-words anchors are small integers: for integer queries (our featurizer's counts) x·Aᵀ is an
+    # integer below 2^24, exact in a float32 product, which reads half the bytes of a float64 one. The
+    # query's matrix product is memory-bound, so this halves a text query's encoding time.
+    integral = anchors_t.dtype == np.float32 and np.array_equal(anchors, np.round(anchors))
+    integral = integral and float(np.abs(anchors).sum(1).max()) * 64 < 2**24
+    product = (
+        [helper.make_node("MatMul", [INPUT_NAME, "anchors_stored"], ["xa32"]),
+         helper.make_node("Cast", ["xa32"], ["xa"], to=TensorProto.DOUBLE)]
+        if integral
+        else [helper.make_node("Cast", ["anchors_stored"], ["anchors_t"], to=TensorProto.DOUBLE),
+              helper.make_node("MatMul", ["x", "anchors_t"], ["xa"])]
+    )  # fmt: skip
     nodes = [
         helper.make_node("Cast", [INPUT_NAME], ["x"], to=TensorProto.DOUBLE),
-        helper.make_node("Cast", ["anchors_stored"], ["anchors_t"], to=TensorProto.DOUBLE),
         helper.make_node("Mul", ["x", "x"], ["x2"]),
         helper.make_node("ReduceSum", ["x2", "axis1"], ["x_sq"], keepdims=1),
-        helper.make_node("MatMul", ["x", "anchors_t"], ["xa"]),
+        *product,
         helper.make_node("Mul", ["xa", "two"], ["xa2"]),
         helper.make_node("Sub", ["x_sq", "xa2"], ["partial"]),
         helper.make_node("Add", ["partial", "anchor_sq"], ["d2_raw"]),
