@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh Debian machine, then exits; safe to run again.
 # Debian packages: the OpenClipart corpus (product dataset), redis-server (embedded Redis, tests) and
-# chromium (the offline docs-page browser test).
+# chromium (the offline docs-page browser test) and docker-compose (validates docker-compose.yml).
 # Python: a venv in .venv with the CPU build of torch installed *before* the project, so the project's
 # torch range is already satisfied and pip never pulls a CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(openclipart-png openclipart-svg redis-server chromium)
+DEBIAN_PACKAGES=(openclipart-png openclipart-svg redis-server chromium docker-compose)
 TORCH_PIN="torch==2.13.0"
 VENV=.venv
 
