@@ -51,6 +51,8 @@ class BucketScan:
         """
         queries = np.ascontiguousarray(queries, dtype=np.uint8)
         nq, p = probes.shape
+        if nq == 1:
+            return self._search_one(queries, probes[0], k)
         keys = np.full((nq, p * k), _MISSING, dtype=np.int64)
         origin = np.full((nq, p * k), -1, dtype=np.int64)
         for bucket in np.unique(probes):
@@ -64,9 +66,27 @@ class BucketScan:
             columns = slots[:, None] * k + np.arange(k)
             keys[rows[:, None], columns] = np.where(found, key, _MISSING)
             origin[rows[:, None], columns] = bucket
-        order = np.argsort(keys, axis=1)[:, :k]
-        keys, origin = np.take_along_axis(keys, order, 1), np.take_along_axis(origin, order, 1)
-        found = keys != _MISSING
-        distances = np.where(found, keys >> _LABEL_BITS, -1).astype(np.int32)
-        labels = np.where(found, keys & ((1 << _LABEL_BITS) - 1), -1)
-        return distances, labels, np.where(found, origin, -1)
+        return _merge(keys, origin, k)
+
+    def _search_one(self, query: np.ndarray, probes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One query (the latency path): FAISS writes each bucket's top k straight into its slot."""
+        distances = np.zeros((len(probes), k), dtype=np.int32)
+        labels = np.full((len(probes), k), -1, dtype=np.int64)
+        pointer = faiss.swig_ptr(query)
+        for slot, bucket in enumerate(probes.tolist()):
+            index = self.buckets[bucket]
+            if index.ntotal:
+                index.search_c(1, pointer, k, faiss.swig_ptr(distances[slot]), faiss.swig_ptr(labels[slot]))
+        found = labels >= 0
+        keys = np.where(found, (distances.astype(np.int64) << _LABEL_BITS) | labels, _MISSING).reshape(1, -1)
+        return _merge(keys, np.repeat(probes, k)[None, :], k)
+
+
+def _merge(keys: np.ndarray, origin: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row, the k smallest (distance, label) keys with their buckets; −1 where there are fewer."""
+    order = np.argsort(keys, axis=1)[:, :k]
+    keys, origin = np.take_along_axis(keys, order, 1), np.take_along_axis(origin, order, 1)
+    found = keys != _MISSING
+    distances = np.where(found, keys >> _LABEL_BITS, -1).astype(np.int32)
+    labels = np.where(found, keys & ((1 << _LABEL_BITS) - 1), -1)
+    return distances, labels, np.where(found, origin, -1)

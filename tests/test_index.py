@@ -55,6 +55,11 @@ def test_full_probe_equals_brute_force_ranking_with_ties_deletes_and_reinserts(r
     hits = index.search("text", queries, k=50)
     expected = _brute_force(queries, list(live), np.stack(list(live.values())), 50)
     assert [[(h.id, h.distance) for h in row] for row in hits] == expected
+    for i in range(0, 40, 13):  # the single-query path ranks exactly as the batched one
+        assert index.search("text", queries[i : i + 1], k=50) == [hits[i]]
+        assert (
+            index.search("text", queries[i : i + 1], k=50, probe=3) == index.search("text", queries, 50, 3)[i : i + 1]
+        )
 
 
 def test_probing_fewer_buckets_scans_only_those_buckets(redis_server) -> None:
