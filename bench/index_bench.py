@@ -232,9 +232,10 @@ def main() -> None:
             print("\nSpeed at 1M items, one thread (two-level vs IndexBinaryFlat)")
             for row in speed:
                 print(json.dumps(row))
-            memory = memory_per_item(db[: args.memory_items], bits, centers, head_bits)
-            report["memory"] = memory
-            print("\nMemory per item:", json.dumps(memory))
+            if args.memory_items:
+                memory = memory_per_item(db[: args.memory_items], bits, centers, head_bits)
+                report["memory"] = memory
+                print("\nMemory per item:", json.dumps(memory))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
 

@@ -45,21 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPIOffline:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_request_bytes:
-            return _error(413, f"request body larger than {settings.max_request_bytes} bytes")
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        runtime = getattr(request.app.state, "runtime", None)
-        if runtime is not None:
-            path = route.path if route is not None else "unmatched"
-            runtime.metrics.requests.labels(path, request.method, response.status_code).observe(
-                time.perf_counter() - started
-            )
-        return response
+    app.add_middleware(ObserveMiddleware, max_request_bytes=settings.max_request_bytes)
 
     handlers = {
         EncodeError: 422,
@@ -73,6 +59,41 @@ def create_app(settings: Settings | None = None) -> FastAPIOffline:
     for router in (search.router, items.router, system.router):
         app.include_router(router)
     return app
+
+
+class ObserveMiddleware:
+    """Pure ASGI middleware (no per-request task or body copy): refuses bodies over the size limit by
+    their Content-Length, and records each request's latency by route, method and status."""
+
+    def __init__(self, app, max_request_bytes: int) -> None:
+        self.app = app
+        self.max_request_bytes = max_request_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_request_bytes:
+            await _error(413, f"request body larger than {self.max_request_bytes} bytes")(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            runtime = getattr(scope["app"].state, "runtime", None) if "app" in scope else None
+            if runtime is not None:
+                route = scope.get("route")
+                path = route.path if route is not None else "unmatched"
+                runtime.metrics.requests.labels(path, scope["method"], status).observe(time.perf_counter() - started)
 
 
 def _handler(status: int):
