@@ -98,10 +98,11 @@ def query_bodies(bundle, corpus, queries: np.ndarray) -> dict[str, tuple[str, li
     }
 
 
-def start_service(redis_url: str, probe: int) -> tuple[subprocess.Popen, str]:
+def start_service(redis_url: str, probe: int, bundle: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = os.environ | {
         "REDIS_URL": redis_url,
+        "XMHASH_BUNDLE_PATH": str(bundle),
         "XMHASH_INDEX_NAME": "bench",
         "XMHASH_PORT": str(port),
         "XMHASH_API_KEY": "bench",
@@ -119,10 +120,11 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=20)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--probe", type=int, default=8)
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     parser.add_argument("--out", type=Path, default=Path("var/bench/http.json"))
     args = parser.parse_args()
 
-    bundle = load_bundle(DEFAULT_BUNDLE)
+    bundle = load_bundle(args.bundle)
     corpus = load_openclipart()
     database = corpus.split.database
     report: dict = {"items": args.items, "bundle": bundle.bundle_id, "connections": args.connections}
@@ -133,7 +135,7 @@ def main() -> None:
             store = RedisStore(server.client(), "bench", bundle.bundle_id)
             images = bundle.image_features(corpus.images[database])
             report["preload_s"] = round(preload(store, bundle, images, corpus.labels[database], args.items), 1)
-            service, url = start_service(server.url, args.probe)
+            service, url = start_service(server.url, args.probe, args.bundle)
             report["startup_rebuild_s"] = round(wait_ready(url, 900), 1)
             report["healthz"] = run_wrk(f"{url}/healthz", None, args.duration, args.connections)
             print("GET /healthz (floor):", json.dumps(report["healthz"]), flush=True)
