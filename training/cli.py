@@ -20,6 +20,7 @@ class Method(StrEnum):
     dsfh = "dsfh"
     amsh = "amsh"
     amsh_unpaired = "amsh-unpaired"
+    uddh = "uddh"
 
 
 def _fail(message: str) -> typer.Exit:

@@ -72,10 +72,39 @@ def _amsh_unpaired(features: FeatureSet, bits: int, seed: int, params: dict) -> 
     return hasher
 
 
+def _uddh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
+    """UDDH with ``bits`` = l^c + l^s: by default half of the code (rounded down to bytes) is the shared
+    head, k = 64 centers. The tqdm bar shows each outer iteration's loss and image→text MAP@50 of the
+    query set against the database (monitoring only: nothing is selected on it)."""
+    from training.codes import to_signs
+    from training.evaluation.metrics import evaluate_codes
+    from training.methods.uddh import UDDHConfig, train_uddh
+
+    params = dict(params)
+    shared = params.pop("shared_bits", max(8, bits // 16 * 8))
+    config = UDDHConfig(
+        shared_bits=shared, specific_bits=bits - shared, n_clusters=params.pop("n_clusters", 64), **params
+    )
+    query_image, _, query_labels = features.part("query")
+    _, database_text, database_labels = features.part("database")
+
+    def map_at_50(hasher: TrainedHasher) -> float:
+        queries = to_signs(hasher.encoders["image"].real_codes(query_image))
+        database = to_signs(hasher.encoders["text"].real_codes(database_text))
+        return evaluate_codes(queries, database, query_labels, database_labels)["MAP@50"]
+
+    image, text, _ = features.part("train")
+    result = train_uddh(image, text, config, seed=seed, progress=True, eval_fn=map_at_50)
+    hasher = result.hasher
+    hasher.head_bits, hasher.centers = shared, result.centers
+    return hasher
+
+
 TRAINERS: dict[str, Trainer] = {
     "lsh": _lsh,
     "cca": _cca,
     "dsfh": _dsfh,
     "amsh": _amsh,
     "amsh-unpaired": _amsh_unpaired,
+    "uddh": _uddh,
 }
