@@ -155,3 +155,34 @@ def evaluate(
     typer.echo(
         json.dumps({d: {k: v for k, v in m.items() if not isinstance(v, dict)} for d, m in metrics.items()}, indent=2)
     )
+
+
+@app.command("semantic-index")
+def semantic_index(
+    bundle: Annotated[Path, typer.Option(help="a bundle (UDDH: its head code and centers)")],
+    probes: Annotated[list[int], typer.Option("--probe", help="buckets a query scans; repeatable")] = [1, 2, 4],  # noqa: B006
+    seed: int = 0,
+) -> None:
+    """Metrics of retrieval restricted to each query's nearest semantic bucket(s), both directions."""
+    from training.bundle import load_bundle
+    from training.datasets import load_dataset
+    from training.evaluation.report import DIRECTIONS
+    from training.evaluation.semantic_index import restricted_metrics
+    from training.featurize.pipeline import featurize
+
+    model = load_bundle(bundle)
+    features = featurize(load_dataset(model.manifest["training"]["dataset"], seed=seed))
+    rows = []
+    for direction, (source, target) in DIRECTIONS.items():
+        query = model.signs(source, features.part("query")[0 if source == "image" else 1])
+        database = model.signs(target, features.part("database")[0 if target == "image" else 1])
+        labels = features.part("query")[2], features.part("database")[2]
+        for probe in [None, *probes]:
+            result = restricted_metrics(query, database, *labels, model.centers, model.head_bits, probe)
+            rows.append(
+                {
+                    "direction": direction,
+                    **{k: v if isinstance(v, str | int) else round(v, 4) for k, v in result.items()},
+                }
+            )
+    typer.echo(markdown_table(rows))
