@@ -72,7 +72,7 @@ def train(
     bundle (``<out>/<bits>bits/bundle``) with its metrics JSON and plots beside it."""
     from training.bundle.writer import write_bundle
     from training.datasets import DatasetNotFoundError, load_dataset
-    from training.evaluation.report import evaluate_hasher, summary_row, write_report
+    from training.evaluation.report import evaluate_hasher, plot_history, summary_row, write_report
     from training.featurize.pipeline import featurize
     from training.methods.registry import TRAINERS
 
@@ -92,6 +92,7 @@ def train(
         metrics = evaluate_hasher(hasher, features)
         run = out / f"{length}bits"
         write_report(metrics, run, f"{method.value} {length} bits")
+        plot_history(hasher.history, f"{method.value} {length} bits: training", run / "history.png")
         row = summary_row(method.value, length, metrics) | {"train_seconds": round(seconds, 2)}
         manifest = write_bundle(run / "bundle", hasher, features, row)
         rows.append(row | {"bundle_id": manifest["bundle_id"]})

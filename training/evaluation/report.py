@@ -72,6 +72,23 @@ def write_report(metrics: dict, out_dir: Path, title: str) -> None:
     )
 
 
+def plot_history(history: list[dict], title: str, path: Path) -> None:
+    """Objective (and the monitored ``eval`` value, if any) per outer iteration of a trainer."""
+    rows = [h for h in history if "objective" in h and "iteration" in h and "stage" not in h]
+    if not rows:
+        return
+    figure = Figure(figsize=(6, 4))
+    axis = figure.subplots()
+    axis.plot([h["iteration"] for h in rows], [h["objective"] for h in rows], marker=".", label="objective")
+    axis.set(xlabel="outer iteration", ylabel="objective", title=title)
+    if any("eval" in h for h in rows):
+        other = axis.twinx()
+        other.plot([h["iteration"] for h in rows], [h.get("eval") for h in rows], marker=".", color="tab:red")
+        other.set_ylabel("MAP@50 (query set, i2t)", color="tab:red")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
 def summary_row(label: str, bits: int, metrics: dict) -> dict:
     """The scalar metrics of a run, flattened for the results table."""
     row: dict = {"method": label, "bits": bits}
