@@ -94,10 +94,7 @@ def _uddh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHa
         return evaluate_codes(queries, database, query_labels, database_labels)["MAP@50"]
 
     image, text, _ = features.part("train")
-    result = train_uddh(image, text, config, seed=seed, progress=True, eval_fn=map_at_50)
-    hasher = result.hasher
-    hasher.head_bits, hasher.centers = shared, result.centers
-    return hasher
+    return train_uddh(image, text, config, seed=seed, progress=True, eval_fn=map_at_50).hasher
 
 
 TRAINERS: dict[str, Trainer] = {
