@@ -20,6 +20,23 @@ def make_synthetic_crossmodal(
     return {"image": image, "text": text, "labels": labels}
 
 
+def as_feature_dataset(data: dict[str, np.ndarray], n_query: int = 50):
+    """A synthetic feature-matrix dataset with a seeded split, as the loaders return real ones."""
+    from training.datasets.base import CrossModalDataset, seeded_split
+
+    n = len(data["labels"])
+    return CrossModalDataset(
+        name="toy-features",
+        images=data["image"],
+        texts=data["text"],
+        labels=data["labels"],
+        label_names=[f"c{j}" for j in range(data["labels"].shape[1])],
+        split=seeded_split(n, n_query, None, 0),
+        image_kind="features",
+        text_kind="features",
+    )
+
+
 @pytest.fixture
 def synthetic() -> dict[str, np.ndarray]:
     return make_synthetic_crossmodal()

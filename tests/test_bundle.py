@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import make_synthetic_crossmodal
+from tests.conftest import as_feature_dataset, make_synthetic_crossmodal
 from training.bundle import BundleError, load_bundle
 from training.bundle.writer import write_bundle
 from training.codes import to_signs
@@ -39,17 +39,7 @@ def _raw_dataset(n: int = 120, seed: int = 0) -> CrossModalDataset:
 
 
 def _feature_dataset() -> CrossModalDataset:
-    data = make_synthetic_crossmodal(n=300)
-    return CrossModalDataset(
-        name="toy-features",
-        images=data["image"],
-        texts=data["text"],
-        labels=data["labels"],
-        label_names=[f"c{j}" for j in range(data["labels"].shape[1])],
-        split=seeded_split(300, 50, None, 0),
-        image_kind="features",
-        text_kind="features",
-    )
+    return as_feature_dataset(make_synthetic_crossmodal(n=300))
 
 
 @pytest.fixture(scope="module")

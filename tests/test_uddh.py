@@ -9,12 +9,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.conftest import make_synthetic_crossmodal
+from tests.conftest import as_feature_dataset, make_synthetic_crossmodal
 from training.bundle import load_bundle
 from training.bundle.onnx_graphs import hash_function_graph
 from training.bundle.writer import write_bundle
 from training.codes import to_signs
-from training.datasets.base import CrossModalDataset, seeded_split
 from training.evaluation.metrics import evaluate_codes, relevance
 from training.featurize.pipeline import featurize
 from training.methods.uddh import (
@@ -259,17 +258,7 @@ def test_onnx_graph_gives_the_trainers_codes_bit_for_bit(synthetic_run) -> None:
 def test_bundle_round_trip_keeps_codes_and_centers(tmp_path: Path) -> None:
     data = make_synthetic_crossmodal(n=300)
     data["text"][:5] = 0.0  # empty texts in training are fine
-    dataset = CrossModalDataset(
-        name="toy-features",
-        images=data["image"],
-        texts=data["text"],
-        labels=data["labels"],
-        label_names=[f"c{j}" for j in range(data["labels"].shape[1])],
-        split=seeded_split(300, 50, None, 0),
-        image_kind="features",
-        text_kind="features",
-    )
-    features = featurize(dataset)
+    features = featurize(as_feature_dataset(data))
     image, text, _ = features.part("train")
     config = small_config(outer_iterations=2, n_clusters=4)
     result = train_uddh(image, text, config, seed=0)
