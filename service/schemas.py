@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -25,34 +25,35 @@ class SearchOptions(BaseModel):
     filter: Filter | None = None
 
 
-class TextQuery(SearchOptions):
-    """Exactly one of ``text`` (raw) or ``features`` (the bundle's text feature vector)."""
+class _Query(SearchOptions):
+    """A query is given either raw (the field named by ``raw_input``) or as a feature vector."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "red apple fruit", "k": 5}]})
-    text: str | None = Field(default=None, description="raw query text")
-    features: list[float] | None = Field(default=None, description="precomputed text feature vector")
+    raw_input: ClassVar[str]
+    features: list[float] | None = Field(default=None, description="precomputed feature vector of the bundle")
 
     @model_validator(mode="after")
-    def _one_input(self) -> TextQuery:
-        if (self.text is None) == (self.features is None):
-            raise ValueError("give exactly one of 'text' or 'features'")
+    def _one_input(self) -> _Query:
+        if (getattr(self, self.raw_input) is None) == (self.features is None):
+            raise ValueError(f"give exactly one of '{self.raw_input}' or 'features'")
         return self
 
 
-class ImageQuery(SearchOptions):
+class TextQuery(_Query):
+    """Exactly one of ``text`` (raw) or ``features`` (the bundle's text feature vector)."""
+
+    raw_input = "text"
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "red apple fruit", "k": 5}]})
+    text: str | None = Field(default=None, description="raw query text")
+
+
+class ImageQuery(_Query):
     """Exactly one of ``image_base64`` (a PNG/JPEG/… file, base64) or ``features``."""
 
+    raw_input = "image_base64"
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"image_base64": "iVBORw0KGgo…", "k": 5}]}
     )
     image_base64: str | None = Field(default=None, description="raw image file, base64-encoded")
-    features: list[float] | None = Field(default=None, description="precomputed image feature vector")
-
-    @model_validator(mode="after")
-    def _one_input(self) -> ImageQuery:
-        if (self.image_base64 is None) == (self.features is None):
-            raise ValueError("give exactly one of 'image_base64' or 'features'")
-        return self
 
 
 class Hit(BaseModel):

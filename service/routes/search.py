@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 import numpy as np
@@ -72,26 +73,26 @@ def run_search(
     )
 
 
+def _search(rt: Runtime, source: str, query: TextQuery | ImageQuery, raw: Callable[[], np.ndarray]) -> SearchResponse:
+    """Features as given, or from the raw input (``raw``), then the shared search path."""
+    started = time.perf_counter()
+    if query.features is not None:
+        features, kind = rt.encoder.features(source, query.features), "features"
+    else:
+        features, kind = raw(), "raw"
+    return run_search(rt, source, features, query, time.perf_counter() - started, kind)
+
+
 @router.post("/text-to-image", response_model=SearchResponse, responses=ERRORS)
 def text_to_image(query: TextQuery, rt: Annotated[Runtime, Depends(runtime)]) -> SearchResponse:
     """Find images for a text: raw ``text`` (featurized by the model's vocabulary) or ``features``."""
-    started = time.perf_counter()
-    if query.features is not None:
-        features, kind = rt.encoder.features("text", query.features), "features"
-    else:
-        features, kind = rt.encoder.text_features(query.text, require_known_words=True), "raw"
-    return run_search(rt, "text", features, query, time.perf_counter() - started, kind)
+    return _search(rt, "text", query, lambda: rt.encoder.text_features(query.text, require_known_words=True))
 
 
 @router.post("/image-to-text", response_model=SearchResponse, responses=ERRORS)
 def image_to_text(query: ImageQuery, rt: Annotated[Runtime, Depends(runtime)]) -> SearchResponse:
     """Find texts for an image: a base64 image file (``image_base64``) or ``features``."""
-    started = time.perf_counter()
-    if query.features is not None:
-        features, kind = rt.encoder.features("image", query.features), "features"
-    else:
-        features, kind = rt.encoder.image_features(rt.encoder.decode_base64(query.image_base64)), "raw"
-    return run_search(rt, "image", features, query, time.perf_counter() - started, kind)
+    return _search(rt, "image", query, lambda: rt.encoder.image_features(rt.encoder.decode_base64(query.image_base64)))
 
 
 @router.post("/image-to-text/upload", response_model=SearchResponse, responses=ERRORS)
