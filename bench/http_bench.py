@@ -27,12 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from bench.index_bench import replicate
-from index.centers import nearest_centers
+from index.centers import route
 from index.redis_server import RedisServer, free_port
 from index.store import RedisStore
 from service.settings import DEFAULT_BUNDLE
 from training.bundle import load_bundle
-from training.codes import unpack_signs
 from training.datasets.openclipart import DEFAULT_ROOT, load_openclipart
 
 LUA = Path(__file__).with_name("wrk_bodies.lua")
@@ -41,8 +40,7 @@ LUA = Path(__file__).with_name("wrk_bodies.lua")
 def preload(store: RedisStore, bundle, images: np.ndarray, labels: np.ndarray, n: int) -> float:
     """Write n replicated image codes straight into Redis (the service rebuilds from it); seconds."""
     codes, _ = replicate(bundle.packed_codes("image", images), labels, bundle.bits, n, flip=0.05)
-    head = unpack_signs(codes[:, : bundle.head_bits // 8], bundle.head_bits)
-    buckets = nearest_centers(head, bundle.centers)[:, 0]
+    buckets = route(codes, bundle.centers)[:, 0]
     started = time.perf_counter()
     for start in range(0, n, 5000):
         stop = min(n, start + 5000)

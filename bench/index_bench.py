@@ -22,7 +22,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from index.centers import fit_centers, nearest_centers
+from index.centers import fit_centers, head_signs, nearest_centers, route
 from index.scan import BucketScan
 from training.bundle import load_bundle
 from training.codes import pack_signs, unpack_signs
@@ -36,7 +36,7 @@ DIRECTIONS = {"i2t": ("image", "text"), "t2i": ("text", "image")}
 def build(codes: np.ndarray, bits: int, head_bits: int, k: int, seed: int = 0):
     """Fit centers on (a sample of) the database head codes, assign, and fill a BucketScan."""
     rng = np.random.default_rng(seed)
-    head = unpack_signs(codes[:, : head_bits // 8], head_bits)
+    head = head_signs(codes, head_bits)
     sample = head[rng.choice(len(head), size=min(len(head), 200_000), replace=False)]
     centers, _ = fit_centers(sample, k, rng)
     buckets = nearest_centers(head, centers)[:, 0]
@@ -45,24 +45,23 @@ def build(codes: np.ndarray, bits: int, head_bits: int, k: int, seed: int = 0):
     return scan, centers
 
 
-def routed_search(scan: BucketScan, centers: np.ndarray, queries: np.ndarray, head_bits: int, probe: int, k: int):
+def routed_search(scan: BucketScan, centers: np.ndarray, queries: np.ndarray, probe: int, k: int):
     """Route and scan, as the index does; returns labels and the probed buckets."""
-    head = unpack_signs(queries[:, : head_bits // 8], head_bits)
-    probes = nearest_centers(head, centers, probe)
+    probes = route(queries, centers, probe)
     _, labels, _ = scan.search(queries, probes, k)
     return labels, probes
 
 
-def retention(scan, centers, queries, q_labels, db_labels, head_bits: int, probes: list[int]) -> list[dict]:
+def retention(scan, centers, queries, q_labels, db_labels, probes: list[int]) -> list[dict]:
     n = len(db_labels)
     sizes = scan.bucket_sizes()
-    full, _ = routed_search(scan, centers, queries, head_bits, len(centers), 100)
+    full, _ = routed_search(scan, centers, queries, len(centers), 100)
     rel_full = np.take_along_axis(relevance(q_labels, db_labels), full, 1)
     map_full = average_precision_at(rel_full, 50).mean()
     rows = [{"probe": "all", "MAP@50": round(float(map_full), 4), "retention": 1.0, "recall@100": 1.0,
              "scanned": 1.0, "fewer_codes": 1.0}]  # fmt: skip
     for probe in probes:
-        labels, probes = routed_search(scan, centers, queries, head_bits, probe, 100)
+        labels, probes = routed_search(scan, centers, queries, probe, 100)
         scanned = sizes[probes].sum(1)
         rel = np.take_along_axis(relevance(q_labels, db_labels), np.maximum(labels, 0), 1) & (labels >= 0)
         value = average_precision_at(rel, 50).mean()
@@ -85,7 +84,7 @@ def replicate(codes: np.ndarray, labels: np.ndarray, bits: int, n: int, flip: fl
     return pack_signs(signs), labels[source]
 
 
-def latency(scan, centers, flat, queries, head_bits: int, probe: int, k: int = 100) -> dict:
+def latency(scan, centers, flat, queries, probe: int, k: int = 100) -> dict:
     faiss.omp_set_num_threads(1)
 
     def per_query(fn) -> np.ndarray:
@@ -97,12 +96,12 @@ def latency(scan, centers, flat, queries, head_bits: int, probe: int, k: int = 1
         return np.array(times) * 1e3
 
     flat_ms = per_query(lambda q: flat.search(q, k))
-    two_ms = per_query(lambda q: routed_search(scan, centers, q, head_bits, probe, k))
+    two_ms = per_query(lambda q: routed_search(scan, centers, q, probe, k))
     started = time.perf_counter()
     flat.search(queries, k)
     flat_batch = time.perf_counter() - started
     started = time.perf_counter()
-    _, probes = routed_search(scan, centers, queries, head_bits, probe, k)
+    _, probes = routed_search(scan, centers, queries, probe, k)
     two_batch = time.perf_counter() - started
     scanned = scan.bucket_sizes()[probes].sum(1)
     # In-bucket scan rate, routing excluded: batched, and one query at a time (the service's case).
@@ -134,7 +133,7 @@ def latency(scan, centers, flat, queries, head_bits: int, probe: int, k: int = 1
     }
 
 
-def memory_per_item(codes: np.ndarray, bits: int, centers: np.ndarray, head_bits: int) -> dict:
+def memory_per_item(codes: np.ndarray, bits: int, centers: np.ndarray) -> dict:
     """Bytes per item in the process (FAISS + id map, traced) and in Redis (used_memory delta)."""
     import tempfile
 
@@ -153,8 +152,7 @@ def memory_per_item(codes: np.ndarray, bits: int, centers: np.ndarray, head_bits
             client = server.client()
             base = client.info("memory")["used_memory"]
             store = RedisStore(client, "bench", "bundle")
-            head = unpack_signs(codes[:, : head_bits // 8], head_bits)
-            buckets = nearest_centers(head, centers)[:, 0]
+            buckets = route(codes, centers)[:, 0]
             for start in range(0, n, 2000):
                 stop = min(n, start + 2000)
                 batch = [ids[i] for i in range(start, stop)]
@@ -176,7 +174,6 @@ def memory_per_item(codes: np.ndarray, bits: int, centers: np.ndarray, head_bits
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, required=True)
-    parser.add_argument("--buckets", type=int, default=64, help="buckets on OpenClipart (no head code)")
     parser.add_argument("--scaled-buckets", type=int, default=1024, help="buckets on the scaled databases")
     parser.add_argument("--probes", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--scales", type=int, nargs="+", default=[1_000_000, 4_000_000])
@@ -188,7 +185,7 @@ def main() -> None:
 
     bundle = load_bundle(args.bundle)
     bits = bundle.bits
-    head_bits = (bundle.manifest["semantic_index"] or {"head_bits": [0, bits]})["head_bits"][1]
+    head_bits = bundle.head_bits
     features = featurize(load_dataset(bundle.manifest["training"]["dataset"]))
     q_image, q_text, q_labels = features.part("query")
     d_image, d_text, d_labels = features.part("database")
@@ -201,17 +198,10 @@ def main() -> None:
     report: dict = {"bundle": bundle.bundle_id, "method": bundle.method, "bits": bits, "head_bits": head_bits}
     for direction, (source, target) in ({} if args.skip_retention else DIRECTIONS).items():
         db = packed[f"database_{target}"]
-        if bundle.centers is not None:
-            centers = bundle.centers
-            scan = BucketScan(bits, len(centers))
-            scan.add(
-                np.arange(len(db)),
-                db,
-                nearest_centers(unpack_signs(db[:, : head_bits // 8], head_bits), centers)[:, 0],
-            )
-        else:
-            scan, centers = build(db, bits, head_bits, args.buckets)
-        rows = retention(scan, centers, packed[f"query_{source}"], q_labels, d_labels, head_bits, args.probes)
+        centers = bundle.centers  # every bundle has them: a learned head, or fitted on its training codes
+        scan = BucketScan(bits, len(centers))
+        scan.add(np.arange(len(db)), db, route(db, centers)[:, 0])
+        rows = retention(scan, centers, packed[f"query_{source}"], q_labels, d_labels, args.probes)
         report[f"openclipart_{direction}"] = rows
         print(f"\nOpenClipart {direction} ({len(db)} items, {len(centers)} buckets)")
         for row in rows:
@@ -219,7 +209,7 @@ def main() -> None:
     for n in args.scales:
         db, labels = replicate(packed["database_image"], d_labels, bits, n, args.flip)
         scan, centers = build(db, bits, head_bits, args.scaled_buckets)
-        rows = retention(scan, centers, packed["query_text"], q_labels, labels, head_bits, args.probes)
+        rows = retention(scan, centers, packed["query_text"], q_labels, labels, args.probes)
         report[f"scaled_{n}_t2i"] = rows
         print(f"\nScaled t2i: {n} items, {len(centers)} buckets, flip {args.flip}")
         for row in rows:
@@ -227,13 +217,13 @@ def main() -> None:
         if n == 1_000_000:
             flat = faiss.IndexBinaryFlat(bits)
             flat.add(db)
-            speed = [latency(scan, centers, flat, packed["query_text"], head_bits, p) for p in args.probes]
+            speed = [latency(scan, centers, flat, packed["query_text"], p) for p in args.probes]
             report["speed_1M"] = speed
             print("\nSpeed at 1M items, one thread (two-level vs IndexBinaryFlat)")
             for row in speed:
                 print(json.dumps(row))
             if args.memory_items:
-                memory = memory_per_item(db[: args.memory_items], bits, centers, head_bits)
+                memory = memory_per_item(db[: args.memory_items], bits, centers)
                 report["memory"] = memory
                 print("\nMemory per item:", json.dumps(memory))
     args.out.parent.mkdir(parents=True, exist_ok=True)

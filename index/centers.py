@@ -12,7 +12,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from training.codes import pack_signs
+from training.codes import pack_signs, unpack_signs
 
 
 def nearest_centers(signs: np.ndarray, centers: np.ndarray, top: int = 1) -> np.ndarray:
@@ -24,6 +24,16 @@ def nearest_centers(signs: np.ndarray, centers: np.ndarray, top: int = 1) -> np.
     index.add(pack_signs(centers))
     _, order = index.search(pack_signs(signs), min(top, len(centers)))
     return order
+
+
+def head_signs(packed: np.ndarray, head_bits: int) -> np.ndarray:
+    """The head of packed codes (their first ``head_bits`` bits) as {−1, +1}."""
+    return unpack_signs(packed[:, : head_bits // 8], head_bits)
+
+
+def route(packed: np.ndarray, centers: np.ndarray, probe: int = 1) -> np.ndarray:
+    """(n, probe) nearest buckets of packed codes, by Hamming distance over the centers' head bits."""
+    return nearest_centers(head_signs(packed, centers.shape[1]), centers, probe)
 
 
 def fit_centers(

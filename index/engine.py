@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
-from index.centers import nearest_centers
+from index.centers import route
 from index.errors import IndexInputError, ItemNotFoundError
 from index.scan import BucketScan
 from index.store import MODALITIES, RedisStore, StoredItem
-from training.codes import unpack_signs
 
 
 @dataclass(frozen=True)
@@ -75,18 +74,10 @@ class Generation:
         centers, version = stored
         sides = {m: _Side(BucketScan(bits, len(centers))) for m in MODALITIES}
         for modality, side in sides.items():
-            seen: dict[str, tuple[int, int, bytes]] = {}
-            for ids, buckets, labels, codes in store.scan_items(modality):
-                for item, bucket, label, code in zip(ids, buckets, labels, codes, strict=True):
-                    seen[item] = (int(label), int(bucket), code)  # HSCAN may repeat a key
-            if not seen:
-                continue
-            rows = sorted(seen.items(), key=lambda kv: kv[1][0])
-            labels = np.array([r[1][0] for r in rows], dtype=np.int64)
-            buckets = np.array([r[1][1] for r in rows], dtype=np.int64)
-            codes = np.frombuffer(b"".join(r[1][2] for r in rows), dtype=np.uint8).reshape(len(rows), -1)
-            side.scan.add(labels, codes, buckets)
-            side.ids = {int(label): item for label, (item, _) in zip(labels, rows, strict=True)}
+            ids, labels, buckets, codes = store.items_in_order(modality)
+            if ids:
+                side.scan.add(labels, codes, buckets)
+                side.ids = dict(zip(labels.tolist(), ids, strict=True))
         return cls(store, np.asarray(centers, dtype=np.int8), version, sides)
 
 
@@ -161,8 +152,7 @@ class HashIndex:
 
     def route(self, codes: np.ndarray, probe: int, centers: np.ndarray | None = None) -> np.ndarray:
         """(n, probe) nearest buckets of packed codes, by Hamming distance over the head bits."""
-        head = unpack_signs(codes[:, : self.head_bytes], self.head_bytes * 8)
-        return nearest_centers(head, self.centers if centers is None else centers, probe)
+        return route(codes, self.centers if centers is None else centers, probe)
 
     def upsert(self, items: Sequence[Item]) -> None:
         """Insert or replace items (by id); all or nothing, acknowledged once Redis has the batch."""

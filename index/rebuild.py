@@ -18,11 +18,9 @@ import hashlib
 
 import numpy as np
 
-from index.centers import fit_centers, nearest_centers
-from index.engine import Generation
+from index.centers import fit_centers, head_signs, route
 from index.errors import StoreUnavailableError
 from index.store import MODALITIES, RedisStore
-from training.codes import unpack_signs
 
 _BATCH = 2000
 _LOCK_SECONDS = 3600
@@ -36,12 +34,13 @@ def rebucket(store: RedisStore, bits: int, k: int, seed: int = 0, sample: int = 
     if not store.client.set(store.rebuild_key, 1, nx=True, ex=_LOCK_SECONDS):
         raise StoreUnavailableError("another re-bucket of this index is running")
     try:
-        old = Generation.load(store.at(active), bits)
-        head_bits = old.centers.shape[1]
-        items = {m: _items(old.store, m, bits // 8) for m in MODALITIES}
-        heads = np.concatenate(
-            [unpack_signs(codes[:, : head_bits // 8], head_bits) for _, _, codes, _ in items.values()]
-        )
+        old = store.at(active)
+        stored = old.load_centers()
+        if stored is None:
+            raise ValueError(f"generation {active} of {store.base} has no centers")
+        head_bits = stored[0].shape[1]
+        items = {m: _items(old, m) for m in MODALITIES}
+        heads = np.concatenate([head_signs(codes, head_bits) for _, _, codes, _ in items.values() if len(codes)])
         rng = np.random.default_rng(seed)
         if len(heads) < k:
             raise ValueError(f"cannot fit {k} buckets on {len(heads)} items")
@@ -52,7 +51,7 @@ def rebucket(store: RedisStore, bits: int, k: int, seed: int = 0, sample: int = 
         new.drop()  # leftovers of an interrupted re-bucket
         new.save_centers(centers, version)
         for modality, (ids, labels, codes, metadata) in items.items():
-            buckets = _assign(codes, centers, head_bits)
+            buckets = route(codes, centers)[:, 0] if len(codes) else np.zeros(0, dtype=np.int64)
             for start in range(0, len(ids), _BATCH):
                 part = slice(start, start + _BATCH)
                 new.upsert(
@@ -61,30 +60,17 @@ def rebucket(store: RedisStore, bits: int, k: int, seed: int = 0, sample: int = 
         last = max((int(labels.max()) for _, labels, _, _ in items.values() if len(labels)), default=0)
         new.client.set(new.key("next_label"), last)
         new.activate()
-        old.store.drop()
+        old.drop()
         return {"generation": active + 1, "buckets": k, "centers_version": version,
                 "items": {m: len(v[0]) for m, v in items.items()}}  # fmt: skip
     finally:
         store.client.delete(store.rebuild_key)
 
 
-def _assign(codes: np.ndarray, centers: np.ndarray, head_bits: int) -> np.ndarray:
-    if not len(codes):
-        return np.zeros(0, dtype=np.int64)
-    return nearest_centers(unpack_signs(codes[:, : head_bits // 8], head_bits), centers)[:, 0]
-
-
-def _items(store: RedisStore, modality: str, code_bytes: int) -> tuple[list[str], np.ndarray, np.ndarray, list[dict]]:
+def _items(store: RedisStore, modality: str) -> tuple[list[str], np.ndarray, np.ndarray, list[dict]]:
     """Every item of a modality in label (insertion) order: ids, labels, packed codes, metadata."""
-    rows: dict[str, tuple[int, bytes]] = {}
-    for ids, _, labels, codes in store.scan_items(modality):
-        rows.update(zip(ids, zip(labels.tolist(), codes, strict=True), strict=True))
-    ordered = sorted(rows.items(), key=lambda kv: kv[1][0])
-    ids = [item for item, _ in ordered]
-    labels = np.array([label for _, (label, _) in ordered], dtype=np.int64)
-    width = store.client.hlen  # noqa: F841  (documents that codes are fixed-width per bundle)
-    codes = np.array([np.frombuffer(code, dtype=np.uint8) for _, (_, code) in ordered], dtype=np.uint8)
+    ids, labels, _, codes = store.items_in_order(modality)
     metadata = [
         m for start in range(0, len(ids), _BATCH) for m in store.metadata(modality, ids[start : start + _BATCH])
     ]
-    return ids, labels, codes.reshape(len(ids), -1), metadata
+    return ids, labels, codes, metadata

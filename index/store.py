@@ -217,6 +217,21 @@ class RedisStore:
             if cursor == 0:
                 return
 
+    def items_in_order(self, modality: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """Every item of a modality in label (insertion) order: ids, labels, buckets, packed codes.
+
+        HSCAN may return a key twice; each id is kept once."""
+        rows: dict[str, tuple[int, int, bytes]] = {}
+        for ids, buckets, labels, codes in self.scan_items(modality):
+            rows.update(zip(ids, zip(labels.tolist(), buckets.tolist(), codes, strict=True), strict=True))
+        ordered = sorted(rows.items(), key=lambda kv: kv[1][0])
+        if not ordered:
+            return [], np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.uint8)
+        labels = np.array([row[0] for _, row in ordered], dtype=np.int64)
+        buckets = np.array([row[1] for _, row in ordered], dtype=np.int64)
+        codes = np.frombuffer(b"".join(row[2] for _, row in ordered), dtype=np.uint8).reshape(len(ordered), -1)
+        return [item for item, _ in ordered], labels, buckets, codes
+
     def counts(self, modality: str) -> dict[int, int]:
         raw = self._call(self.client.hgetall, self.key(f"counts:{modality}"))
         return {int(b): int(c) for b, c in raw.items()}
