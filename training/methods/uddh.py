@@ -69,33 +69,27 @@ Choices where the paper is vague, and why:
   assignment slots without emptying another cluster; that item's farthest such slot moves to the
   re-seeded center (nearest, at distance 0). For e = 1 this only lowers ‖B^c − CH‖² and is the usual
   k-means fix; every cluster then has a member, so every bucket of the index is reachable.
-* Parity. Training runs in float32; the encoders are float64 copies of the networks that first round
-  their input to float32, exactly like the exported graph (float32 ``features`` cast to double).
-  onnxruntime and torch then agree to ~1e-15, far below the smallest |code| a sign could flip on.
+* Parity. The encoders are ``TorchHashEncoder``: float64 copies of the networks, exported as traced.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
-import io
 import itertools
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 import torch
 from scipy import sparse
 from torch import nn
 from tqdm import tqdm
 
-from training.bundle.onnx_graphs import INPUT_NAME, OPSET, OUTPUT_NAME, hash_function_graph
 from training.codes import hamming_distances, to_signs
 from training.methods.base import MODALITIES, TrainedHasher, check_features
 from training.methods.baselines import train_cca
+from training.methods.torch_encoder import TorchHashEncoder
 
 _CHUNK = 2048  # rows per block for distances, affinities and full-batch network passes
 
@@ -234,58 +228,6 @@ class UDDHNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, _, shared, specific, _ = self.parts(x)
         return torch.cat([shared, specific], dim=1)
-
-
-@dataclass(frozen=True, eq=False)
-class UDDHEncoder:
-    """A modality's trained hash function: the network in float64 on CPU, without the decoder."""
-
-    net: UDDHNet
-
-    @classmethod
-    def from_net(cls, net: UDDHNet) -> UDDHEncoder:
-        frozen = copy.deepcopy(net).cpu().double().eval()
-        frozen.decoder = None
-        frozen.requires_grad_(False)
-        return cls(frozen)
-
-    @property
-    def bits(self) -> int:
-        return self.net.shared.out.out_features + self.net.specific.out.out_features
-
-    @property
-    def input_dim(self) -> int:
-        return self.net.input_dim
-
-    def real_codes(self, x: np.ndarray) -> np.ndarray:
-        """(n, input_dim) → (n, bits) float64; the input is rounded to float32 as the ONNX graph takes it."""
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.input_dim:
-            raise ValueError(f"expected features of shape (n, {self.input_dim}), got {x.shape}")
-        with torch.no_grad():
-            blocks = [self.net(torch.from_numpy(x[s : s + _CHUNK])) for s in range(0, len(x), _CHUNK)]
-        return torch.cat(blocks).numpy() if blocks else np.zeros((0, self.bits))
-
-
-@hash_function_graph.register
-def _uddh_graph(encoder: UDDHEncoder) -> onnx.ModelProto:
-    """The traced float64 network: ``features`` float32 (batch, d) → ``codes`` float64 (batch, bits)."""
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is asked for on purpose
-        torch.onnx.export(
-            encoder.net,
-            (torch.zeros(1, encoder.input_dim, dtype=torch.float32),),
-            buffer,
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        )
-    model = onnx.load_from_string(buffer.getvalue())
-    onnx.checker.check_model(model)
-    return model
 
 
 # -- discrete steps ------------------------------------------------------------------------------------
@@ -639,7 +581,9 @@ def _hasher(
     return TrainedHasher(
         method="uddh",
         bits=config.bits,
-        encoders={m: UDDHEncoder.from_net(net) for m, net in nets.items()},
+        encoders={
+            m: TorchHashEncoder.freeze(net, net.input_dim, config.bits, drop=("decoder",)) for m, net in nets.items()
+        },
         config=dataclasses.asdict(config) | {"seed": seed},
         history=list(history),
         head_bits=config.shared_bits,

@@ -1,0 +1,72 @@
+"""A modality's hash function defined by a torch network, frozen for serving and exported to ONNX.
+
+Shared by the deep trainers (UDDH, DMSFH, MMACH). Training runs in float32; the frozen copy is float64
+and first rounds its input to float32, exactly like the exported graph (float32 ``features`` cast to
+double), so onnxruntime and torch agree to ~1e-15, far below the smallest |code| a sign could flip on.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from training.bundle.onnx_graphs import INPUT_NAME, OPSET, OUTPUT_NAME, hash_function_graph
+
+_CHUNK = 2048  # rows per forward pass when encoding a whole matrix
+
+
+@dataclass(frozen=True, eq=False)
+class TorchHashEncoder:
+    """``net(float32 (n, input_dim)) → (n, bits)`` real codes, float64 on CPU, gradients off."""
+
+    net: nn.Module
+    input_dim: int
+    bits: int
+
+    @classmethod
+    def freeze(cls, net: nn.Module, input_dim: int, bits: int, drop: Sequence[str] = ()) -> TorchHashEncoder:
+        """A float64 CPU copy of ``net``; the submodules named in ``drop`` (training-only parts such as a
+        decoder or a label head) are removed so they are neither kept nor exported."""
+        frozen = copy.deepcopy(net).cpu().double().eval()
+        for name in drop:
+            setattr(frozen, name, None)
+        frozen.requires_grad_(False)
+        return cls(frozen, input_dim, bits)
+
+    def real_codes(self, x: np.ndarray) -> np.ndarray:
+        """(n, input_dim) → (n, bits) float64; the input is rounded to float32 as the ONNX graph takes it."""
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.input_dim:
+            raise ValueError(f"expected features of shape (n, {self.input_dim}), got {x.shape}")
+        with torch.no_grad():
+            blocks = [self.net(torch.from_numpy(x[s : s + _CHUNK])) for s in range(0, len(x), _CHUNK)]
+        return torch.cat(blocks).numpy() if blocks else np.zeros((0, self.bits))
+
+
+@hash_function_graph.register
+def _torch_graph(encoder: TorchHashEncoder) -> onnx.ModelProto:
+    """The traced float64 network: ``features`` float32 (batch, d) → ``codes`` float64 (batch, bits)."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is asked for on purpose
+        torch.onnx.export(
+            encoder.net,
+            (torch.zeros(1, encoder.input_dim, dtype=torch.float32),),
+            buffer,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+    model = onnx.load_from_string(buffer.getvalue())
+    onnx.checker.check_model(model)
+    return model
