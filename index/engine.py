@@ -211,7 +211,8 @@ class HashIndex:
 
     def search(self, target: str, codes: np.ndarray, k: int, probe: int | None = None) -> list[list[Hit]]:
         """Top k items of modality ``target`` for each packed query code; ``probe=None`` scans all
-        buckets (exact). Ranked by Hamming distance, ties by insertion order."""
+        buckets (exact). Ranked by Hamming distance; ties by the bucket's rank in the query's route (the
+        semantically nearer bucket first), then insertion order."""
         self._check_modality(target)
         codes = self._check_codes(codes)
         if k < 1:
@@ -221,10 +222,7 @@ class HashIndex:
         probe = n_buckets if probe is None else probe
         if not 1 <= probe <= n_buckets:
             raise IndexInputError(f"probe must be between 1 and {n_buckets}")
-        if probe == n_buckets:
-            probes = np.broadcast_to(np.arange(n_buckets), (len(codes), n_buckets))
-        else:
-            probes = self.route(codes, probe, generation.centers)
+        probes = self.route(codes, probe, generation.centers)
         with self._lock:
             side = generation.sides[target]
             distances, labels, buckets = side.scan.search(codes, probes, k)

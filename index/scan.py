@@ -1,9 +1,17 @@
-"""Level 2: a packed-bit Hamming scan inside buckets, one FAISS binary flat index per bucket.
+"""Level 2: a packed-bit Hamming scan inside buckets: one FAISS ``IndexBinaryIVF`` whose inverted lists
+are the buckets.
 
-Items carry int64 *labels* given in increasing order of insertion, and each bucket's flat index stores
-codes in insertion order; FAISS returns equal distances in storage order, so every per-bucket result
-is ordered by (distance, label) and merging buckets by the same key gives a deterministic ranking that
-equals a stable brute-force sort over the items in label order.
+Routing is ours (the head code's nearest centers, ``index.centers``), so the IVF's own quantizer is
+never used: items are added to their bucket's list with ``add_core`` and a query scans the lists it was
+routed to with ``search_preassigned``, all its probed buckets in one C++ call.
+
+Ranking is exact and deterministic: FAISS's counting scanner (``use_heap = False``) keeps, for every
+Hamming distance, the first k codes it meets, and it meets them in probe order (nearest bucket first)
+and, within a bucket, in list order, which is insertion order because removals here keep the order of
+the rest. So results are ordered by (distance, probe rank of the bucket, insertion order): among equally
+distant codes, those of the semantically nearer bucket come first.
+
+A FAISS id carries the item's label and its bucket, so a hit says where it came from without a lookup.
 """
 
 from __future__ import annotations
@@ -11,82 +19,81 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-_LABEL_BITS = 40  # labels < 2^40; the merge key packs (distance, label) into one int64
-_MISSING = np.iinfo(np.int64).max
+_BUCKET_BITS = 20  # FAISS id = label << 20 | bucket: up to ~10^6 buckets and 2^43 labels
+_BUCKET_MASK = (1 << _BUCKET_BITS) - 1
+# faiss#5555: the counting scanner reads the default max_codes = 0 as "scan nothing", not "no limit".
+_NO_LIMIT = 1 << 62
 
 
 class BucketScan:
-    """The items of one modality, split into buckets, each a FAISS ``IndexBinaryIDMap`` over a flat scan."""
+    """The items of one modality, split into buckets, scanned by Hamming distance within probed buckets."""
 
     def __init__(self, bits: int, n_buckets: int) -> None:
         if bits % 8:
             raise ValueError(f"code length {bits} is not a multiple of 8")
+        if not 0 < n_buckets <= _BUCKET_MASK + 1:
+            raise ValueError(f"between 1 and {_BUCKET_MASK + 1} buckets, got {n_buckets}")
         self.bits = bits
-        self.buckets = [faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(bits)) for _ in range(n_buckets)]
+        self._quantizer = faiss.IndexBinaryFlat(bits)  # required by the constructor; kept alive here
+        self._ivf = faiss.IndexBinaryIVF(self._quantizer, bits, n_buckets)
+        self._ivf.is_trained = True
+        self._ivf.use_heap = False
+        self._ivf.max_codes = _NO_LIMIT
+        self._lists = faiss.downcast_InvertedLists(self._ivf.invlists)
 
     def __len__(self) -> int:
-        return sum(b.ntotal for b in self.buckets)
+        return self._ivf.ntotal
 
     def bucket_sizes(self) -> np.ndarray:
-        return np.array([b.ntotal for b in self.buckets], dtype=np.int64)
+        return np.array([self._lists.list_size(b) for b in range(self._ivf.nlist)], dtype=np.int64)
 
     def add(self, labels: np.ndarray, codes: np.ndarray, buckets: np.ndarray) -> None:
         """Append items; labels must exceed every label already present (insertion order)."""
-        labels, buckets = np.asarray(labels, np.int64), np.asarray(buckets)
+        buckets = np.ascontiguousarray(buckets, dtype=np.int64)
+        ids = np.ascontiguousarray((np.asarray(labels, np.int64) << _BUCKET_BITS) | buckets)
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
-        for bucket in np.unique(buckets):
-            rows = np.flatnonzero(buckets == bucket)
-            self.buckets[bucket].add_with_ids(codes[rows], labels[rows])
+        self._ivf.add_core(len(ids), faiss.swig_ptr(codes), faiss.swig_ptr(ids), faiss.swig_ptr(buckets))
 
     def remove(self, labels: np.ndarray, buckets: np.ndarray) -> None:
-        labels, buckets = np.asarray(labels, np.int64), np.asarray(buckets)
-        for bucket in np.unique(buckets):
-            self.buckets[bucket].remove_ids(labels[buckets == bucket])
+        """Remove items, keeping the insertion order of the rest of their buckets (FAISS's own removal
+        swaps in the last entry, which would reorder ties)."""
+        labels, buckets = np.asarray(labels, np.int64), np.asarray(buckets, np.int64)
+        code_size = self._ivf.code_size
+        for bucket in np.unique(buckets).tolist():
+            size = self._lists.list_size(bucket)
+            ids = faiss.rev_swig_ptr(self._lists.get_ids(bucket), size).copy()
+            codes = faiss.rev_swig_ptr(self._lists.get_codes(bucket), size * code_size).reshape(size, code_size)
+            keep = ~np.isin(ids >> _BUCKET_BITS, labels[buckets == bucket])
+            kept_ids, kept_codes = np.ascontiguousarray(ids[keep]), np.ascontiguousarray(codes[keep])
+            self._lists.resize(bucket, 0)
+            self._lists.add_entries(bucket, len(kept_ids), faiss.swig_ptr(kept_ids), faiss.swig_ptr(kept_codes))
+            self._ivf.ntotal -= size - len(kept_ids)
 
     def search(self, queries: np.ndarray, probes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Top k of each query over its probed buckets: distances (int32), labels (int64) and the
-        bucket each came from, all −1 past the end of the results. ``probes`` is (nq, p) buckets.
-
-        Queries are grouped by bucket so each probed bucket is scanned once for all its queries.
-        """
+        """Top k of each query over its probed buckets (``probes``: (nq, p), nearest first): distances
+        (int32), labels (int64) and the bucket each came from, all −1 past the end of the results."""
         queries = np.ascontiguousarray(queries, dtype=np.uint8)
+        probes = np.ascontiguousarray(probes, dtype=np.int64)
         nq, p = probes.shape
-        if nq == 1:
-            return self._search_one(queries, probes[0], k)
-        keys = np.full((nq, p * k), _MISSING, dtype=np.int64)
-        origin = np.full((nq, p * k), -1, dtype=np.int64)
-        for bucket in np.unique(probes):
-            index = self.buckets[bucket]
-            if index.ntotal == 0:
-                continue
-            rows, slots = np.nonzero(probes == bucket)
-            distances, labels = index.search(queries[rows], k)
-            found = labels >= 0
-            key = (distances.astype(np.int64) << _LABEL_BITS) | np.where(found, labels, 0)
-            columns = slots[:, None] * k + np.arange(k)
-            keys[rows[:, None], columns] = np.where(found, key, _MISSING)
-            origin[rows[:, None], columns] = bucket
-        return _merge(keys, origin, k)
-
-    def _search_one(self, query: np.ndarray, probes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One query (the latency path): FAISS writes each bucket's top k straight into its slot."""
-        distances = np.zeros((len(probes), k), dtype=np.int32)
-        labels = np.full((len(probes), k), -1, dtype=np.int64)
-        pointer = faiss.swig_ptr(query)
-        for slot, bucket in enumerate(probes.tolist()):
-            index = self.buckets[bucket]
-            if index.ntotal:
-                index.search_c(1, pointer, k, faiss.swig_ptr(distances[slot]), faiss.swig_ptr(labels[slot]))
-        found = labels >= 0
-        keys = np.where(found, (distances.astype(np.int64) << _LABEL_BITS) | labels, _MISSING).reshape(1, -1)
-        return _merge(keys, np.repeat(probes, k)[None, :], k)
-
-
-def _merge(keys: np.ndarray, origin: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row, the k smallest (distance, label) keys with their buckets; −1 where there are fewer."""
-    order = np.argsort(keys, axis=1)[:, :k]
-    keys, origin = np.take_along_axis(keys, order, 1), np.take_along_axis(origin, order, 1)
-    found = keys != _MISSING
-    distances = np.where(found, keys >> _LABEL_BITS, -1).astype(np.int32)
-    labels = np.where(found, keys & ((1 << _LABEL_BITS) - 1), -1)
-    return distances, labels, np.where(found, origin, -1)
+        params = faiss.SearchParametersIVF()
+        params.nprobe, params.max_codes = p, _NO_LIMIT
+        distances = np.empty((nq, k), dtype=np.int32)
+        ids = np.empty((nq, k), dtype=np.int64)
+        no_center_distances = np.zeros((nq, p), dtype=np.int32)
+        self._ivf.search_preassigned_c(
+            nq,
+            faiss.swig_ptr(queries),
+            k,
+            faiss.swig_ptr(probes),
+            faiss.swig_ptr(no_center_distances),
+            faiss.swig_ptr(distances),
+            faiss.swig_ptr(ids),
+            False,
+            params,
+        )
+        found = ids >= 0
+        return (
+            np.where(found, distances, -1),
+            np.where(found, ids >> _BUCKET_BITS, -1),
+            np.where(found, ids & _BUCKET_MASK, -1),
+        )
