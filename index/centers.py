@@ -1,16 +1,19 @@
 """Binary semantic-index centers: nearest centers by Hamming distance, and fitting centers to codes.
 
-Fitting alternates assignment (each code to its nearest center) and a bit-wise center update. With
-one center per code, minimising ‖B − C H‖² over C ∈ {−1, 1} bit by bit (UDDH Eq. 16's discrete
-cyclic coordinate descent) has the closed form "sign of the members' bit sum", a majority vote; ties
-keep the center's current bit. A center left with no member is re-seeded with the code farthest from
-its own center, so no bucket is empty after fitting on at least k distinct codes.
+The one implementation of binary K-means, used by the UDDH trainer (its semantic index, with e ≥ 1
+centers per item) and by the index (centers for bundles without a learned head, and re-bucketing).
+A center update is UDDH Eq. 16's discrete cyclic coordinate descent: minimise ‖B − C H‖² over
+C ∈ {−1, 1} one center at a time; with one center per code it is the members' per-bit majority vote.
+Ties keep the center's current bit. An empty center is re-seeded with the code farthest from its own
+center, so no bucket is empty after fitting on at least k distinct codes. Assignment is Eq. 19: the
+nearest centers by Hamming distance, ties by center index.
 """
 
 from __future__ import annotations
 
 import faiss
 import numpy as np
+from scipy import sparse
 
 from training.codes import pack_signs, unpack_signs
 
@@ -46,8 +49,8 @@ def fit_centers(
     centers = signs[rng.choice(len(signs), size=k, replace=False)].copy()
     assignment = nearest_centers(signs, centers)[:, 0]
     for _ in range(iterations):
-        centers = _majority_centers(signs, assignment, centers)
-        centers, assignment = _reseed_empty(signs, centers, nearest_centers(signs, centers)[:, 0])
+        centers = update_centers(signs, centers, assignment[:, None])
+        centers, _ = reseed_empty_clusters(signs, centers, nearest_centers(signs, centers))
         new_assignment = nearest_centers(signs, centers)[:, 0]
         if np.array_equal(new_assignment, assignment):
             break
@@ -55,20 +58,58 @@ def fit_centers(
     return centers, assignment
 
 
-def _majority_centers(signs: np.ndarray, assignment: np.ndarray, centers: np.ndarray) -> np.ndarray:
+def center_sums(centers: np.ndarray, assignments: np.ndarray) -> np.ndarray:
+    """(C H)ᵀ: per item, the sum of its e assigned centers, (n, l^c) float64."""
+    return np.asarray(centers, dtype=np.float64)[assignments].sum(axis=1)
+
+
+def kmeans_loss(codes: np.ndarray, centers: np.ndarray, assignments: np.ndarray) -> float:
+    """‖B^c − C H‖², the binary K-means error of Eq. 5."""
+    return float(((np.asarray(codes, dtype=np.float64) - center_sums(centers, assignments)) ** 2).sum())
+
+
+def _membership(assignments: np.ndarray, k: int) -> sparse.csr_matrix:
+    """Hᵀ as a sparse (n, k) 0/1 matrix."""
+    n, e = assignments.shape
+    rows = np.repeat(np.arange(n), e)
+    return sparse.csr_matrix((np.ones(n * e), (rows, assignments.ravel())), shape=(n, k))
+
+
+def update_centers(codes: np.ndarray, centers: np.ndarray, assignments: np.ndarray) -> np.ndarray:
+    """Eq. 16, one sweep over the k centers: c_i = sign(q_i − C_≠i H_≠i h_iᵀ) with Q = B^c Hᵀ.
+
+    Each center is the exact minimiser of ‖B^c − C H‖² given the others (its bits are independent),
+    so the sweep never increases the error. With e = 1 it is the per-bit majority vote of the members.
+    """
+    c = np.asarray(centers, dtype=np.float64).copy()
+    members = _membership(assignments, len(c))
+    q = np.asarray(members.T @ np.asarray(codes, dtype=np.float64))  # (k, l): member code sums
+    co = (members.T @ members).tocsr()  # (k, k) H Hᵀ: how many items two centers share
+    for i in range(len(c)):
+        cols = co.indices[co.indptr[i] : co.indptr[i + 1]]
+        counts = co.data[co.indptr[i] : co.indptr[i + 1]]
+        others = cols != i
+        arg = q[i] - counts[others] @ c[cols[others]]
+        c[i] = np.where(arg > 0, 1.0, np.where(arg < 0, -1.0, c[i]))
+    return c.astype(np.int8)
+
+
+def reseed_empty_clusters(
+    codes: np.ndarray, centers: np.ndarray, assignments: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Give every empty cluster a member: (centers, assignments), inputs untouched.
+
+    The item farthest from its nearest assigned center, among items that can give up one of their
+    assignment slots without emptying another cluster, becomes the empty cluster's center, and its last
+    such slot moves there (nearest first, at distance 0)."""
+    centers, assignments = np.array(centers, dtype=np.int8), np.array(assignments, dtype=np.int64)
     k = len(centers)
-    sums = np.stack([np.bincount(assignment, weights=signs[:, j], minlength=k) for j in range(signs.shape[1])], 1)
-    return np.where(sums > 0, 1, np.where(sums < 0, -1, centers)).astype(np.int8)
-
-
-def _reseed_empty(signs: np.ndarray, centers: np.ndarray, assignment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    centers = centers.copy()
-    for empty in np.flatnonzero(np.bincount(assignment, minlength=len(centers)) == 0):
-        own = (signs != centers[assignment]).sum(1)
-        sizes = np.bincount(assignment, minlength=len(centers))
-        own[sizes[assignment] <= 1] = -1  # never take the only member of another bucket
-        farthest = int(np.argmax(own))
-        centers[empty] = signs[farthest]
-        assignment = assignment.copy()
-        assignment[farthest] = empty
-    return centers, assignment
+    for empty in np.flatnonzero(np.bincount(assignments.ravel(), minlength=k) == 0):
+        sizes = np.bincount(assignments.ravel(), minlength=k)
+        movable = sizes[assignments] > 1  # slots whose cluster keeps another member
+        misfit = np.where(movable.any(1), (codes != centers[assignments[:, 0]]).sum(1), -1)
+        item = int(np.argmax(misfit))
+        slot = int(np.flatnonzero(movable[item])[-1])
+        centers[empty] = codes[item]
+        assignments[item] = np.concatenate(([empty], np.delete(assignments[item], slot)))
+    return centers, assignments

@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from index.centers import kmeans_loss, nearest_centers, reseed_empty_clusters, update_centers
 from tests.conftest import as_feature_dataset, make_synthetic_crossmodal
 from training.bundle import load_bundle
 from training.bundle.onnx_graphs import hash_function_graph
@@ -19,12 +20,8 @@ from training.featurize.pipeline import featurize
 from training.methods.uddh import (
     SameClusterAffinity,
     UDDHConfig,
-    assign_clusters,
-    kmeans_loss,
-    reseed_empty_clusters,
     specific_objective,
     train_uddh,
-    update_centers,
     update_shared_codes,
     update_specific_codes,
 )
@@ -111,10 +108,10 @@ def test_eq19_picks_the_nearest_centers_like_brute_force() -> None:
     rng = np.random.default_rng(2)
     codes, centers = random_signs(rng, 200, 16), random_signs(rng, 9, 16)
     dist = np.array([[int((b != c).sum()) for c in centers] for b in codes])
-    nearest = assign_clusters(codes, centers)
+    nearest = nearest_centers(codes, centers)
     assert nearest.shape == (200, 1)
     assert np.array_equal(nearest[:, 0], [int(np.flatnonzero(row == row.min())[0]) for row in dist])
-    top = assign_clusters(codes, centers, top_e=3)
+    top = nearest_centers(codes, centers, 3)
     for row, picked in zip(dist, top, strict=True):
         assert len(set(picked)) == 3
         assert list(row[picked]) == sorted(row)[:3]  # the three smallest distances, nearest first
@@ -129,7 +126,7 @@ def test_empty_clusters_are_reseeded_from_the_farthest_member() -> None:
     codes = np.repeat(near, 10, axis=0)
     codes[7, :5] *= -1  # the worst-fitting item: 5 bits from its own center
     centers = np.vstack([near, -near[:1], -near[1:2]])  # centers 3 and 4 attract nothing
-    assignments = assign_clusters(codes, centers)
+    assignments = nearest_centers(codes, centers)
     assert np.bincount(assignments.ravel(), minlength=5).tolist() == [10, 10, 10, 0, 0]
     reseeded_centers, reseeded = reseed_empty_clusters(codes, centers, assignments)
     assert np.bincount(reseeded.ravel(), minlength=5).min() >= 1

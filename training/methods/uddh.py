@@ -82,11 +82,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import sparse
 from torch import nn
 from tqdm import tqdm
 
-from training.codes import hamming_distances, to_signs
+from index.centers import center_sums, kmeans_loss, nearest_centers, reseed_empty_clusters, update_centers
+from training.codes import to_signs
 from training.methods.base import MODALITIES, TrainedHasher, check_features
 from training.methods.baselines import train_cca
 from training.methods.torch_encoder import TorchHashEncoder
@@ -233,74 +233,11 @@ class UDDHNet(nn.Module):
 # -- discrete steps ------------------------------------------------------------------------------------
 
 
-def center_sums(centers: np.ndarray, assignments: np.ndarray) -> np.ndarray:
-    """(C H)ᵀ: per item, the sum of its e assigned centers, (n, l^c) float64."""
-    return np.asarray(centers, dtype=np.float64)[assignments].sum(axis=1)
-
-
-def kmeans_loss(codes: np.ndarray, centers: np.ndarray, assignments: np.ndarray) -> float:
-    """‖B^c − C H‖², the binary K-means error of Eq. 5."""
-    return float(((np.asarray(codes, dtype=np.float64) - center_sums(centers, assignments)) ** 2).sum())
-
-
 def update_shared_codes(
     shared_outputs: Sequence[np.ndarray], centers: np.ndarray, assignments: np.ndarray
 ) -> np.ndarray:
     """Eq. 12: B^c = sign(C H + Σ_i N̂_i^c), the exact minimiser of Eq. 10; int8 ±1 (n, l^c)."""
     return to_signs(center_sums(centers, assignments) + sum(np.asarray(o, np.float64) for o in shared_outputs))
-
-
-def _membership(assignments: np.ndarray, k: int) -> sparse.csr_matrix:
-    """Hᵀ as a sparse (n, k) 0/1 matrix."""
-    n, e = assignments.shape
-    rows = np.repeat(np.arange(n), e)
-    return sparse.csr_matrix((np.ones(n * e), (rows, assignments.ravel())), shape=(n, k))
-
-
-def update_centers(codes: np.ndarray, centers: np.ndarray, assignments: np.ndarray) -> np.ndarray:
-    """Eq. 16, one sweep over the k centers: c_i = sign(q_i − C_≠i H_≠i h_iᵀ) with Q = B^c Hᵀ.
-
-    Each center is the exact minimiser of ‖B^c − C H‖² given the others (its bits are independent),
-    so the sweep never increases the error. With e = 1 it is the per-bit majority vote of the members.
-    """
-    c = np.asarray(centers, dtype=np.float64).copy()
-    members = _membership(assignments, len(c))
-    q = np.asarray(members.T @ np.asarray(codes, dtype=np.float64))  # (k, l): member code sums
-    co = (members.T @ members).tocsr()  # (k, k) H Hᵀ: how many items two centers share
-    for i in range(len(c)):
-        cols = co.indices[co.indptr[i] : co.indptr[i + 1]]
-        counts = co.data[co.indptr[i] : co.indptr[i + 1]]
-        others = cols != i
-        arg = q[i] - counts[others] @ c[cols[others]]
-        c[i] = np.where(arg > 0, 1.0, np.where(arg < 0, -1.0, c[i]))
-    return c.astype(np.int8)
-
-
-def assign_clusters(codes: np.ndarray, centers: np.ndarray, top_e: int = 1) -> np.ndarray:
-    """Eq. 19: each code's ``top_e`` nearest centers by Hamming distance, nearest first, ties by index."""
-    codes = np.asarray(codes)
-    out = np.empty((len(codes), top_e), dtype=np.int64)
-    for start in range(0, len(codes), _CHUNK):
-        dist = hamming_distances(codes[start : start + _CHUNK], centers)
-        out[start : start + _CHUNK] = np.argsort(dist, axis=1, kind="stable")[:, :top_e]
-    return out
-
-
-def reseed_empty_clusters(
-    codes: np.ndarray, centers: np.ndarray, assignments: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Give every empty cluster a member (module docstring): (centers, assignments), inputs untouched."""
-    centers, assignments = np.array(centers, dtype=np.int8), np.array(assignments, dtype=np.int64)
-    k = len(centers)
-    for empty in np.flatnonzero(np.bincount(assignments.ravel(), minlength=k) == 0):
-        sizes = np.bincount(assignments.ravel(), minlength=k)
-        movable = sizes[assignments] > 1  # slots whose cluster keeps another member
-        misfit = np.where(movable.any(1), (codes != centers[assignments[:, 0]]).sum(1), -1)
-        item = int(np.argmax(misfit))
-        slot = int(np.flatnonzero(movable[item])[-1])
-        centers[empty] = codes[item]
-        assignments[item] = np.concatenate(([empty], np.delete(assignments[item], slot)))
-    return centers, assignments
 
 
 class SameClusterAffinity:
@@ -473,7 +410,7 @@ def _initial_state(image: np.ndarray, text: np.ndarray, config: UDDHConfig, rng:
     signs = to_signs(cca.encoders["image"].real_codes(image) + cca.encoders["text"].real_codes(text))
     shared, specific = signs[:, : config.shared_bits], signs[:, config.shared_bits :]
     centers = shared[rng.choice(len(shared), size=config.n_clusters, replace=False)]
-    centers, assignments = reseed_empty_clusters(shared, centers, assign_clusters(shared, centers, config.top_e))
+    centers, assignments = reseed_empty_clusters(shared, centers, nearest_centers(shared, centers, config.top_e))
     return _Codes(shared, {m: specific for m in MODALITIES}, centers, assignments)
 
 
@@ -483,7 +420,7 @@ def _update_codes(
     """Algorithm 1 steps 3–8 with the networks fixed: Eq. 12, 16, 19 (+ re-seeding), then Eq. 22."""
     shared = update_shared_codes([outputs[m].shared for m in MODALITIES], codes.centers, codes.assignments)
     centers = update_centers(shared, codes.centers, codes.assignments)
-    centers, assignments = reseed_empty_clusters(shared, centers, assign_clusters(shared, centers, config.top_e))
+    centers, assignments = reseed_empty_clusters(shared, centers, nearest_centers(shared, centers, config.top_e))
     affinity = SameClusterAffinity([outputs[m].feature for m in MODALITIES], assignments)
     specific = update_specific_codes(
         [outputs[m].specific for m in MODALITIES],
