@@ -45,7 +45,7 @@ def preload(store: RedisStore, bundle, images: np.ndarray, labels: np.ndarray, n
     for start in range(0, n, 5000):
         stop = min(n, start + 5000)
         ids = [f"img:{i}" for i in range(start, stop)]
-        metadata = [{"n": i} for i in range(start, stop)]
+        metadata = [json.dumps({"n": i}) for i in range(start, stop)]
         store.upsert("image", ids, buckets[start:stop], np.arange(start + 1, stop + 1), codes[start:stop], metadata)
     store.client.set(store.key("next_label"), n)
     return time.perf_counter() - started

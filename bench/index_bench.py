@@ -156,18 +156,20 @@ def _flat_rate_over_the_same_codes(
 
 
 def memory_per_item(codes: np.ndarray, bits: int, centers: np.ndarray) -> dict:
-    """Bytes per item in the process (FAISS + id map, traced) and in Redis (used_memory delta)."""
+    """Bytes per item in the process (FAISS + the label → (id, metadata JSON) map, traced) and in Redis
+    (used_memory delta)."""
     import tempfile
 
     from index.redis_server import RedisServer
     from index.store import RedisStore
 
     n = len(codes)
+    metadata = json.dumps({"title": "clip art"})
     tracemalloc.start()
-    ids = {i: f"openclipart/item-{i:07d}" for i in range(n)}
+    entries = {i: (f"openclipart/item-{i:07d}", json.dumps({"title": "clip art"})) for i in range(n)}  # as the engine
     python_bytes = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    faiss_bytes = n * (bits // 8 + 8)  # flat codes + int64 ids in IndexBinaryIDMap
+    faiss_bytes = n * (bits // 8 + 8)  # codes + int64 ids in the inverted lists
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp)).start()
         try:
@@ -177,18 +179,18 @@ def memory_per_item(codes: np.ndarray, bits: int, centers: np.ndarray) -> dict:
             buckets = route(codes, centers)[:, 0]
             for start in range(0, n, 2000):
                 stop = min(n, start + 2000)
-                batch = [ids[i] for i in range(start, stop)]
-                metadata = [{"title": "clip art"}] * len(batch)
-                store.upsert("image", batch, buckets[start:stop], np.arange(start, stop), codes[start:stop], metadata)
+                batch = [entries[i][0] for i in range(start, stop)]
+                labels = np.arange(start, stop)
+                store.upsert("image", batch, buckets[start:stop], labels, codes[start:stop], [metadata] * len(batch))
             redis_bytes = client.info("memory")["used_memory"] - base
         finally:
             server.stop()
-    del ids
+    del entries
     return {
         "items": n,
         "code_bytes": bits // 8,
         "faiss_bytes_per_item": round(faiss_bytes / n, 1),
-        "id_map_bytes_per_item": round(python_bytes / n, 1),
+        "id_and_metadata_map_bytes_per_item": round(python_bytes / n, 1),
         "redis_bytes_per_item": round(redis_bytes / n, 1),
     }
 

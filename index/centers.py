@@ -18,15 +18,37 @@ from scipy import sparse
 from training.codes import pack_signs, unpack_signs
 
 
+class CenterIndex:
+    """Binary centers in a FAISS flat index, built once and searched by every routing call."""
+
+    def __init__(self, centers: np.ndarray) -> None:
+        self.centers = np.asarray(centers, dtype=np.int8)
+        self.head_bytes = self.centers.shape[1] // 8
+        self._index = faiss.IndexBinaryFlat(self.centers.shape[1])
+        self._index.add(pack_signs(self.centers))
+
+    def __len__(self) -> int:
+        return len(self.centers)
+
+    def nearest(self, signs: np.ndarray, top: int = 1) -> np.ndarray:
+        """(n, top) indices of each {−1, +1} code's ``top`` nearest centers, nearest first, ties by index."""
+        return self._search(pack_signs(signs), top)
+
+    def route(self, packed: np.ndarray, probe: int = 1) -> np.ndarray:
+        """(n, probe) nearest buckets of packed codes over their head bits (the first bytes, as packed)."""
+        return self._search(np.ascontiguousarray(packed[:, : self.head_bytes]), probe)
+
+    def _search(self, packed: np.ndarray, top: int) -> np.ndarray:
+        _, order = self._index.search(packed, min(top, len(self.centers)))
+        return order
+
+
 def nearest_centers(signs: np.ndarray, centers: np.ndarray, top: int = 1) -> np.ndarray:
     """(n, top) indices of each code's ``top`` nearest centers, nearest first, ties by center index.
 
     A FAISS flat scan over the packed centers: memory stays O(n · top) even for millions of codes.
     """
-    index = faiss.IndexBinaryFlat(centers.shape[1])
-    index.add(pack_signs(centers))
-    _, order = index.search(pack_signs(signs), min(top, len(centers)))
-    return order
+    return CenterIndex(centers).nearest(signs, top)
 
 
 def head_signs(packed: np.ndarray, head_bits: int) -> np.ndarray:
@@ -36,7 +58,7 @@ def head_signs(packed: np.ndarray, head_bits: int) -> np.ndarray:
 
 def route(packed: np.ndarray, centers: np.ndarray, probe: int = 1) -> np.ndarray:
     """(n, probe) nearest buckets of packed codes, by Hamming distance over the centers' head bits."""
-    return nearest_centers(head_signs(packed, centers.shape[1]), centers, probe)
+    return CenterIndex(centers).route(packed, probe)
 
 
 def fit_centers(

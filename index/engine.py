@@ -13,10 +13,15 @@ reader never sees a half-built index.
 Writes take one lock: labels are allocated, the batch is written to Redis (the acknowledgement), and
 only then applied in memory, so memory never holds an unacknowledged item and label order is
 insertion order. Searches take the same lock only around the in-memory scan.
+
+A search never touches Redis: each item's id and metadata (its JSON text, as stored) are kept in
+memory beside its code, so searches keep answering while Redis is unreachable; writes then fail with
+:class:`StoreUnavailableError` and nothing is applied.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
-from index.centers import route
+from index.centers import CenterIndex
 from index.errors import IndexInputError, ItemNotFoundError
 from index.scan import BucketScan
 from index.store import MODALITIES, RedisStore, StoredItem
@@ -50,10 +55,10 @@ class Hit:
 
 @dataclass
 class _Side:
-    """In-memory state of one modality: the bucket scan and label → id."""
+    """In-memory state of one modality: the bucket scan and label → (id, metadata JSON text)."""
 
     scan: BucketScan
-    ids: dict[int, str] = field(default_factory=dict)
+    entries: dict[int, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ class Generation:
     """Centers, the Redis store of their generation, and the in-memory scan of each modality."""
 
     store: RedisStore
-    centers: np.ndarray
+    centers: CenterIndex
     version: str
     sides: dict[str, _Side]
 
@@ -74,11 +79,12 @@ class Generation:
         centers, version = stored
         sides = {m: _Side(BucketScan(bits, len(centers))) for m in MODALITIES}
         for modality, side in sides.items():
-            ids, labels, buckets, codes = store.items_in_order(modality)
-            if ids:
-                side.scan.add(labels, codes, buckets)
-                side.ids = dict(zip(labels.tolist(), ids, strict=True))
-        return cls(store, np.asarray(centers, dtype=np.int8), version, sides)
+            items = store.items_in_order(modality)
+            if items.ids:
+                side.scan.add(items.labels, items.codes, items.buckets)
+                entries = zip(items.ids, items.metadata, strict=True)
+                side.entries = dict(zip(items.labels.tolist(), entries, strict=True))
+        return cls(store, CenterIndex(centers), version, sides)
 
 
 class HashIndex:
@@ -87,7 +93,7 @@ class HashIndex:
     def __init__(self, bits: int, generation: Generation) -> None:
         if bits % 8:
             raise ValueError(f"code length {bits} is not a multiple of 8")
-        head_bits = generation.centers.shape[1]
+        head_bits = generation.centers.centers.shape[1]
         if head_bits % 8 or head_bits > bits:
             raise ValueError(f"head of {head_bits} bits must be a multiple of 8 and at most {bits}")
         self.bits = bits
@@ -117,7 +123,7 @@ class HashIndex:
 
     @property
     def centers(self) -> np.ndarray:
-        return self.generation.centers
+        return self.generation.centers.centers
 
     @property
     def sides(self) -> dict[str, _Side]:
@@ -150,9 +156,9 @@ class HashIndex:
             )
         return np.ascontiguousarray(codes)
 
-    def route(self, codes: np.ndarray, probe: int, centers: np.ndarray | None = None) -> np.ndarray:
+    def route(self, codes: np.ndarray, probe: int) -> np.ndarray:
         """(n, probe) nearest buckets of packed codes, by Hamming distance over the head bits."""
-        return route(codes, self.centers if centers is None else centers, probe)
+        return self.generation.centers.route(codes, probe)
 
     def upsert(self, items: Sequence[Item]) -> None:
         """Insert or replace items (by id); all or nothing, acknowledged once Redis has the batch."""
@@ -173,19 +179,18 @@ class HashIndex:
         with self._lock:
             generation = self.generation
             for modality, group in by_modality.items():
-                buckets = self.route(codes[modality], 1, generation.centers)[:, 0]
+                buckets = generation.centers.route(codes[modality], 1)[:, 0]
                 labels = generation.store.allocate_labels(len(group))
-                previous = generation.store.upsert(
-                    modality, [i.id for i in group], buckets, labels, codes[modality], [i.metadata for i in group]
-                )
+                ids, metadata = [i.id for i in group], [json.dumps(i.metadata) for i in group]
+                previous = generation.store.upsert(modality, ids, buckets, labels, codes[modality], metadata)
                 side = generation.sides[modality]
-                stale = [p for p in previous if p is not None and p[1] in side.ids]
+                stale = [p for p in previous if p is not None and p[1] in side.entries]
                 if stale:
                     side.scan.remove(np.array([p[1] for p in stale]), np.array([p[0] for p in stale]))
                     for _, label in stale:
-                        del side.ids[label]
+                        del side.entries[label]
                 side.scan.add(labels, codes[modality], buckets)
-                side.ids.update(zip(labels.tolist(), (i.id for i in group), strict=True))
+                side.entries.update(zip(labels.tolist(), zip(ids, metadata, strict=True), strict=True))
 
     def delete(self, item_id: str) -> str:
         """Remove an item; returns its modality. Raises :class:`ItemNotFoundError` if absent."""
@@ -196,9 +201,9 @@ class HashIndex:
                 raise ItemNotFoundError(item_id)
             previous = generation.store.delete(modality, item_id)
             side = generation.sides[modality]
-            if previous is not None and previous[1] in side.ids:
+            if previous is not None and previous[1] in side.entries:
                 side.scan.remove(np.array([previous[1]]), np.array([previous[0]]))
-                del side.ids[previous[1]]
+                del side.entries[previous[1]]
             return modality
 
     def get(self, item_id: str) -> StoredItem:
@@ -222,20 +227,15 @@ class HashIndex:
         probe = n_buckets if probe is None else probe
         if not 1 <= probe <= n_buckets:
             raise IndexInputError(f"probe must be between 1 and {n_buckets}")
-        probes = self.route(codes, probe, generation.centers)
+        probes = generation.centers.route(codes, probe)
+        side = generation.sides[target]
         with self._lock:
-            side = generation.sides[target]
             distances, labels, buckets = side.scan.search(codes, probes, k)
             found = [
-                [(side.ids[label], d, b) for d, label, b in zip(dr, lr, br, strict=True) if label >= 0]
+                [(side.entries[label], d, b) for d, label, b in zip(dr, lr, br, strict=True) if label >= 0]
                 for dr, lr, br in zip(distances.tolist(), labels.tolist(), buckets.tolist(), strict=True)
             ]
-        metadata = generation.store.metadata(target, [item for row in found for item, _, _ in row])
-        hits, position = [], 0
-        for row in found:
-            hits.append([Hit(item, d, b, metadata[position + j]) for j, (item, d, b) in enumerate(row)])
-            position += len(row)
-        return hits
+        return [[Hit(item, d, b, json.loads(meta)) for (item, meta), d, b in row] for row in found]
 
     def stats(self) -> dict:
         generation = self.generation

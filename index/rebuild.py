@@ -39,8 +39,8 @@ def rebucket(store: RedisStore, bits: int, k: int, seed: int = 0, sample: int = 
         if stored is None:
             raise ValueError(f"generation {active} of {store.base} has no centers")
         head_bits = stored[0].shape[1]
-        items = {m: _items(old, m) for m in MODALITIES}
-        heads = np.concatenate([head_signs(codes, head_bits) for _, _, codes, _ in items.values() if len(codes)])
+        items = {m: old.items_in_order(m) for m in MODALITIES}
+        heads = np.concatenate([head_signs(stored.codes, head_bits) for stored in items.values() if len(stored.codes)])
         rng = np.random.default_rng(seed)
         if len(heads) < k:
             raise ValueError(f"cannot fit {k} buckets on {len(heads)} items")
@@ -50,27 +50,24 @@ def rebucket(store: RedisStore, bits: int, k: int, seed: int = 0, sample: int = 
         new = store.at(active + 1)
         new.drop()  # leftovers of an interrupted re-bucket
         new.save_centers(centers, version)
-        for modality, (ids, labels, codes, metadata) in items.items():
-            buckets = route(codes, centers)[:, 0] if len(codes) else np.zeros(0, dtype=np.int64)
-            for start in range(0, len(ids), _BATCH):
+        for modality, stored in items.items():
+            buckets = route(stored.codes, centers)[:, 0] if len(stored.codes) else np.zeros(0, dtype=np.int64)
+            for start in range(0, len(stored.ids), _BATCH):
                 part = slice(start, start + _BATCH)
                 new.upsert(
-                    modality, ids[part], buckets[part], labels[part], codes[part], metadata[part], during_rebuild=True
+                    modality,
+                    stored.ids[part],
+                    buckets[part],
+                    stored.labels[part],
+                    stored.codes[part],
+                    stored.metadata[part],
+                    during_rebuild=True,
                 )
-        last = max((int(labels.max()) for _, labels, _, _ in items.values() if len(labels)), default=0)
+        last = max((int(stored.labels.max()) for stored in items.values() if len(stored.labels)), default=0)
         new.client.set(new.key("next_label"), last)
         new.activate()
         old.drop()
         return {"generation": active + 1, "buckets": k, "centers_version": version,
-                "items": {m: len(v[0]) for m, v in items.items()}}  # fmt: skip
+                "items": {m: len(stored.ids) for m, stored in items.items()}}  # fmt: skip
     finally:
         store.client.delete(store.rebuild_key)
-
-
-def _items(store: RedisStore, modality: str) -> tuple[list[str], np.ndarray, np.ndarray, list[dict]]:
-    """Every item of a modality in label (insertion) order: ids, labels, packed codes, metadata."""
-    ids, labels, _, codes = store.items_in_order(modality)
-    metadata = [
-        m for start in range(0, len(ids), _BATCH) for m in store.metadata(modality, ids[start : start + _BATCH])
-    ]
-    return ids, labels, codes, metadata

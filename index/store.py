@@ -33,6 +33,7 @@ from index.errors import ModalityConflictError, StoreUnavailableError
 
 MODALITIES = ("image", "text")
 _HEADER = struct.Struct(">IQ")  # bucket, label
+_READ_CHUNK = 10_000  # ids per HMGET when reading a whole modality
 
 _UPSERT = """
 if ARGV[1] == '1' and redis.call('EXISTS', KEYS[5]) == 1 then
@@ -72,6 +73,17 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[3], struct.unpack('>I4', old), -1)
 return string.sub(old, 1, 12)
 """
+
+
+@dataclass(frozen=True)
+class StoredItems:
+    """All items of a modality, row-aligned, in label (insertion) order."""
+
+    ids: list[str]
+    labels: np.ndarray  # int64
+    buckets: np.ndarray  # int64
+    codes: np.ndarray  # packed uint8 (n, bits / 8)
+    metadata: list[str]  # JSON text
 
 
 @dataclass(frozen=True)
@@ -150,15 +162,16 @@ class RedisStore:
         buckets: np.ndarray,
         labels: np.ndarray,
         codes: np.ndarray,
-        metadata: Sequence[dict],
+        metadata: Sequence[str],
         during_rebuild: bool = False,
     ) -> list[tuple[int, int] | None]:
-        """Write a batch atomically; returns each id's previous (bucket, label), None if it was new.
+        """Write a batch atomically (``metadata``: each item's JSON text); returns each id's previous
+        (bucket, label), None if it was new.
 
         Refused while a re-bucket runs, except for the re-bucket's own copy (``during_rebuild``)."""
         args: list = ["0" if during_rebuild else "1", len(ids)]
         for item, bucket, label, code, meta in zip(ids, buckets, labels, codes, metadata, strict=True):
-            args += [item, _HEADER.pack(int(bucket), int(label)) + code.tobytes(), json.dumps(meta)]
+            args += [item, _HEADER.pack(int(bucket), int(label)) + code.tobytes(), meta]
         keys = [self.key(f"items:{modality}"), self.key(f"meta:{modality}"), self.key(f"counts:{modality}")]
         keys += [self.key(f"items:{_other(modality)}"), self.rebuild_key]
         previous = self._call(self._upsert, keys=keys, args=args)
@@ -195,12 +208,6 @@ class RedisStore:
         bucket, label = _HEADER.unpack(value[: _HEADER.size])
         return StoredItem(item, modality, bucket, label, value[_HEADER.size :], json.loads(meta or "{}"))
 
-    def metadata(self, modality: str, ids: Sequence[str]) -> list[dict]:
-        if not ids:
-            return []
-        raw = self._call(self.client.hmget, self.key(f"meta:{modality}"), list(ids))
-        return [json.loads(m) if m else {} for m in raw]
-
     def scan_items(
         self, modality: str, chunk: int = 10_000
     ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray, list[bytes]]]:
@@ -217,8 +224,8 @@ class RedisStore:
             if cursor == 0:
                 return
 
-    def items_in_order(self, modality: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-        """Every item of a modality in label (insertion) order: ids, labels, buckets, packed codes.
+    def items_in_order(self, modality: str) -> StoredItems:
+        """Every item of a modality in label (insertion) order, with its metadata JSON text.
 
         HSCAN may return a key twice; each id is kept once."""
         rows: dict[str, tuple[int, int, bytes]] = {}
@@ -226,11 +233,19 @@ class RedisStore:
             rows.update(zip(ids, zip(labels.tolist(), buckets.tolist(), codes, strict=True), strict=True))
         ordered = sorted(rows.items(), key=lambda kv: kv[1][0])
         if not ordered:
-            return [], np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.uint8)
-        labels = np.array([row[0] for _, row in ordered], dtype=np.int64)
-        buckets = np.array([row[1] for _, row in ordered], dtype=np.int64)
-        codes = np.frombuffer(b"".join(row[2] for _, row in ordered), dtype=np.uint8).reshape(len(ordered), -1)
-        return [item for item, _ in ordered], labels, buckets, codes
+            return StoredItems([], np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), np.uint8), [])
+        ids = [item for item, _ in ordered]
+        metadata = []
+        for start in range(0, len(ids), _READ_CHUNK):
+            raw = self._call(self.client.hmget, self.key(f"meta:{modality}"), ids[start : start + _READ_CHUNK])
+            metadata += [m.decode() if m else "{}" for m in raw]
+        return StoredItems(
+            ids,
+            np.array([row[0] for _, row in ordered], dtype=np.int64),
+            np.array([row[1] for _, row in ordered], dtype=np.int64),
+            np.frombuffer(b"".join(row[2] for _, row in ordered), dtype=np.uint8).reshape(len(ordered), -1),
+            metadata,
+        )
 
     def counts(self, modality: str) -> dict[int, int]:
         raw = self._call(self.client.hgetall, self.key(f"counts:{modality}"))

@@ -140,12 +140,18 @@ def test_bad_input_is_rejected_and_nothing_is_half_written(redis_server) -> None
         index.search("image", codes[:1], k=1, probe=99)
 
 
-def test_an_unreachable_redis_is_a_store_unavailable_error(redis_server) -> None:
+def test_with_redis_unreachable_writes_fail_whole_and_searches_answer_from_memory(redis_server) -> None:
     index = _open(redis_server)
+    codes = _codes(2, 10)
+    index.upsert([Item("kept", "image", codes[0], {"title": "kept"})])
     index.store.client = redis.Redis(port=1, socket_connect_timeout=0.2)  # nothing listens on port 1
     with pytest.raises(StoreUnavailableError, match="unreachable"):
-        index.upsert([Item("a", "image", _codes(1, 10)[0])])
-    assert index.stats()["items"]["image"] == 0
+        index.upsert([Item("a", "image", codes[1])])
+    with pytest.raises(StoreUnavailableError, match="unreachable"):
+        index.delete("kept")
+    assert index.stats()["items"]["image"] == 1
+    [[hit]] = index.search("image", codes[:1], k=5)
+    assert (hit.id, hit.distance, hit.metadata) == ("kept", 0, {"title": "kept"})
 
 
 def test_rebucket_swaps_in_new_centers_without_losing_anything(redis_server) -> None:
