@@ -10,9 +10,10 @@ One *generation* (centers + items bucketed by them) is served at a time, held in
 generation made by a re-bucket (``index.rebuild``) completely before swapping the reference, so a
 reader never sees a half-built index.
 
-Writes take one lock: labels are allocated, the batch is written to Redis (the acknowledgement), and
-only then applied in memory, so memory never holds an unacknowledged item and label order is
-insertion order. Searches take the same lock only around the in-memory scan.
+Writers take a write lock: labels are allocated, the batch is written to Redis (the acknowledgement),
+and only then applied in memory, so memory never holds an unacknowledged item and label order is
+insertion order. The in-memory structures have their own lock, held by a writer only while applying a
+batch and by a search only around its scan, so searches never wait for a Redis round trip.
 
 A search never touches Redis: each item's id and metadata (its JSON text, as stored) are kept in
 memory beside its code, so searches keep answering while Redis is unreachable; writes then fail with
@@ -99,7 +100,8 @@ class HashIndex:
         self.bits = bits
         self.head_bytes = head_bits // 8
         self.generation = generation
-        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._memory_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -139,7 +141,7 @@ class HashIndex:
         if active is None or active == self.generation.store.generation:
             return False
         fresh = Generation.load(self.generation.store.at(active), self.bits)
-        with self._lock:
+        with self._write_lock:
             self.generation = fresh
         return True
 
@@ -176,7 +178,7 @@ class HashIndex:
             clash = {i.id for i in by_modality["image"]} & {i.id for i in by_modality["text"]}
             if clash:
                 raise IndexInputError(f"id {sorted(clash)[0]!r} appears with both modalities in one batch")
-        with self._lock:
+        with self._write_lock:
             generation = self.generation
             for modality, group in by_modality.items():
                 buckets = generation.centers.route(codes[modality], 1)[:, 0]
@@ -184,26 +186,28 @@ class HashIndex:
                 ids, metadata = [i.id for i in group], [json.dumps(i.metadata) for i in group]
                 previous = generation.store.upsert(modality, ids, buckets, labels, codes[modality], metadata)
                 side = generation.sides[modality]
-                stale = [p for p in previous if p is not None and p[1] in side.entries]
-                if stale:
-                    side.scan.remove(np.array([p[1] for p in stale]), np.array([p[0] for p in stale]))
-                    for _, label in stale:
-                        del side.entries[label]
-                side.scan.add(labels, codes[modality], buckets)
-                side.entries.update(zip(labels.tolist(), zip(ids, metadata, strict=True), strict=True))
+                with self._memory_lock:
+                    stale = [p for p in previous if p is not None and p[1] in side.entries]
+                    if stale:
+                        side.scan.remove(np.array([p[1] for p in stale]), np.array([p[0] for p in stale]))
+                        for _, label in stale:
+                            del side.entries[label]
+                    side.scan.add(labels, codes[modality], buckets)
+                    side.entries.update(zip(labels.tolist(), zip(ids, metadata, strict=True), strict=True))
 
     def delete(self, item_id: str) -> str:
         """Remove an item; returns its modality. Raises :class:`ItemNotFoundError` if absent."""
-        with self._lock:
+        with self._write_lock:
             generation = self.generation
             modality = generation.store.modality_of(item_id)
             if modality is None:
                 raise ItemNotFoundError(item_id)
             previous = generation.store.delete(modality, item_id)
             side = generation.sides[modality]
-            if previous is not None and previous[1] in side.entries:
-                side.scan.remove(np.array([previous[1]]), np.array([previous[0]]))
-                del side.entries[previous[1]]
+            with self._memory_lock:
+                if previous is not None and previous[1] in side.entries:
+                    side.scan.remove(np.array([previous[1]]), np.array([previous[0]]))
+                    del side.entries[previous[1]]
             return modality
 
     def get(self, item_id: str) -> StoredItem:
@@ -229,7 +233,7 @@ class HashIndex:
             raise IndexInputError(f"probe must be between 1 and {n_buckets}")
         probes = generation.centers.route(codes, probe)
         side = generation.sides[target]
-        with self._lock:
+        with self._memory_lock:
             distances, labels, buckets = side.scan.search(codes, probes, k)
             found = [
                 [(side.entries[label], d, b) for d, label, b in zip(dr, lr, br, strict=True) if label >= 0]

@@ -10,11 +10,13 @@ from service.runtime import Runtime
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="required by write endpoints")
 
 
-def runtime(request: Request) -> Runtime:
+# Both are coroutines so that FastAPI calls them on the event loop: a plain function dependency costs
+# a worker-thread round trip per request.
+async def runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-def require_writer(request: Request, key: str | None = Security(api_key_header)) -> None:
+async def require_writer(request: Request, key: str | None = Security(api_key_header)) -> None:
     """403 unless the request carries the API key (or the service runs in embedded demo mode)."""
     rt: Runtime = request.app.state.runtime
     if not rt.authorised(key):

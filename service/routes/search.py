@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
+from fastapi.concurrency import run_in_threadpool
 
 from service.routes.deps import runtime
 from service.runtime import Runtime
@@ -83,16 +85,23 @@ def _search(rt: Runtime, source: str, query: TextQuery | ImageQuery, raw: Callab
     return run_search(rt, source, features, query, time.perf_counter() - started, kind)
 
 
+# Text and feature-vector queries cost well under a millisecond of CPU, so they run on the event loop
+# (a worker-thread hop would cost about as much); decoding an image takes milliseconds, so it does not.
+
+
 @router.post("/text-to-image", response_model=SearchResponse, responses=ERRORS)
-def text_to_image(query: TextQuery, rt: Annotated[Runtime, Depends(runtime)]) -> SearchResponse:
+async def text_to_image(query: TextQuery, rt: Annotated[Runtime, Depends(runtime)]) -> SearchResponse:
     """Find images for a text: raw ``text`` (featurized by the model's vocabulary) or ``features``."""
     return _search(rt, "text", query, lambda: rt.encoder.text_features(query.text, require_known_words=True))
 
 
 @router.post("/image-to-text", response_model=SearchResponse, responses=ERRORS)
-def image_to_text(query: ImageQuery, rt: Annotated[Runtime, Depends(runtime)]) -> SearchResponse:
+async def image_to_text(query: ImageQuery, rt: Annotated[Runtime, Depends(runtime)]) -> SearchResponse:
     """Find texts for an image: a base64 image file (``image_base64``) or ``features``."""
-    return _search(rt, "image", query, lambda: rt.encoder.image_features(rt.encoder.decode_base64(query.image_base64)))
+    search = partial(
+        _search, rt, "image", query, lambda: rt.encoder.image_features(rt.encoder.decode_base64(query.image_base64))
+    )
+    return search() if query.features is not None else await run_in_threadpool(search)
 
 
 @router.post("/image-to-text/upload", response_model=SearchResponse, responses=ERRORS)
