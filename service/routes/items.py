@@ -8,10 +8,11 @@ from fastapi import APIRouter, Depends, HTTPException
 
 from service.ingest import ingest_batch
 from service.routes.deps import require_writer, runtime
+from service.routes.fast_json import FastJSONRoute
 from service.runtime import Runtime
 from service.schemas import BatchRequest, BatchResponse, ErrorBody, StoredItemOut
 
-router = APIRouter(prefix="/v1/items", tags=["items"])
+router = APIRouter(prefix="/v1/items", tags=["items"], route_class=FastJSONRoute)
 
 WRITE_ERRORS = {
     403: {"model": ErrorBody, "description": "missing or wrong X-API-Key"},

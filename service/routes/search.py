@@ -12,10 +12,11 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from service.routes.deps import runtime
+from service.routes.fast_json import FastJSONRoute
 from service.runtime import Runtime
 from service.schemas import ErrorBody, Hit, ImageQuery, SearchOptions, SearchResponse, TextQuery, Timing
 
-router = APIRouter(prefix="/v1/search", tags=["search"])
+router = APIRouter(prefix="/v1/search", tags=["search"], route_class=FastJSONRoute)
 
 ERRORS = {
     422: {
