@@ -46,7 +46,13 @@ def main() -> None:
         print(f"embedded Redis at {settings.redis_url} (AOF in {settings.data_dir / 'redis'})", flush=True)
     print(f"serving on http://{settings.host}:{settings.port}/docs", flush=True)
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level="info",
+            access_log=settings.access_log,
+        )
     finally:
         if server is not None:
             server.stop()

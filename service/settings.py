@@ -35,3 +35,4 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=50_000_000, ge=1, description="decompression-bomb guard")
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     cors_origins: list[str] = Field(default_factory=list, description="CORS is off unless origins are listed")
+    access_log: bool = Field(default=True, description="one log line per request (Prometheus counts them anyway)")
