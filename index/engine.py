@@ -33,7 +33,7 @@ import redis
 from index.centers import CenterIndex
 from index.errors import IndexInputError, ItemNotFoundError
 from index.scan import BucketScan
-from index.store import MODALITIES, RedisStore, StoredItem
+from index.store import MODALITIES, Group, RedisStore, StoredItem
 
 
 @dataclass(frozen=True)
@@ -180,20 +180,32 @@ class HashIndex:
                 raise IndexInputError(f"id {sorted(clash)[0]!r} appears with both modalities in one batch")
         with self._write_lock:
             generation = self.generation
+            labels = generation.store.allocate_labels(len(items))
+            groups, start = [], 0
             for modality, group in by_modality.items():
-                buckets = generation.centers.route(codes[modality], 1)[:, 0]
-                labels = generation.store.allocate_labels(len(group))
-                ids, metadata = [i.id for i in group], [json.dumps(i.metadata) for i in group]
-                previous = generation.store.upsert(modality, ids, buckets, labels, codes[modality], metadata)
-                side = generation.sides[modality]
-                with self._memory_lock:
-                    stale = [p for p in previous if p is not None and p[1] in side.entries]
+                groups.append(
+                    Group(
+                        modality,
+                        [i.id for i in group],
+                        generation.centers.route(codes[modality], 1)[:, 0],
+                        labels[start : start + len(group)],
+                        codes[modality],
+                        [json.dumps(i.metadata) for i in group],
+                    )
+                )
+                start += len(group)
+            previous = generation.store.upsert_groups(groups)  # the acknowledgement: all groups or none
+            with self._memory_lock:
+                for group, replaced in zip(groups, previous, strict=True):
+                    side = generation.sides[group.modality]
+                    stale = [p for p in replaced if p is not None and p[1] in side.entries]
                     if stale:
                         side.scan.remove(np.array([p[1] for p in stale]), np.array([p[0] for p in stale]))
                         for _, label in stale:
                             del side.entries[label]
-                    side.scan.add(labels, codes[modality], buckets)
-                    side.entries.update(zip(labels.tolist(), zip(ids, metadata, strict=True), strict=True))
+                    side.scan.add(group.labels, group.codes, group.buckets)
+                    entries = zip(group.ids, group.metadata, strict=True)
+                    side.entries.update(zip(group.labels.tolist(), entries, strict=True))
 
     def delete(self, item_id: str) -> str:
         """Remove an item; returns its modality. Raises :class:`ItemNotFoundError` if absent."""

@@ -11,9 +11,9 @@ generation readers use, and ``…:rebuilding`` is set while a re-bucket copies i
 - ``centers``           the bucket centers (``.npy`` bytes, no pickle); ``info`` hash: version, bits
 - ``next_label``        counter giving labels in insertion order
 
-A batch is written by one Lua script, which Redis runs atomically: it checks every id first (an id
-held by the other modality fails the whole batch, nothing written; so does a rebuild in progress),
-then writes items, metadata and counts together. The call returns only after Redis has applied it
+A batch, of one modality or both, is written by one Lua script, which Redis runs atomically: it checks
+every id first (an id held by the other modality fails the whole batch, nothing written; so does a
+rebuild in progress), then writes items, metadata and counts together. The call returns only after Redis has applied it
 (and, with ``appendfsync always`` as the deploy config sets, written it to the AOF), so a returned
 call is an acknowledged write.
 """
@@ -35,29 +35,33 @@ MODALITIES = ("image", "text")
 _HEADER = struct.Struct(">IQ")  # bucket, label
 _READ_CHUNK = 10_000  # ids per HMGET when reading a whole modality
 
+# KEYS: items, meta, counts of the image modality, the same of the text modality, the rebuild flag.
+# ARGV: rebuild check ('1' or '0'), n, then per item: modality (0 image, 1 text), id, value, metadata.
 _UPSERT = """
-if ARGV[1] == '1' and redis.call('EXISTS', KEYS[5]) == 1 then
+if ARGV[1] == '1' and redis.call('EXISTS', KEYS[7]) == 1 then
   return redis.error_reply('REBUILDING')
 end
 local n = tonumber(ARGV[2])
 for i = 0, n - 1 do
-  if redis.call('HEXISTS', KEYS[4], ARGV[3 + 3 * i]) == 1 then
-    return redis.error_reply('CONFLICT ' .. ARGV[3 + 3 * i])
+  local other = (1 - tonumber(ARGV[3 + 4 * i])) * 3 + 1
+  if redis.call('HEXISTS', KEYS[other], ARGV[4 + 4 * i]) == 1 then
+    return redis.error_reply('CONFLICT ' .. ARGV[4 + 4 * i])
   end
 end
 local previous = {}
 for i = 0, n - 1 do
-  local id, value, meta = ARGV[3 + 3 * i], ARGV[4 + 3 * i], ARGV[5 + 3 * i]
-  local old = redis.call('HGET', KEYS[1], id)
+  local base = tonumber(ARGV[3 + 4 * i]) * 3
+  local id, value, meta = ARGV[4 + 4 * i], ARGV[5 + 4 * i], ARGV[6 + 4 * i]
+  local old = redis.call('HGET', KEYS[base + 1], id)
   if old then
-    redis.call('HINCRBY', KEYS[3], struct.unpack('>I4', old), -1)
+    redis.call('HINCRBY', KEYS[base + 3], struct.unpack('>I4', old), -1)
     previous[i + 1] = string.sub(old, 1, 12)
   else
     previous[i + 1] = ''
   end
-  redis.call('HSET', KEYS[1], id, value)
-  redis.call('HSET', KEYS[2], id, meta)
-  redis.call('HINCRBY', KEYS[3], struct.unpack('>I4', value), 1)
+  redis.call('HSET', KEYS[base + 1], id, value)
+  redis.call('HSET', KEYS[base + 2], id, meta)
+  redis.call('HINCRBY', KEYS[base + 3], struct.unpack('>I4', value), 1)
 end
 return previous
 """
@@ -73,6 +77,18 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[3], struct.unpack('>I4', old), -1)
 return string.sub(old, 1, 12)
 """
+
+
+@dataclass(frozen=True)
+class Group:
+    """One modality's part of a batch to write, row-aligned."""
+
+    modality: str
+    ids: Sequence[str]
+    buckets: np.ndarray
+    labels: np.ndarray
+    codes: np.ndarray  # packed uint8
+    metadata: Sequence[str]  # JSON text
 
 
 @dataclass(frozen=True)
@@ -165,17 +181,33 @@ class RedisStore:
         metadata: Sequence[str],
         during_rebuild: bool = False,
     ) -> list[tuple[int, int] | None]:
-        """Write a batch atomically (``metadata``: each item's JSON text); returns each id's previous
-        (bucket, label), None if it was new.
+        """Write one modality's batch atomically (``metadata``: each item's JSON text); returns each id's
+        previous (bucket, label), None if it was new."""
+        [previous] = self.upsert_groups(
+            [Group(modality, ids, buckets, labels, codes, metadata)], during_rebuild=during_rebuild
+        )
+        return previous
+
+    def upsert_groups(
+        self, groups: Sequence[Group], during_rebuild: bool = False
+    ) -> list[list[tuple[int, int] | None]]:
+        """Write a batch of one or both modalities in one atomic script: all of it or nothing. Returns,
+        per group, each id's previous (bucket, label), None if it was new.
 
         Refused while a re-bucket runs, except for the re-bucket's own copy (``during_rebuild``)."""
-        args: list = ["0" if during_rebuild else "1", len(ids)]
-        for item, bucket, label, code, meta in zip(ids, buckets, labels, codes, metadata, strict=True):
-            args += [item, _HEADER.pack(int(bucket), int(label)) + code.tobytes(), meta]
-        keys = [self.key(f"items:{modality}"), self.key(f"meta:{modality}"), self.key(f"counts:{modality}")]
-        keys += [self.key(f"items:{_other(modality)}"), self.rebuild_key]
-        previous = self._call(self._upsert, keys=keys, args=args)
-        return [_header(raw) for raw in previous]
+        args: list = ["0" if during_rebuild else "1", sum(len(g.ids) for g in groups)]
+        for group in groups:
+            side = MODALITIES.index(group.modality)
+            rows = zip(group.ids, group.buckets, group.labels, group.codes, group.metadata, strict=True)
+            for item, bucket, label, code, meta in rows:
+                args += [side, item, _HEADER.pack(int(bucket), int(label)) + code.tobytes(), meta]
+        keys = [self.key(f"{kind}:{m}") for m in MODALITIES for kind in ("items", "meta", "counts")]
+        previous = [_header(raw) for raw in self._call(self._upsert, keys=[*keys, self.rebuild_key], args=args)]
+        out, start = [], 0
+        for group in groups:
+            out.append(previous[start : start + len(group.ids)])
+            start += len(group.ids)
+        return out
 
     def delete(self, modality: str, item: str) -> tuple[int, int] | None:
         keys = [self.key(f"items:{modality}"), self.key(f"meta:{modality}"), self.key(f"counts:{modality}")]

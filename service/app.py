@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 
-from fastapi import Request
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 
 from index.errors import IndexInputError, ItemNotFoundError, ModalityConflictError, StoreUnavailableError
 from service.encoder import EncodeError
-from service.routes import items, search, system
+from service.routes import items, models, search, system
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -56,14 +60,30 @@ def create_app(settings: Settings | None = None) -> FastAPIOffline:
     }
     for exception, status in handlers.items():
         app.add_exception_handler(exception, _handler(status))
-    for router in (search.router, items.router, system.router):
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    for router in (search.router, items.router, system.router, models.router):
         app.include_router(router)
+    app.openapi = lambda: _document_unparsable_bodies(app)
     return app
+
+
+def _document_unparsable_bodies(app: FastAPI) -> dict:
+    """FastAPI's schema plus the 400 FastAPI itself answers, before any route runs, to a body it cannot
+    read at all (JSON that is not UTF-8, broken multipart): found by the API fuzzer (tests/test_fuzz_api.py)."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                if "requestBody" in operation:
+                    operation["responses"].setdefault("400", {"description": "unreadable body", "content": error})
+    return app.openapi_schema
 
 
 class ObserveMiddleware:
     """Pure ASGI middleware (no per-request task or body copy): refuses bodies over the size limit by
-    their Content-Length, and records each request's latency by route, method and status."""
+    their Content-Length, or once that many bytes arrived (a chunked body has no Content-Length), pins
+    one model per request, and records each request's latency by route, method and status."""
 
     def __init__(self, app, max_request_bytes: int) -> None:
         self.app = app
@@ -78,7 +98,15 @@ class ObserveMiddleware:
             await _error(413, f"request body larger than {self.max_request_bytes} bytes")(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
+        status, received = 500, 0
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_request_bytes:  # FastAPI re-raises an HTTPException met reading the body
+                raise HTTPException(413, f"request body larger than {self.max_request_bytes} bytes")
+            return message
 
         async def record_status(message) -> None:
             nonlocal status
@@ -86,14 +114,34 @@ class ObserveMiddleware:
                 status = message["status"]
             await send(message)
 
+        runtime = getattr(scope["app"].state, "runtime", None) if "app" in scope else None
         try:
-            await self.app(scope, receive, record_status)
+            with runtime.pinned() if runtime is not None else nullcontext():  # one model for the request
+                await self.app(scope, limited_receive, record_status)
         finally:
-            runtime = getattr(scope["app"].state, "runtime", None) if "app" in scope else None
             if runtime is not None:
                 route = scope.get("route")
                 path = route.path if route is not None else "unmatched"
                 runtime.metrics.requests.labels(path, scope["method"], status).observe(time.perf_counter() - started)
+
+
+def _encodable(value):
+    """An echoed input made JSON-encodable: non-finite floats (a NaN or Infinity literal) as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _encodable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_encodable(item) for item in value]
+    return value
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
+    """FastAPI's 422 body, rendered as ASCII JSON with its echoed inputs made encodable: the default
+    handler fails to render a NaN literal or a lone surrogate escape (``"\\ud800"``) of the request, a 500
+    found by the API fuzzer (tests/test_fuzz_api.py)."""
+    body = json.dumps({"detail": _encodable(jsonable_encoder(exc.errors()))}, ensure_ascii=True, allow_nan=False)
+    return Response(body, status_code=422, media_type="application/json")
 
 
 def _handler(status: int):

@@ -39,9 +39,11 @@ class Encoder:
         expected = self.bundle.input_dim(modality)
         if x.ndim != 1 or x.shape[0] != expected:
             raise EncodeError(f"{modality} features must be a list of {expected} numbers, got {x.shape[0]}")
-        if not np.isfinite(x).all():
-            raise EncodeError(f"{modality} features contain NaN or infinity")
-        return x[None, :].astype(np.float32)
+        with np.errstate(over="ignore"):
+            x32 = x.astype(np.float32)  # the hash function's input type; checked after the cast, which
+        if not np.isfinite(x32).all():  # turns numbers beyond float32's range into infinity
+            raise EncodeError(f"{modality} features contain NaN, infinity or numbers beyond float32's range")
+        return x32[None, :]
 
     def text_features(self, text: str, require_known_words: bool) -> np.ndarray:
         if not self.accepts_raw_text:

@@ -20,6 +20,7 @@ class Settings(BaseSettings):
         description="Redis to use; unset → an embedded redis-server child process with data under data_dir",
     )
     bundle_path: Path = Field(default=DEFAULT_BUNDLE, description="model bundle directory")
+    models_dir: Path = Field(default=ROOT / "models", description="bundles POST /v1/models:swap loads, by name")
     index_name: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     api_key: SecretStr | None = Field(default=None, description="required by write endpoints")
     demo: bool = Field(default=False, description="embedded demo: no API key, bound to 127.0.0.1")

@@ -132,10 +132,12 @@ def test_bad_input_is_rejected_and_nothing_is_half_written(redis_server) -> None
         index.upsert([Item("b", "audio", codes[1])])
     with pytest.raises(ModalityConflictError, match="'a' is already stored as another modality"):
         index.upsert([Item("c", "text", codes[1]), Item("a", "text", codes[2])])
+    with pytest.raises(ModalityConflictError, match="'a' is already stored as another modality"):
+        index.upsert([Item("e", "image", codes[1]), Item("a", "text", codes[2])])  # both modalities in one batch
     with pytest.raises(IndexInputError, match="same id twice"):
         index.upsert([Item("d", "text", codes[1]), Item("d", "text", codes[2])])
     assert index.stats()["items"] == {"image": 1, "text": 0}
-    assert index.store.modality_of("c") is None  # the conflicting batch wrote nothing
+    assert index.store.modality_of("c") is None and index.store.modality_of("e") is None  # conflicts wrote nothing
     with pytest.raises(IndexInputError, match="probe must be between"):
         index.search("image", codes[:1], k=1, probe=99)
 

@@ -33,7 +33,11 @@ def batch(request: BatchRequest, rt: Annotated[Runtime, Depends(runtime)]) -> Ba
     return ingest_batch(rt, request.items)
 
 
-@router.get("/{item_id:path}", response_model=StoredItemOut, responses={404: {"model": ErrorBody}})
+@router.get(
+    "/{item_id:path}",
+    response_model=StoredItemOut,
+    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody, "description": "Redis unavailable"}},
+)
 def get_item(item_id: str, rt: Annotated[Runtime, Depends(runtime)]) -> StoredItemOut:
     """An item as stored: modality, bucket, packed code and metadata."""
     stored = rt.index.get(item_id)

@@ -139,9 +139,12 @@ def load_bundle(path: str | Path, threads: int = 0) -> Bundle:
         if hashlib.sha256(data).hexdigest() != expected:
             raise BundleError(f"sha256 of {name} does not match the manifest: the bundle was modified")
         files[name] = data
-    referenced = [m["onnx"] for m in manifest["modalities"].values()]
-    referenced += [m["featurizer"]["onnx"] for m in manifest["modalities"].values() if "onnx" in m["featurizer"]]
-    unlisted = [name for name in referenced if name not in files]
-    if unlisted:
-        raise BundleError(f"bundle files {unlisted} are not covered by the manifest's sha256 list")
-    return Bundle(path, manifest, files, threads)
+    try:
+        referenced = [m["onnx"] for m in manifest["modalities"].values()]
+        referenced += [m["featurizer"]["onnx"] for m in manifest["modalities"].values() if "onnx" in m["featurizer"]]
+        unlisted = [name for name in referenced if name not in files]
+        if unlisted:
+            raise BundleError(f"bundle files {unlisted} are not covered by the manifest's sha256 list")
+        return Bundle(path, manifest, files, threads)
+    except (KeyError, TypeError, AttributeError) as exc:  # valid JSON, but not a manifest of this format
+        raise BundleError(f"{manifest_path} is malformed: missing or wrong field {exc}") from exc

@@ -1,0 +1,78 @@
+"""Model hot swap: serve another bundle of the models directory without a restart.
+
+The new bundle is loaded, verified (sha256 of every file, ONNX shapes) and its index opened while the
+current model keeps serving; then one reference switches (``Runtime.swap``). Requests in flight
+finish on the model they started with. Items are namespaced by bundle id: a bundle never served
+before starts with an empty index; swapping back to a previous bundle finds its items again.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from index.errors import IndexInputError
+from service.routes.deps import require_writer, runtime
+from service.runtime import Runtime
+from service.schemas import ErrorBody
+from training.bundle import BundleError
+
+router = APIRouter(tags=["system"])
+
+
+class SwapRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"bundle": "default"}]})
+    bundle: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+        description="name of a bundle directory inside the service's models directory (no path)",
+    )
+
+    @field_validator("bundle")
+    @classmethod
+    def _no_parent(cls, value: str) -> str:
+        if ".." in value:
+            raise ValueError("a bundle name may not contain '..'")
+        return value
+
+
+class SwapResponse(BaseModel):
+    bundle_id: str = Field(description="the bundle now serving")
+    previous_bundle_id: str
+    method: str
+    code_bits: int
+    items: dict[str, int] = Field(description="items in the new bundle's index, per modality")
+    load_ms: float = Field(description="time to load, verify and open the new bundle's index")
+
+
+@router.post(
+    "/v1/models:swap",
+    response_model=SwapResponse,
+    responses={
+        403: {"model": ErrorBody, "description": "missing or wrong X-API-Key"},
+        422: {"model": ErrorBody, "description": "bad name, or the bundle refused to load: the old model serves"},
+        503: {"model": ErrorBody, "description": "Redis unavailable: the old model serves"},
+    },
+    dependencies=[Depends(require_writer)],
+)
+def swap(request: SwapRequest, rt: Annotated[Runtime, Depends(runtime)]) -> SwapResponse:
+    """Load the bundle ``models_dir/<bundle>`` and serve it. On any failure the model in service is
+    untouched and keeps answering."""
+    started = time.perf_counter()
+    try:
+        previous, model = rt.swap(request.bundle)
+    except (BundleError, IndexInputError, ValueError) as exc:  # BundleError is a ValueError
+        raise HTTPException(422, f"bundle {request.bundle!r} not loaded: {exc}") from exc
+    stats = model.index.stats()
+    return SwapResponse(
+        bundle_id=model.bundle.bundle_id,
+        previous_bundle_id=previous.bundle.bundle_id,
+        method=model.bundle.method,
+        code_bits=model.bundle.bits,
+        items=stats["items"],
+        load_ms=(time.perf_counter() - started) * 1e3,
+    )

@@ -1,0 +1,89 @@
+"""Model bundles made for the swap and tamper tests, from the committed default bundle.
+
+``linear_bundle`` writes a valid bundle of another code length: the default bundle's featurizers and
+vocabulary, new random linear hash functions as ONNX graphs, random centers, a manifest whose sha256
+list covers every file. The tampering helpers break one thing each: a byte of an ONNX file (the sha256
+no longer matches), or an ONNX graph whose input shape disagrees with the manifest while the manifest's
+sha256 is recomputed to match (only the shape check can catch it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from service.settings import DEFAULT_BUNDLE
+
+
+def copy_bundle(destination: Path, source: Path = DEFAULT_BUNDLE) -> Path:
+    shutil.copytree(source, destination)
+    return destination
+
+
+def linear_onnx(input_dim: int, bits: int, seed: int) -> bytes:
+    """``features`` (batch, input_dim) float32 → ``codes`` (batch, bits) float64 = x · W, W random."""
+    weights = np.random.default_rng(seed).normal(size=(input_dim, bits))
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["features"], ["x64"], to=TensorProto.DOUBLE),
+            helper.make_node("MatMul", ["x64", "weights"], ["codes"]),
+        ],
+        "hash_function",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", input_dim])],
+        [helper.make_tensor_value_info("codes", TensorProto.DOUBLE, ["batch", bits])],
+        [numpy_helper.from_array(weights, name="weights")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def reseal(bundle: Path) -> dict:
+    """Recompute the manifest's sha256 list (and the bundle id from it): what an attacker who can
+    write the whole directory does."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"] = {name: hashlib.sha256((bundle / name).read_bytes()).hexdigest() for name in manifest["files"]}
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def linear_bundle(destination: Path, bits: int = 32, n_centers: int = 8, seed: int = 0) -> Path:
+    """A valid bundle with ``bits``-bit codes and the default bundle's featurizers."""
+    bundle = copy_bundle(destination)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for j, (_, spec) in enumerate(sorted(manifest["modalities"].items())):
+        (bundle / spec["onnx"]).write_bytes(linear_onnx(spec["input"]["dim"], bits, seed + j))
+    centers = np.where(np.random.default_rng(seed).random((n_centers, bits)) < 0.5, -1, 1).astype(np.int8)
+    np.save(bundle / "centers.npy", centers, allow_pickle=False)
+    manifest["method"] = "linear-test"
+    manifest["code_bits"] = bits
+    manifest["semantic_index"] = {"head_bits": [0, bits], "centers": "centers.npy", "k": n_centers, "source": "test"}
+    manifest["bundle_id"] = f"linear{bits}s{seed}"
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    reseal(bundle)
+    return bundle
+
+
+def flip_byte(bundle: Path, name: str = "text.onnx") -> Path:
+    """Change one byte in the middle of a file: its sha256 no longer matches the manifest."""
+    data = bytearray((bundle / name).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (bundle / name).write_bytes(bytes(data))
+    return bundle
+
+
+def wrong_input_shape(bundle: Path, modality: str = "text") -> Path:
+    """Replace a modality's hash function by a graph taking one feature fewer than the manifest says,
+    and recompute the manifest's sha256 so that only the shape check stands in the way."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    spec = manifest["modalities"][modality]
+    (bundle / spec["onnx"]).write_bytes(linear_onnx(spec["input"]["dim"] - 1, manifest["code_bits"], 1))
+    reseal(bundle)
+    return bundle
