@@ -1,16 +1,18 @@
-"""A modality's hash function defined by a torch network, frozen for serving and exported to ONNX.
+"""What the deep trainers (UDDH, DMSFH, MMACH) share: a modality's hash function defined by a torch
+network, frozen for serving and exported to ONNX, and the intra-op thread setting while training.
 
-Shared by the deep trainers (UDDH, DMSFH, MMACH). Training runs in float32; the frozen copy is float64
-and first rounds its input to float32, exactly like the exported graph (float32 ``features`` cast to
-double), so onnxruntime and torch agree to ~1e-15, far below the smallest |code| a sign could flip on.
+Training runs in float32; the frozen copy is float64 and first rounds its input to float32, exactly
+like the exported graph (float32 ``features`` cast to double), so onnxruntime and torch agree to
+~1e-15, far below the smallest |code| a sign could flip on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,3 +72,15 @@ def _torch_graph(encoder: TorchHashEncoder) -> onnx.ModelProto:
     model = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(model)
     return model
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` intra-op threads (None: torch's setting), then restore the caller's."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -74,7 +74,6 @@ Choices where the paper is vague, and why:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 from collections.abc import Callable, Iterator, Sequence
@@ -89,7 +88,7 @@ from index.centers import center_sums, kmeans_loss, nearest_centers, reseed_empt
 from training.codes import to_signs
 from training.methods.base import MODALITIES, TrainedHasher, check_features
 from training.methods.baselines import train_cca
-from training.methods.torch_encoder import TorchHashEncoder
+from training.methods.torch_encoder import TorchHashEncoder, torch_threads
 
 _CHUNK = 2048  # rows per block for distances, affinities and full-batch network passes
 
@@ -472,7 +471,7 @@ def train_uddh(
     xs = {m: torch.as_tensor(v, dtype=torch.float32, device=device) for m, v in features.items()}
     lrs = {"image": config.image_lr, "text": config.text_lr}
     history: list[dict] = []
-    with torch.random.fork_rng(devices=[]), _torch_threads(config.torch_threads):
+    with torch.random.fork_rng(devices=[]), torch_threads(config.torch_threads):
         torch.manual_seed(seed)
         nets = {
             "image": UDDHNet(*_input_scaling(features["image"], True), config.image_hidden, config, False),
@@ -497,18 +496,6 @@ def train_uddh(
             history.append(record)
             bar.set_postfix({k: f"{record[k]:.4g}" for k in ("objective", "eval") if k in record})
     return UDDHResult(_hasher(nets, codes, config, seed, history), codes.centers, codes.assignments)
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """Run with ``threads`` intra-op threads, then restore the caller's setting."""
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _hasher(
