@@ -25,11 +25,22 @@ def openclipart() -> FeatureSet:
     return featurize(load_dataset("openclipart"))
 
 
-SHORT_UDDH = {"outer_iterations": 2, "epochs_per_iteration": 1}  # parity needs a trained net, not a good one
+# Parity needs a trained network, not a good one: the deep methods train briefly.
+SHORT_UDDH = {"outer_iterations": 2, "epochs_per_iteration": 1}
+SHORT_DMSFH = {"epochs": 1}
+SHORT_MMACH = {"epochs": 1, "label_warmup_epochs": 0}
 
 
 @pytest.mark.parametrize(
-    ("method", "params"), [("dsfh", {}), ("amsh", {}), ("amsh-unpaired", {}), ("uddh", SHORT_UDDH)]
+    ("method", "params"),
+    [
+        ("dsfh", {}),
+        ("amsh", {}),
+        ("amsh-unpaired", {}),
+        ("uddh", SHORT_UDDH),
+        ("dmsfh", SHORT_DMSFH),
+        ("mmach", SHORT_MMACH),
+    ],
 )
 def test_onnx_codes_equal_the_trainers_codes_on_the_whole_query_set(
     method: str, params: dict, openclipart: FeatureSet, tmp_path: Path

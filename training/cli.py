@@ -21,6 +21,8 @@ class Method(StrEnum):
     amsh = "amsh"
     amsh_unpaired = "amsh-unpaired"
     uddh = "uddh"
+    dmsfh = "dmsfh"
+    mmach = "mmach"
 
 
 def _fail(message: str) -> typer.Exit:

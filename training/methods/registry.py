@@ -22,6 +22,37 @@ def _no_params(method: str, params: dict) -> None:
         raise ValueError(f"{method} takes no parameters, got {sorted(params)}")
 
 
+def _labelled_train(method: str, features: FeatureSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The training part of a supervised method; a dataset without labels is refused up front."""
+    image, text, labels = features.part("train")
+    if labels is None or labels.ndim != 2 or labels.shape[1] == 0 or not labels.any():
+        raise ValueError(
+            f"{method} is supervised but dataset {features.dataset!r} has no labels; "
+            "train the unsupervised UDDH instead (--method uddh)"
+        )
+    return image, text, labels
+
+
+def _validation_map(features: FeatureSet) -> Callable[[TrainedHasher], dict[str, float]]:
+    """Per-epoch monitoring of the deep trainers: mAP of the query set against the database, both ways.
+    Monitoring only: no model or epoch is selected on it."""
+    from training.codes import to_signs
+    from training.evaluation.metrics import evaluate_codes
+
+    query_image, query_text, query_labels = features.part("query")
+    database_image, database_text, database_labels = features.part("database")
+
+    def evaluate(hasher: TrainedHasher) -> dict[str, float]:
+        def codes(modality: str, x: np.ndarray) -> np.ndarray:
+            return to_signs(hasher.encoders[modality].real_codes(x))
+
+        i2t = evaluate_codes(codes("image", query_image), codes("text", database_text), query_labels, database_labels)
+        t2i = evaluate_codes(codes("text", query_text), codes("image", database_image), query_labels, database_labels)
+        return {"val_map_i2t": i2t["mAP"], "val_map_t2i": t2i["mAP"]}
+
+    return evaluate
+
+
 def _lsh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
     from training.methods.baselines import train_lsh
 
@@ -41,14 +72,14 @@ def _cca(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHas
 def _dsfh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
     from training.methods.dsfh import DSFHConfig, train_dsfh
 
-    image, text, labels = features.part("train")
+    image, text, labels = _labelled_train("dsfh", features)
     return train_dsfh(image, text, labels, DSFHConfig(bits=bits, **params), seed=seed)
 
 
 def _amsh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
     from training.methods.amsh import AMSHConfig, train_amsh
 
-    image, text, labels = features.part("train")
+    image, text, labels = _labelled_train("amsh", features)
     return train_amsh(image, labels, text, labels, AMSHConfig(bits=bits, **params), seed=seed)
 
 
@@ -57,7 +88,7 @@ def _amsh_unpaired(features: FeatureSet, bits: int, seed: int, params: dict) -> 
     of one modality corresponds to the same row of the other; only labels tie them."""
     from training.methods.amsh import AMSHConfig, train_amsh
 
-    image, text, labels = features.part("train")
+    image, text, labels = _labelled_train("amsh-unpaired", features)
     rng = np.random.default_rng(seed + 1)
     image_order, text_order = rng.permutation(len(image)), rng.permutation(len(text))
     hasher = train_amsh(
@@ -97,6 +128,22 @@ def _uddh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHa
     return train_uddh(image, text, config, seed=seed, progress=True, eval_fn=map_at_50).hasher
 
 
+def _dmsfh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
+    from training.methods.dmsfh import DMSFHConfig, train_dmsfh
+
+    image, text, labels = _labelled_train("dmsfh", features)
+    config = DMSFHConfig(bits=bits, **params)
+    return train_dmsfh(image, text, labels, config, seed=seed, progress=True, eval_fn=_validation_map(features))
+
+
+def _mmach(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
+    from training.methods.mmach import MMACHConfig, train_mmach
+
+    image, text, labels = _labelled_train("mmach", features)
+    config = MMACHConfig(bits=bits, **params)
+    return train_mmach(image, text, labels, config, seed=seed, progress=True, eval_fn=_validation_map(features))
+
+
 TRAINERS: dict[str, Trainer] = {
     "lsh": _lsh,
     "cca": _cca,
@@ -104,4 +151,6 @@ TRAINERS: dict[str, Trainer] = {
     "amsh": _amsh,
     "amsh-unpaired": _amsh_unpaired,
     "uddh": _uddh,
+    "dmsfh": _dmsfh,
+    "mmach": _mmach,
 }
