@@ -57,3 +57,17 @@ def check_labels(name: str, labels: np.ndarray, n: int) -> np.ndarray:
     if empty.size:
         raise ValueError(f"{name} labels have {empty.size} empty class(es), e.g. column {int(empty[0])}")
     return y.astype(np.float64)
+
+
+def check_paired(image: np.ndarray, text: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate a supervised paired training set: both feature matrices, one row per item in each,
+    multi-hot labels, and some non-zero row in each modality. Returns them as float64."""
+    image, text = check_features("image", image), check_features("text", text)
+    n = len(image)
+    if len(text) != n:
+        raise ValueError(f"image and text must be paired row by row: {n} vs {len(text)} rows")
+    labels = check_labels("training", labels, n)
+    for name, x in (("image", image), ("text", text)):
+        if not x.any():
+            raise ValueError(f"every {name} training row has zero norm: there is nothing to learn from")
+    return image, text, labels

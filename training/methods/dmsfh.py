@@ -129,7 +129,7 @@ from torch.nn import functional
 from tqdm import tqdm
 
 from training.codes import to_signs
-from training.methods.base import TrainedHasher, check_features, check_labels
+from training.methods.base import TrainedHasher, check_paired
 from training.methods.torch_encoder import TorchHashEncoder, torch_threads
 
 _CHUNK = 2048  # rows per full-training-set forward pass and per block of S_u products
@@ -584,14 +584,7 @@ def build_networks(image: np.ndarray, text: np.ndarray, n_labels: int, config: D
 def _check_inputs(
     image: np.ndarray, text: np.ndarray, labels: np.ndarray, config: DMSFHConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    image, text = check_features("image", image), check_features("text", text)
-    n = len(image)
-    if len(text) != n:
-        raise ValueError(f"image and text must be paired row by row: {n} vs {len(text)} rows")
-    labels = check_labels("training", labels, n)
-    for name, x in (("image", image), ("text", text)):
-        if not x.any():
-            raise ValueError(f"every {name} training row has zero norm: there is nothing to learn from")
+    image, text, labels = check_paired(image, text, labels)
     if config.text_scales and text.shape[1] < max(config.text_scales):
         raise ValueError(
             f"text features have {text.shape[1]} dimensions, fewer than the largest multi-scale pooling "

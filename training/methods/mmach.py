@@ -121,7 +121,7 @@ from torch import nn
 from tqdm import tqdm
 
 from training.codes import to_signs
-from training.methods.base import MODALITIES, TrainedHasher, check_features, check_labels
+from training.methods.base import MODALITIES, TrainedHasher, check_paired
 from training.methods.torch_encoder import TorchHashEncoder, torch_threads
 
 _CHUNK = 2048  # rows per full-training-set forward pass
@@ -459,16 +459,9 @@ def step_objective(
 def _check_inputs(
     image: np.ndarray, text: np.ndarray, labels: np.ndarray, config: MMACHConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    image, text = check_features("image", image), check_features("text", text)
-    n = len(image)
-    if len(text) != n:
-        raise ValueError(f"image and text must be paired row by row: {n} vs {len(text)} rows")
-    labels = check_labels("training", labels, n)
-    if n < 2:
-        raise ValueError(f"need at least 2 training items, got {n}")
-    for name, x in (("image", image), ("text", text)):
-        if not x.any():
-            raise ValueError(f"every {name} training row has zero norm: there is nothing to learn from")
+    image, text, labels = check_paired(image, text, labels)
+    if len(image) < 2:
+        raise ValueError(f"need at least 2 training items, got {len(image)}")
     if config.pair_loss == "triplet" and len(np.unique(labels, axis=0)) < 2:
         raise ValueError("every training item has the same labels: the triplet loss has nothing to order")
     return image, text, labels
