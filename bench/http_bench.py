@@ -46,8 +46,7 @@ def preload(store: RedisStore, bundle, images: np.ndarray, labels: np.ndarray, n
         stop = min(n, start + 5000)
         ids = [f"img:{i}" for i in range(start, stop)]
         metadata = [json.dumps({"n": i}) for i in range(start, stop)]
-        store.upsert("image", ids, buckets[start:stop], np.arange(start + 1, stop + 1), codes[start:stop], metadata)
-    store.client.set(store.key("next_label"), n)
+        store.copy("image", ids, buckets[start:stop], np.arange(start + 1, stop + 1), codes[start:stop], metadata)
     return time.perf_counter() - started
 
 

@@ -181,7 +181,7 @@ def memory_per_item(codes: np.ndarray, bits: int, centers: np.ndarray) -> dict:
                 stop = min(n, start + 2000)
                 batch = [entries[i][0] for i in range(start, stop)]
                 labels = np.arange(start, stop)
-                store.upsert("image", batch, buckets[start:stop], labels, codes[start:stop], [metadata] * len(batch))
+                store.copy("image", batch, buckets[start:stop], labels, codes[start:stop], [metadata] * len(batch))
             redis_bytes = client.info("memory")["used_memory"] - base
         finally:
             server.stop()

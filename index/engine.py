@@ -10,10 +10,13 @@ One *generation* (centers + items bucketed by them) is served at a time, held in
 generation made by a re-bucket (``index.rebuild``) completely before swapping the reference, so a
 reader never sees a half-built index.
 
-Writers take a write lock: labels are allocated, the batch is written to Redis (the acknowledgement),
-and only then applied in memory, so memory never holds an unacknowledged item and label order is
-insertion order. The in-memory structures have their own lock, held by a writer only while applying a
-batch and by a search only around its scan, so searches never wait for a Redis round trip.
+Every process serving an index holds it in memory and keeps it current by applying Redis's change
+feed (``index.store``) in order: its own writes as soon as Redis acknowledges them (so a write is
+searchable in the process that made it when the call returns) and other processes' writes as
+:meth:`HashIndex.follow` or :meth:`HashIndex.catch_up` read them. Labels are allocated in feed order,
+so every process holds the same items in the same order and answers a query identically. Applying is
+serialised by one lock; the in-memory structures have their own, held by an applier only while it
+changes them and by a search only around its scan, so searches never wait for a Redis round trip.
 
 A search never touches Redis: each item's id and metadata (its JSON text, as stored) are kept in
 memory beside its code, so searches keep answering while Redis is unreachable; writes then fail with
@@ -23,6 +26,7 @@ memory beside its code, so searches keep answering while Redis is unreachable; w
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,9 +35,12 @@ import numpy as np
 import redis
 
 from index.centers import CenterIndex
-from index.errors import IndexInputError, ItemNotFoundError
+from index.errors import FeedGapError, IndexInputError, ItemNotFoundError
 from index.scan import BucketScan
-from index.store import MODALITIES, Group, RedisStore, StoredItem
+from index.store import MODALITIES, Change, Group, RedisStore, StoredItem
+
+log = logging.getLogger("xmhash.index")
+_LOAD_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -62,22 +69,37 @@ class _Side:
     entries: dict[int, tuple[str, str]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Generation:
-    """Centers, the Redis store of their generation, and the in-memory scan of each modality."""
+    """Centers, the Redis store of their generation, the in-memory scan of each modality, and the
+    number of the last change of the feed applied to them."""
 
     store: RedisStore
     centers: CenterIndex
     version: str
     sides: dict[str, _Side]
+    applied: int
 
     @classmethod
     def load(cls, store: RedisStore, bits: int) -> Generation:
-        """Read a generation's centers and every item from Redis into fresh FAISS structures."""
+        """Read a generation's centers and every item from Redis into fresh FAISS structures, then
+        apply the changes made while reading. Retried when the feed moved on too far meanwhile."""
+        for attempt in range(1, _LOAD_ATTEMPTS + 1):
+            try:
+                return cls._load(store, bits)
+            except FeedGapError:
+                if attempt == _LOAD_ATTEMPTS:
+                    raise
+                log.warning("index: writes outran loading %s; loading again", store.prefix)
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _load(cls, store: RedisStore, bits: int) -> Generation:
         stored = store.load_centers()
         if stored is None:
             raise IndexInputError(f"generation {store.generation} of {store.base} has no centers")
         centers, version = stored
+        applied = store.feed_position()  # read first: every change up to it is in what is read next
         sides = {m: _Side(BucketScan(bits, len(centers))) for m in MODALITIES}
         for modality, side in sides.items():
             items = store.items_in_order(modality)
@@ -85,7 +107,28 @@ class Generation:
                 side.scan.add(items.labels, items.codes, items.buckets)
                 entries = zip(items.ids, items.metadata, strict=True)
                 side.entries = dict(zip(items.labels.tolist(), entries, strict=True))
-        return cls(store, CenterIndex(centers), version, sides)
+        generation = cls(store, CenterIndex(centers), version, sides, applied)
+        for change in store.changes_after(applied):
+            generation.apply(change)
+        return generation
+
+    def apply(self, change: Change) -> None:
+        """Apply one change of the feed. Idempotent for what a snapshot already holds: a replaced or
+        deleted label is removed only if present, a new label added only if absent."""
+        for modality, side in self.sides.items():
+            items = [item for item in change.items if item.modality == modality]
+            stale = [item.previous for item in items if item.previous is not None and item.previous[1] in side.entries]
+            if stale:
+                side.scan.remove(np.array([label for _, label in stale]), np.array([bucket for bucket, _ in stale]))
+                for _, label in stale:
+                    del side.entries[label]
+            new = [item for item in items if item.now is not None and item.now[1] not in side.entries]
+            if new:
+                codes = np.frombuffer(b"".join(item.now[2] for item in new), dtype=np.uint8).reshape(len(new), -1)
+                labels = [item.now[1] for item in new]
+                side.scan.add(np.array(labels), codes, np.array([item.now[0] for item in new]))
+                side.entries.update(zip(labels, ((item.id, item.metadata) for item in new), strict=True))
+        self.applied = change.seq
 
 
 class HashIndex:
@@ -100,8 +143,8 @@ class HashIndex:
         self.bits = bits
         self.head_bytes = head_bits // 8
         self.generation = generation
-        self._write_lock = threading.Lock()
-        self._memory_lock = threading.Lock()
+        self._apply_lock = threading.Lock()  # one applier of the feed at a time
+        self._memory_lock = threading.Lock()  # an applier changing the scans vs. a search reading them
 
     @classmethod
     def open(
@@ -141,9 +184,49 @@ class HashIndex:
         if active is None or active == self.generation.store.generation:
             return False
         fresh = Generation.load(self.generation.store.at(active), self.bits)
-        with self._write_lock:
+        with self._apply_lock:
             self.generation = fresh
+            self._catch_up()
         return True
+
+    def catch_up(self) -> int:
+        """Apply every change in the feed not yet applied here (other processes' writes); returns how
+        many were applied."""
+        with self._apply_lock:
+            return self._catch_up()
+
+    def follow(self, block_ms: int) -> int:
+        """Wait up to ``block_ms`` for changes not yet applied here and apply them; returns how many.
+        A service calls this in a loop on a thread of its own."""
+        generation = self.generation
+        changes = generation.store.wait_for_changes(generation.applied, block_ms)
+        with self._apply_lock:
+            if not changes or self.generation.store.generation != generation.store.generation:
+                return 0
+            return self._catch_up(changes)
+
+    def _catch_up(self, at_hand: Sequence[Change] = ()) -> int:
+        """Apply, in feed order, every change up to the last of ``at_hand`` (changes already read: this
+        process's own write, or what the follower read), reading from the feed those not at hand; with
+        nothing at hand, every change in the feed. The caller holds the apply lock. When changes not
+        yet applied were trimmed from the feed, the generation is loaded again from Redis."""
+        generation = self.generation
+        pending = [change for change in at_hand if change.seq > generation.applied]
+        if at_hand and not pending:
+            return 0
+        try:
+            if not pending:
+                pending = generation.store.changes_after(generation.applied)
+            elif pending[0].seq != generation.applied + 1:
+                pending = generation.store.changes_after(generation.applied, until=pending[-1].seq)
+        except FeedGapError:
+            log.warning("index: changes after %d left the feed before they were applied; reloading", generation.applied)
+            self.generation = Generation.load(generation.store, self.bits)
+            return 0
+        for change in pending:
+            with self._memory_lock:
+                generation.apply(change)
+        return len(pending)
 
     def _check_modality(self, modality: str) -> None:
         if modality not in MODALITIES:
@@ -178,49 +261,36 @@ class HashIndex:
             clash = {i.id for i in by_modality["image"]} & {i.id for i in by_modality["text"]}
             if clash:
                 raise IndexInputError(f"id {sorted(clash)[0]!r} appears with both modalities in one batch")
-        with self._write_lock:
-            generation = self.generation
-            labels = generation.store.allocate_labels(len(items))
-            groups, start = [], 0
-            for modality, group in by_modality.items():
-                groups.append(
-                    Group(
-                        modality,
-                        [i.id for i in group],
-                        generation.centers.route(codes[modality], 1)[:, 0],
-                        labels[start : start + len(group)],
-                        codes[modality],
-                        [json.dumps(i.metadata) for i in group],
-                    )
-                )
-                start += len(group)
-            previous = generation.store.upsert_groups(groups)  # the acknowledgement: all groups or none
-            with self._memory_lock:
-                for group, replaced in zip(groups, previous, strict=True):
-                    side = generation.sides[group.modality]
-                    stale = [p for p in replaced if p is not None and p[1] in side.entries]
-                    if stale:
-                        side.scan.remove(np.array([p[1] for p in stale]), np.array([p[0] for p in stale]))
-                        for _, label in stale:
-                            del side.entries[label]
-                    side.scan.add(group.labels, group.codes, group.buckets)
-                    entries = zip(group.ids, group.metadata, strict=True)
-                    side.entries.update(zip(group.labels.tolist(), entries, strict=True))
+        generation = self.generation
+        groups = [
+            Group(
+                modality,
+                [i.id for i in group],
+                generation.centers.route(codes[modality], 1)[:, 0],
+                codes[modality],
+                [json.dumps(i.metadata) for i in group],
+            )
+            for modality, group in by_modality.items()
+        ]
+        self._apply_own(generation, generation.store.write(groups))  # write: the acknowledgement, all or none
+
+    def _apply_own(self, generation: Generation, change: Change) -> None:
+        """Apply this process's own acknowledged write (and any change before it) so that it is
+        searchable here when the call returns. A generation loaded again meanwhile already holds it
+        or reads it from the feed; a re-bucket copied it (it refuses writes while it runs)."""
+        with self._apply_lock:
+            if self.generation.store.generation == generation.store.generation:
+                self._catch_up([change])
 
     def delete(self, item_id: str) -> str:
         """Remove an item; returns its modality. Raises :class:`ItemNotFoundError` if absent."""
-        with self._write_lock:
-            generation = self.generation
-            modality = generation.store.modality_of(item_id)
-            if modality is None:
-                raise ItemNotFoundError(item_id)
-            previous = generation.store.delete(modality, item_id)
-            side = generation.sides[modality]
-            with self._memory_lock:
-                if previous is not None and previous[1] in side.entries:
-                    side.scan.remove(np.array([previous[1]]), np.array([previous[0]]))
-                    del side.entries[previous[1]]
-            return modality
+        generation = self.generation
+        modality = generation.store.modality_of(item_id)
+        change = generation.store.delete(modality, item_id) if modality is not None else None
+        if change is None:
+            raise ItemNotFoundError(item_id)
+        self._apply_own(generation, change)
+        return modality
 
     def get(self, item_id: str) -> StoredItem:
         store = self.generation.store

@@ -15,3 +15,7 @@ class ItemNotFoundError(KeyError):
 
 class StoreUnavailableError(RuntimeError):
     """Redis cannot be reached or refused the write: a 503; the write was not acknowledged."""
+
+
+class FeedGapError(RuntimeError):
+    """Changes a process has not applied were trimmed from the change feed: it must reload from Redis."""

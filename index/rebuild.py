@@ -4,7 +4,7 @@
    client retries), so no acknowledged write can miss the copy; reads go on from the old generation.
 2. Read every item of the active generation, fit ``k`` centers on their head codes (alternating
    nearest-center assignment and bit-wise majority, ``index.centers``), and write centers and items
-   (same ids, labels in the same order, metadata) into generation n + 1.
+   (same ids, labels in the same order, metadata) into generation n + 1, whose change feed starts empty.
 3. One ``SET …:active n+1`` switches readers; services pick it up with ``HashIndex.refresh``. The old
    generation is then dropped and the lock released (also on failure, leaving the old one active).
 
@@ -54,17 +54,14 @@ def rebucket(store: RedisStore, bits: int, k: int, seed: int = 0, sample: int = 
             buckets = route(stored.codes, centers)[:, 0] if len(stored.codes) else np.zeros(0, dtype=np.int64)
             for start in range(0, len(stored.ids), _BATCH):
                 part = slice(start, start + _BATCH)
-                new.upsert(
+                new.copy(
                     modality,
                     stored.ids[part],
                     buckets[part],
                     stored.labels[part],
                     stored.codes[part],
                     stored.metadata[part],
-                    during_rebuild=True,
                 )
-        last = max((int(stored.labels.max()) for stored in items.values() if len(stored.labels)), default=0)
-        new.client.set(new.key("next_label"), last)
         new.activate()
         old.drop()
         return {"generation": active + 1, "buckets": k, "centers_version": version,

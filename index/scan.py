@@ -7,9 +7,9 @@ routed to with ``search_preassigned``, all its probed buckets in one C++ call.
 
 Ranking is exact and deterministic: FAISS's counting scanner (``use_heap = False``) keeps, for every
 Hamming distance, the first k codes it meets, and it meets them in probe order (nearest bucket first)
-and, within a bucket, in list order, which is insertion order because removals here keep the order of
-the rest. So results are ordered by (distance, probe rank of the bucket, insertion order): among equally
-distant codes, those of the semantically nearer bucket come first.
+and, within a bucket, in list order, which is label (insertion) order: additions keep it and removals
+keep the order of the rest. So results are ordered by (distance, probe rank of the bucket, insertion
+order): among equally distant codes, those of the semantically nearer bucket come first.
 
 A FAISS id carries the item's label and its bucket, so a hit says where it came from without a lookup.
 """
@@ -40,6 +40,7 @@ class BucketScan:
         self._ivf.use_heap = False
         self._ivf.max_codes = _NO_LIMIT
         self._lists = faiss.downcast_InvertedLists(self._ivf.invlists)
+        self._newest = np.zeros(n_buckets, dtype=np.int64)  # highest label ever added to each bucket
 
     def __len__(self) -> int:
         return self._ivf.ntotal
@@ -48,26 +49,43 @@ class BucketScan:
         return np.array([self._lists.list_size(b) for b in range(self._ivf.nlist)], dtype=np.int64)
 
     def add(self, labels: np.ndarray, codes: np.ndarray, buckets: np.ndarray) -> None:
-        """Append items; labels must exceed every label already present (insertion order)."""
+        """Add items (labels ascending within the call), keeping every bucket in label order: labels
+        normally exceed all present, but a process catching up after loading a snapshot may add one
+        older than some already in its bucket, which then is re-sorted."""
+        labels = np.asarray(labels, np.int64)
         buckets = np.ascontiguousarray(buckets, dtype=np.int64)
-        ids = np.ascontiguousarray((np.asarray(labels, np.int64) << _BUCKET_BITS) | buckets)
+        late = np.unique(buckets[labels < self._newest[buckets]])
+        np.maximum.at(self._newest, buckets, labels)
+        ids = np.ascontiguousarray((labels << _BUCKET_BITS) | buckets)
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
         self._ivf.add_core(len(ids), faiss.swig_ptr(codes), faiss.swig_ptr(ids), faiss.swig_ptr(buckets))
+        for bucket in late.tolist():
+            ids, codes = self._entries(bucket)
+            order = np.argsort(ids, kind="stable")  # ids sort as labels do: the label is the high part
+            self._replace(bucket, ids[order], codes[order])
 
     def remove(self, labels: np.ndarray, buckets: np.ndarray) -> None:
-        """Remove items, keeping the insertion order of the rest of their buckets (FAISS's own removal
-        swaps in the last entry, which would reorder ties)."""
+        """Remove items, keeping the order of the rest of their buckets (FAISS's own removal swaps in
+        the last entry, which would reorder ties)."""
         labels, buckets = np.asarray(labels, np.int64), np.asarray(buckets, np.int64)
-        code_size = self._ivf.code_size
         for bucket in np.unique(buckets).tolist():
-            size = self._lists.list_size(bucket)
-            ids = faiss.rev_swig_ptr(self._lists.get_ids(bucket), size).copy()
-            codes = faiss.rev_swig_ptr(self._lists.get_codes(bucket), size * code_size).reshape(size, code_size)
+            ids, codes = self._entries(bucket)
             keep = ~np.isin(ids >> _BUCKET_BITS, labels[buckets == bucket])
-            kept_ids, kept_codes = np.ascontiguousarray(ids[keep]), np.ascontiguousarray(codes[keep])
-            self._lists.resize(bucket, 0)
-            self._lists.add_entries(bucket, len(kept_ids), faiss.swig_ptr(kept_ids), faiss.swig_ptr(kept_codes))
-            self._ivf.ntotal -= size - len(kept_ids)
+            self._replace(bucket, ids[keep], codes[keep])
+
+    def _entries(self, bucket: int) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of a bucket's FAISS ids and codes, in list order."""
+        size, code_size = self._lists.list_size(bucket), self._ivf.code_size
+        ids = faiss.rev_swig_ptr(self._lists.get_ids(bucket), size).copy()
+        codes = faiss.rev_swig_ptr(self._lists.get_codes(bucket), size * code_size).reshape(size, code_size).copy()
+        return ids, codes
+
+    def _replace(self, bucket: int, ids: np.ndarray, codes: np.ndarray) -> None:
+        size = self._lists.list_size(bucket)
+        ids, codes = np.ascontiguousarray(ids), np.ascontiguousarray(codes)
+        self._lists.resize(bucket, 0)
+        self._lists.add_entries(bucket, len(ids), faiss.swig_ptr(ids), faiss.swig_ptr(codes))
+        self._ivf.ntotal -= size - len(ids)
 
     def search(self, queries: np.ndarray, probes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top k of each query over its probed buckets (``probes``: (nq, p), nearest first): distances

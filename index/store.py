@@ -1,21 +1,26 @@
-"""The durable half of the index: Redis holds every item, bucket counts and the centers.
+"""The durable half of the index: Redis holds every item, bucket counts, the centers and a change feed.
 
 Keys live under ``xmh:{index}:{bundle_id}:`` (two bundles' codes never mix), then under a
 *generation* ``g{n}:`` (one set of centers and the items bucketed by them); ``…:active`` names the
 generation readers use, and ``…:rebuilding`` is set while a re-bucket copies items into the next one:
-
 
 - ``items:{modality}``  hash id → bucket (u32 BE) · label (u64 BE) · packed code
 - ``meta:{modality}``   hash id → user metadata (JSON)
 - ``counts:{modality}`` hash bucket → number of items
 - ``centers``           the bucket centers (``.npy`` bytes, no pickle); ``info`` hash: version, bits
 - ``next_label``        counter giving labels in insertion order
+- ``seq`` and ``feed``  the change feed: a stream with one entry per write, id ``<seq>-0``
 
-A batch, of one modality or both, is written by one Lua script, which Redis runs atomically: it checks
-every id first (an id held by the other modality fails the whole batch, nothing written; so does a
-rebuild in progress), then writes items, metadata and counts together. The call returns only after Redis has applied it
-(and, with ``appendfsync always`` as the deploy config sets, written it to the AOF), so a returned
-call is an acknowledged write.
+A write (a batch of one modality or both, or a delete) is one Lua script, which Redis runs atomically:
+it checks every id first (an id held by the other modality fails the whole batch, nothing written; so
+does a rebuild in progress), allocates the batch's labels, writes items, metadata and counts, and
+appends the change to the feed. Every process serving the index applies the feed in order
+(``index.engine``), so they all hold the same items in the same order: label order is feed order. The
+call returns only after Redis has applied it (and, with ``appendfsync always`` as the deploy config
+sets, written it to the AOF), so a returned call is an acknowledged write.
+
+The feed keeps about :data:`FEED_LENGTH` entries; a process that falls further behind reloads the
+generation from the hashes, which always hold everything.
 """
 
 from __future__ import annotations
@@ -26,56 +31,90 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import msgpack
 import numpy as np
 import redis
 
-from index.errors import ModalityConflictError, StoreUnavailableError
+from index.errors import FeedGapError, ModalityConflictError, StoreUnavailableError
 
 MODALITIES = ("image", "text")
+FEED_LENGTH = 1000  # change-feed entries Redis keeps (approximately: MAXLEN ~)
 _HEADER = struct.Struct(">IQ")  # bucket, label
 _READ_CHUNK = 10_000  # ids per HMGET when reading a whole modality
+_FEED_READ = 500  # feed entries per read
 
-# KEYS: items, meta, counts of the image modality, the same of the text modality, the rebuild flag.
-# ARGV: rebuild check ('1' or '0'), n, then per item: modality (0 image, 1 text), id, value, metadata.
+# KEYS: items, meta, counts of the image modality; the same of the text modality; the rebuild flag;
+#       next_label; seq; feed.
+# ARGV: mode, n, feed length, then per item: side (0 image, 1 text), id, value, metadata.
+#   'write': value = bucket (u32 BE) · code. Labels are allocated here and put after the bucket; the batch
+#            is appended to the feed; refused while a re-bucket runs. Returns {seq, first label, previous…}.
+#   'copy':  value = bucket · label (u64 BE) · code, kept as given; next_label is raised past them and
+#            nothing is appended to the feed. Returns {0, 0, previous…}.
+# previous: each id's former bucket · label (12 bytes), or '' when it was new.
 _UPSERT = """
-if ARGV[1] == '1' and redis.call('EXISTS', KEYS[7]) == 1 then
+local write = ARGV[1] == 'write'
+if write and redis.call('EXISTS', KEYS[7]) == 1 then
   return redis.error_reply('REBUILDING')
 end
 local n = tonumber(ARGV[2])
 for i = 0, n - 1 do
-  local other = (1 - tonumber(ARGV[3 + 4 * i])) * 3 + 1
-  if redis.call('HEXISTS', KEYS[other], ARGV[4 + 4 * i]) == 1 then
-    return redis.error_reply('CONFLICT ' .. ARGV[4 + 4 * i])
+  local other = (1 - tonumber(ARGV[4 + 4 * i])) * 3 + 1
+  if redis.call('HEXISTS', KEYS[other], ARGV[5 + 4 * i]) == 1 then
+    return redis.error_reply('CONFLICT ' .. ARGV[5 + 4 * i])
   end
 end
-local previous = {}
+local first, last = 0, 0
+if write then
+  first = redis.call('INCRBY', KEYS[8], n) - n + 1
+end
+local out, changed = {0, first}, {}
 for i = 0, n - 1 do
-  local base = tonumber(ARGV[3 + 4 * i]) * 3
-  local id, value, meta = ARGV[4 + 4 * i], ARGV[5 + 4 * i], ARGV[6 + 4 * i]
+  local side = tonumber(ARGV[4 + 4 * i])
+  local base = side * 3
+  local id, value, meta = ARGV[5 + 4 * i], ARGV[6 + 4 * i], ARGV[7 + 4 * i]
+  if write then
+    value = string.sub(value, 1, 4) .. struct.pack('>I8', first + i) .. string.sub(value, 5)
+  else
+    local label = struct.unpack('>I8', value, 5)
+    last = math.max(last, label)
+  end
   local old = redis.call('HGET', KEYS[base + 1], id)
+  local previous = ''
   if old then
     redis.call('HINCRBY', KEYS[base + 3], struct.unpack('>I4', old), -1)
-    previous[i + 1] = string.sub(old, 1, 12)
-  else
-    previous[i + 1] = ''
+    previous = string.sub(old, 1, 12)
   end
   redis.call('HSET', KEYS[base + 1], id, value)
   redis.call('HSET', KEYS[base + 2], id, meta)
   redis.call('HINCRBY', KEYS[base + 3], struct.unpack('>I4', value), 1)
+  out[i + 3] = previous
+  changed[i + 1] = {side, id, value, meta, previous}
 end
-return previous
+if write then
+  out[1] = redis.call('INCR', KEYS[9])
+  redis.call('XADD', KEYS[10], 'MAXLEN', '~', ARGV[3], out[1] .. '-0', 'items', cmsgpack.pack(changed))
+elseif last > tonumber(redis.call('GET', KEYS[8]) or '0') then
+  redis.call('SET', KEYS[8], last)
+end
+return out
 """
 
+# KEYS: items, meta, counts of the item's modality; the rebuild flag; seq; feed.
+# ARGV: id, side, feed length. Returns {seq, previous}, {0, ''} when the id is absent.
 _DELETE = """
 if redis.call('EXISTS', KEYS[4]) == 1 then
   return redis.error_reply('REBUILDING')
 end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
-if not old then return '' end
+if not old then return {0, ''} end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[3], struct.unpack('>I4', old), -1)
-return string.sub(old, 1, 12)
+local previous = string.sub(old, 1, 12)
+local seq = redis.call('INCR', KEYS[5])
+local changed = {{tonumber(ARGV[2]), ARGV[1], '', '', previous}}
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'items', cmsgpack.pack(changed))
+return {seq, previous}
 """
 
 
@@ -86,9 +125,27 @@ class Group:
     modality: str
     ids: Sequence[str]
     buckets: np.ndarray
-    labels: np.ndarray
     codes: np.ndarray  # packed uint8
     metadata: Sequence[str]  # JSON text
+
+
+@dataclass(frozen=True)
+class ChangedItem:
+    """One item of a change: what it is now (None once deleted) and the (bucket, label) it replaced."""
+
+    modality: str
+    id: str
+    now: tuple[int, int, bytes] | None  # bucket, label, packed code
+    metadata: str  # JSON text
+    previous: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of the change feed: a written batch or a deleted item, numbered in write order."""
+
+    seq: int
+    items: list[ChangedItem]
 
 
 @dataclass(frozen=True)
@@ -112,17 +169,27 @@ class StoredItem:
     metadata: dict
 
 
-def _other(modality: str) -> str:
-    return MODALITIES[1 - MODALITIES.index(modality)]
-
-
 def _header(raw: bytes) -> tuple[int, int] | None:
-    """(bucket, label) of a previous value returned by a script, or None when there was none."""
+    """(bucket, label) of a stored value's header, or None for the empty string (no value)."""
     return _HEADER.unpack(raw[: _HEADER.size]) if raw else None
 
 
+def _changed(side: int, item: bytes, value: bytes, metadata: bytes, previous: bytes) -> ChangedItem:
+    bucket, label = _HEADER.unpack(value[: _HEADER.size]) if value else (0, 0)
+    now = (bucket, label, value[_HEADER.size :]) if value else None
+    return ChangedItem(MODALITIES[side], item.decode(), now, metadata.decode(), _header(previous))
+
+
+def _decode_feed(entries: list) -> list[Change]:
+    """Feed entries as returned by XRANGE/XREAD: (id ``<seq>-0``, {items: msgpack}) → changes."""
+    return [
+        Change(int(entry_id.split(b"-")[0]), [_changed(*row) for row in msgpack.unpackb(fields[b"items"], raw=True)])
+        for entry_id, fields in entries
+    ]
+
+
 class RedisStore:
-    """Items, counts and centers of one index under one bundle, in Redis."""
+    """Items, counts, centers and the change feed of one index under one bundle, in Redis."""
 
     def __init__(self, client: redis.Redis, index_name: str, bundle_id: str, generation: int = 0) -> None:
         self.client = client
@@ -167,11 +234,31 @@ class RedisStore:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
 
-    def allocate_labels(self, n: int) -> np.ndarray:
-        last = self._call(self.client.incrby, self.key("next_label"), n)
-        return np.arange(last - n + 1, last + 1, dtype=np.int64)
+    def _keys(self) -> list[str]:
+        """The upsert script's KEYS."""
+        keys = [self.key(f"{kind}:{m}") for m in MODALITIES for kind in ("items", "meta", "counts")]
+        return [*keys, self.rebuild_key, self.key("next_label"), self.key("seq"), self.key("feed")]
 
-    def upsert(
+    def write(self, groups: Sequence[Group]) -> Change:
+        """Write a batch of one or both modalities in one atomic script, all of it or nothing, and append
+        it to the change feed; returns the change as every follower of the feed will apply it. Labels
+        are allocated by the script, so label order is feed order. Refused while a re-bucket runs."""
+        args: list = ["write", sum(len(g.ids) for g in groups), FEED_LENGTH]
+        for group in groups:
+            side = MODALITIES.index(group.modality)
+            rows = zip(group.ids, group.buckets, group.codes, group.metadata, strict=True)
+            for item, bucket, code, meta in rows:
+                args += [side, item, struct.pack(">I", int(bucket)) + code.tobytes(), meta]
+        seq, first, *previous = self._call(self._upsert, keys=self._keys(), args=args)
+        items, row = [], 0
+        for group in groups:
+            for item, bucket, code, meta in zip(group.ids, group.buckets, group.codes, group.metadata, strict=True):
+                now = (int(bucket), first + row, code.tobytes())
+                items.append(ChangedItem(group.modality, item, now, meta, _header(previous[row])))
+                row += 1
+        return Change(seq, items)
+
+    def copy(
         self,
         modality: str,
         ids: Sequence[str],
@@ -179,40 +266,52 @@ class RedisStore:
         labels: np.ndarray,
         codes: np.ndarray,
         metadata: Sequence[str],
-        during_rebuild: bool = False,
-    ) -> list[tuple[int, int] | None]:
-        """Write one modality's batch atomically (``metadata``: each item's JSON text); returns each id's
-        previous (bucket, label), None if it was new."""
-        [previous] = self.upsert_groups(
-            [Group(modality, ids, buckets, labels, codes, metadata)], during_rebuild=during_rebuild
-        )
-        return previous
+    ) -> None:
+        """Write items with the labels given and no feed entry, atomically: for a generation no process
+        follows yet (a re-bucket's next generation, allowed while it runs) and for preloading a
+        benchmark's database before any service starts. Processes following the feed do not see these
+        items until they load the generation again."""
+        args: list = ["copy", len(ids), FEED_LENGTH]
+        side = MODALITIES.index(modality)
+        for item, bucket, label, code, meta in zip(ids, buckets, labels, codes, metadata, strict=True):
+            args += [side, item, _HEADER.pack(int(bucket), int(label)) + code.tobytes(), meta]
+        self._call(self._upsert, keys=self._keys(), args=args)
 
-    def upsert_groups(
-        self, groups: Sequence[Group], during_rebuild: bool = False
-    ) -> list[list[tuple[int, int] | None]]:
-        """Write a batch of one or both modalities in one atomic script: all of it or nothing. Returns,
-        per group, each id's previous (bucket, label), None if it was new.
-
-        Refused while a re-bucket runs, except for the re-bucket's own copy (``during_rebuild``)."""
-        args: list = ["0" if during_rebuild else "1", sum(len(g.ids) for g in groups)]
-        for group in groups:
-            side = MODALITIES.index(group.modality)
-            rows = zip(group.ids, group.buckets, group.labels, group.codes, group.metadata, strict=True)
-            for item, bucket, label, code, meta in rows:
-                args += [side, item, _HEADER.pack(int(bucket), int(label)) + code.tobytes(), meta]
-        keys = [self.key(f"{kind}:{m}") for m in MODALITIES for kind in ("items", "meta", "counts")]
-        previous = [_header(raw) for raw in self._call(self._upsert, keys=[*keys, self.rebuild_key], args=args)]
-        out, start = [], 0
-        for group in groups:
-            out.append(previous[start : start + len(group.ids)])
-            start += len(group.ids)
-        return out
-
-    def delete(self, modality: str, item: str) -> tuple[int, int] | None:
+    def delete(self, modality: str, item: str) -> Change | None:
+        """Delete an item and append that to the feed; None when it was absent."""
         keys = [self.key(f"items:{modality}"), self.key(f"meta:{modality}"), self.key(f"counts:{modality}")]
-        keys.append(self.rebuild_key)
-        return _header(self._call(self._delete, keys=keys, args=[item]))
+        keys += [self.rebuild_key, self.key("seq"), self.key("feed")]
+        seq, previous = self._call(self._delete, keys=keys, args=[item, MODALITIES.index(modality), FEED_LENGTH])
+        if not seq:
+            return None
+        return Change(seq, [ChangedItem(modality, item, None, "", _header(previous))])
+
+    def feed_position(self) -> int:
+        """The number of the last change written (0 before the first)."""
+        return int(self._call(self.client.get, self.key("seq")) or 0)
+
+    def changes_after(self, seq: int, until: int | None = None) -> list[Change]:
+        """The changes numbered after ``seq`` (up to ``until``), in order; :class:`FeedGapError` when some
+        of them have been trimmed from the feed."""
+        end = "+" if until is None else f"{until}-0"
+        changes: list[Change] = []
+        while True:
+            start = f"{(changes[-1].seq if changes else seq) + 1}-0"
+            page = _decode_feed(self._call(self.client.xrange, self.key("feed"), start, end, count=_FEED_READ))
+            changes += page
+            if len(page) < _FEED_READ:
+                break
+        numbers = [change.seq for change in changes]
+        wanted = seq + len(changes) if until is None else until
+        if numbers != list(range(seq + 1, wanted + 1)):
+            raise FeedGapError(f"changes {seq + 1}…{wanted} of {self.prefix}feed are no longer all in the feed")
+        return changes
+
+    def wait_for_changes(self, seq: int, block_ms: int) -> list[Change]:
+        """The changes after ``seq`` already in the feed, or, when there are none, those that arrive
+        within ``block_ms`` (possibly none). Not checked for gaps: :meth:`changes_after` is."""
+        found = self._call(self.client.xread, {self.key("feed"): f"{seq}-0"}, count=_FEED_READ, block=block_ms)
+        return _decode_feed(found[0][1]) if found else []
 
     def modalities_of(self, items: Sequence[str]) -> dict[str, str | None]:
         """The modality each id is stored under (None when absent), in one round trip."""

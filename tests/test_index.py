@@ -12,6 +12,7 @@ from index.centers import fit_centers, nearest_centers
 from index.engine import HashIndex, Item
 from index.errors import IndexInputError, ItemNotFoundError, ModalityConflictError, StoreUnavailableError
 from index.rebuild import rebucket
+from index.store import RedisStore
 from training.codes import hamming_distances, pack_signs, to_signs, unpack_signs
 
 BITS = 16  # short codes: plenty of ties
@@ -146,7 +147,8 @@ def test_with_redis_unreachable_writes_fail_whole_and_searches_answer_from_memor
     index = _open(redis_server)
     codes = _codes(2, 10)
     index.upsert([Item("kept", "image", codes[0], {"title": "kept"})])
-    index.store.client = redis.Redis(port=1, socket_connect_timeout=0.2)  # nothing listens on port 1
+    unreachable = redis.Redis(port=1, socket_connect_timeout=0.2)  # nothing listens on port 1
+    index.generation.store = RedisStore(unreachable, index.store.index_name, index.store.bundle_id)
     with pytest.raises(StoreUnavailableError, match="unreachable"):
         index.upsert([Item("a", "image", codes[1])])
     with pytest.raises(StoreUnavailableError, match="unreachable"):
