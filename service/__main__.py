@@ -4,20 +4,37 @@ With no ``REDIS_URL`` an embedded redis-server is started (data under ``var/serv
 ``XMHASH_BUNDLE_PATH`` the committed default model serves. ``--demo`` also ingests the OpenClipart
 database and turns off write authorisation, binding to 127.0.0.1 only. Without ``--demo`` and without
 ``XMHASH_API_KEY``, a random key is generated and printed, so writes are never open by accident.
+``XMHASH_WORKERS=n`` runs n worker processes (uvicorn's supervisor), each holding the index in memory
+and following the others' writes through Redis's change feed; their metrics are merged (Prometheus
+multiprocess mode).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import copy
+import logging.config
+import os
 import secrets
+import shutil
+import tempfile
 
 import uvicorn
+import uvicorn.config
 from pydantic import SecretStr
 
-from service.app import create_app
 from service.embedded import embedded_redis
 from service.settings import Settings
+
+# uvicorn's logging plus the service's own loggers (xmhash.*), applied in every worker process too.
+LOG_CONFIG = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+LOG_CONFIG["formatters"]["xmhash"] = {"format": "%(levelname)s %(name)s: %(message)s"}
+LOG_CONFIG["handlers"]["xmhash"] = {
+    "formatter": "xmhash",
+    "class": "logging.StreamHandler",
+    "stream": "ext://sys.stderr",
+}
+LOG_CONFIG["loggers"]["xmhash"] = {"handlers": ["xmhash"], "level": "INFO", "propagate": False}
 
 
 def main() -> None:
@@ -26,7 +43,7 @@ def main() -> None:
     parser.add_argument("--host", default=None)
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.config.dictConfig(LOG_CONFIG)
 
     overrides: dict = {"demo": args.demo} if args.demo else {}
     if args.host:
@@ -44,18 +61,42 @@ def main() -> None:
     if settings.redis_url is None:
         settings.redis_url, server = embedded_redis(settings.data_dir)
         print(f"embedded Redis at {settings.redis_url} (AOF in {settings.data_dir / 'redis'})", flush=True)
-    print(f"serving on http://{settings.host}:{settings.port}/docs", flush=True)
+    os.environ.update(_worker_environment(settings))  # workers read their Settings from the environment
+    metrics_dir = None
+    if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        metrics_dir = tempfile.mkdtemp(prefix="xmhash-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    print(f"serving on http://{settings.host}:{settings.port}/docs ({settings.workers} worker(s))", flush=True)
     try:
         uvicorn.run(
-            create_app(settings),
+            "service.app:create_app",
+            factory=True,
             host=settings.host,
             port=settings.port,
-            log_level="info",
+            workers=settings.workers,
+            log_config=LOG_CONFIG,
             access_log=settings.access_log,
         )
     finally:
         if server is not None:
             server.stop()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _worker_environment(settings: Settings) -> dict[str, str]:
+    """What this command decided (demo, bind address, generated key, embedded Redis, the run's id) as
+    the environment each worker builds its Settings from."""
+    env = {
+        "XMHASH_DEMO": str(settings.demo).lower(),
+        "XMHASH_HOST": settings.host,
+        "XMHASH_PORT": str(settings.port),
+        "XMHASH_RUN_ID": settings.run_id,
+        "REDIS_URL": settings.redis_url,
+    }
+    if settings.api_key is not None:
+        env["XMHASH_API_KEY"] = settings.api_key.get_secret_value()
+    return env
 
 
 if __name__ == "__main__":

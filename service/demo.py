@@ -2,12 +2,14 @@
 
 Items are ``img:<path>`` and ``txt:<path>`` with the title and categories as metadata. Ingestion goes
 through the same path as the batch endpoint (``service.ingest.store``), in the background, and skips
-items already present, so restarting the demo does not ingest twice.
+items already present, so restarting the demo does not ingest twice. With several workers, one of
+them ingests (the first to claim the task); the others see the items through the change feed.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from service.ingest import Prepared, store
@@ -43,7 +45,10 @@ def ingest_openclipart(runtime: Runtime) -> None:
     log.info("demo: ingested %d OpenClipart items per modality", len(rows))
 
 
-def start_demo_ingestion(runtime: Runtime) -> threading.Thread:
+def start_demo_ingestion(runtime: Runtime) -> threading.Thread | None:
+    if not runtime.claim("demo-ingest"):
+        return None
+    log.info("demo: worker %d ingests OpenClipart", os.getpid())
     thread = threading.Thread(target=ingest_openclipart, args=(runtime,), name="demo-ingest", daemon=True)
     thread.start()
     return thread

@@ -1,8 +1,14 @@
-"""Prometheus metrics of the service (one registry per app, so tests can run several apps)."""
+"""Prometheus metrics of the service (one registry per app, so tests can run several apps).
+
+With several worker processes (``PROMETHEUS_MULTIPROC_DIR`` set, as ``python -m service`` does for
+``XMHASH_WORKERS`` > 1), every worker writes its values to that directory and the exposition merges them.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -26,4 +32,15 @@ class Metrics:
             "xmhash_items_ingested_total", "items stored through the batch endpoint", ["modality"],
             registry=self.registry,
         )  # fmt: skip
-        self.index_items = Gauge("xmhash_index_items", "items in the index", ["modality"], registry=self.registry)
+        self.index_items = Gauge(
+            "xmhash_index_items", "items in the index", ["modality"], multiprocess_mode="mostrecent",
+            registry=self.registry,
+        )  # fmt: skip
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of this process, or of all worker processes in multiprocess mode."""
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged)

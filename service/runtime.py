@@ -8,13 +8,20 @@ Hot swap (``POST /v1/models:swap``): :meth:`Runtime.swap` loads and verifies ano
 its index while the current model keeps serving, then switches one reference (:class:`Model`). The
 app pins the model current when a request starts (:meth:`Runtime.pinned`), so every read of
 ``bundle``/``encoder``/``index`` during that request sees the same model, even across a swap.
+
+One service run may be several worker processes (``XMHASH_WORKERS``), each a Runtime with the index
+in memory. A follower thread keeps each one current: it applies the index's change feed as other
+workers' writes arrive, picks up a re-bucketed generation, and follows a swap made through another
+worker, which records the bundle serving this run in Redis (``xmh:{index}:run:{run_id}:bundle``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -25,19 +32,22 @@ import faiss
 import redis
 
 from index.engine import HashIndex
-from index.errors import StoreUnavailableError
+from index.errors import IndexInputError, StoreUnavailableError
 from service.encoder import Encoder
 from service.metrics import Metrics
 from service.settings import Settings
 from training.bundle import Bundle, BundleError, load_bundle
 
 log = logging.getLogger("xmhash.service")
+FOLLOW_BLOCK_MS = 500  # longest wait for the change feed; bounds how long stopping the follower takes
+_RUN_KEY_SECONDS = 24 * 3600  # run-scoped keys outlive a stopped run by this much
 
 
 @dataclass(frozen=True)
 class Model:
     """The model in service: a verified bundle, its encoder and its index, replaced together."""
 
+    path: Path
     bundle: Bundle
     encoder: Encoder
     index: HashIndex
@@ -50,7 +60,7 @@ class Model:
         index = HashIndex.open(
             client, settings.index_name, bundle.bundle_id, bundle.bits, bundle.centers, bundle.centers_version
         )
-        return cls(bundle, encoder, index)
+        return cls(path.resolve(), bundle, encoder, index)
 
 
 _PINNED: ContextVar[tuple[Runtime, Model] | None] = ContextVar("xmhash_pinned_model", default=None)
@@ -67,13 +77,33 @@ class Runtime:
 
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
+        """Open the model this run serves (the configured bundle, or the one a swap through another
+        worker of the run chose) and start following the index."""
         faiss.omp_set_num_threads(1)  # one query per request thread: OpenMP fan-out only adds overhead
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
-        model = Model.open(settings, settings.bundle_path, client)
+        serving = f"xmh:{settings.index_name}:run:{settings.run_id}:bundle"
+        try:
+            client.set(serving, str(settings.bundle_path.resolve()), nx=True, ex=_RUN_KEY_SECONDS)
+            path = Path(client.get(serving).decode())
+        except redis.RedisError as exc:
+            raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
+        model = Model.open(settings, path, client)
         key = None if settings.demo else (settings.api_key.get_secret_value() if settings.api_key else None)
         runtime = cls(settings, model, Metrics(), key)
-        threading.Thread(target=runtime._follow_generations, name="index-refresh", daemon=True).start()
+        threading.Thread(target=runtime._follow, name="index-follower", daemon=True).start()
         return runtime
+
+    @property
+    def client(self) -> redis.Redis:
+        return self.current.index.store.client
+
+    def _run_key(self, name: str) -> str:
+        """A key shared by the worker processes of this run of the service."""
+        return f"xmh:{self.settings.index_name}:run:{self.settings.run_id}:{name}"
+
+    def claim(self, task: str) -> bool:
+        """True for exactly one worker of the run: the first to claim ``task`` (e.g. the demo ingestion)."""
+        return bool(self.client.set(self._run_key(f"claim:{task}"), os.getpid(), nx=True, ex=_RUN_KEY_SECONDS))
 
     @property
     def model(self) -> Model:
@@ -107,11 +137,17 @@ class Runtime:
         """Serve the bundle directory ``name`` of ``settings.models_dir``; returns (previous, new).
 
         Loading, verifying and opening the index happen before the switch, with the current model
-        serving; any failure (BundleError, …) leaves it in service. Swaps are serialised."""
+        serving; any failure (BundleError, …) leaves it in service. Swaps are serialised. The other
+        workers of the run follow within ``refresh_seconds``."""
         if Path(name).name != name or name in ("", ".") or ".." in name:
             raise BundleError(f"bundle name {name!r} must be a directory name inside the models directory")
+        previous, model = self._serve(self.settings.models_dir / name)
+        self.client.set(self._run_key("bundle"), str(model.path), ex=_RUN_KEY_SECONDS)
+        return previous, model
+
+    def _serve(self, path: Path) -> tuple[Model, Model]:
         with self._swapping:
-            model = Model.open(self.settings, self.settings.models_dir / name, self.current.index.store.client)
+            model = Model.open(self.settings, path, self.client)
             previous, self.current = self.current, model
         log.info("model: now serving bundle %s (was %s)", model.bundle.bundle_id, previous.bundle.bundle_id)
         return previous, model
@@ -119,14 +155,34 @@ class Runtime:
     def stop(self) -> None:
         self._stopping.set()
 
-    def _follow_generations(self) -> None:
-        """Pick up a re-bucketed generation (``python -m index rebucket``) without a restart."""
-        while not self._stopping.wait(self.settings.refresh_seconds):
+    def _follow(self) -> None:
+        """Keep this worker current: apply other workers' writes as they arrive (the change feed), and
+        every ``refresh_seconds`` pick up a re-bucketed generation or a swap made through another worker."""
+        next_check = 0.0
+        while not self._stopping.is_set():
             try:
-                if self.index.refresh():
-                    log.info("index: now serving generation %s", self.index.stats()["generation"])
+                self.index.follow(FOLLOW_BLOCK_MS)
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + self.settings.refresh_seconds
+                    self._follow_swap()
+                    if self.index.refresh():
+                        log.info("index: now serving generation %s", self.index.stats()["generation"])
             except StoreUnavailableError as exc:
-                log.warning("index: cannot check for a new generation: %s", exc)
+                log.warning("index: cannot follow Redis: %s", exc)
+                self._stopping.wait(1.0)
+            except redis.RedisError as exc:
+                log.warning("model: cannot read the bundle this run serves: %s", exc)
+                self._stopping.wait(1.0)
+
+    def _follow_swap(self) -> None:
+        """Serve the bundle recorded for this run when a swap through another worker changed it."""
+        recorded = self.client.getex(self._run_key("bundle"), ex=_RUN_KEY_SECONDS)
+        if recorded is None or Path(recorded.decode()) == self.current.path:
+            return
+        try:
+            self._serve(Path(recorded.decode()))
+        except (BundleError, IndexInputError) as exc:
+            log.error("model: another worker swapped to %s, which does not load here: %s", recorded.decode(), exc)
 
     def authorised(self, presented: str | None) -> bool:
         """Write access: demo mode lets everyone in (it binds to 127.0.0.1); otherwise the API key,

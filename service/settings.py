@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr
@@ -26,6 +27,14 @@ class Settings(BaseSettings):
     demo: bool = Field(default=False, description="embedded demo: no API key, bound to 127.0.0.1")
     host: str = "127.0.0.1"
     port: int = 8000
+    workers: int = Field(
+        default=1, ge=1, description="worker processes, each holding the index in memory, kept alike by the change feed"
+    )
+    run_id: str = Field(
+        default_factory=lambda: secrets.token_hex(8),
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="one run of the service; its workers share it (python -m service sets it for them)",
+    )
     data_dir: Path = Field(default=ROOT / "var" / "service", description="embedded Redis data (AOF)")
     default_probe: int = Field(default=8, ge=1, description="buckets probed when a query gives none")
     refresh_seconds: float = Field(default=2.0, gt=0, description="how often to look for a re-bucketed index")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.routes.deps import runtime
 from service.runtime import Runtime
@@ -16,7 +17,8 @@ router = APIRouter(tags=["system"])
 
 @router.get("/v1/models")
 def models(rt: Annotated[Runtime, Depends(runtime)]) -> dict:
-    """The bundle in service (method, code length, inputs, training metrics) and the index's buckets."""
+    """The bundle in service (method, code length, inputs, training metrics), the index's buckets, and
+    the worker process that answered (each worker holds the index in memory)."""
     manifest = rt.bundle.manifest
     return {
         "bundle_id": rt.bundle.bundle_id,
@@ -35,6 +37,7 @@ def models(rt: Annotated[Runtime, Depends(runtime)]) -> dict:
         "training": {k: manifest["training"][k] for k in ("dataset", "fingerprint", "items")},
         "metrics": manifest["metrics"],
         "index": rt.index.stats(),
+        "worker": os.getpid(),
     }
 
 
@@ -57,4 +60,4 @@ def metrics(rt: Annotated[Runtime, Depends(runtime)]) -> Response:
     """Prometheus exposition: request latency, encode vs search time, index size."""
     for modality, count in rt.index.stats()["items"].items():
         rt.metrics.index_items.labels(modality).set(count)
-    return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(rt.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
