@@ -3,11 +3,12 @@
     python -m bench.http_bench --items 1000000 --duration 20
 
 Set-up: a redis-server of its own; the default bundle's codes of the real OpenClipart database images,
-replicated with bit noise to ``--items`` and written to Redis; then ``python -m service`` rebuilds its
-index from Redis. Load: wrk (``apt-get install wrk``), one thread, ``--connections`` connections, on
-text → image queries given as feature vectors, raw text and raw images (base64 JSON), and on
-``GET /healthz`` as the framework's own floor (the ratio baseline). Ingestion: items/s through
-``POST /v1/items:batch`` with feature vectors, batches of 256.
+replicated with bit noise to ``--items`` and written to Redis; then ``python -m service`` with
+``--workers`` worker processes, each of which rebuilds its index from Redis. Load: wrk (``apt-get
+install wrk``), one thread, ``--connections`` connections, on text → image queries given as feature
+vectors, raw text and raw images (base64 JSON), and on ``GET /healthz`` as the framework's own floor
+(the ratio baseline). Ingestion: items/s through ``POST /v1/items:batch`` with feature vectors,
+batches of 256.
 """
 
 from __future__ import annotations
@@ -50,13 +51,18 @@ def preload(store: RedisStore, bundle, images: np.ndarray, labels: np.ndarray, n
     return time.perf_counter() - started
 
 
-def wait_ready(url: str, timeout: float) -> float:
+def wait_ready(url: str, workers: int, items: int, timeout: float) -> float:
+    """Seconds until every worker (by the pid /v1/models reports) holds the preloaded items."""
     started = time.perf_counter()
+    loaded: set[int] = set()
     while time.perf_counter() - started < timeout:
         try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return time.perf_counter() - started
+            with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as response:
+                body = json.load(response)
+            if body["index"]["items"]["image"] >= items:
+                loaded.add(body["worker"])
+            if len(loaded) == workers:
+                return time.perf_counter() - started
         except OSError:
             time.sleep(0.5)
     raise RuntimeError("service did not become ready")
@@ -95,7 +101,7 @@ def query_bodies(bundle, corpus, queries: np.ndarray) -> dict[str, tuple[str, li
     }
 
 
-def start_service(redis_url: str, probe: int, bundle: Path) -> tuple[subprocess.Popen, str]:
+def start_service(redis_url: str, probe: int, bundle: Path, workers: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = os.environ | {
         "REDIS_URL": redis_url,
@@ -104,6 +110,7 @@ def start_service(redis_url: str, probe: int, bundle: Path) -> tuple[subprocess.
         "XMHASH_PORT": str(port),
         "XMHASH_API_KEY": "bench",
         "XMHASH_DEFAULT_PROBE": str(probe),
+        "XMHASH_WORKERS": str(workers),
         "XMHASH_ACCESS_LOG": "false",  # a log line per request costs ~3 % CPU; /metrics counts requests
     }
     process = subprocess.Popen(
@@ -118,6 +125,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=20)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--probe", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2, help="service worker processes (one per core here)")
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     parser.add_argument("--out", type=Path, default=Path("var/bench/http.json"))
     args = parser.parse_args()
@@ -125,7 +133,12 @@ def main() -> None:
     bundle = load_bundle(args.bundle)
     corpus = load_openclipart()
     database = corpus.split.database
-    report: dict = {"items": args.items, "bundle": bundle.bundle_id, "connections": args.connections}
+    report: dict = {
+        "items": args.items,
+        "bundle": bundle.bundle_id,
+        "connections": args.connections,
+        "workers": args.workers,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp) / "redis").start()
         service = None
@@ -133,8 +146,8 @@ def main() -> None:
             store = RedisStore(server.client(), "bench", bundle.bundle_id)
             images = bundle.image_features(corpus.images[database])
             report["preload_s"] = round(preload(store, bundle, images, corpus.labels[database], args.items), 1)
-            service, url = start_service(server.url, args.probe, args.bundle)
-            report["startup_rebuild_s"] = round(wait_ready(url, 900), 1)
+            service, url = start_service(server.url, args.probe, args.bundle, args.workers)
+            report["startup_rebuild_s"] = round(wait_ready(url, args.workers, args.items, 900), 1)
             report["healthz"] = run_wrk(f"{url}/healthz", None, args.duration, args.connections)
             print("GET /healthz (floor):", json.dumps(report["healthz"]), flush=True)
             for name, (route, requests) in query_bodies(bundle, corpus, corpus.split.query[:200]).items():

@@ -31,6 +31,7 @@ def test_compose_file_is_valid_and_redis_is_durable_and_private() -> None:
     assert any(v.startswith("redis-data:/data") for v in redis["volumes"])
     service = config["services"]["service"]
     assert service["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+    assert int(service["environment"]["XMHASH_WORKERS"]) >= 2
     assert service["depends_on"]["redis"]["condition"] == "service_healthy"
     assert "healthcheck" in service and "healthcheck" in redis
 
