@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh Debian machine, then exits; safe to run again.
 # Debian packages: the OpenClipart corpus (product dataset), redis-server (embedded Redis, tests) and
-# chromium (the offline docs-page browser test) and docker-compose (validates docker-compose.yml).
+# chromium (the offline docs-page browser test), docker-compose (validates docker-compose.yml) and gcc
+# (compiles the index's scan kernel, index/_hamming.c, when the project is installed).
 # Python: a venv in .venv with the CPU build of torch installed *before* the project, so the project's
 # torch range is already satisfied and pip never pulls a CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(openclipart-png openclipart-svg redis-server chromium docker-compose)
+DEBIAN_PACKAGES=(openclipart-png openclipart-svg redis-server chromium docker-compose gcc)
 TORCH_PIN="torch==2.13.0"
 VENV=.venv
 
@@ -22,7 +23,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-stamp="$VENV/.installed-$(cat pyproject.toml deploy/bootstrap.sh | sha256sum | cut -c1-16)"
+stamp="$VENV/.installed-$(cat pyproject.toml setup.py index/_hamming.c deploy/bootstrap.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "bootstrap: preparing Python environment in $VENV"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
