@@ -8,7 +8,7 @@ from functools import partial
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from service.routes.deps import runtime
@@ -42,7 +42,7 @@ def _matches(metadata: dict, wanted: dict) -> bool:
 
 def run_search(
     rt: Runtime, source: str, features: np.ndarray, options: SearchOptions, encode_seconds: float, kind: str
-) -> SearchResponse:
+) -> Response:
     """Encode → route → scan → (filter) for one query; filters over-fetch until k matches or the end."""
     if options.k > rt.settings.max_k:
         raise HTTPException(422, f"k must be at most {rt.settings.max_k}")
@@ -63,7 +63,7 @@ def run_search(
     search_seconds = time.perf_counter() - started
     rt.metrics.encode.labels(source, kind).observe(encode_seconds)
     rt.metrics.search.labels(target).observe(search_seconds)
-    return SearchResponse(
+    result = SearchResponse(
         results=[Hit(id=h.id, distance=h.distance, bucket=h.bucket, metadata=h.metadata) for h in kept[: options.k]],
         k=options.k,
         probe="all" if probe is None else probe,
@@ -74,9 +74,17 @@ def run_search(
             total_ms=(encode_seconds + search_seconds) * 1e3,
         ),
     )
+    return _json(result)
 
 
-def _search(rt: Runtime, source: str, query: TextQuery | ImageQuery, raw: Callable[[], np.ndarray]) -> SearchResponse:
+def _json(result: SearchResponse) -> Response:
+    """The JSON FastAPI would send for ``response_model=SearchResponse`` (the docs keep that model), serialised
+    once: returned as a model, FastAPI would validate our own model again first (in a worker thread for a
+    plain-function endpoint)."""
+    return Response(SearchResponse.__pydantic_serializer__.to_json(result), media_type="application/json")
+
+
+def _search(rt: Runtime, source: str, query: TextQuery | ImageQuery, raw: Callable[[], np.ndarray]) -> Response:
     """Features as given, or from the raw input (``raw``), then the shared search path."""
     started = time.perf_counter()
     if query.features is not None:
@@ -88,17 +96,21 @@ def _search(rt: Runtime, source: str, query: TextQuery | ImageQuery, raw: Callab
 
 # Text and feature-vector queries cost well under a millisecond of CPU, so they run on the event loop
 # (a worker-thread hop would cost about as much); decoding an image takes milliseconds, so it does not.
+# For the same reason the JSON endpoints take the runtime from the request instead of Depends(runtime):
+# FastAPI's solving of a sub-dependency costs ~40 µs a request.
 
 
 @router.post("/text-to-image", response_model=SearchResponse, responses=ERRORS)
-async def text_to_image(query: TextQuery, rt: Annotated[Runtime, Depends(runtime)]) -> SearchResponse:
+async def text_to_image(query: TextQuery, request: Request) -> Response:
     """Find images for a text: raw ``text`` (featurized by the model's vocabulary) or ``features``."""
+    rt = await runtime(request)
     return _search(rt, "text", query, lambda: rt.encoder.text_features(query.text, require_known_words=True))
 
 
 @router.post("/image-to-text", response_model=SearchResponse, responses=ERRORS)
-async def image_to_text(query: ImageQuery, rt: Annotated[Runtime, Depends(runtime)]) -> SearchResponse:
+async def image_to_text(query: ImageQuery, request: Request) -> Response:
     """Find texts for an image: a base64 image file (``image_base64``) or ``features``."""
+    rt = await runtime(request)
     search = partial(
         _search, rt, "image", query, lambda: rt.encoder.image_features(rt.encoder.decode_base64(query.image_base64))
     )
@@ -111,7 +123,7 @@ def image_to_text_upload(
     image: Annotated[UploadFile, File(description="the image file (PNG, JPEG, GIF, …)")],
     k: Annotated[int, Form(ge=1)] = 10,
     probe: Annotated[str | None, Form(description="buckets to scan, or 'all'")] = None,
-) -> SearchResponse:
+) -> Response:
     """Find texts for an uploaded image (multipart form)."""
     started = time.perf_counter()
     data = image.file.read(rt.settings.max_image_bytes + 1)
