@@ -3,7 +3,9 @@
     python -m bench.http_bench --items 1000000 --duration 20
 
 Set-up: a redis-server of its own; the default bundle's codes of the real OpenClipart database images,
-replicated with bit noise to ``--items`` and written to Redis; then ``python -m service`` with
+replicated with bit noise to ``--items`` and written to Redis, then re-bucketed into ``--buckets`` centers
+fitted on them (``python -m index rebucket``, as an operator does at this scale: the index section of
+docs/results.md measures retention at 1 M with 1,024 buckets); then ``python -m service`` with
 ``--workers`` worker processes, each of which rebuilds its index from Redis. Load: wrk (``apt-get
 install wrk``), one thread, ``--connections`` connections, on text → image queries given as feature
 vectors, raw text and raw images (base64 JSON), and on ``GET /healthz`` as the framework's own floor
@@ -23,12 +25,14 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from bench.index_bench import replicate
 from index.centers import route
+from index.rebuild import rebucket
 from index.redis_server import RedisServer, free_port
 from index.store import RedisStore
 from service.settings import DEFAULT_BUNDLE
@@ -42,6 +46,8 @@ def preload(store: RedisStore, bundle, images: np.ndarray, labels: np.ndarray, n
     """Write n replicated image codes straight into Redis (the service rebuilds from it); seconds."""
     codes, _ = replicate(bundle.packed_codes("image", images), labels, bundle.bits, n, flip=0.05)
     buckets = route(codes, bundle.centers)[:, 0]
+    store.save_centers(bundle.centers, bundle.centers_version)  # as the service does for a new index
+    store.activate()
     started = time.perf_counter()
     for start in range(0, n, 5000):
         stop = min(n, start + 5000)
@@ -74,7 +80,10 @@ def run_wrk(url: str, bodies: Path | None, duration: int, connections: int) -> d
         command += ["-s", str(LUA), url, "--", str(bodies)]
     else:
         command.append(url)
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    wrk = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    time.sleep(min(1.0, duration / 2))
+    spread = connections_per_worker(int(url.split(":")[2].split("/")[0]))
+    output, _ = wrk.communicate()
     percent = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     return {
@@ -82,7 +91,17 @@ def run_wrk(url: str, bodies: Path | None, duration: int, connections: int) -> d
         "p50": percent.get("50"),
         "p99": percent.get("99"),
         "non_2xx": int(errors.group(1)) if errors else 0,
+        "connections_per_worker": spread,
     }
+
+
+def connections_per_worker(port: int) -> list[int]:
+    """How the kernel handed wrk's connections to the worker processes (``ss``): each worker keeps the
+    connections it accepted, so an uneven split leaves one worker loaded and the other idle."""
+    listing = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True
+    ).stdout
+    return sorted(Counter(re.findall(r"pid=(\d+)", listing)).values(), reverse=True)
 
 
 def query_bodies(bundle, corpus, queries: np.ndarray) -> dict[str, tuple[str, list[dict]]]:
@@ -123,8 +142,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--duration", type=int, default=20)
-    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--connections", type=int, nargs="+", default=[8], help="wrk connections; each a round")
     parser.add_argument("--probe", type=int, default=8)
+    parser.add_argument("--buckets", type=int, default=1024, help="re-bucket into this many centers; 0: keep")
     parser.add_argument("--workers", type=int, default=2, help="service worker processes (one per core here)")
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     parser.add_argument("--out", type=Path, default=Path("var/bench/http.json"))
@@ -138,6 +158,7 @@ def main() -> None:
         "bundle": bundle.bundle_id,
         "connections": args.connections,
         "workers": args.workers,
+        "buckets": args.buckets or len(bundle.centers),
     }
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp) / "redis").start()
@@ -146,17 +167,18 @@ def main() -> None:
             store = RedisStore(server.client(), "bench", bundle.bundle_id)
             images = bundle.image_features(corpus.images[database])
             report["preload_s"] = round(preload(store, bundle, images, corpus.labels[database], args.items), 1)
+            if args.buckets:
+                started = time.perf_counter()
+                rebucket(store, bundle.bits, args.buckets)
+                report["rebucket_s"] = round(time.perf_counter() - started, 1)
             service, url = start_service(server.url, args.probe, args.bundle, args.workers)
             report["startup_rebuild_s"] = round(wait_ready(url, args.workers, args.items, 900), 1)
-            report["healthz"] = run_wrk(f"{url}/healthz", None, args.duration, args.connections)
-            print("GET /healthz (floor):", json.dumps(report["healthz"]), flush=True)
-            for name, (route, requests) in query_bodies(bundle, corpus, corpus.split.query[:200]).items():
-                path = Path(tmp) / f"{name}.jsonl"
-                path.write_text("\n".join(json.dumps(b) for b in requests))
-                result = run_wrk(f"{url}/v1/search/{route}", path, args.duration, args.connections)
-                result["qps_vs_healthz"] = round(result["qps"] / report["healthz"]["qps"], 2)
-                report[f"search_{name}"] = result
-                print(f"search ({name}):", json.dumps(result), flush=True)
+            bodies = {}
+            for name, (endpoint, requests) in query_bodies(bundle, corpus, corpus.split.query[:200]).items():
+                bodies[name] = (endpoint, Path(tmp) / f"{name}.jsonl")
+                bodies[name][1].write_text("\n".join(json.dumps(b) for b in requests))
+            for connections in args.connections:
+                report[f"c{connections}"] = load_round(url, bodies, args.duration, connections)
             report["ingest"] = ingest_rate(url, bundle.input_dim("text"))
             print("ingest:", json.dumps(report["ingest"]), flush=True)
         finally:
@@ -166,6 +188,19 @@ def main() -> None:
             server.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
+
+
+def load_round(url: str, bodies: dict[str, tuple[str, Path]], duration: int, connections: int) -> dict:
+    """wrk on /healthz (the baseline), then on each kind of query, at one number of connections."""
+    healthz = run_wrk(f"{url}/healthz", None, duration, connections)
+    print(f"{connections} connections, GET /healthz (floor):", json.dumps(healthz), flush=True)
+    rows = {"healthz": healthz}
+    for name, (endpoint, path) in bodies.items():
+        result = run_wrk(f"{url}/v1/search/{endpoint}", path, duration, connections)
+        result["qps_vs_healthz"] = round(result["qps"] / healthz["qps"], 2)
+        rows[f"search_{name}"] = result
+        print(f"{connections} connections, search ({name}):", json.dumps(result), flush=True)
+    return rows
 
 
 def ingest_rate(url: str, text_dim: int, batches: int = 20, size: int = 256) -> dict:

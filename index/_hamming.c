@@ -29,17 +29,18 @@ static inline int distance(const uint8_t *a, const uint8_t *b, Py_ssize_t code_s
 }
 
 /* One query; counts has bits + 1 slots, store (bits + 1) * k. Writes k distances and ids, -1 past the end. */
-static void scan_query(const uint8_t *query, const int64_t *probes, Py_ssize_t n_probes, const int64_t *code_ptrs,
-                       const int64_t *id_ptrs, const int64_t *sizes, Py_ssize_t code_size, Py_ssize_t k,
-                       int *counts, int64_t *store, int32_t *out_d, int64_t *out_id) {
+static void scan_query(const uint8_t *restrict query, const int64_t *restrict probes, Py_ssize_t n_probes,
+                       const int64_t *restrict code_ptrs, const int64_t *restrict id_ptrs,
+                       const int64_t *restrict sizes, Py_ssize_t code_size, Py_ssize_t k, int *restrict counts,
+                       int64_t *restrict store, int32_t *restrict out_d, int64_t *restrict out_id) {
     const int bits = (int)(code_size * 8);
     memset(counts, 0, sizeof(int) * (size_t)(bits + 1));
     int threshold = bits + 1; /* codes at distance >= threshold are rejected */
     Py_ssize_t below = 0;     /* codes stored at distances < threshold */
     for (Py_ssize_t p = 0; p < n_probes; p++) {
         const int64_t list = probes[p];
-        const uint8_t *codes = (const uint8_t *)(intptr_t)code_ptrs[list];
-        const int64_t *ids = (const int64_t *)(intptr_t)id_ptrs[list];
+        const uint8_t *restrict codes = (const uint8_t *)(intptr_t)code_ptrs[list];
+        const int64_t *restrict ids = (const int64_t *)(intptr_t)id_ptrs[list];
         const int64_t size = sizes[list];
         if (code_size == 8) { /* the common 64-bit code: one word */
             uint64_t q;

@@ -84,14 +84,15 @@ class Generation:
     def load(cls, store: RedisStore, bits: int) -> Generation:
         """Read a generation's centers and every item from Redis into fresh FAISS structures, then
         apply the changes made while reading. Retried when the feed moved on too far meanwhile."""
-        for attempt in range(1, _LOAD_ATTEMPTS + 1):
+        attempt = 1
+        while True:
             try:
                 return cls._load(store, bits)
             except FeedGapError:
                 if attempt == _LOAD_ATTEMPTS:
                     raise
+                attempt += 1
                 log.warning("index: writes outran loading %s; loading again", store.prefix)
-        raise AssertionError("unreachable")
 
     @classmethod
     def _load(cls, store: RedisStore, bits: int) -> Generation:

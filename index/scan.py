@@ -110,9 +110,5 @@ class BucketScan:
         ids = np.empty((len(queries), k), dtype=np.int64)
         code_size = self._ivf.code_size
         _hamming.topk(queries, probes, self._code_ptrs, self._id_ptrs, self._sizes, code_size, k, distances, ids)
-        found = ids >= 0
-        return (
-            np.where(found, distances, -1),
-            np.where(found, ids >> _BUCKET_BITS, -1),
-            np.where(found, ids & _BUCKET_MASK, -1),
-        )
+        # Past the end the kernel writes -1, which the arithmetic shift keeps; the mask would not.
+        return distances, ids >> _BUCKET_BITS, np.where(ids >= 0, ids & _BUCKET_MASK, -1)
