@@ -243,19 +243,19 @@ class RedisStore:
         """Write a batch of one or both modalities in one atomic script, all of it or nothing, and append
         it to the change feed; returns the change as every follower of the feed will apply it. Labels
         are allocated by the script, so label order is feed order. Refused while a re-bucket runs."""
-        args: list = ["write", sum(len(g.ids) for g in groups), FEED_LENGTH]
-        for group in groups:
-            side = MODALITIES.index(group.modality)
-            rows = zip(group.ids, group.buckets, group.codes, group.metadata, strict=True)
-            for item, bucket, code, meta in rows:
-                args += [side, item, struct.pack(">I", int(bucket)) + code.tobytes(), meta]
+        rows = [
+            (group.modality, item, int(bucket), code.tobytes(), meta)
+            for group in groups
+            for item, bucket, code, meta in zip(group.ids, group.buckets, group.codes, group.metadata, strict=True)
+        ]
+        args: list = ["write", len(rows), FEED_LENGTH]
+        for modality, item, bucket, code, meta in rows:
+            args += [MODALITIES.index(modality), item, struct.pack(">I", bucket) + code, meta]
         seq, first, *previous = self._call(self._upsert, keys=self._keys(), args=args)
-        items, row = [], 0
-        for group in groups:
-            for item, bucket, code, meta in zip(group.ids, group.buckets, group.codes, group.metadata, strict=True):
-                now = (int(bucket), first + row, code.tobytes())
-                items.append(ChangedItem(group.modality, item, now, meta, _header(previous[row])))
-                row += 1
+        items = [
+            ChangedItem(modality, item, (bucket, first + row, code), meta, _header(previous[row]))
+            for row, (modality, item, bucket, code, meta) in enumerate(rows)
+        ]
         return Change(seq, items)
 
     def copy(

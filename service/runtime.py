@@ -63,6 +63,11 @@ class Model:
         return cls(path.resolve(), bundle, encoder, index)
 
 
+def _run_key(settings: Settings, name: str) -> str:
+    """A key shared by the worker processes of one run of the service."""
+    return f"xmh:{settings.index_name}:run:{settings.run_id}:{name}"
+
+
 _PINNED: ContextVar[tuple[Runtime, Model] | None] = ContextVar("xmhash_pinned_model", default=None)
 
 
@@ -81,7 +86,7 @@ class Runtime:
         worker of the run chose) and start following the index."""
         faiss.omp_set_num_threads(1)  # one query per request thread: OpenMP fan-out only adds overhead
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
-        serving = f"xmh:{settings.index_name}:run:{settings.run_id}:bundle"
+        serving = _run_key(settings, "bundle")
         try:
             client.set(serving, str(settings.bundle_path.resolve()), nx=True, ex=_RUN_KEY_SECONDS)
             path = Path(client.get(serving).decode())
@@ -97,13 +102,10 @@ class Runtime:
     def client(self) -> redis.Redis:
         return self.current.index.store.client
 
-    def _run_key(self, name: str) -> str:
-        """A key shared by the worker processes of this run of the service."""
-        return f"xmh:{self.settings.index_name}:run:{self.settings.run_id}:{name}"
-
     def claim(self, task: str) -> bool:
         """True for exactly one worker of the run: the first to claim ``task`` (e.g. the demo ingestion)."""
-        return bool(self.client.set(self._run_key(f"claim:{task}"), os.getpid(), nx=True, ex=_RUN_KEY_SECONDS))
+        key = _run_key(self.settings, f"claim:{task}")
+        return bool(self.client.set(key, os.getpid(), nx=True, ex=_RUN_KEY_SECONDS))
 
     @property
     def model(self) -> Model:
@@ -142,7 +144,7 @@ class Runtime:
         if Path(name).name != name or name in ("", ".") or ".." in name:
             raise BundleError(f"bundle name {name!r} must be a directory name inside the models directory")
         previous, model = self._serve(self.settings.models_dir / name)
-        self.client.set(self._run_key("bundle"), str(model.path), ex=_RUN_KEY_SECONDS)
+        self.client.set(_run_key(self.settings, "bundle"), str(model.path), ex=_RUN_KEY_SECONDS)
         return previous, model
 
     def _serve(self, path: Path) -> tuple[Model, Model]:
@@ -176,7 +178,7 @@ class Runtime:
 
     def _follow_swap(self) -> None:
         """Serve the bundle recorded for this run when a swap through another worker changed it."""
-        recorded = self.client.getex(self._run_key("bundle"), ex=_RUN_KEY_SECONDS)
+        recorded = self.client.getex(_run_key(self.settings, "bundle"), ex=_RUN_KEY_SECONDS)
         if recorded is None or Path(recorded.decode()) == self.current.path:
             return
         try:
