@@ -7,6 +7,10 @@ process (as a service worker does) blocks on the feed and records when it has ap
 Lag = applied by the follower − acknowledged to the writer, on the machine-wide monotonic clock; it is
 negative when the follower applied a write before the writer's call returned. The baseline of the same
 run is one Redis round trip (PING) from a third process.
+
+Then the feed's memory in Redis at its cap: ``--memory-batches`` batches of 256 items (64-bit codes,
+small metadata) written through one index, then ``MEMORY USAGE`` of the stream, which Redis keeps at
+about ``FEED_LENGTH`` entries whatever the index size.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 from index.centers import fit_centers
 from index.engine import HashIndex, Item
 from index.redis_server import RedisServer
+from index.store import FEED_LENGTH
 
 BITS = 64
 
@@ -55,6 +60,20 @@ def _follow(url: str, writes: int, ready: mp.Event, out: mp.Queue) -> None:
     out.put(applied)
 
 
+def _feed_memory(url: str, batches: int, size: int = 256) -> dict:
+    import redis
+
+    index = _open(url)
+    rng = np.random.default_rng(2)
+    for b in range(batches):
+        codes = rng.integers(0, 256, size=(size, BITS // 8), dtype=np.uint8)
+        index.upsert([Item(f"m{b}-{i}", "text", codes[i], {"title": "clip art"}) for i in range(size)])
+    client, key = redis.Redis.from_url(url), index.store.key("feed")
+    entries, used = client.xlen(key), client.memory_usage(key, samples=0)
+    return {"batches": batches, "batch_size": size, "feed_entries": entries, "feed_bytes": used,
+            "feed_bytes_per_item": round(used / (entries * size), 1)}  # fmt: skip
+
+
 def _round_trip_ms(url: str, n: int = 2000) -> float:
     import redis
 
@@ -68,6 +87,7 @@ def _round_trip_ms(url: str, n: int = 2000) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--writes", type=int, default=2000)
+    parser.add_argument("--memory-batches", type=int, default=FEED_LENGTH + 100)
     parser.add_argument("--out", type=Path, default=Path("var/bench/feed.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,6 +105,7 @@ def main() -> None:
             acknowledged, applied = acks.get(), applies.get()
             writer.join()
             follower.join()
+            memory = _feed_memory(server.url, args.memory_batches)
         finally:
             server.stop()
     seqs = np.array([seq for seq, _ in applied])
@@ -99,6 +120,7 @@ def main() -> None:
         "redis_round_trip_ms": round(ping_ms, 3),
         "p50_vs_round_trip": round(float(p50) / ping_ms, 2),
         "p99_vs_round_trip": round(float(p99) / ping_ms, 2),
+        "memory": memory,
     }
     print(json.dumps(report, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
