@@ -14,12 +14,12 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from training.bundle.format import FORMAT_VERSION, MANIFEST
+from training.bundle.onnx_graphs import INPUT_NAME
 from training.codes import pack_signs, to_signs
 from training.featurize.image import ImageDescriptorParams, ImageFeaturizer
 from training.featurize.text import BagOfWords
 
 MODALITIES = ("image", "text")
-_INPUT = "features"  # the hash function graphs' input
 
 
 class BundleError(ValueError):
@@ -63,7 +63,7 @@ class _SparseProduct:
         graph = proto.graph
         weights = {w.name: w for w in graph.initializer if w.data_type == onnx.TensorProto.FLOAT}
         for node in graph.node:
-            if node.op_type != "MatMul" or node.input[0] != _INPUT or node.input[1] not in weights:
+            if node.op_type != "MatMul" or node.input[0] != INPUT_NAME or node.input[1] not in weights:
                 continue
             weight = weights[node.input[1]]
             matrix = numpy_helper.to_array(weight)
@@ -84,7 +84,7 @@ class _SparseProduct:
         values = x[:, columns]
         if not (abs(values).max(initial=0) <= self.max_input and (values.round() == values).all()):
             return None
-        return self.rest.run(None, {_INPUT: x, self.product: values @ self.matrix[columns]})[0]
+        return self.rest.run(None, {INPUT_NAME: x, self.product: values @ self.matrix[columns]})[0]
 
 
 class Bundle:
@@ -149,7 +149,7 @@ class Bundle:
             raise ValueError(f"{modality} features contain NaN or inf")
         sparse = self._sparse[modality]
         real = sparse.real_codes(x) if sparse is not None else None
-        return real if real is not None else self.sessions[modality].run(None, {_INPUT: x})[0]
+        return real if real is not None else self.sessions[modality].run(None, {INPUT_NAME: x})[0]
 
     def signs(self, modality: str, features: np.ndarray) -> np.ndarray:
         return to_signs(self.real_codes(modality, features))
