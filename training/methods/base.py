@@ -36,6 +36,12 @@ class TrainedHasher:
     centers: np.ndarray | None = None
 
 
+def evaluation_fields(result: dict[str, float] | float) -> dict[str, float]:
+    """An ``eval_fn`` result as fields of a history record: a dict's values, or a bare number as ``eval``."""
+    values = result if isinstance(result, dict) else {"eval": result}
+    return {key: float(value) for key, value in values.items()}
+
+
 def check_features(name: str, x: np.ndarray) -> np.ndarray:
     """Validate a training feature matrix before any work starts; returns it as float64."""
     x = np.asarray(x, dtype=np.float64)

@@ -115,7 +115,6 @@ Choices where the paper is vague or inconsistent, and why:
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -129,8 +128,8 @@ from torch.nn import functional
 from tqdm import tqdm
 
 from training.codes import to_signs
-from training.methods.base import TrainedHasher, check_paired
-from training.methods.torch_encoder import TorchHashEncoder, torch_threads
+from training.methods.base import TrainedHasher, check_paired, evaluation_fields
+from training.methods.torch_encoder import frozen_hasher, torch_threads
 
 _CHUNK = 2048  # rows per full-training-set forward pass and per block of S_u products
 MAX_DENSE_GROUPS = 4096  # distinct label vectors up to which the Eq. 19 system is factorised densely
@@ -732,8 +731,7 @@ def train_dmsfh(
             codes = new_codes
             record = _epoch_record(epoch + 1, lr, steps, memory, codes.astype(np.float64), flips, graph, config)
             if eval_fn is not None and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
-                result = eval_fn(_hasher(nets, config, seed, [*history, record]))
-                record |= result if isinstance(result, dict) else {"eval": float(result)}
+                record |= evaluation_fields(eval_fn(_hasher(nets, config, seed, [*history, record])))
             history.append(record)
             bar.set_postfix(
                 {k: f"{v:.4g}" for k, v in record.items() if k == "objective" or k.startswith(("val", "eval"))}
@@ -743,12 +741,4 @@ def train_dmsfh(
 
 def _hasher(nets: dict[str, DMSFHNet], config: DMSFHConfig, seed: int, history: list[dict]) -> TrainedHasher:
     """The hasher as it stands: the networks without their label layers, frozen (float64, CPU)."""
-    return TrainedHasher(
-        method="dmsfh",
-        bits=config.bits,
-        encoders={
-            m: TorchHashEncoder.freeze(net, net.input_dim, config.bits, drop=("label",)) for m, net in nets.items()
-        },
-        config=dataclasses.asdict(config) | {"seed": seed},
-        history=list(history),
-    )
+    return frozen_hasher("dmsfh", nets, config, seed, history, drop=("label",))

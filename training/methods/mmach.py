@@ -108,7 +108,6 @@ Choices where the paper is vague, and why:
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -121,8 +120,8 @@ from torch import nn
 from tqdm import tqdm
 
 from training.codes import to_signs
-from training.methods.base import MODALITIES, TrainedHasher, check_paired
-from training.methods.torch_encoder import TorchHashEncoder, torch_threads
+from training.methods.base import MODALITIES, TrainedHasher, check_paired, evaluation_fields
+from training.methods.torch_encoder import frozen_hasher, torch_threads
 
 _CHUNK = 2048  # rows per full-training-set forward pass
 _EPS = 1e-12  # norm clamp of the attention's cosine
@@ -565,13 +564,7 @@ def _epoch_record(
 
 def _hasher(nets: MMACHNetworks, config: MMACHConfig, seed: int, history: list[dict]) -> TrainedHasher:
     """The hasher as it stands: the image and text networks only (the LabelNet is training-only)."""
-    return TrainedHasher(
-        method="mmach",
-        bits=config.bits,
-        encoders={m: TorchHashEncoder.freeze(nets[m], nets[m].input_dim, config.bits) for m in MODALITIES},
-        config=dataclasses.asdict(config) | {"seed": seed},
-        history=list(history),
-    )
+    return frozen_hasher("mmach", nets, config, seed, history)
 
 
 def train_mmach(
@@ -625,9 +618,7 @@ def train_mmach(
             record = _epoch_record(epoch + 1, lr, steps, cpu, codes, new_codes, config)
             codes = new_codes
             if eval_fn is not None:
-                result = eval_fn(_hasher(nets, config, seed, [*history, record]))
-                values = result if isinstance(result, dict) else {"eval": result}
-                record |= {k: float(v) for k, v in values.items()}
+                record |= evaluation_fields(eval_fn(_hasher(nets, config, seed, [*history, record])))
             history.append(record)
             shown = ("objective", "val_map_i2t", "val_map_t2i", "eval")
             bar.set_postfix({k: f"{record[k]:.4g}" for k in shown if k in record})

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from training.bundle.onnx_graphs import INPUT_NAME, OPSET, OUTPUT_NAME, hash_function_graph
+from training.methods.base import MODALITIES, TrainedHasher
 
 _CHUNK = 2048  # rows per forward pass when encoding a whole matrix
 
@@ -84,3 +86,25 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def frozen_hasher(
+    method: str,
+    nets: Mapping[str, nn.Module],
+    config,
+    seed: int,
+    history: Sequence[dict],
+    drop: Sequence[str] = (),
+    **head,
+) -> TrainedHasher:
+    """The hasher as training left it: each modality's network frozen (float64, CPU) without the
+    training-only submodules named in ``drop``, with the (dataclass) config and seed it was trained
+    with; ``head`` carries a learned semantic-index head (``head_bits``, ``centers``)."""
+    return TrainedHasher(
+        method=method,
+        bits=config.bits,
+        encoders={m: TorchHashEncoder.freeze(nets[m], nets[m].input_dim, config.bits, drop=drop) for m in MODALITIES},
+        config=dataclasses.asdict(config) | {"seed": seed},
+        history=list(history),
+        **head,
+    )

@@ -74,7 +74,6 @@ Choices where the paper is vague, and why:
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -88,7 +87,7 @@ from index.centers import center_sums, kmeans_loss, nearest_centers, reseed_empt
 from training.codes import to_signs
 from training.methods.base import MODALITIES, TrainedHasher, check_features
 from training.methods.baselines import train_cca
-from training.methods.torch_encoder import TorchHashEncoder, torch_threads
+from training.methods.torch_encoder import frozen_hasher, torch_threads
 
 _CHUNK = 2048  # rows per block for distances, affinities and full-batch network passes
 
@@ -502,14 +501,13 @@ def _hasher(
     nets: dict[str, UDDHNet], codes: _Codes, config: UDDHConfig, seed: int, history: list[dict]
 ) -> TrainedHasher:
     """The hasher as it stands; its head is the shared code (first l^c bits) and the centers C."""
-    return TrainedHasher(
-        method="uddh",
-        bits=config.bits,
-        encoders={
-            m: TorchHashEncoder.freeze(net, net.input_dim, config.bits, drop=("decoder",)) for m, net in nets.items()
-        },
-        config=dataclasses.asdict(config) | {"seed": seed},
-        history=list(history),
+    return frozen_hasher(
+        "uddh",
+        nets,
+        config,
+        seed,
+        history,
+        drop=("decoder",),
         head_bits=config.shared_bits,
         centers=codes.centers.copy(),
     )
