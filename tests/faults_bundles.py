@@ -87,3 +87,13 @@ def wrong_input_shape(bundle: Path, modality: str = "text") -> Path:
     (bundle / spec["onnx"]).write_bytes(linear_onnx(spec["input"]["dim"] - 1, manifest["code_bits"], 1))
     reseal(bundle)
     return bundle
+
+
+def models_dir(root: Path) -> Path:
+    """``root/models`` holding the default bundle (as ``default``) and a valid 32-bit one (``linear32``):
+    what a service swaps between."""
+    models = root / "models"
+    models.mkdir()
+    (models / "default").symlink_to(DEFAULT_BUNDLE)
+    linear_bundle(models / "linear32", bits=32)
+    return models

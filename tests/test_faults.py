@@ -36,7 +36,7 @@ from index.redis_server import RedisServer
 from index.store import RedisStore
 from service.app import create_app
 from service.settings import DEFAULT_BUNDLE, Settings
-from tests.faults_bundles import copy_bundle, flip_byte, linear_bundle, wrong_input_shape
+from tests.faults_bundles import copy_bundle, flip_byte, models_dir, wrong_input_shape
 from tests.faults_service import KEY, ROOT, Service, call
 from training.bundle import load_bundle
 
@@ -300,10 +300,7 @@ def test_a_tampered_bundle_stops_the_service_at_start_up(tmp_path: Path, redis: 
 def swap_service(tmp_path_factory: pytest.TempPathFactory):
     """One service on the default bundle with a models directory of good and bad bundles."""
     root = tmp_path_factory.mktemp("swap")
-    models = root / "models"
-    models.mkdir()
-    (models / "default").symlink_to(DEFAULT_BUNDLE)
-    linear_bundle(models / "linear32", bits=32)
+    models = models_dir(root)
     flip_byte(copy_bundle(models / "tampered"))
     wrong_input_shape(copy_bundle(models / "wrongshape"))
     malformed = copy_bundle(models / "malformed")

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 from index.redis_server import RedisServer
-from service.settings import DEFAULT_BUNDLE
-from tests.faults_bundles import linear_bundle
+from tests.faults_bundles import models_dir
 from tests.faults_service import KEY, Reply, Service
 
 WORKERS = 2
@@ -26,10 +25,7 @@ DEADLINE = 10.0  # seconds within which every worker must agree (a liveness boun
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("workers")
-    models = root / "models"
-    models.mkdir()
-    (models / "default").symlink_to(DEFAULT_BUNDLE)
-    linear_bundle(models / "linear32", bits=32)
+    models = models_dir(root)
     server = RedisServer(root / "redis").start()
     env = {
         "XMHASH_WORKERS": str(WORKERS),
