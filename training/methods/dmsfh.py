@@ -129,7 +129,7 @@ from tqdm import tqdm
 
 from training.codes import to_signs
 from training.methods.base import TrainedHasher, check_paired, evaluation_fields
-from training.methods.torch_encoder import frozen_hasher, torch_threads
+from training.methods.torch_encoder import frozen_hasher, paired_tensors, torch_threads
 
 _CHUNK = 2048  # rows per full-training-set forward pass and per block of S_u products
 MAX_DENSE_GROUPS = 4096  # distinct label vectors up to which the Eq. 19 system is factorised densely
@@ -701,11 +701,7 @@ def train_dmsfh(
     image, text, labels = _check_inputs(image, text, labels, config)
     rng = np.random.default_rng(seed)
     device = torch.device(config.device)
-    xs = {
-        "image": torch.as_tensor(image, dtype=torch.float32, device=device),
-        "text": torch.as_tensor(text, dtype=torch.float32, device=device),
-    }
-    y = torch.as_tensor(labels, dtype=torch.float32, device=device)
+    xs, y = paired_tensors(image, text, labels, device)
     graph = LabelGraph(labels, normalized=config.graph_laplacian == "normalized") if config.graph_loss else None
     weight = config.gamma / config.beta if config.graph_loss and config.gamma > 0 else 0.0
     history: list[dict] = []

@@ -121,7 +121,7 @@ from tqdm import tqdm
 
 from training.codes import to_signs
 from training.methods.base import MODALITIES, TrainedHasher, check_paired, evaluation_fields
-from training.methods.torch_encoder import frozen_hasher, torch_threads
+from training.methods.torch_encoder import frozen_hasher, paired_tensors, torch_threads
 
 _CHUNK = 2048  # rows per full-training-set forward pass
 _EPS = 1e-12  # norm clamp of the attention's cosine
@@ -585,11 +585,7 @@ def train_mmach(
     image, text, labels = _check_inputs(image, text, labels, config)
     rng = np.random.default_rng(seed)
     device = torch.device(config.device)
-    xs = {
-        "image": torch.as_tensor(image, dtype=torch.float32, device=device),
-        "text": torch.as_tensor(text, dtype=torch.float32, device=device),
-    }
-    y = torch.as_tensor(labels, dtype=torch.float32, device=device)
+    xs, y = paired_tensors(image, text, labels, device)
     history: list[dict] = []
     with torch.random.fork_rng(devices=[]), torch_threads(config.torch_threads):
         torch.manual_seed(seed)

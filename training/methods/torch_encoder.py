@@ -108,3 +108,12 @@ def frozen_hasher(
         history=list(history),
         **head,
     )
+
+
+def paired_tensors(
+    image: np.ndarray, text: np.ndarray, labels: np.ndarray, device: torch.device
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A supervised trainer's inputs on its device, float32: the features per modality and the labels."""
+    features = {"image": image, "text": text}
+    xs = {m: torch.as_tensor(features[m], dtype=torch.float32, device=device) for m in MODALITIES}
+    return xs, torch.as_tensor(labels, dtype=torch.float32, device=device)
