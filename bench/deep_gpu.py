@@ -80,7 +80,7 @@ def presets(method: str, bits: int, device: str, pixel_side: int) -> tuple[dict[
 
 
 def run(path: Path, method: str, bits: int, device: str) -> None:
-    from training.codes import to_signs
+    from index.codes import to_signs
     from training.evaluation.metrics import evaluate_codes
 
     data = dict(np.load(path, allow_pickle=False))

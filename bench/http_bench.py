@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from bench.index_bench import replicate
+from index.bundle import load_bundle
 from index.centers import route
 from index.rebuild import rebucket
 from index.redis_server import RedisServer, free_port
 from index.store import RedisStore
 from service.settings import DEFAULT_BUNDLE
-from training.bundle import load_bundle
 from training.datasets.openclipart import DEFAULT_ROOT, load_openclipart
 
 LUA = Path(__file__).with_name("wrk_bodies.lua")

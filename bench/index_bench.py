@@ -22,10 +22,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from index.bundle import load_bundle
 from index.centers import fit_centers, head_signs, nearest_centers, route
+from index.codes import pack_signs, unpack_signs
 from index.scan import BucketScan
-from training.bundle import load_bundle
-from training.codes import pack_signs, unpack_signs
 from training.datasets import load_dataset
 from training.evaluation.metrics import average_precision_at, relevance
 from training.featurize.pipeline import featurize

@@ -11,10 +11,10 @@ import json
 
 import redis
 
+from index.bundle import load_bundle
 from index.engine import HashIndex
 from index.rebuild import rebucket
 from index.store import RedisStore
-from training.bundle import load_bundle
 
 
 def main() -> None:

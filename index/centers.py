@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 from scipy import sparse
 
-from training.codes import pack_signs, unpack_signs
+from index.codes import pack_signs, unpack_signs
 
 
 class CenterIndex:

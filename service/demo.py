@@ -4,10 +4,14 @@ Items are ``img:<path>`` and ``txt:<path>`` with the title and categories as met
 through the same path as the batch endpoint (``service.ingest.store``), in the background, and skips
 items already present, so restarting the demo does not ingest twice. With several workers, one of
 them ingests (the first to claim the task); the others see the items through the change feed.
+
+The corpus reader is training code (``training.datasets.openclipart``, in the ``train`` extra). Serving
+never imports training, so the demo, a development mode, loads it by name only when it runs.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
@@ -17,12 +21,11 @@ from service.runtime import Runtime
 
 log = logging.getLogger("xmhash.demo")
 BATCH = 256
+CORPUS_READER = "training.datasets.openclipart"  # needs the train extra: pip install 'xmhash[train]'
 
 
 def ingest_openclipart(runtime: Runtime) -> None:
-    from training.datasets.openclipart import load_openclipart
-
-    dataset = load_openclipart()
+    dataset = importlib.import_module(CORPUS_READER).load_openclipart()
     rows = dataset.split.database
     present = runtime.index.stats()["items"]
     if present["image"] >= len(rows) and present["text"] >= len(rows):

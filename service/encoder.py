@@ -11,8 +11,8 @@ import binascii
 
 import numpy as np
 
-from training.bundle import Bundle
-from training.featurize.pixels import ImageDecodeError, load_pixels
+from index.bundle import Bundle
+from index.bundle.featurizers import ImageDecodeError, load_pixels
 
 
 class EncodeError(ValueError):

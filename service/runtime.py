@@ -31,12 +31,12 @@ from pathlib import Path
 import faiss
 import redis
 
+from index.bundle import Bundle, BundleError, load_bundle
 from index.engine import HashIndex
 from index.errors import IndexInputError, StoreUnavailableError
 from service.encoder import Encoder
 from service.metrics import Metrics
 from service.settings import Settings
-from training.bundle import Bundle, BundleError, load_bundle
 
 log = logging.getLogger("xmhash.service")
 FOLLOW_BLOCK_MS = 500  # longest wait for the change feed; bounds how long stopping the follower takes

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import redis
 
+from index.codes import pack_signs, to_signs
 from index.engine import HashIndex, Item
-from training.codes import pack_signs, to_signs
 
 BITS = 32
 BATCH = 50

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from typer.testing import CliRunner
 
+from index.codes import to_signs
 from tests.conftest import make_synthetic_crossmodal
 from training.cli import app
-from training.codes import to_signs
 from training.evaluation.metrics import evaluate_codes
 from training.methods.baselines import train_cca, train_lsh
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from index.bundle import BundleError, load_bundle
+from index.codes import to_signs
 from tests.conftest import as_feature_dataset, make_synthetic_crossmodal
-from training.bundle import BundleError, load_bundle
 from training.bundle.writer import write_bundle
-from training.codes import to_signs
 from training.datasets.base import CrossModalDataset, seeded_split
 from training.featurize.pipeline import featurize
 from training.methods.registry import TRAINERS

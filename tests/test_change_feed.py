@@ -14,9 +14,9 @@ import pytest
 
 import index.store
 from index.centers import fit_centers
+from index.codes import pack_signs, to_signs, unpack_signs
 from index.engine import HashIndex, Item
 from index.store import MODALITIES
-from training.codes import pack_signs, to_signs, unpack_signs
 
 BITS = 16
 CODES = pack_signs(to_signs(np.random.default_rng(3).normal(size=(40, BITS))))  # 40 codes: many ties

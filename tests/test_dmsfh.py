@@ -13,11 +13,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from index.bundle import load_bundle
+from index.codes import to_signs
 from tests.conftest import as_feature_dataset, make_synthetic_crossmodal
-from training.bundle import load_bundle
 from training.bundle.onnx_graphs import hash_function_graph
 from training.bundle.writer import write_bundle
-from training.codes import to_signs
 from training.evaluation.metrics import evaluate_codes, relevance
 from training.featurize.pipeline import featurize
 from training.methods.dmsfh import (

@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
+from index.codes import hamming_distances, to_signs
 from tests.conftest import make_synthetic_crossmodal
-from training.codes import hamming_distances, to_signs
 from training.methods import dsfh
 from training.methods.dsfh import (
     DSFHConfig,

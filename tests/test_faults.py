@@ -32,13 +32,13 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
 
+from index.bundle import load_bundle
 from index.redis_server import RedisServer
 from index.store import RedisStore
 from service.app import create_app
 from service.settings import DEFAULT_BUNDLE, Settings
 from tests.faults_bundles import copy_bundle, flip_byte, models_dir, wrong_input_shape
 from tests.faults_service import KEY, ROOT, Service, call
-from training.bundle import load_bundle
 
 DIMS = {"image": 416, "text": 875}  # the default bundle's feature dimensions
 BATCH = 16  # items per batch, half images and half texts

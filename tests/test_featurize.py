@@ -8,11 +8,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.feature_extraction.text import CountVectorizer
 
-from training.featurize.image import ImageDescriptorParams, ImageFeaturizer
-from training.featurize.image_graph import ImageDescriptor
-from training.featurize.pixels import IMAGE_SIZE, ImageDecodeError, load_pixels
-from training.featurize.text import BagOfWords, BagOfWordsParams
+from index.bundle.featurizers import (
+    IMAGE_SIZE,
+    TOKEN_PATTERN,
+    BagOfWords,
+    BagOfWordsParams,
+    ImageDecodeError,
+    ImageDescriptorParams,
+    ImageFeaturizer,
+    load_pixels,
+)
+from training.featurize.image_graph import ImageDescriptor, build_image_featurizer
+from training.featurize.text import fit_bag_of_words
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -54,12 +63,12 @@ def test_undecodable_bytes_raise_a_decode_error() -> None:
 
 @pytest.fixture(scope="module")
 def featurizer() -> ImageFeaturizer:
-    return ImageFeaturizer()
+    return build_image_featurizer()
 
 
 def test_image_descriptor_is_deterministic_with_its_declared_dimension(featurizer: ImageFeaturizer) -> None:
     pixels = np.random.default_rng(0).integers(0, 256, (5, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-    first, second = featurizer.transform(pixels), ImageFeaturizer(featurizer.params).transform(pixels)
+    first, second = featurizer.transform(pixels), build_image_featurizer(featurizer.params).transform(pixels)
     assert first.shape == (5, featurizer.params.dim) and np.isfinite(first).all()
     assert np.array_equal(first, second)
 
@@ -92,25 +101,37 @@ TEXTS = ["A red car on the road", "red apple and green apple", "car", "Signs_and
 
 
 def test_vocabulary_is_fitted_with_stop_words_and_min_count() -> None:
-    bow = BagOfWords(BagOfWordsParams(min_count=2)).fit(TEXTS)
+    bow = fit_bag_of_words(TEXTS, BagOfWordsParams(min_count=2))
     assert bow.vocabulary == ["car", "red"]  # "the"/"and" are stop words; other words occur once
 
 
 def test_bag_of_words_is_binary_or_counts() -> None:
-    binary = BagOfWords(BagOfWordsParams(min_count=1)).fit(TEXTS)
-    counts = BagOfWords(BagOfWordsParams(min_count=1, binary=False)).fit(TEXTS)
+    binary = fit_bag_of_words(TEXTS, BagOfWordsParams(min_count=1))
+    counts = fit_bag_of_words(TEXTS, BagOfWordsParams(min_count=1, binary=False))
     apple = binary.vocabulary.index("apple")
     assert binary.transform(["apple apple"])[0, apple] == 1.0
     assert counts.transform(["apple apple"])[0, apple] == 2.0
 
 
 def test_underscored_tags_split_into_words() -> None:
-    bow = BagOfWords(BagOfWordsParams(min_count=1)).fit(TEXTS)
+    bow = fit_bag_of_words(TEXTS, BagOfWordsParams(min_count=1))
     assert {"signs", "symbols"} <= set(bow.vocabulary)
 
 
 def test_saved_vocabulary_reproduces_the_features() -> None:
-    bow = BagOfWords(BagOfWordsParams(min_count=1)).fit(TEXTS)
+    bow = fit_bag_of_words(TEXTS, BagOfWordsParams(min_count=1))
     restored = BagOfWords.from_json(bow.to_json())
     assert np.array_equal(restored.transform(TEXTS), bow.transform(TEXTS))
     assert restored.transform(["zzz unknown"]).sum() == 0
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_serving_bag_of_words_gives_scikit_learns_features_for_a_fitted_vocabulary(binary: bool) -> None:
+    """The service counts words without scikit-learn; on a fitted vocabulary it must equal CountVectorizer
+    (lower-casing, the token pattern, underscores as spaces) exactly, so served codes equal trained ones."""
+    corpus = [*TEXTS, "RED cars, red CAR!", "Ünïcode façade café 42 x y apple's", "red_car-car\tapple\nsigns"]
+    bow = fit_bag_of_words(corpus, BagOfWordsParams(min_count=1, binary=binary))
+    reference = CountVectorizer(
+        token_pattern=TOKEN_PATTERN, stop_words="english", vocabulary=bow.vocabulary, binary=binary, dtype=np.float32
+    ).transform([t.replace("_", " ") for t in corpus])
+    assert np.array_equal(bow.transform(corpus), reference.toarray())

@@ -9,11 +9,11 @@ import pytest
 import redis
 
 from index.centers import fit_centers, nearest_centers
+from index.codes import hamming_distances, pack_signs, to_signs, unpack_signs
 from index.engine import HashIndex, Item
 from index.errors import IndexInputError, ItemNotFoundError, ModalityConflictError, StoreUnavailableError
 from index.rebuild import rebucket
 from index.store import RedisStore
-from training.codes import hamming_distances, pack_signs, to_signs, unpack_signs
 
 BITS = 16  # short codes: plenty of ties
 

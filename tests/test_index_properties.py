@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from index.codes import unpack_signs
 from index.engine import HashIndex, Item
 from index.errors import IndexInputError, ItemNotFoundError, ModalityConflictError
 from index.store import MODALITIES
-from training.codes import unpack_signs
 
 BITS = 16
 N_BUCKETS = 5

@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
-from training.codes import hamming_distances, pack_signs, to_signs, unpack_signs
+from index.codes import hamming_distances, pack_signs, to_signs, unpack_signs
 from training.evaluation.metrics import evaluate_codes
 
 # One query [+1, +1] against four database codes at Hamming distances 0, 1, 1, 2.

@@ -11,10 +11,10 @@ import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 
+from index.bundle import Bundle, load_bundle
 from service.app import create_app
 from service.schemas import SearchResponse
 from service.settings import DEFAULT_BUNDLE, Settings
-from training.bundle import Bundle, load_bundle
 
 KEY = {"X-API-Key": "test-key", "content-type": "application/json"}
 SEARCH = "/v1/search/text-to-image"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.codes import to_signs
+from index.codes import to_signs
 from training.evaluation.metrics import evaluate_codes
 from training.evaluation.semantic_index import restricted_metrics
 

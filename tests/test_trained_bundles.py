@@ -10,11 +10,11 @@ import pytest
 import scipy.io
 from typer.testing import CliRunner
 
+from index.bundle import load_bundle
+from index.codes import to_signs
 from tests.conftest import make_synthetic_crossmodal
-from training.bundle import load_bundle
 from training.bundle.writer import write_bundle
 from training.cli import app
-from training.codes import to_signs
 from training.datasets import load_dataset
 from training.featurize.pipeline import FeatureSet, featurize
 from training.methods.registry import TRAINERS

@@ -9,12 +9,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from index.bundle import load_bundle
 from index.centers import kmeans_loss, nearest_centers, reseed_empty_clusters, update_centers
+from index.codes import to_signs
 from tests.conftest import as_feature_dataset, make_synthetic_crossmodal
-from training.bundle import load_bundle
 from training.bundle.onnx_graphs import hash_function_graph
 from training.bundle.writer import write_bundle
-from training.codes import to_signs
 from training.evaluation.metrics import evaluate_codes, relevance
 from training.featurize.pipeline import featurize
 from training.methods.uddh import (

@@ -136,7 +136,7 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="folder for metrics.json and the PNG plots")],
 ) -> None:
     """Evaluate a set of codes in both directions: metrics JSON and PR / precision@top-N plots."""
-    from training.codes import to_signs
+    from index.codes import to_signs
     from training.evaluation.report import evaluate_directions, write_report
 
     if not codes.is_file():
@@ -167,7 +167,7 @@ def semantic_index(
     seed: int = 0,
 ) -> None:
     """Metrics of retrieval restricted to each query's nearest semantic bucket(s), both directions."""
-    from training.bundle import load_bundle
+    from index.bundle import load_bundle
     from training.datasets import load_dataset
     from training.evaluation.report import DIRECTIONS
     from training.evaluation.semantic_index import restricted_metrics

@@ -14,11 +14,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from index.bundle import BundleError
 from index.errors import IndexInputError
 from service.routes.deps import require_writer, runtime
 from service.runtime import Runtime
 from service.schemas import ErrorBody
-from training.bundle import BundleError
 
 router = APIRouter(tags=["system"])
 

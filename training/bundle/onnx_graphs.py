@@ -14,12 +14,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from index.bundle.manifest import INPUT_NAME, OUTPUT_NAME
 from training.methods.baselines import LinearHashFunction
 from training.methods.kernel import KernelHashFunction
 
 OPSET = 17
-INPUT_NAME = "features"
-OUTPUT_NAME = "codes"
 
 
 def _model(nodes: list, initializers: dict[str, np.ndarray], input_dim: int, bits: int) -> onnx.ModelProto:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from index.bundle.manifest import FORMAT_VERSION, MANIFEST
 from index.centers import fit_centers
-from training.bundle.format import FORMAT_VERSION, MANIFEST
+from index.codes import to_signs
 from training.bundle.onnx_graphs import hash_function_graph
-from training.codes import to_signs
 from training.featurize.pipeline import FeatureSet
 from training.methods.base import MODALITIES, TrainedHasher
 

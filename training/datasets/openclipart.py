@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from index.bundle.featurizers import IMAGE_SIZE, ImageDecodeError, load_pixels
 from training.datasets.base import CrossModalDataset, DatasetNotFoundError, seeded_split
-from training.featurize.pixels import IMAGE_SIZE, ImageDecodeError, load_pixels
 
 DEFAULT_ROOT = Path(os.environ.get("OPENCLIPART_ROOT", "/usr/share/openclipart"))
 CACHE_DIR = Path(os.environ.get("XMHASH_CACHE", Path(__file__).resolve().parents[2] / "var" / "cache"))

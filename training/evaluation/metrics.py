@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.codes import hamming_distances
+from index.codes import hamming_distances
 
 _QUERY_BLOCK = 512  # queries per block, bounding memory at O(block × database)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from training.codes import to_signs
+from index.codes import to_signs
 from training.evaluation.metrics import evaluate_codes
 from training.featurize.pipeline import FeatureSet
 from training.methods.base import TrainedHasher

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from index.centers import nearest_centers
-from training.codes import hamming_distances
+from index.codes import hamming_distances
 from training.evaluation.metrics import average_precision_at, relevance
 
 

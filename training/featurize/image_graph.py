@@ -1,4 +1,16 @@
-"""The image descriptor defined in torch and exported once to ONNX; ``image.py`` says what it computes."""
+"""The GIST-style image descriptor defined in torch and exported once to ONNX (what a bundle ships).
+
+Descriptor of a (3, S, S) pixel block (values 0–255, background white):
+- Gabor energy: the "ink" image (1 − gray) filtered by a quadrature Gabor bank (scales × orientations),
+  energy ``sqrt(even² + odd²)`` averaged on a grid × grid layout, the block L2-normalised;
+- colour: a joint RGB histogram (``bins``³), L1-normalised then square-rooted (Hellinger), so the
+  white background does not drown the colours;
+- layout: per grid cell, mean RGB and the fraction of non-background pixels.
+
+Training and serving run the *same* ONNX graph with onnxruntime (``index.bundle.featurizers``), so
+image features (and hence codes) are bit-identical between the trainer and the service; torch is
+needed only to build the graph, never to run it.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from training.featurize.image import ImageDescriptorParams
+from index.bundle.featurizers import ImageDescriptorParams, ImageFeaturizer
 
 _EPS = 1e-6
 
@@ -84,3 +96,9 @@ def export_descriptor_onnx(params: ImageDescriptorParams) -> bytes:
             dynamo=False,
         )
     return buffer.getvalue()
+
+
+def build_image_featurizer(params: ImageDescriptorParams | None = None) -> ImageFeaturizer:
+    """A featurizer running the freshly exported descriptor graph (default parameters unless given)."""
+    params = params or ImageDescriptorParams()
+    return ImageFeaturizer(params, export_descriptor_onnx(params))

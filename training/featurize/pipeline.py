@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from index.bundle.featurizers import BagOfWords, BagOfWordsParams, ImageDescriptorParams, ImageFeaturizer
 from training.datasets.base import CrossModalDataset, Split
 from training.datasets.openclipart import CACHE_DIR
-from training.featurize.image import ImageDescriptorParams, ImageFeaturizer
-from training.featurize.text import BagOfWords, BagOfWordsParams
+from training.featurize.text import fit_bag_of_words
 
 
 @dataclass
@@ -65,13 +65,15 @@ def featurize(
 ) -> FeatureSet:
     image_featurizer = text_featurizer = None
     if dataset.image_kind == "pixels":
-        image_featurizer = ImageFeaturizer(image_params)
+        from training.featurize.image_graph import build_image_featurizer  # torch, only for pixel corpora
+
+        image_featurizer = build_image_featurizer(image_params)
         image = _image_features(image_featurizer, dataset.images)
     else:
         image = np.asarray(dataset.images, dtype=np.float32)
     if dataset.text_kind == "raw":
         train_texts = [dataset.texts[i] for i in dataset.split.train]
-        text_featurizer = BagOfWords(text_params).fit(train_texts)
+        text_featurizer = fit_bag_of_words(train_texts, text_params)
         text = text_featurizer.transform(dataset.texts)
     else:
         text = np.asarray(dataset.texts, dtype=np.float32)

@@ -69,7 +69,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
-from training.codes import to_signs
+from index.codes import to_signs
 from training.methods.base import MODALITIES, TrainedHasher, check_features, check_labels
 from training.methods.kernel import KernelHashFunction, RBFKernelMap
 

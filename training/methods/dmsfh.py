@@ -127,7 +127,7 @@ from torch import nn
 from torch.nn import functional
 from tqdm import tqdm
 
-from training.codes import to_signs
+from index.codes import to_signs
 from training.methods.base import TrainedHasher, check_paired, evaluation_fields
 from training.methods.torch_encoder import frozen_hasher, paired_tensors, torch_threads
 

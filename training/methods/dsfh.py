@@ -49,7 +49,7 @@ import numpy as np
 from scipy import linalg, sparse
 from sklearn.cluster import KMeans
 
-from training.codes import to_signs
+from index.codes import to_signs
 from training.methods.base import MODALITIES, TrainedHasher, check_features, check_labels
 from training.methods.kernel import KernelHashFunction, RBFKernelMap
 

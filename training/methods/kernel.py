@@ -3,7 +3,7 @@
 Both papers map each modality to ``φ(x) = [exp(−‖x − a_j‖² / 2σ²)]_j`` over h anchors drawn at random
 from that modality's training samples, with σ the mean distance between training samples and anchors
 (AMSH §III-D; DSFH leaves σ "from data", and we use the same rule). The hash function of a modality is
-then linear in φ: ``real(x) = φ(x) P + b`` and the code is its sign (``training.codes``).
+then linear in φ: ``real(x) = φ(x) P + b`` and the code is its sign (``index.codes``).
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ Choices where the paper is vague, and why:
   x_i·y_j / k ∈ [−1, 1], and the cosine similarity of the two label vectors ∈ [0, 1] (graded by the shared
   labels like the triplets): one term per modality pair, since the matrix is the same both ways round.
 * Unified codes. B starts as Eq. 7 on the untrained networks' outputs and is updated by Eq. 7 at the end of
-  every epoch (Algorithm 1 step 27). A zero maps to −1 (``training.codes``).
+  every epoch (Algorithm 1 step 27). A zero maps to −1 (``index.codes``).
 * Optimiser. The paper: SGD and back-propagation, 200 epochs, learning rate 10^−1.5 lowered "gradually" to
   1e-6, minibatches of 128, α = 0.6: ``MMACHConfig.paper`` (plain SGD, no momentum or weight decay, the
   rate lowered geometrically per epoch). The CPU default keeps α, the batch size, the alternation and the
@@ -119,7 +119,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from training.codes import to_signs
+from index.codes import to_signs
 from training.methods.base import MODALITIES, TrainedHasher, check_paired, evaluation_fields
 from training.methods.torch_encoder import frozen_hasher, paired_tensors, torch_threads
 

@@ -36,7 +36,7 @@ def _labelled_train(method: str, features: FeatureSet) -> tuple[np.ndarray, np.n
 def _validation_map(features: FeatureSet) -> Callable[[TrainedHasher], dict[str, float]]:
     """Per-epoch monitoring of the deep trainers: mAP of the query set against the database, both ways.
     Monitoring only: no model or epoch is selected on it."""
-    from training.codes import to_signs
+    from index.codes import to_signs
     from training.evaluation.metrics import evaluate_codes
 
     query_image, query_text, query_labels = features.part("query")
@@ -107,7 +107,7 @@ def _uddh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHa
     """UDDH with ``bits`` = l^c + l^s: by default half of the code (rounded down to bytes) is the shared
     head, k = 64 centers. The tqdm bar shows each outer iteration's loss and image→text MAP@50 of the
     query set against the database (monitoring only: nothing is selected on it)."""
-    from training.codes import to_signs
+    from index.codes import to_signs
     from training.evaluation.metrics import evaluate_codes
     from training.methods.uddh import UDDHConfig, train_uddh
 

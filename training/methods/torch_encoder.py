@@ -21,7 +21,8 @@ import onnx
 import torch
 from torch import nn
 
-from training.bundle.onnx_graphs import INPUT_NAME, OPSET, OUTPUT_NAME, hash_function_graph
+from index.bundle.manifest import INPUT_NAME, OUTPUT_NAME
+from training.bundle.onnx_graphs import OPSET, hash_function_graph
 from training.methods.base import MODALITIES, TrainedHasher
 
 _CHUNK = 2048  # rows per forward pass when encoding a whole matrix

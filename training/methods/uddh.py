@@ -62,7 +62,7 @@ Choices where the paper is vague, and why:
   the coupling although Eq. 9 contains it. We take the exact block minimiser of Eq. 9 for each
   modality in turn (image, then text with the new image codes): B_1^s = sign(2N̂_1^s + λ Ã B_2^s),
   B_2^s = sign(2N̂_2^s + λ Ã B_1^s), so the step never increases the objective.
-* Ties. Eq. 12 and 22 map an exact 0 to −1 (``training.codes``); in Eq. 16 a zero argument keeps the
+* Ties. Eq. 12 and 22 map an exact 0 to −1 (``index.codes``); in Eq. 16 a zero argument keeps the
   center's current bit (both are optimal; keeping it avoids churn). Eq. 19 ties go to the lower index.
 * Empty clusters. After Eq. 19, each empty cluster is re-seeded with the code of the item farthest (in
   Hamming distance) from its nearest assigned center, among items that can give up one of their
@@ -84,7 +84,7 @@ from torch import nn
 from tqdm import tqdm
 
 from index.centers import center_sums, kmeans_loss, nearest_centers, reseed_empty_clusters, update_centers
-from training.codes import to_signs
+from index.codes import to_signs
 from training.methods.base import MODALITIES, TrainedHasher, check_features
 from training.methods.baselines import train_cca
 from training.methods.torch_encoder import frozen_hasher, torch_threads

@@ -13,13 +13,9 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from training.bundle.format import FORMAT_VERSION, MANIFEST
-from training.bundle.onnx_graphs import INPUT_NAME
-from training.codes import pack_signs, to_signs
-from training.featurize.image import ImageDescriptorParams, ImageFeaturizer
-from training.featurize.text import BagOfWords
-
-MODALITIES = ("image", "text")
+from index.bundle.featurizers import BagOfWords, ImageDescriptorParams, ImageFeaturizer
+from index.bundle.manifest import FORMAT_VERSION, INPUT_NAME, MANIFEST, MODALITIES
+from index.codes import pack_signs, to_signs
 
 
 class BundleError(ValueError):
