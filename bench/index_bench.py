@@ -210,7 +210,7 @@ def main() -> None:
     bundle = load_bundle(args.bundle)
     bits = bundle.bits
     head_bits = bundle.head_bits
-    features = featurize(load_dataset(bundle.manifest["training"]["dataset"]))
+    features = featurize(load_dataset(bundle.manifest.training.dataset))
     q_image, q_text, q_labels = features.part("query")
     d_image, d_text, d_labels = features.part("database")
     packed = {

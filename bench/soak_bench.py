@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from index.bundle import read_manifest
 from index.redis_server import RedisServer, free_port
 from index.store import RedisStore
 from service.settings import DEFAULT_BUNDLE
@@ -202,8 +203,7 @@ def main() -> int:
     parser.add_argument("--item-kib", type=float, default=4.0, help="allowed RSS per item gained after warm-up")
     args = parser.parse_args()
     duration = args.minutes * 60
-    vocabulary = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())["modalities"]["text"]["featurizer"]
-    vocabulary = vocabulary["vocabulary"]
+    vocabulary = read_manifest(DEFAULT_BUNDLE).modalities.text.featurizer.vocabulary
 
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         redis = RedisServer(Path(tmp) / "redis").start()

@@ -1,16 +1,16 @@
 """Model bundles made for the swap and tamper tests, from the committed default bundle.
 
 ``linear_bundle`` writes a valid bundle of another code length: the default bundle's featurizers and
-vocabulary, new random linear hash functions as ONNX graphs, random centers, a manifest whose sha256
-list covers every file. The tampering helpers break one thing each: a byte of an ONNX file (the sha256
-no longer matches), or an ONNX graph whose input shape disagrees with the manifest while the manifest's
-sha256 is recomputed to match (only the shape check can catch it).
+vocabulary, new random linear hash functions as ONNX graphs, random centers, a manifest (the default's,
+read as format 1 and written as the current format) whose sha256 list covers every file. The tampering
+helpers break one thing each: a byte of an ONNX file (the sha256 no longer matches), or an ONNX graph
+whose input shape disagrees with the manifest while the manifest's sha256 is recomputed to match (only
+the shape check can catch it).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from index.bundle import MANIFEST, Manifest, read_manifest
+from index.bundle.manifest import MODALITIES, SemanticIndex
 from service.settings import DEFAULT_BUNDLE
 
 
@@ -45,28 +47,30 @@ def linear_onnx(input_dim: int, bits: int, seed: int) -> bytes:
     return model.SerializeToString()
 
 
-def reseal(bundle: Path) -> dict:
-    """Recompute the manifest's sha256 list (and the bundle id from it): what an attacker who can
-    write the whole directory does."""
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["files"] = {name: hashlib.sha256((bundle / name).read_bytes()).hexdigest() for name in manifest["files"]}
-    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+def write_manifest(bundle: Path, manifest: Manifest) -> Manifest:
+    (bundle / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
     return manifest
+
+
+def reseal(bundle: Path) -> Manifest:
+    """Recompute the manifest's sha256 list: what an attacker who can write the whole directory does."""
+    manifest = read_manifest(bundle)
+    files = {name: hashlib.sha256((bundle / name).read_bytes()).hexdigest() for name in manifest.files}
+    return write_manifest(bundle, manifest.model_copy(update={"files": files}))
 
 
 def linear_bundle(destination: Path, bits: int = 32, n_centers: int = 8, seed: int = 0) -> Path:
     """A valid bundle with ``bits``-bit codes and the default bundle's featurizers."""
     bundle = copy_bundle(destination)
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    for j, (_, spec) in enumerate(sorted(manifest["modalities"].items())):
-        (bundle / spec["onnx"]).write_bytes(linear_onnx(spec["input"]["dim"], bits, seed + j))
+    manifest = read_manifest(bundle)
+    for j, modality in enumerate(MODALITIES):
+        spec = manifest.modalities.of(modality)
+        (bundle / spec.onnx).write_bytes(linear_onnx(spec.input.dim, bits, seed + j))
     centers = np.where(np.random.default_rng(seed).random((n_centers, bits)) < 0.5, -1, 1).astype(np.int8)
     np.save(bundle / "centers.npy", centers, allow_pickle=False)
-    manifest["method"] = "linear-test"
-    manifest["code_bits"] = bits
-    manifest["semantic_index"] = {"head_bits": [0, bits], "centers": "centers.npy", "k": n_centers, "source": "test"}
-    manifest["bundle_id"] = f"linear{bits}s{seed}"
-    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    head = SemanticIndex(head_bits=bits, centers="centers.npy", k=n_centers, source="test")
+    update = {"method": "linear-test", "code_bits": bits, "semantic_index": head, "bundle_id": f"linear{bits}s{seed}"}
+    write_manifest(bundle, manifest.model_copy(update=update))
     reseal(bundle)
     return bundle
 
@@ -82,9 +86,9 @@ def flip_byte(bundle: Path, name: str = "text.onnx") -> Path:
 def wrong_input_shape(bundle: Path, modality: str = "text") -> Path:
     """Replace a modality's hash function by a graph taking one feature fewer than the manifest says,
     and recompute the manifest's sha256 so that only the shape check stands in the way."""
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    spec = manifest["modalities"][modality]
-    (bundle / spec["onnx"]).write_bytes(linear_onnx(spec["input"]["dim"] - 1, manifest["code_bits"], 1))
+    manifest = read_manifest(bundle)
+    spec = manifest.modalities.of(modality)
+    (bundle / spec.onnx).write_bytes(linear_onnx(spec.input.dim - 1, manifest.code_bits, 1))
     reseal(bundle)
     return bundle
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from index.bundle import BundleError, load_bundle
+from index.bundle import FORMAT_VERSION, BundleError, Manifest, load_bundle, read_manifest
 from index.codes import to_signs
+from service.settings import DEFAULT_BUNDLE
 from tests.conftest import as_feature_dataset, make_synthetic_crossmodal
 from training.bundle.writer import write_bundle
 from training.datasets.base import CrossModalDataset, seeded_split
@@ -66,13 +68,13 @@ def test_bundle_encodes_raw_inputs_exactly_as_the_trainer(raw_bundle) -> None:
 
 def test_manifest_describes_what_serving_needs(raw_bundle) -> None:
     manifest = load_bundle(raw_bundle[0]).manifest
-    assert manifest["format_version"] == 1 and manifest["method"] == "cca" and manifest["code_bits"] == 8
-    assert manifest["modalities"]["text"]["featurizer"]["kind"] == "bag-of-words"
-    assert manifest["modalities"]["text"]["featurizer"]["vocabulary"]
-    assert manifest["modalities"]["image"]["featurizer"]["onnx"] == "image_featurizer.onnx"
-    assert set(manifest["files"]) == {"image.onnx", "text.onnx", "image_featurizer.onnx", "centers.npy"}
-    assert len(manifest["training"]["fingerprint"]) == 64
-    assert manifest["semantic_index"]["source"] == "fitted on training codes"
+    assert manifest.format_version == 2 and manifest.method == "cca" and manifest.code_bits == 8
+    assert manifest.modalities.text.featurizer.kind == "bag-of-words"
+    assert manifest.modalities.text.featurizer.vocabulary
+    assert manifest.modalities.image.featurizer.onnx == "image_featurizer.onnx"
+    assert set(manifest.files) == {"image.onnx", "text.onnx", "image_featurizer.onnx", "centers.npy"}
+    assert len(manifest.training.fingerprint) == 64
+    assert manifest.semantic_index.source == "fitted on training codes"
 
 
 def test_packed_codes_use_faiss_bit_order(raw_bundle) -> None:
@@ -144,8 +146,8 @@ def test_a_learned_head_and_its_centers_travel_with_the_bundle(tmp_path: Path) -
     write_bundle(tmp_path / "b", hasher, features, {})
     bundle = load_bundle(tmp_path / "b")
     assert np.array_equal(bundle.centers, hasher.centers) and bundle.head_bits == 8
-    assert bundle.manifest["semantic_index"] == {
-        "head_bits": [0, 8], "centers": "centers.npy", "k": 4, "source": "lsh head code"
+    assert bundle.manifest.semantic_index.model_dump() == {
+        "head_bits": 8, "centers": "centers.npy", "k": 4, "source": "lsh head code"
     }  # fmt: skip
 
 
@@ -154,3 +156,63 @@ def test_methods_without_a_head_get_centers_fitted_on_their_training_codes(raw_b
     bundle = load_bundle(path)
     assert bundle.head_bits == 8 and len(bundle.centers) == min(64, 2 * len(features.split.train))
     assert set(np.unique(bundle.centers)) <= {-1, 1}
+
+
+def test_a_written_manifest_is_the_current_format_with_plain_fields(raw_bundle) -> None:
+    raw = json.loads((raw_bundle[0] / "manifest.json").read_text())
+    assert raw["format_version"] == FORMAT_VERSION == 2
+    assert raw["semantic_index"]["head_bits"] == 8  # a number, where format 1 wrote the range [0, 8]
+    assert Manifest.model_validate_json((raw_bundle[0] / "manifest.json").read_text()) == read_manifest(raw_bundle[0])
+
+
+def test_a_format_1_manifest_reads_as_the_same_manifest_in_the_current_format(raw_bundle, tmp_path: Path) -> None:
+    current = read_manifest(raw_bundle[0])
+    bundle = _copy(raw_bundle[0], tmp_path / "v1")
+    raw = json.loads((bundle / "manifest.json").read_text())
+    raw["format_version"] = 1
+    raw["semantic_index"]["head_bits"] = [0, raw["semantic_index"]["head_bits"]]
+    (bundle / "manifest.json").write_text(json.dumps(raw))
+    assert read_manifest(bundle) == current
+    assert load_bundle(bundle).head_bits == 8
+    raw["semantic_index"]["head_bits"] = 8  # a format-1 manifest holds the range, not the number
+    (bundle / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match=r"malformed: missing or wrong field 'semantic_index\.head_bits'"):
+        load_bundle(bundle)
+
+
+def test_the_committed_default_bundle_is_format_1_and_loads_as_the_current_model() -> None:
+    raw = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())
+    assert raw["format_version"] == 1 and raw["semantic_index"]["head_bits"] == [0, 64]
+    bundle = load_bundle(DEFAULT_BUNDLE)
+    manifest = bundle.manifest
+    assert manifest.format_version == 2 and manifest.semantic_index.head_bits == bundle.head_bits == 64
+    assert (manifest.bundle_id, manifest.method, manifest.code_bits) == (raw["bundle_id"], "dsfh", 64)
+    assert manifest.modalities.text.featurizer.vocabulary == raw["modalities"]["text"]["featurizer"]["vocabulary"]
+    assert manifest.files == raw["files"] and manifest.training.history == raw["training"]["history"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: {"format_version": m["format_version"]}, "missing or wrong field 'modalities'"),
+        (lambda m: m | {"code_bits": "64"}, "missing or wrong field 'code_bits'"),
+        (lambda m: m | {"surprise": 1}, "missing or wrong field 'surprise'"),
+        (lambda m: m | {"semantic_index": m["semantic_index"] | {"head_bits": [0, 8]}}, "'semantic_index.head_bits'"),
+        (
+            lambda m: m | {"modalities": m["modalities"] | {"text": m["modalities"]["text"] | {"featurizer": {}}}},
+            "'modalities.text.featurizer'",
+        ),
+        (
+            lambda m: m | {"modalities": m["modalities"] | {"image": m["modalities"]["text"]}},
+            "'modalities.image.featurizer'",  # a bag of words cannot featurize images
+        ),
+        (lambda m: m | {"files": {"image.onnx": "not a sha256"}}, "'files.image.onnx'"),
+    ],
+    ids=["empty", "type", "unknown-field", "range-head", "no-featurizer-kind", "wrong-modality-kind", "sha256"],
+)
+def test_a_malformed_manifest_is_a_bundle_error_naming_the_field(raw_bundle, tmp_path: Path, change, message) -> None:
+    bundle = _copy(raw_bundle[0], tmp_path / "malformed")
+    raw = json.loads((bundle / "manifest.json").read_text())
+    (bundle / "manifest.json").write_text(json.dumps(change(raw)))
+    with pytest.raises(BundleError, match="manifest.json is malformed: .*" + re.escape(message)):
+        load_bundle(bundle)

@@ -359,7 +359,7 @@ def test_bundle_round_trip_gives_the_trainers_codes_bit_for_bit(tmp_path: Path) 
     for modality, x in (("image", query_image), ("text", query_text), ("image", features.image)):
         trainer = to_signs(hasher.encoders[modality].real_codes(x))
         assert np.array_equal(bundle.signs(modality, x), trainer)
-    assert bundle.manifest["method"] == "dmsfh"
+    assert bundle.manifest.method == "dmsfh"
 
 
 @pytest.mark.filterwarnings("ignore:Constant folding:UserWarning")  # the exporter, on the traced slices

@@ -16,10 +16,10 @@ from index.bundle.featurizers import (
     BagOfWords,
     BagOfWordsParams,
     ImageDecodeError,
-    ImageDescriptorParams,
     ImageFeaturizer,
     load_pixels,
 )
+from index.bundle.manifest import BagOfWordsSpec, ImageDescriptorParams
 from training.featurize.image_graph import ImageDescriptor, build_image_featurizer
 from training.featurize.text import fit_bag_of_words
 
@@ -94,7 +94,7 @@ def test_descriptor_rejects_pixels_of_the_wrong_size(featurizer: ImageFeaturizer
 
 def test_params_survive_json() -> None:
     params = ImageDescriptorParams(grid=2)
-    assert ImageDescriptorParams.from_json(params.to_json()) == params
+    assert ImageDescriptorParams.model_validate_json(params.model_dump_json()) == params
 
 
 TEXTS = ["A red car on the road", "red apple and green apple", "car", "Signs_and_symbols red car", "the blue"]
@@ -120,7 +120,7 @@ def test_underscored_tags_split_into_words() -> None:
 
 def test_saved_vocabulary_reproduces_the_features() -> None:
     bow = fit_bag_of_words(TEXTS, BagOfWordsParams(min_count=1))
-    restored = BagOfWords.from_json(bow.to_json())
+    restored = BagOfWords.from_spec(BagOfWordsSpec.model_validate_json(bow.spec().model_dump_json()))
     assert np.array_equal(restored.transform(TEXTS), bow.transform(TEXTS))
     assert restored.transform(["zzz unknown"]).sum() == 0
 

@@ -30,7 +30,7 @@ def _exported_graph(bundle: Bundle, modality: str) -> ort.InferenceSession:
     """The modality's exported ONNX graph, run whole by onnxruntime as the service does (one thread)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    graph = DEFAULT_BUNDLE / bundle.manifest["modalities"][modality]["onnx"]
+    graph = DEFAULT_BUNDLE / bundle.manifest.modalities.of(modality).onnx
     return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 
 

@@ -71,7 +71,7 @@ def test_cli_trains_on_a_mat_benchmark_and_writes_bundle_metrics_and_plots(tmp_p
     assert row["method"] == "dsfh" and row["bits"] == 16
     assert row["i2t_mAP"] > 0.8 and row["t2i_mAP"] > 0.8  # a learnable toy problem
     manifest = load_bundle(out / "16bits" / "bundle").manifest
-    assert manifest["training"]["dataset"] == "toy" and manifest["training"]["config"]["n_anchors"] == 300
+    assert manifest.training.dataset == "toy" and manifest.training.config["n_anchors"] == 300
     assert (out / "16bits" / "pr_radius.png").is_file()
 
 

@@ -265,8 +265,8 @@ def test_bundle_round_trip_keeps_codes_and_centers(tmp_path: Path) -> None:
         trainer = to_signs(result.hasher.encoders[modality].real_codes(x))
         assert np.array_equal(bundle.signs(modality, x), trainer)
     assert np.array_equal(bundle.centers, result.centers)
-    assert bundle.manifest["semantic_index"]["head_bits"] == [0, 16]
-    assert bundle.manifest["semantic_index"]["source"] == "uddh head code"
+    assert bundle.manifest.semantic_index.head_bits == 16
+    assert bundle.manifest.semantic_index.source == "uddh head code"
 
 
 def test_progress_and_eval_fn_land_in_history() -> None:

@@ -97,7 +97,7 @@ def train(
         plot_history(hasher.history, f"{method.value} {length} bits: training", run / "history.png")
         row = summary_row(method.value, length, metrics) | {"train_seconds": round(seconds, 2)}
         manifest = write_bundle(run / "bundle", hasher, features, row)
-        rows.append(row | {"bundle_id": manifest["bundle_id"]})
+        rows.append(row | {"bundle_id": manifest.bundle_id})
     (out / "summary.json").write_text(json.dumps(rows, indent=2))
     typer.echo(markdown_table(rows))
 
@@ -174,7 +174,7 @@ def semantic_index(
     from training.featurize.pipeline import featurize
 
     model = load_bundle(bundle)
-    features = featurize(load_dataset(model.manifest["training"]["dataset"], seed=seed))
+    features = featurize(load_dataset(model.manifest.training.dataset, seed=seed))
     rows = []
     for direction, (source, target) in DIRECTIONS.items():
         query = model.signs(source, features.part("query")[0 if source == "image" else 1])

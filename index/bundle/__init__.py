@@ -3,9 +3,10 @@ read by the index and the service. It lives in ``index`` so that serving never i
 
 A bundle is a directory::
 
-    manifest.json            format version, method, code length, modalities and their inputs,
-                             featurizers (parameters, vocabulary), training fingerprint, metrics at
-                             export, semantic-index head, sha256 of every other file
+    manifest.json            the typed :class:`Manifest` (``manifest.py``): format version, method, code
+                             length, modalities and their inputs, featurizers (parameters, vocabulary),
+                             training fingerprint, metrics at export, semantic-index head, sha256 of
+                             every other file
     image.onnx, text.onnx    hash function of each modality: ``features`` (N, d) → ``codes`` (N, bits),
                              the real code before sign
     image_featurizer.onnx    pixels (N, 3, S, S) float 0–255 → image features (raw-image datasets only)
@@ -17,7 +18,17 @@ Arrays are ``.npy`` read with ``allow_pickle=False``; nothing in a bundle is pic
 The reader and the featurizers it runs need numpy, onnx, onnxruntime and Pillow only (no torch).
 """
 
-from index.bundle.manifest import FORMAT_VERSION, INPUT_NAME, MANIFEST, OUTPUT_NAME
-from index.bundle.reader import Bundle, BundleError, load_bundle
+from index.bundle.manifest import FORMAT_VERSION, INPUT_NAME, MANIFEST, OUTPUT_NAME, Manifest
+from index.bundle.reader import Bundle, BundleError, load_bundle, read_manifest
 
-__all__ = ["FORMAT_VERSION", "INPUT_NAME", "MANIFEST", "OUTPUT_NAME", "Bundle", "BundleError", "load_bundle"]
+__all__ = [
+    "FORMAT_VERSION",
+    "INPUT_NAME",
+    "MANIFEST",
+    "OUTPUT_NAME",
+    "Bundle",
+    "BundleError",
+    "Manifest",
+    "load_bundle",
+    "read_manifest",
+]

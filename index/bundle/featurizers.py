@@ -18,14 +18,14 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-IMAGE_SIZE = 64
+from index.bundle.manifest import IMAGE_SIZE, BagOfWordsParams, BagOfWordsSpec, ImageDescriptorParams
+
 TOKEN_PATTERN = r"(?u)\b[^\W\d_]{2,}\b"  # alphabetic tokens of ≥ 2 letters
 _TOKEN = re.compile(TOKEN_PATTERN)
 _IMAGE_BATCH = 256  # pixel blocks per descriptor run: bounds the graph's intermediate buffers
@@ -63,28 +63,6 @@ def load_pixels(source: str | Path | bytes, size: int = IMAGE_SIZE, max_pixels: 
         raise ImageDecodeError(f"cannot decode image: {exc}") from exc
 
 
-@dataclass(frozen=True)
-class ImageDescriptorParams:
-    size: int = IMAGE_SIZE
-    grid: int = 4
-    wavelengths: tuple[float, ...] = (3.0, 6.0, 12.0)
-    orientations: int = 6
-    color_bins: int = 4
-    background_threshold: float = 0.95  # gray level above which a pixel counts as background
-
-    @property
-    def dim(self) -> int:
-        cells = self.grid * self.grid
-        return len(self.wavelengths) * self.orientations * cells + self.color_bins**3 + 4 * cells
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "wavelengths": list(self.wavelengths)}
-
-    @classmethod
-    def from_json(cls, data: dict) -> ImageDescriptorParams:
-        return cls(**{**data, "wavelengths": tuple(data["wavelengths"])})
-
-
 class ImageFeaturizer:
     """Runs the descriptor's ONNX graph (``onnx_bytes``, the file a bundle ships) on pixel blocks."""
 
@@ -112,13 +90,6 @@ class ImageFeaturizer:
             batch = pixels[start : start + _IMAGE_BATCH].astype(np.float32)
             out[start : start + _IMAGE_BATCH] = self._session.run(None, {"pixels": batch})[0]
         return out
-
-
-@dataclass(frozen=True)
-class BagOfWordsParams:
-    min_count: int = 3  # a word must occur in at least this many training documents
-    max_features: int | None = 2000  # most frequent words kept
-    binary: bool = True  # 1 if a word occurs (the literature's MIRFlickr tags are binary); else counts
 
 
 def tokens(text: str) -> list[str]:
@@ -151,9 +122,10 @@ class BagOfWords:
             np.minimum(out, 1.0, out=out)
         return out
 
-    def to_json(self) -> dict:
-        return {"params": asdict(self.params), "vocabulary": self.vocabulary}
+    def spec(self) -> BagOfWordsSpec:
+        """What the manifest records to rebuild this featurizer."""
+        return BagOfWordsSpec(params=self.params, vocabulary=self.vocabulary)
 
     @classmethod
-    def from_json(cls, data: dict) -> BagOfWords:
-        return cls(BagOfWordsParams(**data["params"]), data["vocabulary"])
+    def from_spec(cls, spec: BagOfWordsSpec) -> BagOfWords:
+        return cls(spec.params, spec.vocabulary)

@@ -1,8 +1,160 @@
-"""Constants of the bundle format shared by its writer and reader."""
+"""The bundle manifest as one typed model: what the writer writes, the reader verifies and the service reports.
 
-FORMAT_VERSION = 1
+Format 2 (this one) has plain fields where format 1 had encodings: ``semantic_index.head_bits`` is the
+number of head bits (format 1: the bit range ``[0, bits]``). Format 1 manifests are still read:
+:class:`ManifestV1` validates them as written and :meth:`ManifestV1.upgrade` turns them into a
+:class:`Manifest`, so no code past the reader sees the old shape.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, PositiveInt, StringConstraints
+
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, FORMAT_VERSION)
 MANIFEST = "manifest.json"
 MODALITIES = ("image", "text")
+IMAGE_SIZE = 64  # side of the square pixel block the image descriptor takes
 # Names of the hash functions' graph input and output: the trainers' exporters write them, the reader feeds them.
 INPUT_NAME = "features"
 OUTPUT_NAME = "codes"
+
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+JsonObject = dict[str, JsonValue]
+
+
+class _Strict(BaseModel):
+    """Unknown fields are refused: a manifest that says more than this format knows is not this format."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImageDescriptorParams(_Strict):
+    """Parameters of the GIST-style image descriptor (``training/featurize/image_graph.py`` defines it)."""
+
+    size: PositiveInt = IMAGE_SIZE
+    grid: PositiveInt = 4
+    wavelengths: tuple[float, ...] = (3.0, 6.0, 12.0)
+    orientations: PositiveInt = 6
+    color_bins: PositiveInt = 4
+    background_threshold: float = 0.95  # gray level above which a pixel counts as background
+
+    @property
+    def dim(self) -> int:
+        cells = self.grid * self.grid
+        return len(self.wavelengths) * self.orientations * cells + self.color_bins**3 + 4 * cells
+
+
+class BagOfWordsParams(_Strict):
+    min_count: PositiveInt = 3  # a word must occur in at least this many training documents
+    max_features: PositiveInt | None = 2000  # most frequent words kept
+    binary: bool = True  # 1 if a word occurs (the literature's MIRFlickr tags are binary); else counts
+
+
+class Precomputed(_Strict):
+    """The modality takes feature vectors only: the bundle cannot featurize raw inputs."""
+
+    kind: Literal["precomputed"] = "precomputed"
+
+
+class ImageDescriptorSpec(_Strict):
+    kind: Literal["gist-gabor-color"] = "gist-gabor-color"
+    onnx: str = Field(description="bundle file of the descriptor graph: pixels (N, 3, S, S) → features")
+    params: ImageDescriptorParams
+    preprocess: str = "alpha composited on white, aspect-preserving fit into size×size, centred"
+
+
+class BagOfWordsSpec(_Strict):
+    kind: Literal["bag-of-words"] = "bag-of-words"
+    params: BagOfWordsParams
+    vocabulary: list[str] = Field(min_length=1, description="feature j counts the word vocabulary[j]")
+
+
+ImageFeaturizerSpec = Annotated[Precomputed | ImageDescriptorSpec, Field(discriminator="kind")]
+TextFeaturizerSpec = Annotated[Precomputed | BagOfWordsSpec, Field(discriminator="kind")]
+
+
+class FeaturesInput(_Strict):
+    kind: Literal["features"] = "features"
+    dim: PositiveInt
+
+
+class _Modality(_Strict):
+    onnx: str = Field(description="bundle file of the hash function: features (N, dim) → real codes (N, bits)")
+    input: FeaturesInput
+
+
+class ImageModality(_Modality):
+    featurizer: ImageFeaturizerSpec
+
+
+class TextModality(_Modality):
+    featurizer: TextFeaturizerSpec
+
+
+class Modalities(_Strict):
+    image: ImageModality
+    text: TextModality
+
+    def of(self, modality: str) -> ImageModality | TextModality:
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+        return getattr(self, modality)
+
+
+class SemanticIndex(_Strict):
+    """The index's first level: ``k`` binary centers over the first ``head_bits`` bits of every code."""
+
+    head_bits: PositiveInt
+    centers: str = Field(description="bundle file of the centers, (k, head_bits) int8 in {−1, +1}")
+    k: PositiveInt
+    source: str = Field(description="the method's learned head, or centers fitted on the training codes")
+
+
+class TrainingInfo(_Strict):
+    dataset: str
+    fingerprint: Sha256 = Field(description="sha256 over the training part's features and labels")
+    items: int = Field(ge=0)
+    config: JsonObject
+    history: list[JsonObject]
+
+
+class Manifest(_Strict):
+    """Fields in the order a reader needs them: what each modality takes and the code space first (a
+    manifest missing everything is reported by its ``modalities``), then identity and provenance."""
+
+    format_version: Literal[2] = FORMAT_VERSION
+    modalities: Modalities
+    code_bits: PositiveInt
+    semantic_index: SemanticIndex
+    files: dict[str, Sha256] = Field(description="sha256 of every other file of the bundle")
+    bundle_id: str
+    method: str
+    sign_rule: Literal["bit = 1 iff code > 0"] = "bit = 1 iff code > 0"
+    bit_order: Literal["bit j in byte j // 8 at position j % 8 (FAISS binary layout)"] = (
+        "bit j in byte j // 8 at position j % 8 (FAISS binary layout)"
+    )
+    created_at: AwareDatetime
+    training: TrainingInfo
+    metrics: JsonObject
+
+
+class SemanticIndexV1(SemanticIndex):
+    head_bits: tuple[Literal[0], PositiveInt]  # type: ignore[assignment]  # the bit range [0, bits)
+
+
+class ManifestV1(Manifest):
+    """A format-1 manifest as written; :meth:`upgrade` gives the current model."""
+
+    format_version: Literal[1]  # type: ignore[assignment]
+    semantic_index: SemanticIndexV1  # type: ignore[assignment]
+
+    def upgrade(self) -> Manifest:
+        head = self.semantic_index
+        fields = dict(self) | {
+            "format_version": FORMAT_VERSION,
+            "semantic_index": SemanticIndex(**dict(head) | {"head_bits": head.head_bits[1]}),
+        }
+        return Manifest(**fields)

@@ -12,10 +12,23 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
+from pydantic import ValidationError
 
-from index.bundle.featurizers import BagOfWords, ImageDescriptorParams, ImageFeaturizer
-from index.bundle.manifest import FORMAT_VERSION, INPUT_NAME, MANIFEST, MODALITIES
+from index.bundle.featurizers import BagOfWords, ImageFeaturizer
+from index.bundle.manifest import (
+    FORMAT_VERSION,
+    INPUT_NAME,
+    MANIFEST,
+    MODALITIES,
+    READABLE_VERSIONS,
+    BagOfWordsSpec,
+    ImageDescriptorSpec,
+    Manifest,
+    ManifestV1,
+)
 from index.codes import pack_signs, to_signs
+
+_ERRORS_SHOWN = 10  # validation problems a BundleError names (a long vocabulary can have thousands)
 
 
 class BundleError(ValueError):
@@ -86,53 +99,50 @@ class _SparseProduct:
 class Bundle:
     """A verified bundle: its manifest, ONNX sessions per modality, featurizers and head centers."""
 
-    def __init__(self, path: Path, manifest: dict, files: dict[str, bytes], threads: int = 0) -> None:
+    def __init__(self, path: Path, manifest: Manifest, files: dict[str, bytes], threads: int = 0) -> None:
         self.path = path
         self.manifest = manifest
-        self.bits: int = manifest["code_bits"]
+        self.bits: int = manifest.code_bits
         self.sessions = {}
         self._sparse: dict[str, _SparseProduct | None] = {}
         for modality in MODALITIES:
-            spec = manifest["modalities"][modality]
-            session = _session(files[spec["onnx"]], spec["onnx"], threads)
+            spec = manifest.modalities.of(modality)
+            session = _session(files[spec.onnx], spec.onnx, threads)
             inputs, outputs = session.get_inputs(), session.get_outputs()
-            expected_in, expected_out = ["batch", spec["input"]["dim"]], ["batch", self.bits]
+            expected_in, expected_out = ["batch", spec.input.dim], ["batch", self.bits]
             if len(inputs) != 1 or _static_dim(inputs[0]) != expected_in:
-                raise BundleError(f"{spec['onnx']} takes {_static_dim(inputs[0])}, manifest says {expected_in}")
+                raise BundleError(f"{spec.onnx} takes {_static_dim(inputs[0])}, manifest says {expected_in}")
             if len(outputs) != 1 or _static_dim(outputs[0]) != expected_out:
-                raise BundleError(f"{spec['onnx']} gives {_static_dim(outputs[0])}, manifest says {expected_out}")
+                raise BundleError(f"{spec.onnx} gives {_static_dim(outputs[0])}, manifest says {expected_out}")
             self.sessions[modality] = session
-            self._sparse[modality] = _SparseProduct.split(files[spec["onnx"]], spec["onnx"], threads)
-        self.text_featurizer: BagOfWords | None = None
-        text = manifest["modalities"]["text"]["featurizer"]
-        if text["kind"] == "bag-of-words":
-            self.text_featurizer = BagOfWords.from_json(text)
-        self.image_featurizer: ImageFeaturizer | None = None
-        image = manifest["modalities"]["image"]["featurizer"]
-        if image["kind"] != "precomputed":
-            params = ImageDescriptorParams.from_json(image["params"])
-            self.image_featurizer = ImageFeaturizer(params, files[image["onnx"]])
-        index = manifest["semantic_index"]
-        self.centers: np.ndarray = np.load(io.BytesIO(files[index["centers"]]), allow_pickle=False)
-        self.head_bits: int = index["head_bits"][1]
-        if self.centers.shape[1] != self.head_bits or self.head_bits > self.bits or self.head_bits % 8:
+            self._sparse[modality] = _SparseProduct.split(files[spec.onnx], spec.onnx, threads)
+        text = manifest.modalities.text.featurizer
+        self.text_featurizer = BagOfWords.from_spec(text) if isinstance(text, BagOfWordsSpec) else None
+        image = manifest.modalities.image.featurizer
+        self.image_featurizer = (
+            ImageFeaturizer(image.params, files[image.onnx]) if isinstance(image, ImageDescriptorSpec) else None
+        )
+        index = manifest.semantic_index
+        self.centers: np.ndarray = np.load(io.BytesIO(files[index.centers]), allow_pickle=False)
+        self.head_bits: int = index.head_bits
+        if self.centers.shape != (index.k, self.head_bits) or self.head_bits > self.bits or self.head_bits % 8:
             raise BundleError(f"centers of shape {self.centers.shape} do not fit a {self.head_bits}-bit head")
 
     @property
     def centers_version(self) -> str:
         """Identifies the centers shipped in the bundle (the index stores it beside its own)."""
-        return f"{self.bundle_id}:{self.manifest['semantic_index']['source']}"
+        return f"{self.bundle_id}:{self.manifest.semantic_index.source}"
 
     @property
     def bundle_id(self) -> str:
-        return self.manifest["bundle_id"]
+        return self.manifest.bundle_id
 
     @property
     def method(self) -> str:
-        return self.manifest["method"]
+        return self.manifest.method
 
     def input_dim(self, modality: str) -> int:
-        return self.manifest["modalities"][modality]["input"]["dim"]
+        return self.manifest.modalities.of(modality).input.dim
 
     def real_codes(self, modality: str, features: np.ndarray) -> np.ndarray:
         """Run a modality's hash function on feature vectors (N, d) → real codes (N, bits)."""
@@ -164,6 +174,30 @@ class Bundle:
         return self.image_featurizer.transform(pixels)
 
 
+def read_manifest(path: str | Path) -> Manifest:
+    """The validated manifest of the bundle at ``path`` (a format-1 one upgraded); BundleError if it is
+    missing, not JSON, of an unknown format or malformed. The files it lists are not checked here."""
+    manifest_path = Path(path) / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"no bundle at {path}: {MANIFEST} is missing")
+    try:
+        text = manifest_path.read_text(encoding="utf-8")
+        raw = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from exc
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if version not in READABLE_VERSIONS:
+        raise BundleError(f"bundle format {version!r} is not {FORMAT_VERSION} (or an older one this reader upgrades)")
+    try:  # strict: a number written as a string, or any other coercion, is a malformed manifest
+        if version == 1:
+            return ManifestV1.model_validate_json(text, strict=True).upgrade()
+        return Manifest.model_validate_json(text, strict=True)
+    except ValidationError as exc:
+        problems = [f"missing or wrong field {'.'.join(map(str, e['loc']))!r} ({e['msg']})" for e in exc.errors()]
+        more = f"; and {len(problems) - _ERRORS_SHOWN} more" if len(problems) > _ERRORS_SHOWN else ""
+        raise BundleError(f"{manifest_path} is malformed: {'; '.join(problems[:_ERRORS_SHOWN])}{more}") from exc
+
+
 def load_bundle(path: str | Path, threads: int = 0) -> Bundle:
     """Read and verify a bundle: format version, sha256 of every file, ONNX shapes vs the manifest.
 
@@ -171,17 +205,9 @@ def load_bundle(path: str | Path, threads: int = 0) -> Bundle:
     per request thread wants 1, so requests do not contend for cores inside one matrix product.
     """
     path = Path(path)
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise BundleError(f"no bundle at {path}: {MANIFEST} is missing")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from exc
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"bundle format {manifest.get('format_version')!r} is not {FORMAT_VERSION}")
+    manifest = read_manifest(path)
     files: dict[str, bytes] = {}
-    for name, expected in manifest.get("files", {}).items():
+    for name, expected in manifest.files.items():
         file = path / name
         if Path(name).name != name or not file.is_file():
             raise BundleError(f"bundle file {name!r} listed in the manifest is missing")
@@ -189,12 +215,10 @@ def load_bundle(path: str | Path, threads: int = 0) -> Bundle:
         if hashlib.sha256(data).hexdigest() != expected:
             raise BundleError(f"sha256 of {name} does not match the manifest: the bundle was modified")
         files[name] = data
-    try:
-        referenced = [m["onnx"] for m in manifest["modalities"].values()]
-        referenced += [m["featurizer"]["onnx"] for m in manifest["modalities"].values() if "onnx" in m["featurizer"]]
-        unlisted = [name for name in referenced if name not in files]
-        if unlisted:
-            raise BundleError(f"bundle files {unlisted} are not covered by the manifest's sha256 list")
-        return Bundle(path, manifest, files, threads)
-    except (KeyError, TypeError, AttributeError) as exc:  # valid JSON, but not a manifest of this format
-        raise BundleError(f"{manifest_path} is malformed: missing or wrong field {exc}") from exc
+    referenced = [manifest.modalities.of(m).onnx for m in MODALITIES] + [manifest.semantic_index.centers]
+    image = manifest.modalities.image.featurizer
+    referenced += [image.onnx] if isinstance(image, ImageDescriptorSpec) else []
+    unlisted = [name for name in referenced if name not in files]
+    if unlisted:
+        raise BundleError(f"bundle files {unlisted} are not covered by the manifest's sha256 list")
+    return Bundle(path, manifest, files, threads)

@@ -1,4 +1,5 @@
-"""Model hot swap: serve another bundle of the models directory without a restart.
+"""The model in service (``GET /v1/models``: its bundle's manifest) and hot swap to another bundle of
+the models directory without a restart (``POST /v1/models:swap``).
 
 The new bundle is loaded, verified (sha256 of every file, ONNX shapes) and its index opened while the
 current model keeps serving; then one reference switches (``Runtime.swap``). Requests in flight
@@ -8,19 +9,49 @@ before starts with an empty index; swapping back to a previous bundle finds its 
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from index.bundle import BundleError
+from index.bundle import BundleError, Manifest
+from index.bundle.manifest import MODALITIES
 from index.errors import IndexInputError
 from service.routes.deps import require_writer, runtime
 from service.runtime import Runtime
 from service.schemas import ErrorBody
 
 router = APIRouter(tags=["system"])
+
+
+class InputInfo(BaseModel):
+    feature_dim: int = Field(description="length of a feature vector query of this modality")
+    featurizer: str = Field(description="kind of the bundle's featurizer for raw inputs")
+    raw_input: bool = Field(description="whether raw text or images are accepted, not only feature vectors")
+
+
+class ModelInfo(Manifest):
+    """The manifest of the bundle in service, and what serving adds: the inputs it takes, its index's
+    statistics and the worker process that answered (each worker holds the index in memory)."""
+
+    inputs: dict[str, InputInfo]
+    index: dict[str, Any] = Field(description="the index's code length, buckets, generation and items")
+    worker: int = Field(description="process id of the worker that answered")
+
+
+@router.get("/v1/models", response_model=ModelInfo)
+def model_info(rt: Annotated[Runtime, Depends(runtime)]) -> ModelInfo:
+    """The bundle in service (method, code length, inputs, training metrics), the index's buckets, and
+    the worker process that answered."""
+    manifest = rt.bundle.manifest
+    inputs = {}
+    for modality in MODALITIES:
+        spec = manifest.modalities.of(modality)
+        kind = spec.featurizer.kind
+        inputs[modality] = InputInfo(feature_dim=spec.input.dim, featurizer=kind, raw_input=kind != "precomputed")
+    return ModelInfo(**dict(manifest), inputs=inputs, index=rt.index.stats(), worker=os.getpid())
 
 
 class SwapRequest(BaseModel):

@@ -1,8 +1,7 @@
-"""The model in service, liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness and Prometheus metrics."""
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
@@ -13,32 +12,6 @@ from service.routes.deps import runtime
 from service.runtime import Runtime
 
 router = APIRouter(tags=["system"])
-
-
-@router.get("/v1/models")
-def models(rt: Annotated[Runtime, Depends(runtime)]) -> dict:
-    """The bundle in service (method, code length, inputs, training metrics), the index's buckets, and
-    the worker process that answered (each worker holds the index in memory)."""
-    manifest = rt.bundle.manifest
-    return {
-        "bundle_id": rt.bundle.bundle_id,
-        "method": manifest["method"],
-        "code_bits": manifest["code_bits"],
-        "created_at": manifest["created_at"],
-        "inputs": {
-            modality: {
-                "feature_dim": spec["input"]["dim"],
-                "featurizer": spec["featurizer"]["kind"],
-                "raw_input": spec["featurizer"]["kind"] != "precomputed",
-            }
-            for modality, spec in manifest["modalities"].items()
-        },
-        "semantic_index": manifest["semantic_index"],
-        "training": {k: manifest["training"][k] for k in ("dataset", "fingerprint", "items")},
-        "metrics": manifest["metrics"],
-        "index": rt.index.stats(),
-        "worker": os.getpid(),
-    }
 
 
 @router.get("/healthz")

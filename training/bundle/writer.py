@@ -10,13 +10,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from pydantic import JsonValue
 
-from index.bundle.manifest import FORMAT_VERSION, MANIFEST
+from index.bundle.manifest import (
+    MANIFEST,
+    MODALITIES,
+    FeaturesInput,
+    ImageDescriptorSpec,
+    ImageFeaturizerSpec,
+    Manifest,
+    Modalities,
+    Precomputed,
+    SemanticIndex,
+    TextFeaturizerSpec,
+    TrainingInfo,
+)
 from index.centers import fit_centers
 from index.codes import to_signs
 from training.bundle.onnx_graphs import hash_function_graph
 from training.featurize.pipeline import FeatureSet
-from training.methods.base import MODALITIES, TrainedHasher
+from training.methods.base import TrainedHasher
+
+IMAGE_FEATURIZER_FILE = "image_featurizer.onnx"
 
 
 def _sha256(path: Path) -> str:
@@ -31,19 +46,19 @@ def training_fingerprint(features: FeatureSet) -> str:
     return digest.hexdigest()
 
 
-def _featurizers(features: FeatureSet) -> dict[str, dict]:
-    image: dict = {"kind": "precomputed"}
+def _featurizers(features: FeatureSet) -> tuple[ImageFeaturizerSpec, TextFeaturizerSpec]:
+    image: ImageFeaturizerSpec = Precomputed()
     if features.image_featurizer is not None:
-        image = {
-            "kind": "gist-gabor-color",
-            "onnx": "image_featurizer.onnx",
-            "params": features.image_featurizer.params.to_json(),
-            "preprocess": "alpha composited on white, aspect-preserving fit into size×size, centred",
-        }
-    text: dict = {"kind": "precomputed"}
+        image = ImageDescriptorSpec(onnx=IMAGE_FEATURIZER_FILE, params=features.image_featurizer.params)
+    text: TextFeaturizerSpec = Precomputed()
     if features.text_featurizer is not None:
-        text = {"kind": "bag-of-words", **features.text_featurizer.to_json()}
-    return {"image": image, "text": text}
+        text = features.text_featurizer.spec()
+    return image, text
+
+
+def _json_values(value: object) -> JsonValue:
+    """Trainer configs, histories and metrics as plain JSON (numpy scalars become numbers)."""
+    return json.loads(json.dumps(value, default=float))
 
 
 def _semantic_index(hasher: TrainedHasher, features: FeatureSet, n_buckets: int) -> tuple[np.ndarray, int, str]:
@@ -56,7 +71,9 @@ def _semantic_index(hasher: TrainedHasher, features: FeatureSet, n_buckets: int)
     return centers, hasher.bits, "fitted on training codes"
 
 
-def write_bundle(out: Path, hasher: TrainedHasher, features: FeatureSet, metrics: dict, n_buckets: int = 64) -> dict:
+def write_bundle(
+    out: Path, hasher: TrainedHasher, features: FeatureSet, metrics: dict, n_buckets: int = 64
+) -> Manifest:
     """Write the bundle atomically (temporary directory, then rename) and return its manifest.
 
     Every bundle carries semantic-index centers (the index's first level) over the first ``head_bits``
@@ -68,7 +85,7 @@ def write_bundle(out: Path, hasher: TrainedHasher, features: FeatureSet, metrics
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
     try:
-        featurizers = _featurizers(features)
+        featurizers = dict(zip(MODALITIES, _featurizers(features), strict=True))
         modalities = {}
         dims = {"image": features.image.shape[1], "text": features.text.shape[1]}
         for modality in MODALITIES:
@@ -78,42 +95,33 @@ def write_bundle(out: Path, hasher: TrainedHasher, features: FeatureSet, metrics
             (staging / f"{modality}.onnx").write_bytes(hash_function_graph(encoder).SerializeToString())
             modalities[modality] = {
                 "onnx": f"{modality}.onnx",
-                "input": {"kind": "features", "dim": dims[modality]},
+                "input": FeaturesInput(dim=dims[modality]),
                 "featurizer": featurizers[modality],
             }
         if features.image_featurizer is not None:
-            (staging / "image_featurizer.onnx").write_bytes(features.image_featurizer.onnx_bytes)
+            (staging / IMAGE_FEATURIZER_FILE).write_bytes(features.image_featurizer.onnx_bytes)
         centers, head_bits, source = _semantic_index(hasher, features, n_buckets)
         np.save(staging / "centers.npy", centers, allow_pickle=False)
-        semantic_index = {
-            "head_bits": [0, head_bits],
-            "centers": "centers.npy",
-            "k": len(centers),
-            "source": source,
-        }
         files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
         bundle_id = hashlib.sha256(json.dumps([hasher.method, hasher.bits, files]).encode()).hexdigest()[:12]
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "bundle_id": bundle_id,
-            "method": hasher.method,
-            "code_bits": hasher.bits,
-            "sign_rule": "bit = 1 iff code > 0",
-            "bit_order": "bit j in byte j // 8 at position j % 8 (FAISS binary layout)",
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "modalities": modalities,
-            "semantic_index": semantic_index,
-            "training": {
-                "dataset": features.dataset,
-                "fingerprint": training_fingerprint(features),
-                "items": len(features.split.train),
-                "config": hasher.config,
-                "history": hasher.history,
-            },
-            "metrics": metrics,
-            "files": files,
-        }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float))
+        manifest = Manifest(
+            bundle_id=bundle_id,
+            method=hasher.method,
+            code_bits=hasher.bits,
+            created_at=datetime.now(UTC).replace(microsecond=0),
+            modalities=Modalities(**modalities),
+            semantic_index=SemanticIndex(head_bits=head_bits, centers="centers.npy", k=len(centers), source=source),
+            training=TrainingInfo(
+                dataset=features.dataset,
+                fingerprint=training_fingerprint(features),
+                items=len(features.split.train),
+                config=_json_values(hasher.config),
+                history=_json_values(hasher.history),
+            ),
+            metrics=_json_values(metrics),
+            files=files,
+        )
+        (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
