@@ -1,0 +1,130 @@
+"""Imports run one way: ``service → index`` and ``training → index``; ``index`` imports neither.
+
+The shared contract (binary codes, binary k-means, the bundle manifest, reader and serving featurizers)
+lives in ``index``, so serving never needs training code (nor torch). The import graph is read from the
+AST of every module, function-level imports included, so a lazy import cannot hide an arrow.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("training", "index", "service")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported(source: str, package: str) -> set[str]:
+    """Absolute names of the modules a module of ``package`` imports (relative imports resolved)."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(p for p in (base, node.module) if p)
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _imports_by_module() -> dict[str, set[str]]:
+    imports = {}
+    for path in sorted(p for package in PACKAGES for p in (ROOT / package).rglob("*.py")):
+        module = _module_name(path)
+        imports[module] = _imported(
+            path.read_text(), module if path.name == "__init__.py" else module.rpartition(".")[0]
+        )
+    return imports
+
+
+def _top(name: str) -> str:
+    return name.partition(".")[0]
+
+
+def package_graph(imports: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Top-level package → the other top-level packages of the project its modules import."""
+    graph: dict[str, set[str]] = {p: set() for p in PACKAGES}
+    for module, names in imports.items():
+        graph[_top(module)] |= {_top(n) for n in names if _top(n) in PACKAGES} - {_top(module)}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of the directed graph as a path that returns to its start, or None."""
+    state: dict[str, str] = {}
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt, [*path, nxt])):
+                return cycle
+        state[node] = "done"
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start, [start])):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle_and_accepts_a_layering() -> None:
+    assert find_cycle({"training": {"index"}, "index": {"training"}, "service": {"index"}}) == [
+        "index",
+        "training",
+        "index",
+    ]
+    assert find_cycle({"training": {"index"}, "index": set(), "service": {"index"}}) is None
+
+
+def test_imports_are_read_with_relative_and_lazy_ones_resolved() -> None:
+    source = "import a.b\nfrom . import c\nfrom ..d import e\ndef f():\n    from training import g\n"
+    assert _imported(source, "index.bundle") == {
+        "a.b", "index.bundle", "index.bundle.c", "index.d", "index.d.e", "training", "training.g"
+    }  # fmt: skip
+
+
+def test_no_import_cycle_between_the_top_level_packages() -> None:
+    graph = package_graph(_imports_by_module())
+    assert find_cycle(graph) is None, f"import cycle {find_cycle(graph)}; package imports: {graph}"
+
+
+@pytest.mark.parametrize("package", ["index", "service"])
+def test_index_and_service_import_nothing_of_training(package: str) -> None:
+    offending = {
+        module: sorted(n for n in names if _top(n) == "training")
+        for module, names in _imports_by_module().items()
+        if _top(module) == package
+    }
+    assert not {m: names for m, names in offending.items() if names}
+
+
+def test_index_imports_nothing_of_service() -> None:
+    offending = [m for m, names in _imports_by_module().items() if _top(m) == "index" and "service" in map(_top, names)]
+    assert not offending
+
+
+def test_importing_the_service_app_loads_no_training_module() -> None:
+    """In a fresh interpreter: ``import service.app`` (and so every route, the runtime and the bundle
+    reader) leaves ``sys.modules`` without any ``training`` module, nor torch or scikit-learn."""
+    probe = (
+        "import sys, service.app; "
+        "print(sorted(m for m in sys.modules if m.partition('.')[0] in {'training', 'torch', 'sklearn'}))"
+    )
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout
