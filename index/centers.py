@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import faiss
 import numpy as np
-from scipy import sparse
 
 from index.codes import pack_signs, unpack_signs
 
@@ -90,28 +89,30 @@ def kmeans_loss(codes: np.ndarray, centers: np.ndarray, assignments: np.ndarray)
     return float(((np.asarray(codes, dtype=np.float64) - center_sums(centers, assignments)) ** 2).sum())
 
 
-def _membership(assignments: np.ndarray, k: int) -> sparse.csr_matrix:
-    """Hᵀ as a sparse (n, k) 0/1 matrix."""
-    n, e = assignments.shape
-    rows = np.repeat(np.arange(n), e)
-    return sparse.csr_matrix((np.ones(n * e), (rows, assignments.ravel())), shape=(n, k))
-
-
 def update_centers(codes: np.ndarray, centers: np.ndarray, assignments: np.ndarray) -> np.ndarray:
     """Eq. 16, one sweep over the k centers: c_i = sign(q_i − C_≠i H_≠i h_iᵀ) with Q = B^c Hᵀ.
 
     Each center is the exact minimiser of ‖B^c − C H‖² given the others (its bits are independent),
     so the sweep never increases the error. With e = 1 it is the per-bit majority vote of the members.
+    Sums of ±1 codes and integer counts are exact in float64, so the result does not depend on the
+    summation order.
     """
     c = np.asarray(centers, dtype=np.float64).copy()
-    members = _membership(assignments, len(c))
-    q = np.asarray(members.T @ np.asarray(codes, dtype=np.float64))  # (k, l): member code sums
-    co = (members.T @ members).tocsr()  # (k, k) H Hᵀ: how many items two centers share
-    for i in range(len(c)):
-        cols = co.indices[co.indptr[i] : co.indptr[i + 1]]
-        counts = co.data[co.indptr[i] : co.indptr[i + 1]]
-        others = cols != i
-        arg = q[i] - counts[others] @ c[cols[others]]
+    k = len(c)
+    codes = np.asarray(codes, dtype=np.float64)
+    q = np.zeros((k, codes.shape[1]))  # (k, l): member code sums
+    for slot in assignments.T:
+        np.add.at(q, slot, codes)
+    slots = assignments.ravel()
+    order = np.argsort(slots, kind="stable")
+    bounds = np.searchsorted(slots[order], np.arange(k + 1))
+    item_of_slot = order // assignments.shape[1]
+    for i in range(k):
+        members = item_of_slot[bounds[i] : bounds[i + 1]]
+        shared = np.bincount(assignments[members].ravel(), minlength=k)  # row i of H Hᵀ
+        shared[i] = 0
+        others = np.flatnonzero(shared)
+        arg = q[i] - shared[others] @ c[others]
         c[i] = np.where(arg > 0, 1.0, np.where(arg < 0, -1.0, c[i]))
     return c.astype(np.int8)
 
