@@ -45,7 +45,7 @@ def _write(url: str, writes: int, out: mp.Queue) -> None:
     codes = np.random.default_rng(1).integers(0, 256, size=(writes, BITS // 8), dtype=np.uint8)
     acknowledged = []
     for i in range(writes):
-        index.upsert([Item(f"item{i}", "image", codes[i], {"i": i})])
+        index.add([Item(f"item{i}", "image", codes[i], {"i": i})])
         acknowledged.append((index.generation.applied, time.monotonic()))
     out.put(acknowledged)
 
@@ -67,7 +67,7 @@ def _feed_memory(url: str, batches: int, size: int = 256) -> dict:
     rng = np.random.default_rng(2)
     for b in range(batches):
         codes = rng.integers(0, 256, size=(size, BITS // 8), dtype=np.uint8)
-        index.upsert([Item(f"m{b}-{i}", "text", codes[i], {"title": "clip art"}) for i in range(size)])
+        index.add([Item(f"m{b}-{i}", "text", codes[i], {"title": "clip art"}) for i in range(size)])
     client, key = redis.Redis.from_url(url), index.store.key("feed")
     entries, used = client.xlen(key), client.memory_usage(key, samples=0)
     return {"batches": batches, "batch_size": size, "feed_entries": entries, "feed_bytes": used,

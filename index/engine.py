@@ -13,10 +13,16 @@ reader never sees a half-built index.
 Every process serving an index holds it in memory and keeps it current by applying Redis's change
 feed (``index.store``) in order: its own writes as soon as Redis acknowledges them (so a write is
 searchable in the process that made it when the call returns) and other processes' writes as
-:meth:`HashIndex.follow` or :meth:`HashIndex.catch_up` read them. Labels are allocated in feed order,
-so every process holds the same items in the same order and answers a query identically. Applying is
+:meth:`HashIndex.follow` or :meth:`HashIndex.catch_up` read them (a service lets the index do that on
+a thread it owns: :meth:`HashIndex.start_following`, stopped by :meth:`HashIndex.close`). Labels are
+allocated in feed order, so every process holds the same items in the same order and answers a query
+identically. Applying is
 serialised by one lock; the in-memory structures have their own, held by an applier only while it
 changes them and by a search only around its scan, so searches never wait for a Redis round trip.
+
+The public surface a service uses: ``open``/``close``, ``add``/``remove``/``get``, ``search`` (returning
+:class:`Hit`, which the service's responses serialise as they are), ``stats``, ``stored_modalities``,
+``ping`` and ``start_following``. ``store`` is there for tools (the re-bucket, ``python -m index``) and tests.
 
 A search never touches Redis: each item's id and metadata (its JSON text, as stored) are kept in
 memory beside its code, so searches keep answering while Redis is unreachable; writes then fail with
@@ -28,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -35,12 +42,14 @@ import numpy as np
 import redis
 
 from index.centers import CenterIndex
-from index.errors import FeedGapError, IndexInputError, ItemNotFoundError
+from index.errors import FeedGapError, IndexInputError, ItemNotFoundError, StoreUnavailableError
 from index.scan import BucketScan
 from index.store import MODALITIES, Change, Group, RedisStore, StoredItem
 
 log = logging.getLogger("xmhash.index")
-_LOAD_ATTEMPTS = 3
+_LOAD_ATTEMPTS = 3  # loads a burst of writes may outrun before the error surfaces (each retry starts afresh)
+FOLLOW_BLOCK_MS = 500  # longest wait on the change feed: bounds how long stopping the follower takes
+_RETRY_SECONDS = 1.0  # the follower's pause after Redis failed, so an outage does not become a busy loop
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,9 @@ class Item:
 
 @dataclass(frozen=True)
 class Hit:
+    """One search result: the item's id, the Hamming distance between the query code and the item's code,
+    the semantic bucket the item lives in, and the item's metadata. The API's responses serialise it as is."""
+
     id: str
     distance: int
     bucket: int
@@ -146,6 +158,7 @@ class HashIndex:
         self.generation = generation
         self._apply_lock = threading.Lock()  # one applier of the feed at a time
         self._memory_lock = threading.Lock()  # an applier changing the scans vs. a search reading them
+        self._closing = threading.Event()
 
     @classmethod
     def open(
@@ -162,7 +175,35 @@ class HashIndex:
             store = store.at(active)
         return cls(bits, Generation.load(store, bits))
 
-    # The current generation's parts, for callers that read one of them.
+    def start_following(self, refresh_seconds: float) -> None:
+        """Keep this index current on a thread of its own until :meth:`close`: apply other processes'
+        writes as they arrive (the change feed) and every ``refresh_seconds`` pick up a re-bucketed
+        generation."""
+        threading.Thread(target=self._follow_loop, args=(refresh_seconds,), name="index-follower", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop following the feed, within one feed wait (not waited for: a swap must not stall on it).
+        The in-memory index still answers searches, for requests in flight that hold it."""
+        self._closing.set()
+
+    def _follow_loop(self, refresh_seconds: float) -> None:
+        next_refresh = 0.0
+        while not self._closing.is_set():
+            try:
+                self.follow(FOLLOW_BLOCK_MS)
+                if time.monotonic() >= next_refresh:
+                    next_refresh = time.monotonic() + refresh_seconds
+                    if self.refresh():
+                        log.info("index: now serving generation %s", self.generation.store.generation)
+            except (StoreUnavailableError, FeedGapError) as exc:
+                log.warning("index: cannot follow Redis: %s", exc)
+                self._closing.wait(_RETRY_SECONDS)
+
+    def ping(self) -> bool:
+        """Whether Redis answers (searches answer from memory either way; writes need it)."""
+        return self.generation.store.ping()
+
+    # The current generation's parts, for tools (re-bucket, ``python -m index``) and tests.
     @property
     def store(self) -> RedisStore:
         return self.generation.store
@@ -246,7 +287,7 @@ class HashIndex:
         """(n, probe) nearest buckets of packed codes, by Hamming distance over the head bits."""
         return self.generation.centers.route(codes, probe)
 
-    def upsert(self, items: Sequence[Item]) -> None:
+    def add(self, items: Sequence[Item]) -> None:
         """Insert or replace items (by id); all or nothing, acknowledged once Redis has the batch."""
         if not items:
             return
@@ -283,7 +324,7 @@ class HashIndex:
             if self.generation.store.generation == generation.store.generation:
                 self._catch_up([change])
 
-    def delete(self, item_id: str) -> str:
+    def remove(self, item_id: str) -> str:
         """Remove an item; returns its modality. Raises :class:`ItemNotFoundError` if absent."""
         generation = self.generation
         modality = generation.store.modality_of(item_id)
@@ -293,7 +334,12 @@ class HashIndex:
         self._apply_own(generation, change)
         return modality
 
+    def stored_modalities(self, item_ids: Sequence[str]) -> dict[str, str | None]:
+        """The modality each id is stored under now (None when absent), in one Redis round trip."""
+        return self.generation.store.modalities_of(item_ids)
+
     def get(self, item_id: str) -> StoredItem:
+        """An item as Redis stores it; raises :class:`ItemNotFoundError` if absent."""
         store = self.generation.store
         modality = store.modality_of(item_id)
         stored = store.get(modality, item_id) if modality else None
@@ -325,6 +371,7 @@ class HashIndex:
         return [[Hit(item, d, b, json.loads(meta)) for (item, meta), d, b in row] for row in found]
 
     def stats(self) -> dict:
+        """Code length, buckets, generation and item counts, from memory (answers without Redis)."""
         generation = self.generation
         return {
             "bits": self.bits,

@@ -22,11 +22,13 @@ from index.centers import fit_centers, head_signs, route
 from index.errors import StoreUnavailableError
 from index.store import MODALITIES, RedisStore
 
-_BATCH = 2000
-_LOCK_SECONDS = 3600
+_BATCH = 2000  # items per copy script: each runs atomically, so a batch bounds how long Redis is blocked
+_LOCK_SECONDS = 3600  # the rebuild flag expires after this, so a crashed re-bucket cannot block writes forever
+CENTER_SAMPLE = 200_000  # most codes the centers are fitted on: bounds the fit's time and memory at any index size
+_VERSION_HEX = 12  # hex digits of the centers' sha256 that name their version
 
 
-def rebucket(store: RedisStore, bits: int, k: int, seed: int = 0, sample: int = 200_000) -> dict:
+def rebucket(store: RedisStore, bits: int, k: int, seed: int = 0, sample: int = CENTER_SAMPLE) -> dict:
     """Re-bucket the active generation of ``store``'s index into ``k`` buckets; returns a summary."""
     active = store.active_generation()
     if active is None:
@@ -46,7 +48,7 @@ def rebucket(store: RedisStore, bits: int, k: int, seed: int = 0, sample: int = 
             raise ValueError(f"cannot fit {k} buckets on {len(heads)} items")
         chosen = heads[rng.choice(len(heads), size=min(sample, len(heads)), replace=False)]
         centers, _ = fit_centers(chosen, k, rng)
-        version = hashlib.sha256(centers.tobytes()).hexdigest()[:12]
+        version = hashlib.sha256(centers.tobytes()).hexdigest()[:_VERSION_HEX]
         new = store.at(active + 1)
         new.drop()  # leftovers of an interrupted re-bucket
         new.save_centers(centers, version)

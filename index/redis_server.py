@@ -13,6 +13,10 @@ from pathlib import Path
 
 import redis
 
+_START_SECONDS = 10  # redis-server replays its AOF before it answers: generous for a large one
+_POLL_SECONDS = 0.02  # between pings while it starts
+_STOP_SECONDS = 10  # for a clean shutdown (the AOF flushed) after SIGTERM
+
 
 def _die_with_parent() -> None:
     """Runs in the child before exec: Linux sends it SIGTERM when its parent dies, however the parent
@@ -54,17 +58,17 @@ class RedisServer:
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
         )
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + _START_SECONDS
         while time.monotonic() < deadline:
             try:
                 if self.client().ping():
                     return self
             except redis.ConnectionError:
-                time.sleep(0.02)
+                time.sleep(_POLL_SECONDS)
         raise RuntimeError("redis-server did not start")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(10)
+            self.process.wait(_STOP_SECONDS)
         self.process = None

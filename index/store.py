@@ -40,8 +40,9 @@ from index.errors import FeedGapError, ModalityConflictError, StoreUnavailableEr
 MODALITIES = ("image", "text")
 FEED_LENGTH = 1000  # change-feed entries Redis keeps (approximately: MAXLEN ~)
 _HEADER = struct.Struct(">IQ")  # bucket, label
-_READ_CHUNK = 10_000  # ids per HMGET when reading a whole modality
-_FEED_READ = 500  # feed entries per read
+_READ_CHUNK = 10_000  # ids per HMGET when reading a whole modality: few round trips, no long block of Redis
+_SCAN_COUNT = 10_000  # SCAN/HSCAN's per-step hint, for the same reason
+_FEED_READ = 500  # feed entries per XRANGE/XREAD: half a feed, so a catch-up takes a few reads at most
 
 # KEYS: items, meta, counts of the image modality; the same of the text modality; the rebuild flag;
 #       next_label; seq; feed.
@@ -214,7 +215,7 @@ class RedisStore:
 
     def drop(self) -> None:
         """Delete every key of this generation (UNLINK frees memory in the background)."""
-        keys = list(self.client.scan_iter(match=self.prefix + "*", count=1000))
+        keys = list(self.client.scan_iter(match=self.prefix + "*", count=_SCAN_COUNT))
         if keys:
             self._call(self.client.unlink, *keys)
 
@@ -340,7 +341,7 @@ class RedisStore:
         return StoredItem(item, modality, bucket, label, value[_HEADER.size :], json.loads(meta or "{}"))
 
     def scan_items(
-        self, modality: str, chunk: int = 10_000
+        self, modality: str, chunk: int = _SCAN_COUNT
     ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray, list[bytes]]]:
         """All items of a modality in chunks: (ids, buckets, labels, codes) — the rebuild's source."""
         cursor = 0

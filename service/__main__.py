@@ -26,6 +26,8 @@ from pydantic import SecretStr
 from service.embedded import embedded_redis
 from service.settings import Settings
 
+_GENERATED_KEY_BYTES = 24  # random bytes of a generated API key (192 bits; 32 URL-safe characters)
+
 # uvicorn's logging plus the service's own loggers (xmhash.*), applied in every worker process too.
 LOG_CONFIG = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
 LOG_CONFIG["formatters"]["xmhash"] = {"format": "%(levelname)s %(name)s: %(message)s"}
@@ -54,7 +56,7 @@ def main() -> None:
     if settings.demo:
         settings.host = "127.0.0.1"
     elif settings.api_key is None:
-        key = secrets.token_urlsafe(24)
+        key = secrets.token_urlsafe(_GENERATED_KEY_BYTES)
         settings.api_key = SecretStr(key)
         print(f"XMHASH_API_KEY not set: writes need this generated key (X-API-Key): {key}", flush=True)
     server = None

@@ -20,31 +20,33 @@ from service.ingest import Prepared, store
 from service.runtime import Runtime
 
 log = logging.getLogger("xmhash.demo")
-BATCH = 256
+BATCH = 256  # items per modality per write: the batch endpoint's default limit, one atomic write each
+_TITLE_CHARS = 120  # of the item's text kept as its title (the metadata shown with a hit)
 CORPUS_READER = "training.datasets.openclipart"  # needs the train extra: pip install 'xmhash[train]'
 
 
 def ingest_openclipart(runtime: Runtime) -> None:
     dataset = importlib.import_module(CORPUS_READER).load_openclipart()
     rows = dataset.split.database
-    present = runtime.index.stats()["items"]
+    model = runtime.current  # the model serving when the demo starts; a swap meanwhile does not split the run
+    present = model.index.stats()["items"]
     if present["image"] >= len(rows) and present["text"] >= len(rows):
         log.info("demo: OpenClipart already ingested (%s)", present)
         return
     for start in range(0, len(rows), BATCH):
         part = rows[start : start + BATCH]
-        images = runtime.bundle.image_features(dataset.images[part])
-        texts = runtime.bundle.text_features([dataset.texts[i] for i in part])
+        images = model.bundle.image_features(dataset.images[part])
+        texts = model.bundle.text_features([dataset.texts[i] for i in part])
         batch = []
         for j, i in enumerate(part):
             meta = {
                 "path": dataset.ids[i],
-                "title": dataset.texts[i][:120],
+                "title": dataset.texts[i][:_TITLE_CHARS],
                 "labels": [dataset.label_names[c] for c in dataset.labels[i].nonzero()[0]],
             }
             batch.append(Prepared(f"img:{dataset.ids[i]}", "image", images[j], meta))
             batch.append(Prepared(f"txt:{dataset.ids[i]}", "text", texts[j], meta))
-        store(runtime, batch)
+        store(runtime, model, batch)
     log.info("demo: ingested %d OpenClipart items per modality", len(rows))
 
 

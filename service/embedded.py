@@ -15,6 +15,8 @@ import redis
 
 from index.redis_server import RedisServer
 
+_PROBE_SECONDS = 1  # how long a previous server gets to answer before a new one is started
+
 
 def _alive(pid: int) -> bool:
     try:
@@ -33,7 +35,7 @@ def embedded_redis(data_dir: Path) -> tuple[str, RedisServer | None]:
         url = f"redis://127.0.0.1:{previous['port']}/0"
         if _alive(previous["pid"]):
             try:
-                if redis.Redis.from_url(url, socket_connect_timeout=1).ping():
+                if redis.Redis.from_url(url, socket_connect_timeout=_PROBE_SECONDS).ping():
                     return url, None
             except redis.RedisError:
                 pass

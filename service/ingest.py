@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import ValidationError
 
-from index.engine import Item
-from service.encoder import EncodeError
-from service.runtime import Runtime
+from index.engine import MODALITIES, Item
+from service.encoder import EncodeError, Encoder
+from service.runtime import Model, Runtime
 from service.schemas import BatchResponse, ItemIn, ItemResult
 
 
@@ -25,11 +25,10 @@ class Prepared:
     metadata: dict
 
 
-def _features(runtime: Runtime, item: ItemIn) -> np.ndarray:
+def _features(encoder: Encoder, item: ItemIn) -> np.ndarray:
     given = [name for name in ("text", "image_base64", "features") if getattr(item, name) is not None]
     if len(given) != 1:
         raise EncodeError("give exactly one of 'text', 'image_base64' or 'features'")
-    encoder = runtime.encoder
     if item.features is not None:
         return encoder.features(item.modality, item.features)[0]
     if item.text is not None:
@@ -45,20 +44,23 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'item'}: {e['msg']}" for e in exc.errors())
 
 
-def store(runtime: Runtime, items: list[Prepared]) -> None:
-    """Encode prepared items and write them in one atomic index batch."""
+def store(runtime: Runtime, model: Model, items: list[Prepared]) -> None:
+    """Encode prepared items with ``model`` and write them in one atomic batch to its index."""
     batch = []
-    for modality in ("image", "text"):
+    for modality in MODALITIES:
         group = [p for p in items if p.modality == modality]
         if group:
-            codes = runtime.encoder.packed(modality, np.stack([p.features for p in group]))
+            codes = model.encoder.packed(modality, np.stack([p.features for p in group]))
             batch += [Item(p.id, modality, code, p.metadata) for p, code in zip(group, codes, strict=True)]
-    runtime.index.upsert(batch)
-    for modality in ("image", "text"):
+    model.index.add(batch)
+    for modality in MODALITIES:
         runtime.metrics.ingested.labels(modality).inc(sum(p.modality == modality for p in items))
 
 
 def ingest_batch(runtime: Runtime, raw_items: list[dict]) -> BatchResponse:
+    """Validate and featurize each item on its own, reject ids stored under the other modality, and store
+    the rest together, all with the model pinned for this request."""
+    model = runtime.model
     results: list[ItemResult | None] = []
     accepted: dict[str, tuple[int, Prepared]] = {}
     for position, raw in enumerate(raw_items):
@@ -67,7 +69,7 @@ def ingest_batch(runtime: Runtime, raw_items: list[dict]) -> BatchResponse:
             item = ItemIn.model_validate(raw)
             if item.id in accepted:
                 raise EncodeError("the same id appears earlier in this batch")
-            prepared = Prepared(item.id, item.modality, _features(runtime, item), item.metadata)
+            prepared = Prepared(item.id, item.modality, _features(model.encoder, item), item.metadata)
         except ValidationError as exc:
             results.append(ItemResult(id=item_id, status="rejected", error=_validation_message(exc)))
             continue
@@ -76,7 +78,7 @@ def ingest_batch(runtime: Runtime, raw_items: list[dict]) -> BatchResponse:
             continue
         accepted[item.id] = (position, prepared)
         results.append(None)
-    stored_modalities = runtime.index.store.modalities_of(list(accepted))
+    stored_modalities = model.index.stored_modalities(list(accepted))
     for item_id, current in stored_modalities.items():
         position, prepared = accepted[item_id]
         if current is not None and current != prepared.modality:
@@ -84,6 +86,6 @@ def ingest_batch(runtime: Runtime, raw_items: list[dict]) -> BatchResponse:
                 id=item_id, status="rejected", error=f"id is already stored as a {current} item"
             )
             del accepted[item_id]
-    store(runtime, [prepared for _, prepared in accepted.values()])
+    store(runtime, model, [prepared for _, prepared in accepted.values()])
     final = [r or ItemResult(id=raw_items[i]["id"], status="stored") for i, r in enumerate(results)]
     return BatchResponse(stored=len(accepted), rejected=len(final) - len(accepted), results=final)

@@ -10,9 +10,10 @@ app pins the model current when a request starts (:meth:`Runtime.pinned`), so ev
 ``bundle``/``encoder``/``index`` during that request sees the same model, even across a swap.
 
 One service run may be several worker processes (``XMHASH_WORKERS``), each a Runtime with the index
-in memory. A follower thread keeps each one current: it applies the index's change feed as other
-workers' writes arrive, picks up a re-bucketed generation, and follows a swap made through another
-worker, which records the bundle serving this run in Redis (``xmh:{index}:run:{run_id}:bundle``).
+in memory. Each model's index follows the change feed on a thread of its own (other workers' writes, a
+re-bucketed generation: ``HashIndex.start_following``); the runtime's own thread follows a swap made
+through another worker, which records the bundle serving this run in Redis
+(``xmh:{index}:run:{run_id}:bundle``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import logging
 import os
 import secrets
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -39,8 +39,10 @@ from service.metrics import Metrics
 from service.settings import Settings
 
 log = logging.getLogger("xmhash.service")
-FOLLOW_BLOCK_MS = 500  # longest wait for the change feed; bounds how long stopping the follower takes
 _RUN_KEY_SECONDS = 24 * 3600  # run-scoped keys outlive a stopped run by this much
+_REDIS_TIMEOUT_SECONDS = 5  # a Redis call that takes longer fails (a 503) instead of holding the request
+_REDIS_CONNECT_SECONDS = 2  # an unreachable Redis fails start-up and writes fast
+_RETRY_SECONDS = 1.0  # the swap watcher's pause after Redis failed
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,14 @@ class Model:
 
     @classmethod
     def open(cls, settings: Settings, path: Path, client: redis.Redis) -> Model:
-        """Load and verify a bundle (BundleError on a bad one), then open its index from Redis."""
+        """Load and verify a bundle (BundleError on a bad one), then open its index from Redis and start
+        following its change feed."""
         bundle = load_bundle(path, threads=1)
         encoder = Encoder(bundle, settings.max_text_chars, settings.max_image_bytes, settings.max_image_pixels)
         index = HashIndex.open(
             client, settings.index_name, bundle.bundle_id, bundle.bits, bundle.centers, bundle.centers_version
         )
+        index.start_following(settings.refresh_seconds)
         return cls(path.resolve(), bundle, encoder, index)
 
 
@@ -74,6 +78,7 @@ _PINNED: ContextVar[tuple[Runtime, Model] | None] = ContextVar("xmhash_pinned_mo
 @dataclass
 class Runtime:
     settings: Settings
+    client: redis.Redis
     current: Model
     metrics: Metrics
     api_key: str | None
@@ -85,7 +90,9 @@ class Runtime:
         """Open the model this run serves (the configured bundle, or the one a swap through another
         worker of the run chose) and start following the index."""
         faiss.omp_set_num_threads(1)  # one query per request thread: OpenMP fan-out only adds overhead
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=_REDIS_TIMEOUT_SECONDS, socket_connect_timeout=_REDIS_CONNECT_SECONDS
+        )
         serving = _run_key(settings, "bundle")
         try:
             client.set(serving, str(settings.bundle_path.resolve()), nx=True, ex=_RUN_KEY_SECONDS)
@@ -94,13 +101,9 @@ class Runtime:
             raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
         model = Model.open(settings, path, client)
         key = None if settings.demo else (settings.api_key.get_secret_value() if settings.api_key else None)
-        runtime = cls(settings, model, Metrics(), key)
-        threading.Thread(target=runtime._follow, name="index-follower", daemon=True).start()
+        runtime = cls(settings, client, model, Metrics(), key)
+        threading.Thread(target=runtime._watch_swaps, name="swap-watcher", daemon=True).start()
         return runtime
-
-    @property
-    def client(self) -> redis.Redis:
-        return self.current.index.store.client
 
     def claim(self, task: str) -> bool:
         """True for exactly one worker of the run: the first to claim ``task`` (e.g. the demo ingestion)."""
@@ -109,7 +112,8 @@ class Runtime:
 
     @property
     def model(self) -> Model:
-        """The model of the request in progress (pinned when it started), else the current one."""
+        """The model of the request in progress (pinned when it started), else the current one. A route
+        reads it once and takes the encoder and the index from it."""
         pinned = _PINNED.get()
         return pinned[1] if pinned is not None and pinned[0] is self else self.current
 
@@ -148,33 +152,28 @@ class Runtime:
         return previous, model
 
     def _serve(self, path: Path) -> tuple[Model, Model]:
+        """Open the model at ``path`` and switch to it; the previous index stops following the feed (a
+        request still pinned to it searches its memory as it was)."""
         with self._swapping:
             model = Model.open(self.settings, path, self.client)
             previous, self.current = self.current, model
+        previous.index.close()
         log.info("model: now serving bundle %s (was %s)", model.bundle.bundle_id, previous.bundle.bundle_id)
         return previous, model
 
     def stop(self) -> None:
         self._stopping.set()
+        self.current.index.close()
 
-    def _follow(self) -> None:
-        """Keep this worker current: apply other workers' writes as they arrive (the change feed), and
-        every ``refresh_seconds`` pick up a re-bucketed generation or a swap made through another worker."""
-        next_check = 0.0
-        while not self._stopping.is_set():
+    def _watch_swaps(self) -> None:
+        """Every ``refresh_seconds``, serve the bundle recorded for this run if a swap through another
+        worker changed it."""
+        while not self._stopping.wait(self.settings.refresh_seconds):
             try:
-                self.index.follow(FOLLOW_BLOCK_MS)
-                if time.monotonic() >= next_check:
-                    next_check = time.monotonic() + self.settings.refresh_seconds
-                    self._follow_swap()
-                    if self.index.refresh():
-                        log.info("index: now serving generation %s", self.index.stats()["generation"])
-            except StoreUnavailableError as exc:
-                log.warning("index: cannot follow Redis: %s", exc)
-                self._stopping.wait(1.0)
+                self._follow_swap()
             except redis.RedisError as exc:
                 log.warning("model: cannot read the bundle this run serves: %s", exc)
-                self._stopping.wait(1.0)
+                self._stopping.wait(_RETRY_SECONDS)
 
     def _follow_swap(self) -> None:
         """Serve the bundle recorded for this run when a swap through another worker changed it."""

@@ -6,6 +6,8 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from index.engine import Hit
+
 Modality = Literal["image", "text"]
 ItemId = Field(min_length=1, max_length=256, pattern=r"^[^\s]+$", examples=["animals/birds/robin_01"])
 
@@ -56,13 +58,6 @@ class ImageQuery(_Query):
     image_base64: str | None = Field(default=None, description="raw image file, base64-encoded")
 
 
-class Hit(BaseModel):
-    id: str
-    distance: int = Field(description="Hamming distance between the query code and the item code")
-    bucket: int = Field(description="semantic bucket the item lives in")
-    metadata: dict
-
-
 class Timing(BaseModel):
     encode_ms: float
     search_ms: float
@@ -70,7 +65,10 @@ class Timing(BaseModel):
 
 
 class SearchResponse(BaseModel):
-    results: list[Hit]
+    """The search routes build it with ``model_construct`` from the index's own hits (one hit type, no
+    copy, no validation of what the index returned) and serialise it once."""
+
+    results: list[Hit] = Field(description="ranked by Hamming distance, nearest first")
     k: int
     probe: int | Literal["all"]
     bundle_id: str

@@ -1,4 +1,9 @@
-"""Service configuration from the environment (``XMHASH_*``, plus ``REDIS_URL``) or a ``.env`` file."""
+"""Service configuration from the environment (``XMHASH_*``, plus ``REDIS_URL``) or a ``.env`` file.
+
+Every setting of the service is a field here, read when a :class:`Settings` is made (never at import).
+The README's settings table is :func:`markdown_table`'s output, and a test keeps the two equal:
+``python -m service.settings`` prints the table after a field changes.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = ROOT / "models" / "default"
+ENV_PREFIX = "XMHASH_"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="XMHASH_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
 
     redis_url: str | None = Field(
         default=None,
@@ -22,11 +28,15 @@ class Settings(BaseSettings):
     )
     bundle_path: Path = Field(default=DEFAULT_BUNDLE, description="model bundle directory")
     models_dir: Path = Field(default=ROOT / "models", description="bundles POST /v1/models:swap loads, by name")
-    index_name: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    api_key: SecretStr | None = Field(default=None, description="required by write endpoints")
+    index_name: str = Field(
+        default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="names the index's keys in Redis"
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="required by write endpoints; unset → python -m service generates one"
+    )
     demo: bool = Field(default=False, description="embedded demo: no API key, bound to 127.0.0.1")
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field(default="127.0.0.1", description="address to bind")
+    port: int = Field(default=8000, description="port to bind")
     workers: int = Field(
         default=1, ge=1, description="worker processes, each holding the index in memory, kept alike by the change feed"
     )
@@ -37,12 +47,48 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=ROOT / "var" / "service", description="embedded Redis data (AOF)")
     default_probe: int = Field(default=8, ge=1, description="buckets probed when a query gives none")
-    refresh_seconds: float = Field(default=2.0, gt=0, description="how often to look for a re-bucketed index")
-    max_k: int = Field(default=100, ge=1)
-    max_batch_items: int = Field(default=256, ge=1)
-    max_text_chars: int = Field(default=4000, ge=1)
-    max_image_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
+    refresh_seconds: float = Field(
+        default=2.0, gt=0, description="how often to look for a re-bucketed index or a swap through another worker"
+    )
+    max_k: int = Field(default=100, ge=1, description="most results a query may ask for")
+    max_batch_items: int = Field(default=256, ge=1, description="most items in one POST /v1/items:batch")
+    max_text_chars: int = Field(default=4000, ge=1, description="longest raw text, query or item")
+    max_image_bytes: int = Field(default=8 * 1024 * 1024, ge=1, description="largest image file (8 MiB)")
     max_image_pixels: int = Field(default=50_000_000, ge=1, description="decompression-bomb guard")
-    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
-    cors_origins: list[str] = Field(default_factory=list, description="CORS is off unless origins are listed")
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1, description="largest request body (64 MiB)")
+    cors_origins: list[str] = Field(default=[], description="CORS is off unless origins are listed (a JSON list)")
     access_log: bool = Field(default=True, description="one log line per request (Prometheus counts them anyway)")
+
+
+def env_names(name: str) -> list[str]:
+    """The environment variables that set the field ``name``, the preferred one first."""
+    alias = Settings.model_fields[name].validation_alias
+    return list(alias.choices) if isinstance(alias, AliasChoices) else [f"{ENV_PREFIX}{name.upper()}"]
+
+
+def _shown_default(name: str) -> str:
+    """A field's default as one writes it in the environment (paths relative to the project root)."""
+    field = Settings.model_fields[name]
+    if field.default_factory is not None:
+        return "random"
+    value = field.default
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, Path):
+        return str(value.relative_to(ROOT))
+    return str(value)
+
+
+def markdown_table() -> str:
+    """The README's settings table: every field's variable(s), default and meaning."""
+    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        variables = " or ".join(f"`{variable}`" for variable in env_names(name))
+        rows.append(f"| {variables} | `{_shown_default(name)}` | {field.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

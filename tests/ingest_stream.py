@@ -1,7 +1,7 @@
-"""A writer process for the durability tests: upserts batches forever, printing each acknowledged batch.
+"""A writer process for the durability tests: adds batches forever, printing each acknowledged batch.
 
 ``python -m tests.ingest_stream REDIS_URL INDEX_NAME`` — a line ``ack <first> <last>`` is printed (and
-flushed) only after ``HashIndex.upsert`` has returned for items ``<first>..<last>``.
+flushed) only after ``HashIndex.add`` has returned for items ``<first>..<last>``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def main(url: str, name: str) -> None:
     index = HashIndex.open(redis.Redis.from_url(url), name, "stream", BITS, centers(), "v1")
     start = 0
     while True:
-        index.upsert([Item(f"item{i}", "image", code(i), {"i": i}) for i in range(start, start + BATCH)])
+        index.add([Item(f"item{i}", "image", code(i), {"i": i}) for i in range(start, start + BATCH)])
         print(f"ack {start} {start + BATCH - 1}", flush=True)
         start += BATCH
 

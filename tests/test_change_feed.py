@@ -47,11 +47,11 @@ def _write_history(index: HashIndex, rounds: int, seed: int) -> None:
             n = int(rng.integers(0, 30))
             modality = "image" if n % 2 else "text"
             batch[f"{modality}{n}"] = Item(f"{modality}{n}", modality, CODES[int(rng.integers(0, 40))], {"r": r})
-        index.upsert(list(batch.values()))
+        index.add(list(batch.values()))
         if r % 4 == 3:
             victim = f"text{2 * int(rng.integers(0, 15))}"
             if index.store.modality_of(victim):
-                index.delete(victim)
+                index.remove(victim)
 
 
 def test_a_process_applies_writes_of_another_and_then_answers_exactly_alike(redis_server) -> None:
@@ -72,7 +72,7 @@ def test_follow_applies_a_write_of_another_process_as_it_arrives(redis_server) -
     applied: list[int] = []
     thread = threading.Thread(target=lambda: applied.append(follower.follow(block_ms=5000)))
     thread.start()
-    writer.upsert([Item("late", "image", CODES[0], {"by": "writer"})])
+    writer.add([Item("late", "image", CODES[0], {"by": "writer"})])
     thread.join(10)
     assert applied == [1]
     [[hit]] = follower.search("image", CODES[:1], k=1)
@@ -112,7 +112,7 @@ def test_a_process_that_fell_behind_the_trimmed_feed_reloads_and_answers_alike(r
     name = uuid.uuid4().hex
     writer, idle = _open(redis_server, name), _open(redis_server, name)
     for i in range(250):
-        writer.upsert([Item(f"image{i % 30}", "image", CODES[i % 40], {"i": i})])
+        writer.add([Item(f"image{i % 30}", "image", CODES[i % 40], {"i": i})])
     assert redis_server.client().xlen(writer.store.key("feed")) < 250  # its first changes are gone
     idle.catch_up()
     assert idle.generation.applied == writer.generation.applied == 250

@@ -49,12 +49,12 @@ def _brute_force(
 def test_full_probe_equals_brute_force_ranking_with_ties_deletes_and_reinserts(redis_server) -> None:
     index = _open(redis_server)
     codes = _codes(600, 1)
-    index.upsert(_items("t", "text", codes[:300]))
-    index.upsert([Item(f"t{i}", "text", codes[i]) for i in range(300, 600)])
+    index.add(_items("t", "text", codes[:300]))
+    index.add([Item(f"t{i}", "text", codes[i]) for i in range(300, 600)])
     for i in range(0, 600, 7):
-        index.delete(f"t{i}")
+        index.remove(f"t{i}")
     reinserted = list(range(1, 600, 11))
-    index.upsert([Item(f"t{i}", "text", codes[(i * 5) % 600]) for i in reinserted])
+    index.add([Item(f"t{i}", "text", codes[(i * 5) % 600]) for i in reinserted])
     # The model: insertion order, a re-insert moves an item to the end with its new code.
     live = {f"t{i}": codes[i] for i in range(600) if i % 7}
     for i in reinserted:
@@ -74,7 +74,7 @@ def test_full_probe_equals_brute_force_ranking_with_ties_deletes_and_reinserts(r
 def test_probing_fewer_buckets_scans_only_those_buckets(redis_server) -> None:
     index = _open(redis_server)
     codes = _codes(400, 3)
-    index.upsert(_items("i", "image", codes))
+    index.add(_items("i", "image", codes))
     queries = _codes(10, 4)
     probes = nearest_centers(unpack_signs(queries, BITS), index.centers, 2)
     for row, allowed in zip(index.search("image", queries, k=20, probe=2), probes, strict=True):
@@ -85,9 +85,9 @@ def test_probing_fewer_buckets_scans_only_those_buckets(redis_server) -> None:
 def test_items_are_routed_to_their_nearest_center_and_counts_match_members(redis_server) -> None:
     index = _open(redis_server)
     codes = _codes(300, 5)
-    index.upsert(_items("x", "image", codes))
-    index.upsert([Item("x0", "image", codes[1])])  # move x0 to x1's bucket
-    index.delete("x2")
+    index.add(_items("x", "image", codes))
+    index.add([Item("x0", "image", codes[1])])  # move x0 to x1's bucket
+    index.remove("x2")
     buckets = nearest_centers(unpack_signs(codes, BITS), index.centers, 1)[:, 0]
     assert index.get("x0").bucket == buckets[1]
     members = index.sides["image"].scan.bucket_sizes()
@@ -100,8 +100,8 @@ def test_the_memory_index_is_a_cache_rebuilt_from_redis(redis_server) -> None:
     name = uuid.uuid4().hex
     first = _open(redis_server, name=name)
     codes = _codes(250, 6)
-    first.upsert(_items("i", "image", codes))
-    first.delete("i3")
+    first.add(_items("i", "image", codes))
+    first.remove("i3")
     queries = _codes(5, 7)
     before = first.search("image", queries, k=30)
     second = _open(redis_server, name=name)
@@ -112,7 +112,7 @@ def test_the_memory_index_is_a_cache_rebuilt_from_redis(redis_server) -> None:
 def test_search_returns_metadata_and_get_returns_the_stored_item(redis_server) -> None:
     index = _open(redis_server)
     code = _codes(1, 8)
-    index.upsert([Item("cat", "image", code[0], {"title": "a cat"})])
+    index.add([Item("cat", "image", code[0], {"title": "a cat"})])
     [[hit]] = index.search("image", code, k=5)
     assert (hit.id, hit.distance, hit.metadata) == ("cat", 0, {"title": "a cat"})
     stored = index.get("cat")
@@ -120,23 +120,23 @@ def test_search_returns_metadata_and_get_returns_the_stored_item(redis_server) -
     with pytest.raises(ItemNotFoundError):
         index.get("dog")
     with pytest.raises(ItemNotFoundError):
-        index.delete("dog")
+        index.remove("dog")
 
 
 def test_bad_input_is_rejected_and_nothing_is_half_written(redis_server) -> None:
     index = _open(redis_server)
     codes = _codes(3, 9)
-    index.upsert([Item("a", "image", codes[0])])
+    index.add([Item("a", "image", codes[0])])
     with pytest.raises(IndexInputError, match="packed uint8 of shape"):
-        index.upsert([Item("b", "image", np.zeros(3, np.uint8))])
+        index.add([Item("b", "image", np.zeros(3, np.uint8))])
     with pytest.raises(IndexInputError, match="unknown modality 'audio'"):
-        index.upsert([Item("b", "audio", codes[1])])
+        index.add([Item("b", "audio", codes[1])])
     with pytest.raises(ModalityConflictError, match="'a' is already stored as another modality"):
-        index.upsert([Item("c", "text", codes[1]), Item("a", "text", codes[2])])
+        index.add([Item("c", "text", codes[1]), Item("a", "text", codes[2])])
     with pytest.raises(ModalityConflictError, match="'a' is already stored as another modality"):
-        index.upsert([Item("e", "image", codes[1]), Item("a", "text", codes[2])])  # both modalities in one batch
+        index.add([Item("e", "image", codes[1]), Item("a", "text", codes[2])])  # both modalities in one batch
     with pytest.raises(IndexInputError, match="same id twice"):
-        index.upsert([Item("d", "text", codes[1]), Item("d", "text", codes[2])])
+        index.add([Item("d", "text", codes[1]), Item("d", "text", codes[2])])
     assert index.stats()["items"] == {"image": 1, "text": 0}
     assert index.store.modality_of("c") is None and index.store.modality_of("e") is None  # conflicts wrote nothing
     with pytest.raises(IndexInputError, match="probe must be between"):
@@ -146,13 +146,13 @@ def test_bad_input_is_rejected_and_nothing_is_half_written(redis_server) -> None
 def test_with_redis_unreachable_writes_fail_whole_and_searches_answer_from_memory(redis_server) -> None:
     index = _open(redis_server)
     codes = _codes(2, 10)
-    index.upsert([Item("kept", "image", codes[0], {"title": "kept"})])
+    index.add([Item("kept", "image", codes[0], {"title": "kept"})])
     unreachable = redis.Redis(port=1, socket_connect_timeout=0.2)  # nothing listens on port 1
     index.generation.store = RedisStore(unreachable, index.store.index_name, index.store.bundle_id)
     with pytest.raises(StoreUnavailableError, match="unreachable"):
-        index.upsert([Item("a", "image", codes[1])])
+        index.add([Item("a", "image", codes[1])])
     with pytest.raises(StoreUnavailableError, match="unreachable"):
-        index.delete("kept")
+        index.remove("kept")
     assert index.stats()["items"]["image"] == 1
     [[hit]] = index.search("image", codes[:1], k=5)
     assert (hit.id, hit.distance, hit.metadata) == ("kept", 0, {"title": "kept"})
@@ -162,8 +162,8 @@ def test_rebucket_swaps_in_new_centers_without_losing_anything(redis_server) -> 
     name = uuid.uuid4().hex
     writer, reader = _open(redis_server, name=name), _open(redis_server, name=name)
     codes = _codes(300, 11)
-    writer.upsert(_items("i", "image", codes[:200]) + _items("t", "text", codes[200:]))
-    writer.delete("i5")
+    writer.add(_items("i", "image", codes[:200]) + _items("t", "text", codes[200:]))
+    writer.remove("i5")
     queries = _codes(20, 12)
     before = {m: writer.search(m, queries, k=40) for m in ("image", "text")}
 
@@ -187,20 +187,20 @@ def test_rebucket_swaps_in_new_centers_without_losing_anything(redis_server) -> 
     counts, members = writer.store.counts("image"), writer.sides["image"].scan.bucket_sizes()
     assert all(counts.get(b, 0) == members[b] for b in range(4))
     assert not list(redis_server.client().scan_iter(match=f"xmh:{name}:bundle1:g0:*"))  # old generation dropped
-    writer.upsert([Item("new", "image", codes[0])])  # writes resume after the swap
+    writer.add([Item("new", "image", codes[0])])  # writes resume after the swap
     assert reader.store.modality_of("new") == "image"
 
 
 def test_writes_wait_out_a_rebucket_while_reads_go_on(redis_server) -> None:
     index = _open(redis_server)
     codes = _codes(50, 13)
-    index.upsert(_items("i", "image", codes))
+    index.add(_items("i", "image", codes))
     index.store.client.set(index.store.rebuild_key, 1)
     try:
         with pytest.raises(StoreUnavailableError, match="re-bucketed"):
-            index.upsert([Item("x", "image", codes[0])])
+            index.add([Item("x", "image", codes[0])])
         with pytest.raises(StoreUnavailableError, match="re-bucketed"):
-            index.delete("i1")
+            index.remove("i1")
         with pytest.raises(StoreUnavailableError, match="another re-bucket"):
             rebucket(index.store, BITS, k=2)
         assert len(index.search("image", codes[:1], k=5)[0]) == 5

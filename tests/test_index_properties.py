@@ -78,11 +78,11 @@ class IndexMachine(RuleBasedStateMachine):
         items = [Item(i, m, np.frombuffer(c, dtype=np.uint8), {"w": self.writes}) for i, m, c in batch]
         if any(self._modality_of(i) not in (None, m) for i, m, _ in batch):
             try:
-                self.index.upsert(items)
+                self.index.add(items)
             except ModalityConflictError:
                 return  # all or nothing: the invariants check that the refused batch left nothing behind
             raise AssertionError(f"a batch re-using an id under the other modality was accepted: {batch}")
-        self.index.upsert(items)
+        self.index.add(items)
         for item_id, modality, code in batch:  # in batch order, within each modality
             self.live[modality].pop(item_id, None)  # a re-insert moves to the end
             self.live[modality][item_id] = (code, {"w": self.writes})
@@ -92,11 +92,11 @@ class IndexMachine(RuleBasedStateMachine):
         modality = self._modality_of(item_id)
         if modality is None:
             try:
-                self.index.delete(item_id)
+                self.index.remove(item_id)
             except ItemNotFoundError:
                 return
             raise AssertionError(f"deleting absent {item_id!r} did not raise ItemNotFoundError")
-        assert self.index.delete(item_id) == modality
+        assert self.index.remove(item_id) == modality
         del self.live[modality][item_id]
 
     @rule(side=modalities, query=codes, k=st.integers(1, 12), probe=st.one_of(st.none(), st.integers(1, N_BUCKETS)))

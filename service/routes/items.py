@@ -58,4 +58,4 @@ def get_item(item_id: str, rt: Annotated[Runtime, Depends(runtime)]) -> StoredIt
 )
 def delete_item(item_id: str, rt: Annotated[Runtime, Depends(runtime)]) -> None:
     """Remove an item from the index and from Redis."""
-    rt.index.delete(item_id)
+    rt.index.remove(item_id)

@@ -23,7 +23,7 @@ def healthz() -> dict:
 @router.get("/readyz", responses={503: {"description": "Redis unreachable"}})
 def readyz(rt: Annotated[Runtime, Depends(runtime)]) -> JSONResponse:
     """Readiness: the bundle is loaded and Redis answers."""
-    redis_ok = rt.index.store.ping()
+    redis_ok = rt.index.ping()
     body = {"bundle": rt.bundle.bundle_id, "redis": "ok" if redis_ok else "unreachable"}
     return JSONResponse(body, status_code=200 if redis_ok else 503)
 
