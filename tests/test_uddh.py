@@ -17,6 +17,7 @@ from training.bundle.writer import write_bundle
 from training.codes import to_signs
 from training.evaluation.metrics import evaluate_codes, relevance
 from training.featurize.pipeline import featurize
+from training.methods.deep import Monitor
 from training.methods.uddh import (
     SameClusterAffinity,
     UDDHConfig,
@@ -277,7 +278,9 @@ def test_progress_and_eval_fn_land_in_history() -> None:
         calls.append(hasher.bits)
         return 0.5
 
-    result = train_uddh(data["image"], data["text"], small_config(outer_iterations=2), progress=True, eval_fn=eval_fn)
+    result = train_uddh(
+        data["image"], data["text"], small_config(outer_iterations=2), monitor=Monitor(progress=True, eval_fn=eval_fn)
+    )
     assert calls == [24, 24] and [h["eval"] for h in result.hasher.history] == [0.5, 0.5]
 
 
