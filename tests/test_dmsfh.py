@@ -20,6 +20,7 @@ from training.bundle.writer import write_bundle
 from training.codes import to_signs
 from training.evaluation.metrics import evaluate_codes, relevance
 from training.featurize.pipeline import featurize
+from training.methods import dmsfh
 from training.methods.deep import Monitor
 from training.methods.dmsfh import (
     DMSFHConfig,
@@ -144,6 +145,27 @@ def test_objective_eq13_weighs_the_terms() -> None:
     assert objective(terms, config) == pytest.approx(1 + 10 + 0.5 * 100 + 7 * 1000 + 3 * 1e4)
     del terms["graph"], terms["label"]  # an ablation leaves terms out
     assert objective(terms, config) == pytest.approx(1 + 10 + 3 * 1e4)
+
+
+def test_the_training_step_computes_its_loss_with_the_tested_functions(monkeypatch) -> None:
+    names = ("inter_modal_loss", "intra_modal_loss", "label_loss", "quantization_loss")
+    calls = dict.fromkeys(names, 0)
+
+    def counted(name: str):
+        original = getattr(dmsfh, name)
+
+        def wrapper(*args):
+            calls[name] += 1
+            return original(*args)
+
+        return wrapper
+
+    for name in names:
+        monkeypatch.setattr(dmsfh, name, counted(name))
+    data = make_synthetic_crossmodal(n=100, seed=4)
+    train_dmsfh(data["image"], data["text"], data["labels"], small_config(epochs=1))
+    # 2 minibatches of 64 per network, both networks; L5 once more for the epoch's history record
+    assert calls == {"inter_modal_loss": 4, "intra_modal_loss": 4, "label_loss": 4, "quantization_loss": 5}
 
 
 # -- the B step (Eq. 19) --------------------------------------------------------------------------------------
