@@ -31,7 +31,7 @@ from tqdm import tqdm
 from training.bundle.onnx_graphs import INPUT_NAME, OPSET, OUTPUT_NAME, hash_function_graph
 from training.methods.base import MODALITIES, TrainedHasher, evaluation_fields
 
-Matrix = np.ndarray  # a training matrix: one row per item
+Matrix = np.ndarray  # a feature or label matrix, one row per item
 CHUNK = 2048  # rows per forward pass when a whole matrix goes through a network
 OPTIMIZERS = ("adam", "sgd")
 
