@@ -42,7 +42,7 @@ from training.methods.amsh import (
 from training.methods.base import TrainedHasher
 from training.methods.kernel import KernelHashFunction, RBFKernelMap
 
-SMALL = AMSHConfig(bits=16, anchors=150, lam=1e-2, beta=1e-2)
+SMALL = AMSHConfig(bits=16, n_anchors=150, lam=1e-2, beta=1e-2)
 N_TRAIN = 500  # the synthetic fixture has 600 items: the last 100 are held-out queries
 
 
@@ -377,7 +377,7 @@ def test_seeded_runs_are_reproducible(paired_model: TrainedHasher) -> None:
 def test_paper_defaults() -> None:
     config = AMSHConfig(bits=64)
     assert (config.eta, config.lam, config.beta) == (1.0, 1e-3, 1e-3)
-    assert (config.anchors, config.iterations, config.function_iterations) == (1500, 15, 15)
+    assert (config.n_anchors, config.iterations, config.function_iterations) == (1500, 15, 15)
 
 
 @pytest.mark.parametrize(
@@ -406,8 +406,8 @@ def _bad_inputs() -> list[tuple[str, dict, str]]:
         ("non-binary labels", {"image_labels": non_binary}, "0/1"),
         ("empty class", {"text_labels": empty_class}, "empty class"),
         ("class counts differ", {"text_labels": extra_class}, "share their classes"),
-        ("bits > anchors", {"config": AMSHConfig(bits=64, anchors=32)}, "exceeds anchors"),
-        ("anchors > n", {"config": AMSHConfig(bits=16, anchors=500)}, "only 200 training samples"),
+        ("bits > anchors", {"config": AMSHConfig(bits=64, n_anchors=32)}, "exceeds anchors"),
+        ("anchors > n", {"config": AMSHConfig(bits=16, n_anchors=500)}, "only 200 training samples"),
         ("anchors > n (text)", {"text": text[:100], "text_labels": labels[:100]}, "text has only 100"),
     ]
 
@@ -427,7 +427,7 @@ def test_bad_input_is_rejected_before_training(
         "image_labels": data["labels"],
         "text": data["text"],
         "text_labels": data["labels"],
-        "config": AMSHConfig(bits=16, anchors=150),
+        "config": AMSHConfig(bits=16, n_anchors=150),
         **changes,
     }
     with pytest.raises(ValueError, match=message):

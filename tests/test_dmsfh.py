@@ -20,6 +20,8 @@ from training.bundle.onnx_graphs import hash_function_graph
 from training.bundle.writer import write_bundle
 from training.evaluation.metrics import evaluate_codes, relevance
 from training.featurize.pipeline import featurize
+from training.methods import dmsfh
+from training.methods.deep import Monitor
 from training.methods.dmsfh import (
     DMSFHConfig,
     LabelGraph,
@@ -91,7 +93,8 @@ def test_l2_intra_modal_nll_eq5_to_7() -> None:
     # F Fᵀ = [[2, 0], [0, 0.5]] → φ^vv = [[1, 0], [0, 0.25]];  G Gᵀ = [[2, −1], [−1, 1]] → φ^tt = [[1, −.5], [−.5, .5]]
     image = softplus(1) + 2 * softplus(0) + softplus(0.25) - (1 + 0.25)
     text = softplus(1) + 2 * softplus(-0.5) + softplus(0.5) - (1 + 0.5)
-    assert float(intra_modal_loss(t(F), t(G), t(S))) == pytest.approx(image + text, rel=1e-12)
+    assert float(intra_modal_loss(t(F), t(F), t(S))) == pytest.approx(image, rel=1e-12)
+    assert float(intra_modal_loss(t(G), t(G), t(S))) == pytest.approx(text, rel=1e-12)
 
 
 def test_l3_label_cross_entropy_eq8_to_10() -> None:
@@ -99,13 +102,15 @@ def test_l3_label_cross_entropy_eq8_to_10() -> None:
     image_logits, text_logits = t([[2.0, -1.0]]), t([[0.0, 3.0]])
     # Σ_j −L_j L̂_j + log(1 + e^L̂_j), image then text
     by_hand = (-2 + softplus(2) + softplus(-1)) + (0 + softplus(0) + softplus(3))
-    assert float(label_loss(image_logits, text_logits, labels)) == pytest.approx(by_hand, rel=1e-12)
+    both = label_loss(image_logits, labels) + label_loss(text_logits, labels)
+    assert float(both) == pytest.approx(by_hand, rel=1e-12)
 
 
 def test_l5_quantization_eq12() -> None:
     b = t([[1, -1], [1, 1]])
     # ‖B − F‖² = 0 + 0 + 0.25 + 0.25;  ‖B − G‖² = 0 + 4 + 4 + 1
     assert float(quantization_loss(b, t(F), t(G))) == pytest.approx(0.5 + 9.0)
+    assert float(quantization_loss(b, t(F))) == pytest.approx(0.5)  # one network's share
 
 
 # Four items: 0 and 1 share label a, 1 and 2 share label b, 3 has only label c. Degrees (self included):
@@ -140,6 +145,27 @@ def test_objective_eq13_weighs_the_terms() -> None:
     assert objective(terms, config) == pytest.approx(1 + 10 + 0.5 * 100 + 7 * 1000 + 3 * 1e4)
     del terms["graph"], terms["label"]  # an ablation leaves terms out
     assert objective(terms, config) == pytest.approx(1 + 10 + 3 * 1e4)
+
+
+def test_the_training_step_computes_its_loss_with_the_tested_functions(monkeypatch) -> None:
+    names = ("inter_modal_loss", "intra_modal_loss", "label_loss", "quantization_loss")
+    calls = dict.fromkeys(names, 0)
+
+    def counted(name: str):
+        original = getattr(dmsfh, name)
+
+        def wrapper(*args):
+            calls[name] += 1
+            return original(*args)
+
+        return wrapper
+
+    for name in names:
+        monkeypatch.setattr(dmsfh, name, counted(name))
+    data = make_synthetic_crossmodal(n=100, seed=4)
+    train_dmsfh(data["image"], data["text"], data["labels"], small_config(epochs=1))
+    # 2 minibatches of 64 per network, both networks; L5 once more for the epoch's history record
+    assert calls == {"inter_modal_loss": 4, "intra_modal_loss": 4, "label_loss": 4, "quantization_loss": 5}
 
 
 # -- the B step (Eq. 19) --------------------------------------------------------------------------------------
@@ -247,8 +273,8 @@ def test_every_parameter_of_both_networks_gets_a_gradient_from_eq13() -> None:
     b = torch.sign(f + g).detach()
     terms = {
         "inter_modal": inter_modal_loss(f, g, s),
-        "intra_modal": intra_modal_loss(f, g, s),
-        "label": label_loss(image_logits, text_logits, labels),
+        "intra_modal": intra_modal_loss(f, f, s) + intra_modal_loss(g, g, s),
+        "label": label_loss(image_logits, labels) + label_loss(text_logits, labels),
         "quantization": quantization_loss(b, f, g),
     }
     objective(terms, config).backward()
@@ -329,7 +355,9 @@ def test_eval_fn_values_land_in_history_every_eval_every_epochs() -> None:
         return {"val_map_i2t": 0.25, "val_map_t2i": 0.5}
 
     config = small_config(epochs=3, eval_every=2)
-    hasher = train_dmsfh(data["image"], data["text"], data["labels"], config, progress=True, eval_fn=eval_fn)
+    hasher = train_dmsfh(
+        data["image"], data["text"], data["labels"], config, monitor=Monitor(progress=True, eval_fn=eval_fn)
+    )
     assert calls == [2, 3]  # epoch 2 and the last; the hasher passed in holds the history so far
     assert ["val_map_i2t" in h for h in hasher.history] == [False, True, True]
     assert hasher.history[-1]["val_map_t2i"] == 0.5
@@ -425,7 +453,7 @@ def test_bad_inputs_are_refused_before_training(kind: str, message: str) -> None
     [
         ({"bits": 0}, "bits must be positive"),
         ({"epochs": 0}, "epochs, batch_size and eval_every must be positive"),
-        ({"optimizer": "rmsprop"}, "optimizer must be 'sgd' or 'adam'"),
+        ({"optimizer": "rmsprop"}, "optimizer must be one of"),
         ({"lr": 0.0}, "learning rates must be positive"),
         ({"gamma": -1.0}, "gamma must be a non-negative number"),
         ({"alpha": float("nan")}, "alpha must be a non-negative number"),
@@ -456,7 +484,7 @@ def test_paper_preset_is_the_papers_setting() -> None:
     paper = DMSFHConfig.paper(32, epochs=10)
     assert (paper.bits, paper.epochs, paper.batch_size, paper.optimizer) == (32, 10, 128, "sgd")
     assert DMSFHConfig.paper(32).epochs == 500
-    assert paper.lr == pytest.approx(10**-1.5) and paper.lr_end == 1e-6
+    assert paper.lr == pytest.approx(10**-1.5) and paper.final_lr == 1e-6
     assert (paper.alpha, paper.beta, paper.gamma) == (1.0, 1.0, 1.0)
     assert paper.text_hidden == (4096, 512) and paper.text_scales == (50, 30, 15, 10, 5)
     schedule = [DMSFHConfig.paper(16).learning_rate(e) for e in (0, 499)]

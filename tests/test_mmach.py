@@ -20,10 +20,10 @@ from training.bundle.onnx_graphs import hash_function_graph
 from training.bundle.writer import write_bundle
 from training.evaluation.metrics import evaluate_codes, relevance
 from training.featurize.pipeline import featurize
+from training.methods.deep import Monitor
 from training.methods.mmach import (
     LabelNet,
     MMACHConfig,
-    attention_weights,
     build_networks,
     cross_modal_triplet_loss,
     enhance_labels,
@@ -214,7 +214,8 @@ def test_attention_weights_are_cosines_in_unit_interval_and_enhance_the_label_fe
     # Eq. 3 on the normalised features (the paper normalises them before the fusion)
     expected = unit(h_e) + np.array(expected_il)[:, None] * unit(f_e) + np.array(expected_tl)[:, None] * unit(g_e)
     assert h_a.numpy() == pytest.approx(expected)
-    assert float(attention_weights(t64([[2, 0]]), t64([[3, 0]]))[0]) == pytest.approx(1.0)
+    _, a_il, a_tl = enhance_labels(t64([[3, 0]]), t64([[2, 0]]), t64([[0, 5]]))
+    assert float(a_il[0]) == pytest.approx(1.0) and float(a_tl[0]) == pytest.approx(0.0)
 
 
 def test_labelnet_uses_the_modalities_only_with_the_attention_on() -> None:
@@ -345,10 +346,10 @@ def test_progress_and_eval_fn_land_in_history() -> None:
         return {"val_map_i2t": 0.5, "val_map_t2i": 0.25}
 
     args = (data["image"], data["text"], data["labels"], small_config(epochs=2, label_warmup_epochs=0))
-    hasher = train_mmach(*args, progress=True, eval_fn=eval_fn)
+    hasher = train_mmach(*args, monitor=Monitor(progress=True, eval_fn=eval_fn))
     assert calls == [1, 2]  # each call sees the history so far, its own epoch included
     assert [(h["val_map_i2t"], h["val_map_t2i"]) for h in hasher.history] == [(0.5, 0.25)] * 2
-    assert [h["eval"] for h in train_mmach(*args, eval_fn=lambda h: 0.75).history] == [0.75, 0.75]
+    assert [h["eval"] for h in train_mmach(*args, monitor=Monitor(eval_fn=lambda h: 0.75)).history] == [0.75, 0.75]
 
 
 def test_seeded_runs_are_reproducible() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 
 from index.bundle import load_bundle
 from index.centers import kmeans_loss, nearest_centers, reseed_empty_clusters, update_centers
@@ -17,9 +18,13 @@ from training.bundle.onnx_graphs import hash_function_graph
 from training.bundle.writer import write_bundle
 from training.evaluation.metrics import evaluate_codes, relevance
 from training.featurize.pipeline import featurize
+from training.methods import uddh
+from training.methods.deep import Monitor
 from training.methods.uddh import (
     SameClusterAffinity,
     UDDHConfig,
+    hash_loss,
+    reconstruction_loss,
     specific_objective,
     train_uddh,
     update_shared_codes,
@@ -191,6 +196,38 @@ def test_eq22_codes_are_signs_and_never_increase_their_objective(specific_proble
             assert specific_objective(p["outputs"], [image, flipped], graph, weight) >= after - 1e-9
 
 
+# -- the network losses (Eq. 3–4) ---------------------------------------------------------------------------
+
+
+def test_hash_and_reconstruction_losses_by_hand() -> None:
+    shared, shared_codes = np.array([[0.5, -1.0], [0.0, 0.0]]), np.array([[1, -1], [-1, 1]])
+    specific, specific_codes = np.array([[0.2], [1.0]]), np.array([[-1], [1]])
+    # item 0: 0.25 + 0 + 1.44;  item 1: 1 + 1 + 0
+    assert hash_loss(shared, specific, shared_codes, specific_codes) == pytest.approx([1.69, 2.0])
+    decoded, scaled = torch.tensor([[1.0, 2.0], [0.0, -1.0]]), torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    assert reconstruction_loss(decoded, scaled).tolist() == pytest.approx([5.0, 4.0])
+
+
+def test_the_training_step_computes_its_loss_with_the_tested_functions(monkeypatch) -> None:
+    calls = {"hash_loss": 0, "reconstruction_loss": 0}
+
+    def counted(name: str):
+        original = getattr(uddh, name)
+
+        def wrapper(*args):
+            calls[name] += 1
+            return original(*args)
+
+        return wrapper
+
+    for name in calls:
+        monkeypatch.setattr(uddh, name, counted(name))
+    data = make_synthetic_crossmodal(n=100, seed=4)
+    train_uddh(data["image"], data["text"], small_config(outer_iterations=1, epochs_per_iteration=1))
+    # one outer iteration: 2 minibatches of 64 per network (+ 2 history records); the decoder is the text's
+    assert calls == {"hash_loss": 2 * 2 + 2, "reconstruction_loss": 2 + 1}
+
+
 # -- training --------------------------------------------------------------------------------------------
 
 TRAIN, QUERY = slice(0, 600), slice(600, 700)
@@ -277,7 +314,9 @@ def test_progress_and_eval_fn_land_in_history() -> None:
         calls.append(hasher.bits)
         return 0.5
 
-    result = train_uddh(data["image"], data["text"], small_config(outer_iterations=2), progress=True, eval_fn=eval_fn)
+    result = train_uddh(
+        data["image"], data["text"], small_config(outer_iterations=2), monitor=Monitor(progress=True, eval_fn=eval_fn)
+    )
     assert calls == [24, 24] and [h["eval"] for h in result.hasher.history] == [0.5, 0.5]
 
 

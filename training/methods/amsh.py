@@ -1,64 +1,15 @@
-"""AMSH: Adaptive Marginalized Semantic Hashing (Luo et al., TMM 2023), for paired or unpaired data.
+"""AMSH — Adaptive Marginalized Semantic Hashing (Luo, Zhang, Li, Jia, Chen; IEEE TMM 2023), for paired
+or unpaired data.
 
-Algorithm 1 has two steps:
+Algorithm 1 has two steps. 1: hash codes from labels (Eq. 10): per modality a latent V_i, codes B_i, a
+class projection P_i and non-negative label margins E_i, coupled across modalities only through the
+label similarities S_ij = L̃_i L̃_jᵀ, so rows are never matched and the modalities may differ in samples
+and order (updates Eq. 12, Theorem 3.1, Eq. 18, Eq. 21). 2: kernel hash functions (Eq. 25): per
+modality, RBF anchor features regressed onto the margin-relaxed codes B + B ⊙ M (Eq. 26, 27).
+Row-major throughout: every matrix is the paper's transposed.
 
-1. **Hash codes from labels** (Eq. 10). Each modality i has its own latent representation V_i, codes
-   B_i, class projection P_i and non-negative label margins E_i. The modalities are coupled only
-   through the label similarities S_ij = L̃_i L̃_jᵀ. Rows are never matched across modalities, so
-   the two modalities may have different samples, counts and row orders. Updates: P (Eq. 12),
-   V (Theorem 3.1), B (Eq. 18), E (Eq. 21).
-2. **Kernel hash functions** (Eq. 25). Per modality, regress RBF anchor features onto the
-   margin-relaxed codes B + B ⊙ M by alternating F (Eq. 26) and M ≥ 0 (Eq. 27).
-
-Layout: features are row-major (n, d), so every matrix here is the paper's matrix transposed:
-V, B are (n, r); labels, R, E are (n, c); P is (r, c); W = Fᵀ is (h, r).
-
-Choices where the paper is vague or loose. "The authors' code" is their MATLAB release,
-github.com/LKYLKYZ/AMSH, consulted only to settle such points:
-
-- The inter-modal term counts each unordered pair once: β Σ_{i<j} ‖V_i V_jᵀ − r S_ij‖². Read
-  literally, Eq. 10's Σ_{i≠j} counts ordered pairs, and the exact V-step would then need 2βr. The
-  paper's Z (and the authors' code) uses βr. Counting once makes that Z exact, so every step
-  minimises the objective that ``history`` records, and the recorded objective can only go down.
-- Initialisation. The paper says "randomly" (Algorithm 1, line 1). We draw the randomness per
-  class, not per row: a random direction g_k ∈ ℝʳ for each class k, shared by all modalities, and
-  start V_0 at the feasible point (Theorem 3.1) closest to L̃G + ε·RFF. Each row starts at the mean
-  direction of its classes, plus ε = 1e-3 times random Fourier features (RFF) of its own centred
-  features. B_0 is the B-step at V_0. E_0 = 0 and M_0 = 0, so the margins start from the plain
-  labels and codes, as in the authors' code. Why:
-
-  * Eq. 10 couples the modalities only through tr(V_iᵀ S_ij V_j). Each modality's intra-modal and
-    quantisation terms hold its own bits in place, so the iterations cannot rotate one modality's
-    code basis onto the other's. A start in which the modalities' label structure sits in different
-    bases is a stable local optimum. An earlier version started from each modality's own RFF
-    (content) features, as the authors' code starts from a PCA projection of them. On OpenClipart
-    (5,873 items, 62 imbalanced hierarchical labels) content correlates with the labels, so each
-    modality started label-aware in its own basis and stayed there. Training codes retrieved their
-    own modality at mAP 0.99 but the other at 0.50–0.57, and test i2t mAP fell with more bits
-    (0.57 / 0.52 / 0.41 at 16 / 32 / 64 bits). The objective there was higher than from the shared
-    class directions (2.03e6 vs 1.78e6 at 16 bits), and 100 iterations did not leave it. Random
-    draws per row, the paper's literal reading, reached 0.98 at 16 bits but stayed at 0.52 at 64.
-    Drawn per class and shared, the random start puts both modalities in one basis: training codes
-    reach 0.98 across modalities at 16–64 bits.
-  * Every draw is a function of a row's labels and features, never of its index. So permuting a
-    modality's rows permutes its codes and leaves the other modality's hash function unchanged.
-    Random draws per row would make each modality's result depend on the other's row order.
-  * The RFF term matters only in directions that L̃G leaves empty: when bits > rank L̃ (64 bits
-    with 62 classes), or when classes have identical columns. It fills them by content, not by row
-    index. At ε = 1e-3 it does not move the shared label directions. Much larger weights (ε ≥ 10,
-    i.e. mostly content) give back part of the basis mismatch.
-- When Z is rank-deficient, the V-step fills the missing directions with random orthonormal columns
-  orthogonal to 1 and to the others (Theorem 3.1). This does not happen for η > 0 unless B is
-  rank-deficient, which is why ``eta`` must be positive. An η of 0 also makes the B-step ignore V.
-- Step 2 adds a ridge ξ‖W‖² (default 0.01, as in the authors' code). The inverse in Eq. 26 is
-  numerically singular for ~1500 RBF anchors. The ridge is part of the step-2 objective, so the
-  F-step is still its exact minimiser.
-- Step 2 has an unpenalised intercept. The paper's F has no bias, and the authors' code centres the
-  kernel features instead. We fit W on centred features plus an intercept, which is the exact joint
-  minimiser. The result is exported as ``KernelHashFunction(projection=W, bias=ḡ − μW)``, where μ
-  is the mean feature and ḡ the mean target (≈ 0 for balanced codes, i.e. the authors' centring).
-- A sample with no label has a zero row in L̃, so it is similar to nothing, rather than 0/0.
-- Both steps run a fixed number of iterations. The paper uses τ = 15 and no tolerance.
+Where the paper is vague (pair counting, the per-class shared initialisation and why, rank deficiency,
+the ridge and intercept of step 2, unlabelled rows), as settled here: ``docs/methods/amsh.md``.
 """
 
 from __future__ import annotations
@@ -73,12 +24,12 @@ from index.codes import to_signs
 from training.methods.base import MODALITIES, TrainedHasher, check_features, check_labels
 from training.methods.kernel import KernelHashFunction, RBFKernelMap
 
-INIT_CONTENT_WEIGHT = 1e-3  # ε: weight of the content features in the initial V (module docstring)
+INIT_CONTENT_WEIGHT = 1e-3  # ε: weight of the content features in the initial V (docs/methods/amsh.md)
 
 
 @dataclass(frozen=True)
 class AMSHConfig:
-    """Hyper-parameters. The defaults are the paper's (§IV-B), except the ridge (module docstring).
+    """Hyper-parameters. The defaults are the paper's (§IV-B), except the ridge (docs/methods/amsh.md).
 
     λ and β weight terms that grow with the number of samples. The paper tuned them on 16k–185k items.
     On a few hundred items, at 1e-3 the similarity terms are too weak against η‖B − V‖² and the codes
@@ -89,13 +40,13 @@ class AMSHConfig:
     eta: float = 1.0  # η: weight of ‖B − V‖², i.e. how closely the codes follow the latents
     lam: float = 1e-3  # λ: intra-modal similarity preservation
     beta: float = 1e-3  # β: inter-modal similarity preservation
-    anchors: int = 1500  # RBF anchors per modality
+    n_anchors: int = 1500  # RBF anchors per modality (as DSFH)
     iterations: int = 15  # τ for step 1 (codes)
     function_iterations: int = 15  # τ for step 2 (hash functions)
     ridge: float = 0.01  # ξ in step 2
 
     def __post_init__(self) -> None:
-        for name in ("bits", "anchors", "iterations", "function_iterations"):
+        for name in ("bits", "n_anchors", "iterations", "function_iterations"):
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -178,7 +129,7 @@ def init_codes(
     config: AMSHConfig,
     rng: np.random.Generator,
 ) -> ModalityCodes:
-    """Feasible start: V_0 is the feasible point (Theorem 3.1) closest to L̃G + ε·RFF (module docstring),
+    """Feasible start: V_0 is the feasible point (Theorem 3.1) closest to L̃G + ε·RFF (docs/methods/amsh.md),
     B_0 the B-step at V_0.
 
     L̃G gives every row the mean of its classes' random directions G, which all modalities share, so
@@ -291,7 +242,7 @@ def learn_codes(
 ) -> tuple[list[ModalityCodes], list[dict]]:
     """Step 1 of Algorithm 1. ``rngs`` are the modalities' own streams. ``shared_rng`` draws the class
     directions G of the initialisation, which all modalities share. Features only break ties in the
-    initial V (module docstring). Returns the final variables and one history record per iteration."""
+    initial V (docs/methods/amsh.md). Returns the final variables and one history record per iteration."""
     g = draw_class_directions(labels[0].shape[1], config.bits, shared_rng)
     states = [init_codes(y, x, g, config, r) for y, x, r in zip(labels, features, rngs, strict=True)]
     history = []
@@ -387,14 +338,14 @@ def _check_sizes(features: dict[str, np.ndarray], labels: dict[str, np.ndarray],
     classes = {m: y.shape[1] for m, y in labels.items()}
     if len(set(classes.values())) != 1:
         raise ValueError(f"label matrices must share their classes, got column counts {classes}")
-    if config.bits > config.anchors:
+    if config.bits > config.n_anchors:
         raise ValueError(
-            f"bits ({config.bits}) exceeds anchors ({config.anchors}): the codes would have rank ≤ anchors"
+            f"bits ({config.bits}) exceeds anchors ({config.n_anchors}): the codes would have rank ≤ anchors"
         )
     for m, x in features.items():
         n = x.shape[0]
-        if config.anchors > n:
-            raise ValueError(f"{config.anchors} anchors requested but {m} has only {n} training samples")
+        if config.n_anchors > n:
+            raise ValueError(f"{config.n_anchors} anchors requested but {m} has only {n} training samples")
         if config.bits >= n:
             raise ValueError(f"{m} has {n} samples: need more than bits ({config.bits}) for balanced codes")
 
@@ -426,7 +377,7 @@ def train_amsh(
     kernels, kernel_features = {}, {}
     for i, m in enumerate(MODALITIES):
         rng = np.random.default_rng(streams[i][0])
-        kernels[m], kernel_features[m] = RBFKernelMap.fit_transform(features[m], config.anchors, rng)
+        kernels[m], kernel_features[m] = RBFKernelMap.fit_transform(features[m], config.n_anchors, rng)
     init_rngs = [np.random.default_rng(streams[i][1]) for i in range(len(MODALITIES))]
     states, history = learn_codes(
         [labels[m] for m in MODALITIES],

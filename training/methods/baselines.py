@@ -1,11 +1,7 @@
-"""Reference points every trained method must beat, sharing the trainers' interface.
-
-- ``lsh``: random Gaussian hyperplanes on each modality's centred features, drawn independently per
-  modality. Image and text codes then live in unrelated spaces, so cross-modal retrieval is at chance
-  level: this row is the floor that shows what the label prior alone gives.
-- ``cca``: canonical correlation analysis maps both modalities into one correlated space, and the
-  top-``bits`` canonical directions are thresholded at the mean (the classic unsupervised CCA hashing
-  baseline of the cross-modal hashing literature).
+"""Reference points every trained method must beat, sharing the trainers' interface: ``lsh`` (random
+hyperplanes drawn independently per modality, so cross-modal retrieval sits at the label prior) and
+``cca`` (the classic CCA hashing baseline: top canonical directions thresholded at the mean). More in
+``docs/methods/baselines.md``.
 """
 
 from __future__ import annotations

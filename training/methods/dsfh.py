@@ -1,43 +1,15 @@
-"""DSFH — Dual Semantic Fusion Hashing (Liu et al., IJCAI 2024): supervised kernel-linear cross-modal hashing.
+"""DSFH — Dual Semantic Fusion Hashing (Liu, Gong, Cao, Ren, Peng, Sun; IJCAI 2024): supervised
+kernel-linear cross-modal hashing.
 
-Model (paper Eq. 4), per modality t with RBF anchor features X^t, modality-specific codes H^t, a projection
-W^t and consensus codes B:
+Per modality t, RBF anchor features X^t, codes H^t, a projection W^t and consensus codes B minimise
+Σ_t ‖H^t − W^t X^t‖² + α ‖Bᵀ H^t − r S‖² with S = YᵀY + γ LᵀL (instance-level label cosine plus
+label-cluster similarity, never formed n × n). Training alternates W^t (Procrustes), H^t (eigen solve)
+and B (sign); the hash functions are ridge regressions of B on X^t. Every matrix here is the paper's
+transposed (row-major).
 
-    min  Σ_t ‖H^t − W^t X^t‖² + α ‖Bᵀ H^t − r S‖²,   S = Yᵀ Y + γ Lᵀ L   (γ = 1, Eq. 3)
-
-solved by alternating W^t (SVD, Eq. 6–8), H^t (eigendecomposition, Eq. 10–13) and B (sign, Eq. 16), then
-the out-of-sample hash functions F^t by ridge regression of B on X^t (Eq. 18).
-
-Layout: the paper is column-major (d × n); this module is row-major throughout. Every matrix here is the
-transpose of the paper's: ``x`` (n, h) = (X^t)ᵀ, ``h`` (n, r) = (H^t)ᵀ, ``b`` (n, r) = Bᵀ, ``w`` (h, r) =
-(W^t)ᵀ, and ``semantics.product(m)`` = S m is the transpose of the paper's M S. The n × n matrix S is never
-formed: S m is computed as Ŷ (Ŷᵀ m) + γ L (Lᵀ m) (Eq. 11 reordered), O(n·(c + k)·r).
-
-Choices where the paper is vague or inconsistent, and why:
-
-* Constraint shapes. The paper writes (W^t)ᵀ W^t = I, (H^t)ᵀ H^t = nI and (H^t)ᵀ 1 = 0, which are n × n
-  or h × h and cannot hold for r < h < n. The solutions it derives (Eq. 8 and Eq. 13) satisfy W^t (W^t)ᵀ
-  = I_r, H^t (H^t)ᵀ = n I_r and H^t 1 = 0 (each bit zero-mean over the training set), so those are the
-  constraints used (row-major: ``wᵀw = I``, ``hᵀh = nI``, ``hᵀ1 = 0``). Hence bits ≤ anchors and bits < n.
-* Eq. 10 writes G^t = W^t X^t + αr H(YᵀY + LᵀL); expanding Eq. 9 gives B in place of H (‖BᵀH^t‖² is
-  constant once H^t (H^t)ᵀ = nI and B is binary), so G^t = W^t X^t + αr B S.
-* W-step. Eq. 5 → Eq. 6 drops ‖W^t X^t‖², which is constant only under the paper's literal (impossible)
-  constraint (W^t)ᵀ W^t = I. We follow the paper and solve Eq. 6 exactly (orthogonal Procrustes). The
-  objective every step then decreases exactly is Eq. 4 with ‖W^t X^t‖² read as ‖X^t‖² (the paper's own
-  identity); ``history`` records it as ``objective`` (monotone by construction) next to the literal
-  Eq. 4 value ``objective_eq4`` and its two parts.
-* S_I. §3.2 calls YᵀY "the cosine similarity between labels", so label rows are L2-normalised first
-  (Ŷ): S_I ∈ [0, 1] then sits on the same scale as the 0/1 cluster term S_C, which is what "equally
-  important, γ = 1" asks for; items with many tags do not dominate. Rows without labels stay zero.
-* Label clusters. K-means runs on the distinct label vectors weighted by their multiplicity — the same
-  objective as clustering all n label rows (identical rows always share a cluster), much cheaper. When
-  k ≥ the number of distinct label vectors each distinct vector is its own cluster (the exact K-means
-  optimum; sklearn would warn and duplicate centres). L is kept as a sparse one-hot (n, k) matrix.
-* Initialisation (not given): B random signs, H^t a random feasible point; both from the seed.
-* Rank-deficient H-step (Eq. 12–13): eigenvalues below 1e-10·‖G‖² count as zero; the missing directions
-  are random, orthonormal and orthogonal to 1 and J (the paper's J̃), so the constraints still hold.
-* Eq. 18 has no bias, so the encoders' bias is zero; λI is added to the h × h Gram matrix exactly as
-  written (not scaled by n) and the system is solved by Cholesky.
+The paper's vague or inconsistent points and how they are read here (constraint shapes, Eq. 10, the
+W-step surrogate, S_I as a cosine, label clustering, initialisation, rank deficiency, Eq. 18):
+``docs/methods/dsfh.md``.
 """
 
 from __future__ import annotations
@@ -140,7 +112,7 @@ def solve_orthogonal_balanced(g: np.ndarray, rng: np.random.Generator) -> np.nda
 
 
 def update_H(xw: np.ndarray, sb: np.ndarray, alpha: float, rng: np.random.Generator) -> np.ndarray:
-    """Eq. 9–13 for one modality: G = XW + αr·SB (Eq. 11 with B, see module notes), then the eigen solve."""
+    """Eq. 9–13 for one modality: G = XW + αr·SB (Eq. 11 with B, see docs/methods/dsfh.md), then the eigen solve."""
     return solve_orthogonal_balanced(xw + alpha * sb.shape[1] * sb, rng)
 
 

@@ -1,25 +1,42 @@
 """Every trainable method by name, each adapted to one signature: (features, bits, seed, params) → hasher.
 
-``params`` overrides fields of the method's config dataclass (e.g. ``{"n_anchors": 500}``); methods
-without hyper-parameters reject any. Trainer modules are imported on use, so choosing one method does
-not pay for the others' imports.
+``params`` overrides fields of the method's config dataclass (e.g. ``{"n_anchors": 500}``) through
+``build_config``, the one place that turns them into a config: a key that is not a field, or that the
+code length sets, is refused with the valid keys named; methods without hyper-parameters accept none.
+Trainer modules are imported on use, so choosing one method does not pay for the others' imports.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from training.featurize.pipeline import FeatureSet
 from training.methods.base import TrainedHasher
+from training.methods.deep import Monitor
 
 Trainer = Callable[[FeatureSet, int, int, dict], TrainedHasher]
 
 
-def _no_params(method: str, params: dict) -> None:
-    if params:
-        raise ValueError(f"{method} takes no parameters, got {sorted(params)}")
+def build_config(
+    method: str, config_class: type | None, params: Mapping[str, Any], fixed: Mapping[str, Any], **defaults: Any
+) -> Any:
+    """``config_class(**fixed, **defaults, **params)``. ``fixed`` holds the fields the code length sets (not
+    overridable), ``defaults`` the registry's own defaults (overridable); a ``params`` key that is not
+    another field of the config is a ValueError naming the valid keys. ``config_class`` None: no
+    hyper-parameters, only an empty ``params`` is valid (and None is returned)."""
+    fields = {f.name for f in dataclasses.fields(config_class)} if config_class is not None else set()
+    valid = sorted(fields - set(fixed))
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        named = [f"{key} (set by --bits)" if key in fixed else f"{key} (unknown)" for key in unknown]
+        raise ValueError(f"{method} does not take {', '.join(named)}; valid parameters: {', '.join(valid) or 'none'}")
+    if config_class is None:
+        return None
+    return config_class(**fixed, **(dict(defaults) | dict(params)))
 
 
 def _labelled_train(method: str, features: FeatureSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -56,7 +73,7 @@ def _validation_map(features: FeatureSet) -> Callable[[TrainedHasher], dict[str,
 def _lsh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
     from training.methods.baselines import train_lsh
 
-    _no_params("lsh", params)
+    build_config("lsh", None, params, {})
     image, text, _ = features.part("train")
     return train_lsh(image, text, bits, seed)
 
@@ -64,7 +81,7 @@ def _lsh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHas
 def _cca(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
     from training.methods.baselines import train_cca
 
-    _no_params("cca", params)
+    build_config("cca", None, params, {})
     image, text, _ = features.part("train")
     return train_cca(image, text, bits)
 
@@ -73,14 +90,14 @@ def _dsfh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHa
     from training.methods.dsfh import DSFHConfig, train_dsfh
 
     image, text, labels = _labelled_train("dsfh", features)
-    return train_dsfh(image, text, labels, DSFHConfig(bits=bits, **params), seed=seed)
+    return train_dsfh(image, text, labels, build_config("dsfh", DSFHConfig, params, {"bits": bits}), seed=seed)
 
 
 def _amsh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
     from training.methods.amsh import AMSHConfig, train_amsh
 
     image, text, labels = _labelled_train("amsh", features)
-    return train_amsh(image, labels, text, labels, AMSHConfig(bits=bits, **params), seed=seed)
+    return train_amsh(image, labels, text, labels, build_config("amsh", AMSHConfig, params, {"bits": bits}), seed=seed)
 
 
 def _amsh_unpaired(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
@@ -88,6 +105,7 @@ def _amsh_unpaired(features: FeatureSet, bits: int, seed: int, params: dict) -> 
     of one modality corresponds to the same row of the other; only labels tie them."""
     from training.methods.amsh import AMSHConfig, train_amsh
 
+    config = build_config("amsh-unpaired", AMSHConfig, params, {"bits": bits})
     image, text, labels = _labelled_train("amsh-unpaired", features)
     rng = np.random.default_rng(seed + 1)
     image_order, text_order = rng.permutation(len(image)), rng.permutation(len(text))
@@ -96,7 +114,7 @@ def _amsh_unpaired(features: FeatureSet, bits: int, seed: int, params: dict) -> 
         labels[image_order],
         text[text_order],
         labels[text_order],
-        AMSHConfig(bits=bits),
+        config,
         seed,
     )
     hasher.method = "amsh-unpaired"
@@ -111,10 +129,9 @@ def _uddh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHa
     from training.evaluation.metrics import evaluate_codes
     from training.methods.uddh import UDDHConfig, train_uddh
 
-    params = dict(params)
-    shared = params.pop("shared_bits", max(8, bits // 16 * 8))
-    config = UDDHConfig(
-        shared_bits=shared, specific_bits=bits - shared, n_clusters=params.pop("n_clusters", 64), **params
+    shared = params.get("shared_bits", max(8, bits // 16 * 8))
+    config = build_config(
+        "uddh", UDDHConfig, params, {"specific_bits": bits - shared}, shared_bits=shared, n_clusters=64
     )
     query_image, _, query_labels = features.part("query")
     _, database_text, database_labels = features.part("database")
@@ -125,23 +142,27 @@ def _uddh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHa
         return evaluate_codes(queries, database, query_labels, database_labels)["MAP@50"]
 
     image, text, _ = features.part("train")
-    return train_uddh(image, text, config, seed=seed, progress=True, eval_fn=map_at_50).hasher
+    return train_uddh(image, text, config, seed=seed, monitor=Monitor(progress=True, eval_fn=map_at_50)).hasher
 
 
 def _dmsfh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
     from training.methods.dmsfh import DMSFHConfig, train_dmsfh
 
     image, text, labels = _labelled_train("dmsfh", features)
-    config = DMSFHConfig(bits=bits, **params)
-    return train_dmsfh(image, text, labels, config, seed=seed, progress=True, eval_fn=_validation_map(features))
+    config = build_config("dmsfh", DMSFHConfig, params, {"bits": bits})
+    return train_dmsfh(
+        image, text, labels, config, seed=seed, monitor=Monitor(progress=True, eval_fn=_validation_map(features))
+    )
 
 
 def _mmach(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
     from training.methods.mmach import MMACHConfig, train_mmach
 
     image, text, labels = _labelled_train("mmach", features)
-    config = MMACHConfig(bits=bits, **params)
-    return train_mmach(image, text, labels, config, seed=seed, progress=True, eval_fn=_validation_map(features))
+    config = build_config("mmach", MMACHConfig, params, {"bits": bits})
+    return train_mmach(
+        image, text, labels, config, seed=seed, monitor=Monitor(progress=True, eval_fn=_validation_map(features))
+    )
 
 
 TRAINERS: dict[str, Trainer] = {

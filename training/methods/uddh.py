@@ -1,95 +1,34 @@
-"""UDDH — Unsupervised Dual Deep Hashing with semantic index and content code (Zhang et al., TPAMI 2024).
+"""UDDH — Unsupervised Dual Deep Hashing with semantic index and content code (Zhang, Zhang, Li, Chen,
+Akutsu, Cheung, Cai; IEEE TPAMI 2024).
 
-Each modality i has a network with two tanh-relaxed heads: the modality-shared head N_i^c (l^c bits) and
-the modality-specific head N_i^s (l^s bits). The text network's trunk is the encoder of a deep
-autoencoder (Eq. 4). Training alternates (Algorithm 1) between
+Each modality's network has a shared head N^c (l^c bits) and a specific head N^s (l^s bits); the text
+trunk is the encoder of an autoencoder. Training alternates (Algorithm 1) the networks (Eq. 3–4), the
+shared codes B^c (Eq. 12), the binary centers C (Eq. 16), the semantic index H (Eq. 19) and the specific
+codes B_i^s with a same-cluster affinity graph (Eq. 8, 22). A hash function outputs [N̂^c | N̂^s]: the
+first l^c bits route a query to its semantic-index bucket (the centers C), the rest is the content code.
+No labels are used. Row-major throughout: ``centers`` (k, l^c) = Cᵀ.
 
-1. the networks: regress N̂_i^c on B^c and N̂_i^s on B_i^s, plus the autoencoder loss (Eq. 3, 4);
-2. B^c = sign(C H + Σ_i N̂_i^c)                                              (Eq. 12);
-3. the binary centers C, one center at a time (discrete cyclic coordinate descent, Eq. 16);
-4. the semantic index H: each item's top-e nearest centers by Hamming distance (Eq. 19);
-5. the specific codes B_i^s from the network outputs and the same-cluster affinity graph (Eq. 8, 22).
-
-The hash function of a modality outputs [N̂^c | N̂^s]: the first l^c bits are the head code that routes a
-query to its semantic-index bucket (the centers C), the rest is the content code.
-
-Layout: the paper is column-major (bits × n); here every code matrix is row-major (n, bits), so
-``centers`` (k, l^c) = Cᵀ and ``assignments`` (n, e) lists, per item, the indices of the centers where
-its column of H holds a one (nearest first).
-
-Choices where the paper is vague, and why:
-
-* Networks. There is no pretrained ResNet18 offline and our image input is already a feature vector, so
-  the image network is an MLP (``image_hidden``) playing the backbone, and each head is the paper's
-  "new fully connected layer and regression layer": FC–ReLU–FC–tanh. The text trunk is the
-  autoencoder's encoder (``text_hidden``); its decoder mirrors it with a linear output. Eq. 8's deep
-  feature N̄_i^s is the hidden layer of the specific head ("the last hidden fully-connected layer").
-* Inputs. Image features are z-scored per dimension; text features are divided by one global scale
-  (their root mean square), so a sparse bag of words stays sparse and a rare word is not blown up by
-  a tiny per-word deviation. Both steps are part of the network, hence of the exported graph. The
-  autoencoder reconstructs the scaled text.
-* Losses are sums over bits and mean over the minibatch (Eq. 3–4 per item); ``history`` records the
-  Eq. 9 terms as sums over the training set after each outer iteration's code updates.
-* Schedule. The paper (§IV): Adam (β₁ = 0.9), weight decay 1e-4, lr 3e-4 image / 3e-3 text, batch 20,
-  5 epochs per outer iteration, lr ÷10 every 3 epochs, 10 outer iterations: ``UDDHConfig.paper``. The
-  decay restarts with a fresh optimizer at every outer iteration: counted over all 50 epochs it would
-  reach lr·1e-16 and freeze the networks after the first round, while each round is a new regression
-  onto new codes. The default (CPU) preset keeps all of that but batch 128 and 3 epochs (lr ÷10 after
-  2): ~10× fewer optimizer steps. On OpenClipart (64 bits, k = 64, seed 0, 2 cores) it took 76 s vs
-  187 s, with the same mAP (i2t 0.429 vs 0.419, t2i 0.424 vs 0.423) but a lower MAP@50 (i2t 0.630 vs
-  0.656, t2i 0.686 vs 0.744).
-* Initial codes (not given). B^c and B^s start from the classic CCA hashing codes (``train_cca``):
-  B^c the signs of the summed image and text projections on the top l^c canonical directions, both
-  B_i^s on the next l^s. Round 1 then regresses onto codes both modalities can predict; random codes
-  would make the first rounds fit noise. The initial centers are the codes of k random items.
-* k and e. The paper sets k to the number of categories and e to the number of labels of an item; UDDH
-  is unsupervised, so both are hyper-parameters here (e = 1 by default). With e > 1 the column of H
-  holds e ones and C H is the sum of the e centers, as written; top-e (Eq. 19) is the paper's rule and
-  the exact minimiser of Eq. 18 only for e = 1.
-* Eq. 8 is printed as exp(+‖·‖²/2σ²); the minus sign is meant (affinity must fall with distance).
-  σ is per modality and iteration: 2σ² is the mean squared distance between distinct same-cluster
-  pairs, so a typical pair weighs e⁻¹. "H_p = H_q" is read literally: same set of e centers.
-* The coupling term. Eq. 6 minimises Tr(B_i^s (L_i + L_j) B_j^sᵀ) with L = D − A. Its degree part
-  Tr(B_i^s D B_j^sᵀ) = Σ_p d_p b_ip·b_jp rewards every item's image and text codes for *disagreeing*,
-  weighted by its degree, which outweighs everything else: Eq. 22 then sets B_1^s ≈ −B_2^s, useless
-  for cross-modal Hamming ranking and contrary to the stated aim ("preserve the modality-correlated
-  codes"). We drop D and normalise: the term is −λ Tr(B_1^s Ã B_2^sᵀ) with Ã = D^{-1/2}(A_1 + A_2)
-  D^{-1/2}, which equals λ/2 Σ_pq Ã_pq ‖b_1p − b_2q‖² up to a constant (binary codes): cross-modal
-  affinity preservation. The normalisation keeps Ã B ∈ [−1, 1]-ish whatever the cluster sizes; with
-  raw A, the ~n/k neighbours would outvote the network term 2N̂ ∈ (−2, 2) and erase item content.
-  λ = ``affinity_weight`` (1, as Eq. 9's implicit weight).
-* Eq. 22 for both modalities. Eq. 20 keeps only j > i, so read literally the text codes would ignore
-  the coupling although Eq. 9 contains it. We take the exact block minimiser of Eq. 9 for each
-  modality in turn (image, then text with the new image codes): B_1^s = sign(2N̂_1^s + λ Ã B_2^s),
-  B_2^s = sign(2N̂_2^s + λ Ã B_1^s), so the step never increases the objective.
-* Ties. Eq. 12 and 22 map an exact 0 to −1 (``index.codes``); in Eq. 16 a zero argument keeps the
-  center's current bit (both are optimal; keeping it avoids churn). Eq. 19 ties go to the lower index.
-* Empty clusters. After Eq. 19, each empty cluster is re-seeded with the code of the item farthest (in
-  Hamming distance) from its nearest assigned center, among items that can give up one of their
-  assignment slots without emptying another cluster; that item's farthest such slot moves to the
-  re-seeded center (nearest, at distance 0). For e = 1 this only lowers ‖B^c − CH‖² and is the usual
-  k-means fix; every cluster then has a member, so every bucket of the index is reachable.
-* Parity. The encoders are ``TorchHashEncoder``: float64 copies of the networks, exported as traced.
+The networks, inputs, schedule, initial codes, k and e, the sign of Eq. 8, the coupling term, Eq. 22 for
+both modalities, ties and empty clusters, with the measurements behind them: ``docs/methods/uddh.md``.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from index.centers import center_sums, kmeans_loss, nearest_centers, reseed_empty_clusters, update_centers
 from index.codes import to_signs
+from training.methods import deep
 from training.methods.base import MODALITIES, TrainedHasher, check_features
 from training.methods.baselines import train_cca
-from training.methods.torch_encoder import frozen_hasher, torch_threads
 
-_CHUNK = 2048  # rows per block for distances, affinities and full-batch network passes
+_CHUNK = 2048  # rows per block of the same-cluster affinity products
+Array = torch.Tensor | np.ndarray  # the network losses take either
 
 
 @dataclass(frozen=True)
@@ -97,7 +36,7 @@ class UDDHConfig:
     """Hyper-parameters. The defaults are the CPU preset: the paper's optimiser, learning rates, weight
     decay, step decay and 10 outer iterations, with batch 128 and 3 epochs per outer iteration (lr ÷10
     after 2) instead of batch 20 and 5 epochs (lr ÷10 after 3), which :meth:`paper` restores: about 10×
-    the optimizer steps, 2.5–4× the time on two CPU cores at n ≈ 6,000 (module docstring)."""
+    the optimizer steps, 2.5–4× the time on two CPU cores at n ≈ 6,000 (docs/methods/uddh.md)."""
 
     shared_bits: int  # l^c, the head code; a multiple of 8 because the index packs it to bytes
     specific_bits: int  # l^s
@@ -114,12 +53,9 @@ class UDDHConfig:
     image_hidden: tuple[int, ...] = (256,)  # the image backbone MLP
     text_hidden: tuple[int, ...] = (256,)  # the autoencoder's encoder = the text backbone
     head_hidden: int = 128  # hidden FC layer of every head (N̄ of Eq. 8 for the specific heads)
-    affinity_weight: float = 1.0  # λ of the cross-modal affinity term (module docstring)
+    affinity_weight: float = 1.0  # λ of the cross-modal affinity term (docs/methods/uddh.md)
     device: str = "cpu"
-    # torch intra-op threads while training (restored after). Minibatch products of 128 rows gain little
-    # from more threads and lose a lot when the cores are shared: 41 s with 1 vs 259 s with 2 threads for
-    # the same n = 5,900 run on a 2-core machine under a load of ~3.5. None keeps torch's setting.
-    torch_threads: int | None = 1
+    torch_threads: int | None = 1  # intra-op threads while training (restored after); None keeps torch's
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_hidden", tuple(self.image_hidden))  # lists from JSON configs
@@ -137,8 +73,7 @@ class UDDHConfig:
             raise ValueError("hidden layer sizes must be positive")
         if not (self.image_lr > 0 and self.text_lr > 0 and 0 < self.lr_step_factor <= 1):
             raise ValueError("learning rates must be positive and lr_step_factor in (0, 1]")
-        if self.torch_threads is not None and self.torch_threads < 1:
-            raise ValueError(f"torch_threads must be positive or None, got {self.torch_threads}")
+        deep.check_torch_threads(self.torch_threads)
         if self.weight_decay < 0 or self.affinity_weight < 0:
             raise ValueError("weight_decay and affinity_weight must be non-negative")
 
@@ -165,13 +100,6 @@ class UDDHResult:
 # -- networks ------------------------------------------------------------------------------------------
 
 
-def _mlp(sizes: Sequence[int]) -> list[nn.Module]:
-    layers: list[nn.Module] = []
-    for fan_in, fan_out in itertools.pairwise(sizes):
-        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
-    return layers
-
-
 class _Head(nn.Module):
     """N^c or N^s: a hidden FC layer (the deep feature N̄) and a tanh-relaxed regression layer (Eq. 3)."""
 
@@ -185,7 +113,7 @@ class _Head(nn.Module):
         return torch.tanh(self.out(feature)), feature
 
 
-class UDDHNet(nn.Module):
+class UDDHNet(deep.ScaledInputNet):
     """One modality's network: input scaling, backbone, shared and specific heads (and the text decoder).
 
     ``forward`` is the hash function: float32 features → [N̂^c | N̂^s] in the module's dtype.
@@ -199,21 +127,12 @@ class UDDHNet(nn.Module):
         config: UDDHConfig,
         autoencoder: bool,
     ) -> None:
-        super().__init__()
-        self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32))
-        self.register_buffer("inv_scale", torch.as_tensor(1.0 / scale, dtype=torch.float32))
+        super().__init__(shift, scale)
         sizes = (len(shift), *hidden)
-        self.backbone = nn.Sequential(*_mlp(sizes))
+        self.backbone = nn.Sequential(*deep.mlp(sizes))
         self.shared = _Head(sizes[-1], config.head_hidden, config.shared_bits)
         self.specific = _Head(sizes[-1], config.head_hidden, config.specific_bits)
-        self.decoder = nn.Sequential(*_mlp(sizes[::-1])[:-1]) if autoencoder else None
-
-    @property
-    def input_dim(self) -> int:
-        return self.shift.shape[0]
-
-    def scaled(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.to(self.shift.dtype) - self.shift) * self.inv_scale
+        self.decoder = nn.Sequential(*deep.mlp(sizes[::-1])[:-1]) if autoencoder else None
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(scaled input, backbone output, N̂^c, N̂^s, N̄^s): the heads tanh-relaxed, N̄^s for Eq. 8."""
@@ -226,6 +145,19 @@ class UDDHNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, _, shared, specific, _ = self.parts(x)
         return torch.cat([shared, specific], dim=1)
+
+
+# -- the network losses (Eq. 3–4), per item: torch tensors in training, numpy arrays in the history ---------
+
+
+def hash_loss(shared: Array, specific: Array, shared_codes: Array, specific_codes: Array) -> Array:
+    """Eq. 3 per item: ‖N̂^c − B^c‖² + ‖N̂^s − B_i^s‖², each row summed over its bits."""
+    return ((shared - shared_codes) ** 2).sum(1) + ((specific - specific_codes) ** 2).sum(1)
+
+
+def reconstruction_loss(decoded: torch.Tensor, scaled: torch.Tensor) -> torch.Tensor:
+    """Eq. 4's autoencoder term per item: ‖N̂^AE(X) − X‖² of the scaled text input."""
+    return ((decoded - scaled) ** 2).sum(1)
 
 
 # -- discrete steps ------------------------------------------------------------------------------------
@@ -287,7 +219,7 @@ class SameClusterAffinity:
 
 
 def affinity_term(codes: Sequence[np.ndarray], affinity: SameClusterAffinity, weight: float) -> float:
-    """−λ Tr(B_1^s Ã B_2^sᵀ): the cross-modal affinity term of Eq. 9 as used here (module docstring)."""
+    """−λ Tr(B_1^s Ã B_2^sᵀ): the cross-modal affinity term of Eq. 9 as used here (docs/methods/uddh.md)."""
     return -weight * float((np.asarray(codes[0], np.float64) * affinity.product(codes[1])).sum())
 
 
@@ -322,19 +254,16 @@ class _Outputs:
 
 
 def _full_pass(net: UDDHNet, x: torch.Tensor) -> _Outputs:
-    parts: dict[str, list[torch.Tensor]] = {"shared": [], "specific": [], "feature": []}
-    reconstruction = 0.0
-    net.eval()
-    with torch.no_grad():
-        for start in range(0, len(x), _CHUNK):
-            xs, z, shared, specific, feature = net.parts(x[start : start + _CHUNK])
-            parts["shared"].append(shared)
-            parts["specific"].append(specific)
-            parts["feature"].append(feature)
-            if net.decoder is not None:
-                reconstruction += float(((net.decoder(z) - xs) ** 2).sum())
-    arrays = {k: torch.cat(v).cpu().double().numpy() for k, v in parts.items()}
-    return _Outputs(**arrays, reconstruction=reconstruction)
+    def forward(rows: slice) -> dict[str, torch.Tensor]:
+        xs, z, shared, specific, feature = net.parts(x[rows])
+        out = {"shared": shared, "specific": specific, "feature": feature}
+        if net.decoder is not None:
+            out["reconstruction"] = reconstruction_loss(net.decoder(z), xs)
+        return out
+
+    parts = deep.full_pass([net], len(x), forward)
+    reconstruction = float(parts.pop("reconstruction").double().sum()) if "reconstruction" in parts else 0.0
+    return _Outputs(**{k: v.cpu().double().numpy() for k, v in parts.items()}, reconstruction=reconstruction)
 
 
 def _train_network(
@@ -348,30 +277,16 @@ def _train_network(
 ) -> None:
     """Algorithm 1 step 2 for one modality: minibatch Adam on Eq. 3 (image) or Eq. 4 (text)."""
     net.train()
-    optimizer = torch.optim.Adam(
-        net.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=config.weight_decay, fused=True
-    )
+    optimizer = deep.make_optimizer(net.parameters(), "adam", lr, config.weight_decay, fused=True)
     schedule = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step_epochs, config.lr_step_factor)
     for _ in range(config.epochs_per_iteration):
-        order = torch.from_numpy(rng.permutation(len(x))).to(x.device)
-        for start in range(0, len(x), config.batch_size):
-            batch = order[start : start + config.batch_size]
+        for batch in deep.minibatches(rng, len(x), config.batch_size, x.device):
             xs, z, shared, specific, _ = net.parts(x[batch])
-            loss = ((shared - shared_codes[batch]) ** 2).sum(1) + ((specific - specific_codes[batch]) ** 2).sum(1)
+            loss = hash_loss(shared, specific, shared_codes[batch], specific_codes[batch])
             if net.decoder is not None:
-                loss = loss + ((net.decoder(z) - xs) ** 2).sum(1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.mean().backward()
-            optimizer.step()
+                loss = loss + reconstruction_loss(net.decoder(z), xs)
+            deep.descend(optimizer, loss.mean())
         schedule.step()
-
-
-def _input_scaling(x: np.ndarray, per_dimension: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(shift, scale): z-scores per dimension (image) or one global RMS scale (text); see module notes."""
-    if per_dimension:
-        std = x.std(axis=0)
-        return x.mean(axis=0), np.where(std > 1e-8 * std.max(), std, 1.0)  # constant columns pass through
-    return np.zeros(x.shape[1]), np.full(x.shape[1], np.sqrt(np.mean(x * x)))
 
 
 def _check_inputs(image: np.ndarray, text: np.ndarray, config: UDDHConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -394,7 +309,7 @@ def _check_inputs(image: np.ndarray, text: np.ndarray, config: UDDHConfig) -> tu
 
 @dataclass(frozen=True)
 class _Codes:
-    """The discrete variables of Eq. 9: B^c, B_i^s per modality, C and H (row-major, see module notes)."""
+    """The discrete variables of Eq. 9: B^c, B_i^s per modality, C and H (row-major, see docs/methods/uddh.md)."""
 
     shared: np.ndarray  # (n, l^c) int8
     specific: dict[str, np.ndarray]  # modality → (n, l^s) int8
@@ -434,7 +349,7 @@ def _record(
 ) -> dict:
     """The Eq. 9 terms (sums over the training set) after an outer iteration, and how much moved."""
     terms = {
-        f"hash_{m}": float(((o.shared - new.shared) ** 2).sum() + ((o.specific - new.specific[m]) ** 2).sum())
+        f"hash_{m}": float(hash_loss(o.shared, o.specific, new.shared, new.specific[m]).sum())
         for m, o in outputs.items()
     }
     terms["autoencoder"] = outputs["text"].reconstruction
@@ -451,17 +366,11 @@ def _record(
 
 
 def train_uddh(
-    image: np.ndarray,
-    text: np.ndarray,
-    config: UDDHConfig,
-    seed: int = 0,
-    progress: bool = False,
-    eval_fn: Callable[[TrainedHasher], float] | None = None,
+    image: np.ndarray, text: np.ndarray, config: UDDHConfig, seed: int = 0, monitor: deep.Monitor | None = None
 ) -> UDDHResult:
     """Train on paired rows of ``image`` and ``text`` features (no labels); input is checked up front.
 
-    ``eval_fn`` (e.g. MAP@50 on a held-out split) is called on the current hasher after every outer
-    iteration and its value lands in ``history``; ``progress`` shows a tqdm bar with loss and that value.
+    The ``monitor``'s ``eval_fn`` (e.g. MAP@50 on a held-out split) runs after every outer iteration.
     """
     features = dict(zip(MODALITIES, _check_inputs(image, text, config), strict=True))
     rng = np.random.default_rng(seed)
@@ -469,17 +378,17 @@ def train_uddh(
     device = torch.device(config.device)
     xs = {m: torch.as_tensor(v, dtype=torch.float32, device=device) for m, v in features.items()}
     lrs = {"image": config.image_lr, "text": config.text_lr}
-    history: list[dict] = []
-    with torch.random.fork_rng(devices=[]), torch_threads(config.torch_threads):
-        torch.manual_seed(seed)
+    with deep.seeded_training(seed, config.torch_threads):
         nets = {
-            "image": UDDHNet(*_input_scaling(features["image"], True), config.image_hidden, config, False),
-            "text": UDDHNet(*_input_scaling(features["text"], False), config.text_hidden, config, True),
+            "image": UDDHNet(*deep.input_scaling(features["image"], True), config.image_hidden, config, False),
+            "text": UDDHNet(*deep.input_scaling(features["text"], False), config.text_hidden, config, True),
         }
         for net in nets.values():
             net.to(device)
-        bar = tqdm(range(1, config.outer_iterations + 1), desc="UDDH", disable=not progress)
-        for iteration in bar:
+
+        def outer_iteration(iteration: int) -> dict:
+            """Algorithm 1, one outer iteration: both networks, then the discrete variables."""
+            nonlocal codes
             outputs = {}
             for m, net in nets.items():
                 targets = [
@@ -490,10 +399,16 @@ def train_uddh(
             new_codes, affinity = _update_codes(outputs, codes, config)
             record = {"iteration": iteration} | _record(outputs, codes, new_codes, affinity, config)
             codes = new_codes
-            if eval_fn is not None:
-                record["eval"] = float(eval_fn(_hasher(nets, codes, config, seed, [*history, record])))
-            history.append(record)
-            bar.set_postfix({k: f"{record[k]:.4g}" for k in ("objective", "eval") if k in record})
+            return record
+
+        history = deep.run_epochs(
+            "UDDH",
+            config.outer_iterations,
+            outer_iteration,
+            lambda so_far: _hasher(nets, codes, config, seed, so_far),
+            [],
+            monitor,
+        )
     return UDDHResult(_hasher(nets, codes, config, seed, history), codes.centers, codes.assignments)
 
 
@@ -501,7 +416,7 @@ def _hasher(
     nets: dict[str, UDDHNet], codes: _Codes, config: UDDHConfig, seed: int, history: list[dict]
 ) -> TrainedHasher:
     """The hasher as it stands; its head is the shared code (first l^c bits) and the centers C."""
-    return frozen_hasher(
+    return deep.frozen_hasher(
         "uddh",
         nets,
         config,
