@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     index_name: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     api_key: SecretStr | None = Field(default=None, description="required by write endpoints")
     demo: bool = Field(default=False, description="embedded demo: no API key, bound to 127.0.0.1")
+    demo_corpus: bool = Field(
+        default=True,
+        description="ingest the OpenClipart demo corpus in the background on the first start; false → start empty",
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = Field(
