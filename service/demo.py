@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from service import thumbnails
 from service.ingest import Prepared, store
 from service.runtime import Runtime
 
@@ -41,8 +42,8 @@ def progress(runtime: Runtime) -> dict:
 
 
 def ingest_openclipart(runtime: Runtime) -> None:
+    from training.datasets import openclipart
     from training.datasets.base import DatasetNotFoundError
-    from training.datasets.openclipart import load_openclipart
 
     key = _progress_key(runtime)
     if runtime.client.hget(key, "state") == b"done":
@@ -51,12 +52,13 @@ def ingest_openclipart(runtime: Runtime) -> None:
     runtime.client.hset(key, "state", "preparing")
     log.info("demo corpus: reading OpenClipart (about 80 s on a fresh machine, cached under var/cache)")
     try:
-        dataset = load_openclipart()
+        dataset = openclipart.load_openclipart()
     except DatasetNotFoundError as exc:
         runtime.client.hset(key, mapping={"state": "unavailable", "error": str(exc)})
         log.warning("demo corpus: OpenClipart is not readable (%s); the service starts empty", exc)
         return
     rows = np.random.default_rng(0).permutation(dataset.split.database)
+    root, max_pixels = openclipart.DEFAULT_ROOT, runtime.settings.max_image_pixels
     runtime.client.hset(key, mapping={"state": "ingesting", "done": 0, "total": len(rows)})
     started = time.perf_counter()
     for start in range(0, len(rows), BATCH):
@@ -73,6 +75,8 @@ def ingest_openclipart(runtime: Runtime) -> None:
             batch.append(Prepared(f"img:{dataset.ids[i]}", "image", images[j], meta))
             batch.append(Prepared(f"txt:{dataset.ids[i]}", "text", texts[j], meta))
         store(runtime, batch)
+        oversized = [i for i in part if thumbnails.exceeds(root / "png" / f"{dataset.ids[i]}.png", max_pixels)]
+        thumbnails.keep_corpus_pixels(runtime, {f"img:{dataset.ids[i]}": dataset.images[i] for i in oversized})
         done = start + len(part)
         runtime.client.hset(key, "done", done)
         log.info("demo corpus: %d / %d items per modality", done, len(rows))

@@ -9,6 +9,9 @@ Where a thumbnail comes from, in order:
    path nor a symlink pointing outside can reach any other file;
 3. an item ingested as a feature vector only: a placeholder drawing (SVG).
 
+A few corpus files are too large to decode on request (10 of the demo corpus exceed the pixel limit, up
+to 1.7·10⁸ pixels); the demo ingestion keeps their thumbnails, made from the pixels it already decoded.
+
 Every decode goes through the image loader the encoder uses (``load_pixels``: pixel-count guard against
 decompression bombs, corrupt files refused), onto the same white square canvas.
 """
@@ -17,9 +20,11 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import redis
 from PIL import Image
 
@@ -47,10 +52,25 @@ class NoThumbnail(LookupError):
 
 def make(source: bytes | Path, max_pixels: int) -> bytes:
     """A WebP thumbnail of an image file (bytes or a path); ImageDecodeError when it does not decode."""
-    pixels = load_pixels(source, size=SIZE, max_pixels=max_pixels)
+    return encode(load_pixels(source, size=SIZE, max_pixels=max_pixels))
+
+
+def encode(pixels: np.ndarray) -> bytes:
+    """(3, S, S) uint8 pixels as WebP."""
     out = io.BytesIO()
     Image.fromarray(pixels.transpose(1, 2, 0)).save(out, format="WEBP", quality=QUALITY, method=6)
     return out.getvalue()
+
+
+def exceeds(path: Path, max_pixels: int) -> bool:
+    """Whether an image file is too large to decode on request (its header says; nothing is decoded)."""
+    with warnings.catch_warnings():  # Pillow warns of a bomb on opening; this only reads the size
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as image:
+                return image.width * image.height > max_pixels
+        except Image.DecompressionBombError:  # beyond Pillow's own hard limit
+            return True
 
 
 def _key(runtime: Runtime, item_id: str) -> str:
@@ -69,16 +89,27 @@ def keep(runtime: Runtime, images: dict[str, str | None]) -> None:
     """After image items were stored: keep a thumbnail of each one given as base64 bytes, and drop the
     old thumbnail of each one given as features only (``None``), so a replaced item never shows its
     previous picture."""
-    if not images:
+    max_pixels = runtime.settings.max_image_pixels
+    # base64 already validated: each item was encoded from it
+    _put(runtime, {i: None if b64 is None else make(base64.b64decode(b64), max_pixels) for i, b64 in images.items()})
+
+
+def _put(runtime: Runtime, kept: dict[str, bytes | None]) -> None:
+    """Keep each thumbnail given; drop the kept thumbnail of each id given None."""
+    if not kept:
         return
     pipe = runtime.client.pipeline(transaction=False)
-    for item_id, image_base64 in images.items():
-        if image_base64 is None:
+    for item_id, body in kept.items():
+        if body is None:
             pipe.delete(_key(runtime, item_id))
         else:
-            data = base64.b64decode(image_base64)  # already validated: the item was encoded from it
-            pipe.set(_key(runtime, item_id), make(data, runtime.settings.max_image_pixels))
+            pipe.set(_key(runtime, item_id), body)
     _redis(pipe.execute)
+
+
+def keep_corpus_pixels(runtime: Runtime, pixels: dict[str, np.ndarray]) -> None:
+    """Keep thumbnails made from already decoded pixels: for corpus files too large to decode on request."""
+    _put(runtime, {item_id: encode(p) for item_id, p in pixels.items()})
 
 
 def forget(runtime: Runtime, item_id: str) -> None:

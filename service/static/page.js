@@ -87,7 +87,11 @@ function show(title, picture, searches) {
   showError("");
   const heading = $("#query");
   heading.replaceChildren(element("span", "", title));
-  if (picture) heading.prepend(Object.assign(element("img", "preview"), { src: picture, alt: "" }));
+  if (picture) {
+    const preview = Object.assign(element("img", "preview"), { src: picture, alt: "" });
+    preview.addEventListener("error", () => preview.remove()); // e.g. a corrupt upload
+    heading.prepend(preview);
+  }
   for (const [modality, p] of Object.entries(panels)) {
     const search = searches[modality];
     Object.assign(p, { search: typeof search === "function" ? search : null, k: 0, shown: new Set() });
