@@ -210,6 +210,7 @@ def main() -> int:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("XMHASH_")}
         env |= {"REDIS_URL": redis.url, "XMHASH_API_KEY": KEY, "XMHASH_INDEX_NAME": INDEX, "XMHASH_PORT": str(port)}
+        env["XMHASH_DEMO_CORPUS"] = "false"  # only the soak's own writes, and no background ingestion
         log = open(Path(tmp) / "service.log", "wb")  # noqa: SIM115 (closed in finally)
         service = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=log, stderr=log)
         try:

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh Debian machine, then exits; safe to run again.
-# Debian packages: the OpenClipart corpus (product dataset), redis-server (embedded Redis, tests) and
-# chromium (the offline docs-page browser test), docker-compose (validates docker-compose.yml) and gcc
-# (compiles the index's scan kernel, index/_hamming.c, when the project is installed).
+# Debian packages: the OpenClipart corpus (product dataset), redis-server (embedded Redis, tests),
+# chromium and chromium-driver (the docs-page and search-page browser tests), docker-compose (validates
+# docker-compose.yml) and gcc (compiles the index's scan kernel, index/_hamming.c, when the project is
+# installed).
 # Python: a venv in .venv with the CPU build of torch installed *before* the project, so the project's
 # torch range is already satisfied and pip never pulls a CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(openclipart-png openclipart-svg redis-server chromium docker-compose gcc)
+DEBIAN_PACKAGES=(openclipart-png openclipart-svg redis-server chromium chromium-driver docker-compose gcc)
 TORCH_PIN="torch==2.13.0"
 VENV=.venv
 

@@ -1,8 +1,9 @@
 """``python -m service [--demo]``: run the service with uvicorn.
 
 With no ``REDIS_URL`` an embedded redis-server is started (data under ``var/service/redis``); with no
-``XMHASH_BUNDLE_PATH`` the committed default model serves. ``--demo`` also ingests the OpenClipart
-database and turns off write authorisation, binding to 127.0.0.1 only. Without ``--demo`` and without
+``XMHASH_BUNDLE_PATH`` the committed default model serves. The first start ingests the OpenClipart demo
+corpus in the background (``XMHASH_DEMO_CORPUS=false``: start empty); the search page is at ``/``.
+``--demo`` turns off write authorisation, binding to 127.0.0.1 only. Without ``--demo`` and without
 ``XMHASH_API_KEY``, a random key is generated and printed, so writes are never open by accident.
 ``XMHASH_WORKERS=n`` runs n worker processes (uvicorn's supervisor), each holding the index in memory
 and following the others' writes through Redis's change feed; their metrics are merged (Prometheus
@@ -41,7 +42,7 @@ LOG_CONFIG["loggers"]["xmhash"] = {"handlers": ["xmhash"], "level": "INFO", "pro
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
-    parser.add_argument("--demo", action="store_true", help="ingest OpenClipart; no API key; 127.0.0.1 only")
+    parser.add_argument("--demo", action="store_true", help="writes need no API key; 127.0.0.1 only")
     parser.add_argument("--host", default=None)
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args()

@@ -17,7 +17,7 @@ from fastapi_offline import FastAPIOffline
 
 from index.errors import IndexInputError, ItemNotFoundError, ModalityConflictError, StoreUnavailableError
 from service.encoder import EncodeError
-from service.routes import items, models, search, system
+from service.routes import items, models, page, search, similar, system, thumbnails
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPIOffline:
     @asynccontextmanager
     async def lifespan(app: FastAPIOffline) -> AsyncIterator[None]:
         app.state.runtime = Runtime.start(settings)
-        if settings.demo:
+        if settings.demo_corpus:
             from service.demo import start_demo_ingestion
 
             start_demo_ingestion(app.state.runtime)
@@ -61,8 +61,10 @@ def create_app(settings: Settings | None = None) -> FastAPIOffline:
     for exception, status in handlers.items():
         app.add_exception_handler(exception, _handler(status))
     app.add_exception_handler(RequestValidationError, _invalid_request)
-    for router in (search.router, items.router, system.router, models.router):
+    for router in (search.router, similar.router, items.router, thumbnails.router, system.router, models.router):
         app.include_router(router)
+    app.include_router(page.router)
+    app.mount("/static", page.static_files(), name="static")
     app.openapi = lambda: _document_unparsable_bodies(app)
     return app
 

@@ -12,6 +12,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from index.engine import MODALITIES, Item
+from service import thumbnails
 from service.encoder import EncodeError, Encoder
 from service.runtime import Model, Runtime
 from service.schemas import BatchResponse, ItemIn, ItemResult
@@ -87,5 +88,7 @@ def ingest_batch(runtime: Runtime, raw_items: list[dict]) -> BatchResponse:
             )
             del accepted[item_id]
     store(runtime, model, [prepared for _, prepared in accepted.values()])
+    images = {i: raw_items[at].get("image_base64") for i, (at, p) in accepted.items() if p.modality == "image"}
+    thumbnails.keep(runtime, images)  # after the items: a thumbnail never shows for an item not stored
     final = [r or ItemResult(id=raw_items[i]["id"], status="stored") for i, r in enumerate(results)]
     return BatchResponse(stored=len(accepted), rejected=len(final) - len(accepted), results=final)

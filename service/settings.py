@@ -35,6 +35,15 @@ class Settings(BaseSettings):
         default=None, description="required by write endpoints; unset → python -m service generates one"
     )
     demo: bool = Field(default=False, description="embedded demo: no API key, bound to 127.0.0.1")
+    demo_corpus: bool = Field(
+        default=True,
+        description="ingest the OpenClipart demo corpus in the background on the first start; false → start empty",
+    )
+    corpus_root: Path = Field(
+        default=Path("/usr/share/openclipart"),
+        validation_alias=AliasChoices("OPENCLIPART_ROOT", "XMHASH_CORPUS_ROOT"),
+        description="the installed OpenClipart corpus (png/, svg/): demo items and their thumbnails come from it",
+    )
     host: str = Field(default="127.0.0.1", description="address to bind")
     port: int = Field(default=8000, description="port to bind")
     workers: int = Field(
@@ -77,7 +86,7 @@ def _shown_default(name: str) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, Path):
-        return str(value.relative_to(ROOT))
+        return str(value.relative_to(ROOT)) if value.is_relative_to(ROOT) else str(value)
     return str(value)
 
 

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+
+# A service started by a test (in process or as a child, which inherits this) starts empty unless the test
+# asks for the demo corpus: its background ingestion would cost every test a minute of CPU.
+os.environ["XMHASH_DEMO_CORPUS"] = "false"
 
 
 def make_synthetic_crossmodal(

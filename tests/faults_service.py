@@ -90,6 +90,7 @@ class Service:
             "XMHASH_PORT": str(self.port),
             "XMHASH_HOST": "127.0.0.1",
             "XMHASH_DATA_DIR": str(log_dir / "service-data"),
+            "XMHASH_DEMO_CORPUS": "false",  # empty unless a test asks for the demo corpus
             "PYTHONUNBUFFERED": "1",
         }
         if api_key is not None:

@@ -110,7 +110,8 @@ def test_metrics_count_the_requests_of_every_worker(service: Service) -> None:
 def test_the_demo_corpus_is_ingested_by_one_worker_only(tmp_path: Path) -> None:
     """Each worker runs the start-up code; the demo ingestion is claimed by the first."""
     server = RedisServer(tmp_path / "redis").start()
-    demo = Service(server.url, tmp_path, index_name="demo", api_key=None, env={"XMHASH_WORKERS": "2"}, args=("--demo",))
+    env = {"XMHASH_WORKERS": "2", "XMHASH_DEMO_CORPUS": "true"}
+    demo = Service(server.url, tmp_path, index_name="demo", api_key=None, env=env, args=("--demo",))
     try:
         demo.start()
         every_worker(demo, "/v1/models", lambda r: min(items_of(r).values()) > 0, deadline=300)

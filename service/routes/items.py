@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException
 
+from service import thumbnails
 from service.ingest import ingest_batch
 from service.routes.deps import require_writer, runtime
 from service.routes.fast_json import FastJSONRoute
@@ -59,3 +60,4 @@ def get_item(item_id: str, rt: Annotated[Runtime, Depends(runtime)]) -> StoredIt
 def delete_item(item_id: str, rt: Annotated[Runtime, Depends(runtime)]) -> None:
     """Remove an item from the index and from Redis."""
     rt.index.remove(item_id)
+    thumbnails.forget(rt, item_id)

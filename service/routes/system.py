@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from service import demo
 from service.routes.deps import runtime
 from service.runtime import Runtime
 
@@ -22,9 +23,12 @@ def healthz() -> dict:
 
 @router.get("/readyz", responses={503: {"description": "Redis unreachable"}})
 def readyz(rt: Annotated[Runtime, Depends(runtime)]) -> JSONResponse:
-    """Readiness: the bundle is loaded and Redis answers."""
+    """Readiness: the bundle is loaded and Redis answers. ``demo_corpus`` is the demo corpus's ingestion
+    (state, items done / total per modality); the service answers queries while it runs."""
     redis_ok = rt.index.ping()
     body = {"bundle": rt.bundle.bundle_id, "redis": "ok" if redis_ok else "unreachable"}
+    if redis_ok:
+        body["demo_corpus"] = demo.progress(rt)
     return JSONResponse(body, status_code=200 if redis_ok else 503)
 
 

@@ -5,7 +5,7 @@
 set -euo pipefail
 out=$1 python=$2
 ip link set lo up
-export XMHASH_DATA_DIR="$out/data" XMHASH_PORT=8321 XMHASH_API_KEY=browser-test XMHASH_INDEX_NAME=browser
+export XMHASH_DATA_DIR="$out/data" XMHASH_PORT=8321 XMHASH_API_KEY=browser-test XMHASH_INDEX_NAME=browser XMHASH_DEMO_CORPUS=false
 "$python" -m service > "$out/service.log" 2>&1 &
 service=$!
 trap 'kill $service 2>/dev/null; wait $service 2>/dev/null || true' EXIT

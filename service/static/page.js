@@ -1,0 +1,214 @@
+// The search page: plain JS against the service's own REST API (no library, no build step).
+// Two panels, images and texts, each showing the answers of one query; "load more" asks the same query
+// again with a larger k (up to the server's max_k) and appends what was not shown yet.
+"use strict";
+
+const PAGE = 12;
+const MAX_K = Number(document.body.dataset.maxK) || PAGE;
+const $ = (selector, root = document) => root.querySelector(selector);
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function panel(id, render) {
+  const root = document.getElementById(id);
+  return { root, render, list: $("ol", root), more: $(".more", root), timing: $(".timing", root), note: $(".note", root) };
+}
+const panels = { image: panel("images", imageCard), text: panel("texts", textRow) };
+
+// Every API error reaches the page as the API words it ({"detail": …}), with its status.
+function describe(status, body) {
+  const detail = body && body.detail;
+  if (typeof detail === "string") return `${status}: ${detail}`;
+  if (Array.isArray(detail)) return `${status}: ` + detail.map((d) => `${(d.loc || []).join(".")}: ${d.msg}`).join("; ");
+  return `${status}: the service gave no reason`;
+}
+
+async function api(path, options) {
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (error) {
+    throw new Error(`the service did not answer (${error.message})`);
+  }
+  const body = await response.json().catch(() => null);
+  if (!response.ok) throw new Error(describe(response.status, body));
+  return body;
+}
+
+const postJSON = (path, body) =>
+  api(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+
+function showError(message) {
+  const box = $("#error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+const titleOf = (hit) => String(hit.metadata.title || hit.metadata.text || hit.id);
+const ms = (value) => `${value < 10 ? value.toFixed(2) : value.toFixed(0)} ms`;
+const thumbnailURL = (id) => "/v1/thumbnails/" + id.split("/").map(encodeURIComponent).join("/");
+
+function moreButton(hit, modality) {
+  const button = element("button", "like", "More like this");
+  button.type = "button";
+  button.setAttribute("aria-label", `More like “${titleOf(hit)}”`);
+  button.addEventListener("click", () => moreLikeThis(hit, modality));
+  return button;
+}
+
+function imageCard(hit) {
+  const card = element("li", "card");
+  const image = element("img");
+  Object.assign(image, { src: thumbnailURL(hit.id), alt: titleOf(hit), loading: "lazy", width: 160, height: 160 });
+  image.addEventListener("error", () => image.replaceWith(element("div", "missing", "no picture")));
+  const meta = element("p", "meta", `distance ${hit.distance} · bucket ${hit.bucket}`);
+  card.append(image, element("p", "title", titleOf(hit)), meta, moreButton(hit, "image"));
+  return card;
+}
+
+function textRow(hit) {
+  const row = element("li", "text");
+  const labels = (hit.metadata.labels || []).join(", ");
+  const meta = element("p", "meta", `distance ${hit.distance} · bucket ${hit.bucket}${labels ? " · " + labels : ""}`);
+  row.append(element("p", "title", titleOf(hit)), meta, moreButton(hit, "text"));
+  return row;
+}
+
+// A query replaces what both panels show; answers to an older query still in flight are dropped.
+let generation = 0;
+
+function show(title, picture, searches) {
+  generation += 1;
+  showError("");
+  const heading = $("#query");
+  heading.replaceChildren(element("span", "", title));
+  if (picture) {
+    const preview = Object.assign(element("img", "preview"), { src: picture, alt: "" });
+    preview.addEventListener("error", () => preview.remove()); // e.g. a corrupt upload
+    heading.prepend(preview);
+  }
+  for (const [modality, p] of Object.entries(panels)) {
+    const search = searches[modality];
+    Object.assign(p, { search: typeof search === "function" ? search : null, k: 0, shown: new Set() });
+    p.list.replaceChildren();
+    p.timing.textContent = "";
+    p.more.hidden = true;
+    p.root.hidden = search == null;
+    p.note.hidden = typeof search !== "string";
+    p.note.textContent = typeof search === "string" ? search : "";
+    if (p.search) load(p);
+  }
+}
+
+async function load(p) {
+  const mine = generation;
+  p.k = Math.min(p.k + PAGE, MAX_K);
+  p.more.disabled = true;
+  try {
+    const answer = await p.search(p.k);
+    if (mine !== generation) return;
+    for (const hit of answer.results.filter((h) => !p.shown.has(h.id))) {
+      p.shown.add(hit.id);
+      p.list.append(p.render(hit));
+    }
+    p.timing.textContent = `encode ${ms(answer.timing.encode_ms)} · search ${ms(answer.timing.search_ms)}`;
+    p.more.hidden = answer.results.length < p.k || p.k >= MAX_K;
+    p.note.hidden = p.shown.size > 0;
+    p.note.textContent = "Nothing found: the index holds no items of this kind yet.";
+  } catch (error) {
+    if (mine === generation) showError(error.message);
+  } finally {
+    p.more.disabled = false;
+  }
+}
+
+function searchText(text) {
+  show(`Images for “${text}”`, null, { image: (k) => postJSON("/v1/search/text-to-image", { text, k }) });
+}
+
+// Hook for image → image search of an upload: the API cannot yet search images by an image that is not
+// stored; once it can, return a search here (k => Promise of a search response), as searchImage does.
+function similarImagesOfUpload(file) {
+  return `Similar images of an uploaded image need image → image search, which the API does not offer yet (${file.name}).`;
+}
+
+function searchImage(file) {
+  const texts = (k) => {
+    const form = new FormData();
+    form.append("image", file);
+    form.append("k", String(k));
+    return api("/v1/search/image-to-text/upload", { method: "POST", body: form });
+  };
+  show(`Texts for “${file.name}”`, URL.createObjectURL(file), { text: texts, image: similarImagesOfUpload(file) });
+}
+
+// More like this: the item's stored code is the query, against its own modality and the other one.
+function moreLikeThis(hit, modality) {
+  const similar = (target) => (k) => postJSON("/v1/search/similar", { id: hit.id, target, k });
+  const picture = modality === "image" ? thumbnailURL(hit.id) : null;
+  show(`More like “${titleOf(hit)}”`, picture, { image: similar("image"), text: similar("text") });
+  $("#query").focus();
+}
+
+async function describeModel() {
+  try {
+    const model = await api("/v1/models");
+    const items = model.index.items;
+    $("#model").textContent =
+      `model ${model.method}, ${model.code_bits} bits (bundle ${model.bundle_id.slice(0, 12)}) · ` +
+      `${items.image.toLocaleString()} images, ${items.text.toLocaleString()} texts indexed`;
+  } catch (error) {
+    $("#model").textContent = `model: unknown (${error.message})`;
+  }
+}
+
+// The demo corpus is ingested in the background on the first start: show its progress until it ends.
+async function followCorpus() {
+  let corpus;
+  try {
+    corpus = (await api("/readyz")).demo_corpus;
+  } catch (error) {
+    corpus = { state: `unknown (${error.message})` };
+  }
+  const line = $("#corpus");
+  const busy = corpus && ["pending", "preparing", "ingesting"].includes(corpus.state);
+  line.hidden = !busy && !(corpus && corpus.state === "unavailable");
+  if (busy) {
+    const counts = corpus.total ? `: ${corpus.done.toLocaleString()} / ${corpus.total.toLocaleString()} items` : "";
+    line.textContent = `Demo corpus ${corpus.state}${counts} (searches answer from what is in already)`;
+    setTimeout(followCorpus, 2000);
+  } else if (corpus && corpus.state === "unavailable") {
+    line.textContent = "The demo corpus is not installed: the index holds only what was ingested.";
+  }
+  describeModel();
+}
+
+$("#text-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = $("#text").value.trim();
+  if (text) searchText(text);
+});
+
+const input = $("#image");
+input.addEventListener("change", () => {
+  if (input.files.length) searchImage(input.files[0]);
+  input.value = "";
+});
+const drop = $("#drop");
+drop.addEventListener("dragover", (event) => {
+  event.preventDefault();
+  drop.classList.add("over");
+});
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("over");
+  if (event.dataTransfer.files.length) searchImage(event.dataTransfer.files[0]);
+});
+for (const p of Object.values(panels)) p.more.addEventListener("click", () => load(p));
+followCorpus();
