@@ -16,7 +16,6 @@ from PIL import Image
 
 from service import thumbnails
 from service.app import create_app
-from service.routes import thumbnails as thumbnail_route
 from service.settings import DEFAULT_BUNDLE, Settings
 from tests.page_service import FRUIT, OTHERS, small_openclipart
 from training.datasets import openclipart
@@ -112,7 +111,7 @@ def test_corpus_items_show_their_installed_file_and_unknown_or_text_items_are_40
 
 
 @pytest.fixture
-def fake_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def fake_corpus(tmp_path: Path) -> Path:
     """A corpus root holding one real picture, a symlink to a file outside it, a corrupt file and a bomb."""
     root = tmp_path / "corpus"
     (root / "png" / "ok").mkdir(parents=True)
@@ -125,7 +124,6 @@ def fake_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     bomb = io.BytesIO()
     Image.new("1", (20_000, 20_000)).save(bomb, format="PNG")  # 4·10⁸ pixels in a few KB
     (root / "png" / "ok" / "bomb.png").write_bytes(bomb.getvalue())
-    monkeypatch.setattr(thumbnail_route, "DEFAULT_ROOT", root)
     return tmp_path
 
 
@@ -148,12 +146,13 @@ def fake_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ],
 )
 def test_thumbnails_reach_no_file_outside_the_corpus_and_bad_files_are_4xx(
-    client, fake_corpus: Path, path, status
+    redis_server, fake_corpus: Path, path, status
 ) -> None:
     if path == "__ABS__":
         path = str(fake_corpus / "secret")
-    _ingest(client, _image("img:x", features=[0.5] * 416, metadata={"path": path}))
-    reply = client.get("/v1/thumbnails/img:x")
+    with TestClient(create_app(_settings(redis_server, XMHASH_CORPUS_ROOT=fake_corpus / "corpus"))) as client:
+        _ingest(client, _image("img:x", features=[0.5] * 416, metadata={"path": path}))
+        reply = client.get("/v1/thumbnails/img:x")
     assert reply.status_code == status, reply.text
     if status == 200:
         assert _decoded(reply.content).size == (thumbnails.SIZE, thumbnails.SIZE)
@@ -235,7 +234,7 @@ def test_the_switch_starts_empty_and_a_missing_corpus_leaves_the_service_serving
         assert client.get("/v1/models").json()["index"]["items"] == {"image": 0, "text": 0}
     with pytest.MonkeyPatch.context() as patch:
         missing = openclipart.load_openclipart
-        patch.setattr(openclipart, "load_openclipart", lambda: missing(root=tmp_path / "nothing"))
+        patch.setattr(openclipart, "load_openclipart", lambda root: missing(root=tmp_path / "nothing"))
         with TestClient(create_app(_settings(redis_server, demo_corpus=True))) as client:
             _wait_for_demo_ingestion()
             progress = client.get("/readyz").json()["demo_corpus"]
