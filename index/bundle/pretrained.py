@@ -80,14 +80,16 @@ class ImageEncoder:
 class TextEncoder:
     """all-MiniLM-L6-v2 through onnxruntime; unit-length 384-d sentence embeddings."""
 
-    def __init__(self, graph: str | Path | bytes, tokenizer_json: str | bytes, threads: int = 1) -> None:
+    def __init__(
+        self, graph: str | Path | bytes, tokenizer_json: str | bytes, threads: int = 1, max_tokens: int = MAX_TOKENS
+    ) -> None:
         self.session = _session(graph, threads)
         text = tokenizer_json.decode() if isinstance(tokenizer_json, bytes) else tokenizer_json
         self.tokenizer = Tokenizer.from_str(text)
         # The saved config pads every text to 128 tokens; padding is done here instead, per batch to its
         # own longest text (the attention mask makes both give the same embedding; this only saves work).
         self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(MAX_TOKENS)
+        self.tokenizer.enable_truncation(max_tokens)
 
     def tokens(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """The graph's inputs for ``texts``: token ids and attention mask, (n, longest) int64, zero-padded."""
