@@ -218,10 +218,11 @@ def semantic_index(
     from training.datasets import load_dataset
     from training.evaluation.report import DIRECTIONS
     from training.evaluation.semantic_index import restricted_metrics
-    from training.featurize.pipeline import featurize
+    from training.featurize.pipeline import bundle_features_kind, featurize
 
     model = load_bundle(bundle)
-    features = featurize(load_dataset(model.manifest.training.dataset, seed=seed))
+    dataset = load_dataset(model.manifest.training.dataset, seed=seed)
+    features = featurize(dataset, kind=bundle_features_kind(model.manifest))
     rows = []
     for direction, (source, target) in DIRECTIONS.items():
         query = model.signs(source, features.part("query")[0 if source == "image" else 1])

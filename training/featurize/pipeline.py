@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from index.bundle.featurizers import BagOfWords, BagOfWordsParams, ImageDescriptorParams, ImageFeaturizer
+from index.bundle.manifest import EfficientNetLite0Spec, Manifest, MiniLMSpec
 from training.datasets.base import CrossModalDataset, Split
 from training.datasets.openclipart import CACHE_DIR
 from training.featurize.pretrained import PretrainedImage, PretrainedText, pretrained_features
@@ -47,6 +48,12 @@ class FeatureSet:
             "image_featurizer": _kind(self.image_featurizer, "efficientnet-lite0", "gist-gabor-color"),
             "text_featurizer": _kind(self.text_featurizer, "minilm-l6-v2", "bag-of-words"),
         }
+
+
+def bundle_features_kind(manifest: Manifest) -> str:
+    """The featurizer set a bundle was trained with, so that evaluating it featurizes the same way."""
+    featurizers = (manifest.modalities.image.featurizer, manifest.modalities.text.featurizer)
+    return "pretrained" if any(isinstance(f, EfficientNetLite0Spec | MiniLMSpec) for f in featurizers) else "classic"
 
 
 def _kind(featurizer: object, pretrained: str, classic: str) -> str:
