@@ -123,8 +123,8 @@ def test_a_feature_search_is_recorded_in_the_metrics(client, bundle: Bundle) -> 
 @pytest.mark.parametrize(
     ("features", "message"),
     [
-        ("[NaN" + ", 0" * 874 + "]", "text features contain NaN, infinity or numbers beyond float32's range"),
-        ("[1e39" + ", 0" * 874 + "]", "text features contain NaN, infinity or numbers beyond float32's range"),
+        ("[NaN" + ", 0" * 383 + "]", "text features contain NaN, infinity or numbers beyond float32's range"),
+        ("[1e39" + ", 0" * 383 + "]", "text features contain NaN, infinity or numbers beyond float32's range"),
         ("[1, 2]", "text features must be a list of 384 numbers, got 2"),
     ],
 )

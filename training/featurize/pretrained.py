@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from index.bundle.pretrained import IMAGE_DIM, TEXT_DIM, ImageEncoder, TextEncoder
+from index.bundle.pretrained import IMAGE_DIM, TEXT_BATCH, TEXT_DIM, ImageEncoder, TextEncoder
 from training.datasets.base import CrossModalDataset
 from training.datasets.openclipart import CACHE_DIR
 
@@ -80,7 +80,7 @@ def image_cache_key(graph: Path, dataset: CrossModalDataset) -> str:
 
 
 def text_cache_key(graph: Path, tokenizer: Path, texts: list[str]) -> str:
-    tag = json.dumps([sha256_file(graph), sha256_file(tokenizer), texts])
+    tag = json.dumps([sha256_file(graph), sha256_file(tokenizer), TEXT_BATCH, texts])
     return "text-" + hashlib.sha256(tag.encode()).hexdigest()[:16]
 
 
