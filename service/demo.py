@@ -16,9 +16,13 @@ import logging
 import os
 import threading
 import time
+import warnings
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from index.bundle import Bundle
 from service import thumbnails
 from service.ingest import Prepared, store
 from service.runtime import Runtime
@@ -27,6 +31,14 @@ log = logging.getLogger("xmhash.demo")
 BATCH = 256  # items per modality per write: the batch endpoint's default limit, one atomic write each
 _TITLE_CHARS = 120  # of the item's text kept as its title (the metadata shown with a hit)
 CORPUS_READER = "training.datasets.openclipart"  # needs the train extra: pip install 'xmhash[train]'
+
+
+def _corpus_pixels(bundle: Bundle, path: Path) -> np.ndarray:
+    """A corpus image decoded for the bundle's image featurizer (the corpus is trusted: Pillow's
+    decompression-bomb warning for its few huge images is silenced; the hard limit still applies)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return bundle.decode_image(path)
 
 
 def _progress_key(runtime: Runtime) -> str:
@@ -65,7 +77,8 @@ def ingest_openclipart(runtime: Runtime) -> None:
     started = time.perf_counter()
     for start in range(0, len(rows), BATCH):
         part = rows[start : start + BATCH]
-        images = model.bundle.image_features(dataset.images[part])
+        pixels = np.stack([_corpus_pixels(model.bundle, root / "png" / f"{dataset.ids[i]}.png") for i in part])
+        images = model.bundle.image_features(pixels)
         texts = model.bundle.text_features([dataset.texts[i] for i in part])
         batch = []
         for j, i in enumerate(part):

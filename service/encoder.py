@@ -12,7 +12,7 @@ import binascii
 import numpy as np
 
 from index.bundle import Bundle
-from index.bundle.featurizers import ImageDecodeError, load_pixels
+from index.bundle.featurizers import ImageDecodeError
 
 
 class EncodeError(ValueError):
@@ -65,7 +65,7 @@ class Encoder:
         if len(data) > self.max_image_bytes:
             raise EncodeError(f"image is larger than {self.max_image_bytes} bytes")
         try:
-            pixels = load_pixels(data, max_pixels=self.max_image_pixels)
+            pixels = self.bundle.decode_image(data, max_pixels=self.max_image_pixels)
         except ImageDecodeError as exc:
             raise EncodeError(f"not a usable image: {exc}") from exc
         return self.bundle.image_features(pixels[None])

@@ -18,6 +18,7 @@ from training.datasets.base import CrossModalDataset, seeded_split
 from training.featurize.pipeline import featurize
 from training.methods.registry import TRAINERS
 
+OLD_BUNDLE = DEFAULT_BUNDLE.parent / "bow-v1"  # the bag-of-words default before the pretrained encoders
 WORDS = ["red", "car", "tree", "bird", "house", "blue", "green", "sun"]
 
 
@@ -180,15 +181,38 @@ def test_a_format_1_manifest_reads_as_the_same_manifest_in_the_current_format(ra
         load_bundle(bundle)
 
 
-def test_the_committed_default_bundle_is_format_1_and_loads_as_the_current_model() -> None:
-    raw = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())
+def test_the_committed_bag_of_words_bundle_is_format_1_and_loads_as_the_current_model() -> None:
+    raw = json.loads((OLD_BUNDLE / "manifest.json").read_text())
     assert raw["format_version"] == 1 and raw["semantic_index"]["head_bits"] == [0, 64]
-    bundle = load_bundle(DEFAULT_BUNDLE)
+    bundle = load_bundle(OLD_BUNDLE)
     manifest = bundle.manifest
     assert manifest.format_version == 2 and manifest.semantic_index.head_bits == bundle.head_bits == 64
     assert (manifest.bundle_id, manifest.method, manifest.code_bits) == (raw["bundle_id"], "dsfh", 64)
     assert manifest.modalities.text.featurizer.vocabulary == raw["modalities"]["text"]["featurizer"]["vocabulary"]
     assert manifest.files == raw["files"] and manifest.training.history == raw["training"]["history"]
+
+
+def test_the_committed_default_bundle_is_format_2_with_the_pretrained_featurizers_checked_by_sha256() -> None:
+    bundle = load_bundle(DEFAULT_BUNDLE)
+    image, text = bundle.manifest.modalities.image.featurizer, bundle.manifest.modalities.text.featurizer
+    assert json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())["format_version"] == 2
+    assert (image.kind, image.input_size, text.kind) == ("efficientnet-lite0", 224, "minilm-l6-v2")
+    assert (bundle.input_dim("image"), bundle.input_dim("text")) == (1280, 384)
+    for name in (image.onnx, text.onnx, text.tokenizer):
+        assert name in bundle.manifest.files
+    features = bundle.text_features(["zebra", "birthday cake"])
+    assert features.shape == (2, 384) and np.allclose(np.linalg.norm(features, axis=1), 1, atol=1e-5)
+
+
+def test_a_missing_or_different_featurizer_graph_is_an_error_saying_how_to_rebuild(tmp_path: Path) -> None:
+    bundle = _copy(DEFAULT_BUNDLE, tmp_path / "pretrained")
+    graph = bundle.joinpath(load_bundle(DEFAULT_BUNDLE).manifest.modalities.text.featurizer.onnx)
+    graph.write_bytes(graph.read_bytes()[:-1] + b"x")
+    with pytest.raises(BundleError, match=r"does not match the manifest.*deploy/bootstrap\.sh"):
+        load_bundle(bundle)
+    graph.unlink()
+    with pytest.raises(BundleError, match=r"is missing; the pretrained featurizer files are built at set-up"):
+        load_bundle(bundle)
 
 
 @pytest.mark.parametrize(

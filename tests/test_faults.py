@@ -40,7 +40,7 @@ from service.settings import DEFAULT_BUNDLE, Settings
 from tests.faults_bundles import copy_bundle, flip_byte, models_dir, wrong_input_shape
 from tests.faults_service import KEY, ROOT, Service, call
 
-DIMS = {"image": 416, "text": 875}  # the default bundle's feature dimensions
+DIMS = {"image": 1280, "text": 384}  # the default bundle's feature dimensions
 BATCH = 16  # items per batch, half images and half texts
 
 
@@ -279,7 +279,7 @@ def test_redis_sigkill_and_aof_replay_lose_no_acknowledged_batch(tmp_path: Path,
     ("tamper", "message"),
     [
         (flip_byte, "sha256 of text.onnx does not match the manifest: the bundle was modified"),
-        (wrong_input_shape, "text.onnx takes ['batch', 874], manifest says ['batch', 875]"),
+        (wrong_input_shape, "text.onnx takes ['batch', 383], manifest says ['batch', 384]"),
     ],
     ids=["byte-changed", "wrong-input-shape-resealed"],
 )
@@ -322,7 +322,7 @@ def swap(service: Service, name, key: str | None = KEY):
     ("name", "status", "message"),
     [
         ("tampered", 422, "sha256 of text.onnx does not match the manifest"),
-        ("wrongshape", 422, "text.onnx takes ['batch', 874], manifest says ['batch', 875]"),
+        ("wrongshape", 422, "text.onnx takes ['batch', 383], manifest says ['batch', 384]"),
         ("malformed", 422, "manifest.json is malformed: missing or wrong field 'modalities'"),
         ("empty", 422, "manifest.json is missing"),
         ("absent", 422, "manifest.json is missing"),

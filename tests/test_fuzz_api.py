@@ -48,11 +48,11 @@ CHECKS = [
     response_schema_conformance,
 ]
 SEEDED = 40  # items per modality stored before fuzzing, so searches return hits whose schema is checked
-DIMS = {"image": 416, "text": 875}  # the default bundle's feature dimensions
+DIMS = {"image": 1280, "text": 384}  # the default bundle's feature dimensions
 COMMON = {"deadline": None, "suppress_health_check": list(HealthCheck)}
 FUZZ_SETTINGS = settings(max_examples=30, **COMMON)  # per operation and mode
 STATEFUL_SETTINGS = settings(max_examples=15, stateful_step_count=6, **COMMON)
-# Long feature vectors: no shrinking (slow on 875-number lists); a failure prints its request.
+# Long feature vectors: no shrinking (slow on 384- and 1280-number lists); a failure prints its request.
 FEATURE_SETTINGS = settings(max_examples=40, phases=[Phase.explicit, Phase.reuse, Phase.generate], **COMMON)
 REQUESTS: Counter[tuple[str, int]] = Counter()  # (operation, status) of every fuzzed request
 

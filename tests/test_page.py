@@ -82,7 +82,7 @@ def test_an_uploaded_image_keeps_a_small_thumbnail_replaced_and_dropped_with_the
     again = client.get("/v1/thumbnails/img:up", headers={"If-None-Match": reply.headers["etag"]})
     assert again.status_code == 304 and again.content == b""
 
-    _ingest(client, _image("img:up", features=[0.5] * 416))  # replaced by a feature-only item
+    _ingest(client, _image("img:up", features=[0.5] * 1280))  # replaced by a feature-only item
     reply = client.get("/v1/thumbnails/img:up")
     assert reply.status_code == 200 and reply.headers["content-type"] == "image/svg+xml"
     assert reply.content == thumbnails.PLACEHOLDER
@@ -98,7 +98,7 @@ def test_an_uploaded_image_keeps_a_small_thumbnail_replaced_and_dropped_with_the
 def test_corpus_items_show_their_installed_file_and_unknown_or_text_items_are_404(client) -> None:
     _ingest(
         client,
-        _image("img:corpus", features=[0.5] * 416, metadata={"path": APPLE}),
+        _image("img:corpus", features=[0.5] * 1280, metadata={"path": APPLE}),
         {"id": "txt:corpus", "modality": "text", "text": "an apple"},
     )
     reply = client.get("/v1/thumbnails/img:corpus")
@@ -151,7 +151,7 @@ def test_thumbnails_reach_no_file_outside_the_corpus_and_bad_files_are_4xx(
     if path == "__ABS__":
         path = str(fake_corpus / "secret")
     with TestClient(create_app(_settings(redis_server, XMHASH_CORPUS_ROOT=fake_corpus / "corpus"))) as client:
-        _ingest(client, _image("img:x", features=[0.5] * 416, metadata={"path": path}))
+        _ingest(client, _image("img:x", features=[0.5] * 1280, metadata={"path": path}))
         reply = client.get("/v1/thumbnails/img:x")
     assert reply.status_code == status, reply.text
     if status == 200:
@@ -188,7 +188,7 @@ def test_more_like_this_searches_both_modalities_with_the_stored_code_and_leaves
     ],
 )
 def test_more_like_this_rejects_bad_queries_with_a_4xx(client, body, status, message) -> None:
-    _ingest(client, _image("img:a", features=[0.5] * 416))
+    _ingest(client, _image("img:a", features=[0.5] * 1280))
     reply = client.post("/v1/search/similar", json=body)
     assert reply.status_code == status and message in str(reply.json()["detail"])
 

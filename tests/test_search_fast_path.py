@@ -70,7 +70,7 @@ def client(redis_server):
     with TestClient(create_app(settings)) as c:
         rng = np.random.default_rng(1)
         items = [
-            {"id": f"img:{i}", "modality": "image", "features": rng.random(416).round(3).tolist(),
+            {"id": f"img:{i}", "modality": "image", "features": rng.random(1280).round(3).tolist(),
              "metadata": {"n": i, "odd": ODD[i % 4], "name": "é"}}
             for i in range(12)
         ]  # fmt: skip
@@ -123,9 +123,9 @@ def test_a_feature_search_is_recorded_in_the_metrics(client, bundle: Bundle) -> 
 @pytest.mark.parametrize(
     ("features", "message"),
     [
-        ("[NaN" + ", 0" * 874 + "]", "text features contain NaN, infinity or numbers beyond float32's range"),
-        ("[1e39" + ", 0" * 874 + "]", "text features contain NaN, infinity or numbers beyond float32's range"),
-        ("[1, 2]", "text features must be a list of 875 numbers, got 2"),
+        ("[NaN" + ", 0" * 383 + "]", "text features contain NaN, infinity or numbers beyond float32's range"),
+        ("[1e39" + ", 0" * 383 + "]", "text features contain NaN, infinity or numbers beyond float32's range"),
+        ("[1, 2]", "text features must be a list of 384 numbers, got 2"),
     ],
 )
 def test_unusable_feature_vectors_are_a_422_naming_the_problem(client, features: str, message: str) -> None:

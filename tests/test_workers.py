@@ -53,7 +53,7 @@ def every_worker(service: Service, path: str, agree, deadline: float = DEADLINE)
 
 
 def features(modality: str, n: int, seed: int) -> list[list[float]]:
-    dims = {"image": 416, "text": 875}[modality]
+    dims = {"image": 1280, "text": 384}[modality]
     rng = np.random.default_rng(seed)
     rows = np.zeros((n, dims))
     for row in rows:

@@ -1,0 +1,202 @@
+"""The pretrained featurizers end to end: served codes equal the trainer's, and people's own queries work.
+
+The corpus is featurized once per session through the training cache (``var/cache/pretrained-features``,
+computed by the serving runtime; the parity test below is what makes that cache stand for the service).
+"""
+
+from __future__ import annotations
+
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from index.bundle import load_bundle
+from index.codes import pack_signs, to_signs
+from service.app import create_app
+from service.encoder import Encoder
+from service.settings import DEFAULT_BUNDLE, Settings
+from training.bundle.writer import write_bundle
+from training.datasets import load_dataset
+from training.datasets.base import CrossModalDataset
+from training.featurize.pipeline import FeatureSet, featurize
+from training.methods.registry import TRAINERS
+
+KEY = {"X-API-Key": "test-key"}
+BATCH = 256
+
+# What a person would type, with the category they expect back. Written before any result was seen;
+# label names are those of training/datasets/openclipart.py (a hit is relevant if it carries the label).
+NATURAL_QUERIES = {
+    "zebra": "animals",
+    "cute puppy": "animals",
+    "cat": "animals",
+    "elephant": "animals",
+    "horse": "animals",
+    "lion": "animals",
+    "monkey": "animals",
+    "cow": "animals",
+    "parrot": "animals/birds",
+    "owl": "animals/birds",
+    "eagle": "animals/birds",
+    "duck": "animals/birds",
+    "goldfish": "animals/fish",
+    "shark": "animals/fish",
+    "butterfly": "animals/bugs",
+    "spider": "animals/bugs",
+    "ladybug": "animals/bugs",
+    "birthday cake": "food",
+    "pizza": "food",
+    "cheese": "food",
+    "hamburger": "food",
+    "ice cream cone": "food/desserts",
+    "red apple": "food/fruit",
+    "banana": "food/fruit",
+    "strawberry": "food/fruit",
+    "cup of coffee": "food/beverages",
+    "beer bottle": "food/beverages",
+    "loaf of bread": "food/breads_and_carbs",
+    "christmas tree": "recreation/holiday",
+    "halloween pumpkin": "recreation/holiday",
+    "easter egg": "recreation/holiday",
+    "party balloons": "recreation/party",
+    "palm tree": "plants/trees",
+    "oak tree": "plants/trees",
+    "red rose": "plants/flowers",
+    "sunflower": "plants/flowers",
+    "tulip": "plants/flowers",
+    "police car": "transportation/vehicles",
+    "school bus": "transportation/vehicles",
+    "fire truck": "transportation/vehicles",
+    "motorcycle": "transportation/vehicles",
+    "sailboat": "transportation/boating",
+    "airplane": "transportation",
+    "bicycle": "transportation",
+    "stop sign": "transportation/roadsigns",
+    "house": "buildings",
+    "church": "buildings",
+    "castle": "buildings",
+    "computer mouse": "computer/hardware",
+    "printer": "computer/hardware",
+    "television": "electronics",
+    "mobile phone": "electronics",
+    "smiley face": "people/smilies",
+    "angry face": "people/smilies",
+    "stick figure": "people/stickmen",
+    "old man": "people",
+    "woman": "people",
+    "baby": "people",
+    "hat": "people/clothing",
+    "shoes": "people/clothing",
+    "soccer ball": "recreation/sports",
+    "basketball": "recreation/sports",
+    "guitar": "recreation/music",
+    "piano": "recreation/music",
+    "chess": "recreation/games",
+    "teddy bear": "recreation/toys",
+    "alarm clock": "signs_and_symbols/clocks",
+    "american flag": "signs_and_symbols/flags",
+    "german flag": "signs_and_symbols/flags",
+    "rain cloud": "signs_and_symbols/weather",
+    "arrow pointing right": "shapes/arrows",
+    "gold star": "shapes/stars",
+    "speech bubble": "shapes/callouts",
+    "puzzle piece": "shapes/jigsaw",
+    "hammer": "tools",
+    "sword": "tools/weapons",
+    "stack of books": "education/books",
+    "world map": "geography",
+    "microscope": "science",
+}
+
+
+@pytest.fixture(scope="module")
+def corpus() -> tuple[CrossModalDataset, FeatureSet]:
+    dataset = load_dataset("openclipart")
+    return dataset, featurize(dataset)
+
+
+def _file_bytes(dataset: CrossModalDataset, row: int) -> bytes:
+    return (dataset.image_root / "png" / f"{dataset.ids[row]}.png").read_bytes()
+
+
+def test_served_codes_of_raw_inputs_equal_the_trainers_codes_on_the_whole_query_set(corpus, tmp_path: Path) -> None:
+    """Each query item as the service encodes it (one raw text, one PNG's bytes, one at a time, one
+    onnxruntime thread) against the trainer's codes of the cached training features, bit for bit."""
+    dataset, features = corpus
+    hasher = TRAINERS["cca"](features, 64, 0, {})
+    write_bundle(tmp_path / "cca", hasher, features, {})
+    encoder = Encoder(load_bundle(tmp_path / "cca", threads=1), 10_000, 10**9, 10**9)
+    query = dataset.split.query
+    image, text, _ = features.part("query")
+    trainer = {m: pack_signs(to_signs(hasher.encoders[m].real_codes(x))) for m, x in (("image", image), ("text", text))}
+    with warnings.catch_warnings():  # the corpus has a few very large PNGs; trusted here
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        served_image = [encoder.packed("image", encoder.image_features(_file_bytes(dataset, i)))[0] for i in query]
+    served_text = [encoder.packed("text", encoder.text_features(dataset.texts[i], True))[0] for i in query]
+    assert len(query) == 1000
+    for modality, served in (("image", served_image), ("text", served_text)):
+        differing = np.flatnonzero((np.stack(served) != trainer[modality]).any(axis=1))
+        assert differing.size == 0, f"{modality}: {differing.size} of 1000 query items differ"
+
+
+@pytest.fixture(scope="module")
+def service(redis_server, corpus):
+    """The default bundle served over HTTP with the demo corpus (the database split) ingested as the
+    bundle's featurizers see it: the cached features of the same graphs, sent through the batch endpoint."""
+    dataset, features = corpus
+    settings = Settings(
+        redis_url=redis_server.url,
+        bundle_path=DEFAULT_BUNDLE,
+        index_name=uuid.uuid4().hex,
+        api_key="test-key",
+        demo_corpus=False,
+    )
+    with TestClient(create_app(settings)) as client:
+        rows = dataset.split.database
+        for start in range(0, len(rows), BATCH // 2):
+            part = rows[start : start + BATCH // 2]
+            items = [
+                {"id": f"{m}:{dataset.ids[i]}", "modality": m, "features": x[i].tolist(), "metadata": {"row": int(i)}}
+                for i in part
+                for m, x in (("image", features.image), ("text", features.text))
+            ]
+            response = client.post("/v1/items:batch", json={"items": items}, headers=KEY)
+            assert response.status_code == 200 and response.json()["rejected"] == 0, response.text
+        yield client
+
+
+def _precision(dataset: CrossModalDataset, response, label: str) -> float:
+    column = dataset.label_names.index(label)
+    rows = [hit["metadata"]["row"] for hit in response.json()["results"]]
+    return float(np.mean([dataset.labels[r, column] for r in rows])) if rows else 0.0
+
+
+def test_natural_queries_are_all_understood_and_mostly_answered_on_topic(service, corpus) -> None:
+    dataset, _ = corpus
+    assert len(NATURAL_QUERIES) >= 60
+    precision = {}
+    for text, label in NATURAL_QUERIES.items():
+        response = service.post("/v1/search/text-to-image", json={"text": text, "k": 10})
+        assert response.status_code == 200, (text, response.text)
+        precision[text] = _precision(dataset, response, label)
+    mean = float(np.mean(list(precision.values())))
+    worst = sorted(precision.items(), key=lambda kv: kv[1])[:10]
+    assert mean >= 0.8, f"mean P@10 {mean:.3f}; worst: {worst}"
+
+
+def test_held_out_query_images_find_texts_of_their_categories(service, corpus) -> None:
+    dataset, _ = corpus
+    rows = np.random.default_rng(2).choice(dataset.split.query, 100, replace=False)
+    precision = []
+    for i in rows:
+        data = _file_bytes(dataset, i)
+        response = service.post("/v1/search/image-to-text/upload", files={"image": ("q.png", data)}, data={"k": "10"})
+        assert response.status_code == 200, response.text
+        hits = [hit["metadata"]["row"] for hit in response.json()["results"]]
+        precision.append(float((dataset.labels[hits] @ dataset.labels[i] > 0).mean()))
+    assert np.mean(precision) >= 0.8, f"mean P@10 {np.mean(precision):.3f}"
