@@ -77,6 +77,7 @@ def main() -> None:
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
+            timeout_worker_healthcheck=settings.worker_healthcheck_seconds,
             log_config=LOG_CONFIG,
             access_log=settings.access_log,
         )

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     workers: int = Field(
         default=1, ge=1, description="worker processes, each holding the index in memory, kept alike by the change feed"
     )
+    worker_healthcheck_seconds: int = Field(
+        default=60,
+        ge=1,
+        description="a worker silent this long is restarted; covers loading the bundle's featurizers on a busy machine",
+    )
     run_id: str = Field(
         default_factory=lambda: secrets.token_hex(8),
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
