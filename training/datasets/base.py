@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+# Benchmark files live beside the checkouts, in ../shared/data/ relative to the repository root.
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 class DatasetNotFoundError(FileNotFoundError):
