@@ -41,7 +41,10 @@ Choices where the paper is vague, and why:
 * Initial codes (not given). B^c and B^s start from the classic CCA hashing codes (``train_cca``):
   B^c the signs of the summed image and text projections on the top l^c canonical directions, both
   B_i^s on the next l^s. Round 1 then regresses onto codes both modalities can predict; random codes
-  would make the first rounds fit noise. The initial centers are the codes of k random items.
+  would make the first rounds fit noise. There are only r = min(image dim, text dim) canonical
+  directions (10 for Wikipedia's LDA texts), so bits past r are random hyperplanes through the CCA
+  space, each direction weighted by its canonical correlation (:func:`initial_signs`). The initial
+  centers are the codes of k random items.
 * k and e. The paper sets k to the number of categories and e to the number of labels of an item; UDDH
   is unsupervised, so both are hyper-parameters here (e = 1 by default). With e > 1 the column of H
   holds e ones and C H is the sum of the e centers, as written; top-e (Eq. 19) is the paper's rule and
@@ -384,11 +387,6 @@ def _check_inputs(image: np.ndarray, text: np.ndarray, config: UDDHConfig) -> tu
             raise ValueError(f"every {name} training row has zero norm: there is nothing to learn from")
     if config.n_clusters > n:
         raise ValueError(f"{config.n_clusters} clusters (k) requested but only {n} training items")
-    if config.bits > min(image.shape[1], text.shape[1]):
-        raise ValueError(
-            f"{config.bits} bits exceed the {min(image.shape[1], text.shape[1])} CCA directions the "
-            "initial codes need (at most min(image dim, text dim))"
-        )
     return image, text
 
 
@@ -402,10 +400,31 @@ class _Codes:
     assignments: np.ndarray  # (n, e) int64
 
 
+def initial_signs(image: np.ndarray, text: np.ndarray, bits: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, bits) int8 ±1 initial codes that both modalities can predict, for any code length.
+
+    With r = min(image dim, text dim) canonical directions and s_j = u_j + v_j the summed image and text
+    projections on direction j, bit j ≤ min(bits, r) is sign(s_j): CCA hashing. A bit past r is the sign
+    of a random hyperplane through the origin of the CCA space, sign(Σ_j g_j ρ_j s_j) with g ~ N(0, 1)
+    and ρ_j the canonical correlation: sign-random-projection LSH (Charikar, STOC 2002) on the space
+    where image and text agree, weighted so that directions the modalities share dominate and the
+    uncorrelated ones (ρ ≈ 0, e.g. the null direction of topic proportions summing to 1) add no noise.
+    The rng is drawn from only when bits > r.
+    """
+    r = min(image.shape[1], text.shape[1])
+    cca = train_cca(image, text, min(bits, r))
+    u, v = cca.encoders["image"].real_codes(image), cca.encoders["text"].real_codes(text)
+    canonical = to_signs(u + v)
+    if bits <= r:
+        return canonical
+    correlation = np.clip((u * v).mean(0) / np.maximum(u.std(0) * v.std(0), 1e-12), 0.0, None)
+    hyperplanes = rng.normal(size=(r, bits - r))
+    return np.concatenate([canonical, to_signs(((u + v) * correlation) @ hyperplanes)], axis=1)
+
+
 def _initial_state(image: np.ndarray, text: np.ndarray, config: UDDHConfig, rng: np.random.Generator) -> _Codes:
-    """B^c, B^s from the summed CCA projections of both modalities; C from k random items' B^c."""
-    cca = train_cca(image, text, config.bits)
-    signs = to_signs(cca.encoders["image"].real_codes(image) + cca.encoders["text"].real_codes(text))
+    """B^c, B^s from :func:`initial_signs` (first l^c bits shared, the rest specific); C from k random items' B^c."""
+    signs = initial_signs(image, text, config.bits, rng)
     shared, specific = signs[:, : config.shared_bits], signs[:, config.shared_bits :]
     centers = shared[rng.choice(len(shared), size=config.n_clusters, replace=False)]
     centers, assignments = reseed_empty_clusters(shared, centers, nearest_centers(shared, centers, config.top_e))
