@@ -96,3 +96,24 @@ def test_uddh_trains_64_bits_on_the_wikipedia_benchmark() -> None:
     prior = float(relevance(labels_q, labels_db).mean())  # ≈ 0.12
     for metrics in (i2t, t2i):
         assert prior + 0.03 < metrics["MAP@50"] < 0.9 and prior < metrics["P@10"] < 0.9
+
+
+def test_cca_baseline_extends_past_its_directions_with_correlation_weighted_hyperplanes(ten_dim_text: dict) -> None:
+    """The ``cca`` row at 16–128 bits: the first r bits are CCA hashing, the rest are seeded hyperplanes of
+    the CCA space that image and text codes still agree on; the null direction of the topic texts gets
+    ρ = 0 and no weight in them."""
+    image, text = ten_dim_text["image"], ten_dim_text["text"]
+    short, long = train_cca(image, text, 10), train_cca(image, text, 64, seed=3)
+    for m, x in (("image", image), ("text", text)):
+        assert np.allclose(long.encoders[m].real_codes(x)[:, :10], short.encoders[m].real_codes(x))
+    assert np.array_equal(
+        long.encoders["text"].projection, train_cca(image, text, 64, seed=3).encoders["text"].projection
+    )
+    assert not np.array_equal(
+        long.encoders["text"].projection, train_cca(image, text, 64, seed=4).encoders["text"].projection
+    )
+    null = np.linalg.svd(text - text.mean(0))[2][-1]  # the direction topic proportions have no variance on
+    hyperplane_part = long.encoders["text"].projection[:, 10:]
+    assert np.abs(null @ hyperplane_part).max() < 1e-6 * np.abs(hyperplane_part).max()
+    codes = {m: to_signs(long.encoders[m].real_codes(x))[:, 10:] for m, x in (("image", image), ("text", text))}
+    assert (codes["image"] == codes["text"]).mean() > 0.7  # chance would be 0.5

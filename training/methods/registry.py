@@ -66,7 +66,7 @@ def _cca(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHas
 
     _no_params("cca", params)
     image, text, _ = features.part("train")
-    return train_cca(image, text, bits)
+    return train_cca(image, text, bits, seed)
 
 
 def _dsfh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:

@@ -401,25 +401,14 @@ class _Codes:
 
 
 def initial_signs(image: np.ndarray, text: np.ndarray, bits: int, rng: np.random.Generator) -> np.ndarray:
-    """(n, bits) int8 ±1 initial codes that both modalities can predict, for any code length.
-
-    With r = min(image dim, text dim) canonical directions and s_j = u_j + v_j the summed image and text
-    projections on direction j, bit j ≤ min(bits, r) is sign(s_j): CCA hashing. A bit past r is the sign
-    of a random hyperplane through the origin of the CCA space, sign(Σ_j g_j ρ_j s_j) with g ~ N(0, 1)
-    and ρ_j the canonical correlation: sign-random-projection LSH (Charikar, STOC 2002) on the space
-    where image and text agree, weighted so that directions the modalities share dominate and the
-    uncorrelated ones (ρ ≈ 0, e.g. the null direction of topic proportions summing to 1) add no noise.
-    The rng is drawn from only when bits > r.
+    """(n, bits) int8 ±1 initial codes that both modalities can predict, for any code length: the signs
+    of the summed image and text projections of :func:`train_cca` — CCA hashing on the r = min(image
+    dim, text dim) canonical directions, then random hyperplanes through the CCA space, each direction
+    weighted by its canonical correlation, so the uncorrelated ones (e.g. the null direction of topic
+    proportions summing to 1) add no noise. The rng is drawn from only when bits > r.
     """
-    r = min(image.shape[1], text.shape[1])
-    cca = train_cca(image, text, min(bits, r))
-    u, v = cca.encoders["image"].real_codes(image), cca.encoders["text"].real_codes(text)
-    canonical = to_signs(u + v)
-    if bits <= r:
-        return canonical
-    correlation = np.clip((u * v).mean(0) / np.maximum(u.std(0) * v.std(0), 1e-12), 0.0, None)
-    hyperplanes = rng.normal(size=(r, bits - r))
-    return np.concatenate([canonical, to_signs(((u + v) * correlation) @ hyperplanes)], axis=1)
+    cca = train_cca(image, text, bits, rng)
+    return to_signs(cca.encoders["image"].real_codes(image) + cca.encoders["text"].real_codes(text))
 
 
 def _initial_state(image: np.ndarray, text: np.ndarray, config: UDDHConfig, rng: np.random.Generator) -> _Codes:
