@@ -1,7 +1,9 @@
-"""Dataset loaders: the OpenClipart corpus (a tiny fake one, and the real Debian one) and .mat files."""
+"""Dataset loaders: the OpenClipart corpus (a tiny fake one, and the real Debian one), .mat files and their
+label layouts, and the Wikipedia benchmark (the real files)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -9,10 +11,13 @@ import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
+from typer.testing import CliRunner
 
-from training.datasets import DatasetNotFoundError, load_dataset, seeded_split
+from training.cli import app
+from training.datasets import SHARED_DATA, DatasetNotFoundError, load_dataset, seeded_split
 from training.datasets import openclipart as oc
 from training.datasets.matfile import load_mat
+from training.evaluation.metrics import relevance
 
 REAL_CORPUS = Path("/usr/share/openclipart")
 
@@ -134,3 +139,124 @@ def test_dcmh_style_v73_files_are_read_transposed_and_split_with_a_seed(tmp_path
 def test_unknown_dataset_is_a_clear_error() -> None:
     with pytest.raises(DatasetNotFoundError, match="unknown dataset 'nope'"):
         load_dataset("nope")
+
+
+# -- label layouts of .mat files -------------------------------------------------------------------------
+
+
+def _labelled_file(tmp_path: Path, label_tr: np.ndarray, label_te: np.ndarray) -> Path:
+    """A pre-split .mat file with random features for 12 training and 4 query items, and these labels."""
+    rng = np.random.default_rng(2)
+    arrays = {"I_tr": rng.normal(size=(12, 6)), "T_tr": rng.random((12, 4)), "L_tr": label_tr}
+    arrays |= {"I_te": rng.normal(size=(4, 6)), "T_te": rng.random((4, 4)), "L_te": label_te}
+    scipy.io.savemat(tmp_path / "labels.mat", arrays)
+    return tmp_path / "labels.mat"
+
+
+@pytest.mark.parametrize("as_row", [False, True])
+def test_a_column_of_class_indices_becomes_one_hot(tmp_path: Path, as_row: bool) -> None:
+    """Wikipedia's layout: one category 1..C per item (12×1, or 1×12 as MATLAB may store it)."""
+    train = np.array([1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3], dtype=np.uint8)[:, None]
+    test = np.array([3, 1, 2, 2], dtype=np.uint8)[:, None]  # highest index absent from the queries
+    data = load_mat(_labelled_file(tmp_path, train.T if as_row else train, test.T if as_row else test))
+    assert data.labels.shape == (16, 3) and data.labels.dtype == np.uint8
+    assert (data.labels.sum(1) == 1).all()
+    assert np.array_equal(data.labels[data.split.database].argmax(1) + 1, train[:, 0])
+    assert np.array_equal(data.labels[data.split.query].argmax(1) + 1, test[:, 0])
+
+
+def test_a_0_1_matrix_is_multi_label(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    train, test = rng.integers(0, 2, (12, 3)), rng.integers(0, 2, (4, 3))
+    data = load_mat(_labelled_file(tmp_path, train, test))
+    assert data.labels.shape == (16, 3)
+    assert np.array_equal(data.labels[data.split.database], train)
+    assert np.array_equal(data.labels[data.split.query], test)
+
+
+@pytest.mark.parametrize(
+    ("train", "test", "message"),
+    [
+        (np.tile([0, 1], 6)[:, None], np.array([[0], [1], [1], [0]]), "could be one binary label or 0-based"),
+        (np.tile([0, 1, 2], 4)[:, None], np.array([[0], [1], [2], [0]]), "must hold class indices 1..C"),
+        (np.tile([1.5, 2.0], 6)[:, None], np.array([[1.0], [2.0], [1.0], [2.0]]), "class indices 1..C"),
+        (np.tile([[1, -1], [-1, 1]], (6, 1)), np.array([[1, -1], [-1, 1], [1, -1], [1, -1]]), "must be 0/1"),
+        (np.tile([[2, 0], [0, 1]], (6, 1)), np.array([[1, 0], [0, 1], [1, 0], [1, 0]]), "must be 0/1"),
+        (np.tile([1, 2], 6)[:, None], np.eye(2, dtype=int)[[0, 1, 0, 1]], "mix class-index columns"),
+        (np.eye(3, dtype=int)[np.arange(12) % 3], np.eye(2, dtype=int)[[0, 1, 0, 1]], "different numbers"),
+    ],
+    ids=["0-1 column", "0-based indices", "fractions", "plus-minus one", "counts", "mixed layouts", "widths"],
+)
+def test_label_layouts_it_cannot_tell_are_refused(
+    tmp_path: Path, train: np.ndarray, test: np.ndarray, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_mat(_labelled_file(tmp_path, train, test))
+
+
+@pytest.mark.parametrize(
+    ("train", "test"),
+    [
+        (np.full((12, 1), 4), np.full((4, 1), 4)),  # one class index for all: one-hot of a single class
+        (np.tile([[1, 0, 1]], (12, 1)), np.tile([[1, 0, 1]], (4, 1))),  # the same label set everywhere
+    ],
+    ids=["one class index", "one label set"],
+)
+def test_labels_shared_by_every_item_are_refused(tmp_path: Path, train: np.ndarray, test: np.ndarray) -> None:
+    """Every item relevant to every query would score every metric 1.0 (issue 15's symptom)."""
+    with pytest.raises(ValueError, match=r"every item of .* has the same labels"):
+        load_mat(_labelled_file(tmp_path, train, test))
+
+
+def test_dcmh_labels_shared_by_every_item_are_refused(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    arrays = {"iall": ("IAll", rng.normal(size=(20, 5))), "yall": ("YAll", rng.random((20, 3)))}
+    arrays["lall"] = ("LAll", np.ones((20, 1)))
+    for suffix, (key, value) in arrays.items():
+        scipy.io.savemat(tmp_path / f"toy-{suffix}.mat", {key: value})
+    with pytest.raises(ValueError, match="same labels"):
+        load_dataset(str(tmp_path / "toy"), n_query=5)
+
+
+# -- the Wikipedia benchmark (the real files; always present in CI at ../shared/data/) ----------------------
+
+
+def _list_categories(name: str) -> np.ndarray:
+    lines = (SHARED_DATA / "wikipedia" / name).read_text().split("\n")
+    return np.array([int(line.split("\t")[2]) for line in lines if line.strip()])
+
+
+@pytest.mark.parametrize(("name", "text_dim"), [("wikipedia", 10), ("wikipedia-tfidf", 1000)])
+def test_wikipedia_loads_by_name_with_the_papers_split(name: str, text_dim: int) -> None:
+    data = load_dataset(name)
+    assert data.name == name and len(data) == 2866
+    assert data.images.shape == (2866, 128) and data.texts.shape == (2866, text_dim)
+    assert data.split.sizes() == {"query": 693, "database": 2173, "train": 2173}
+    assert np.array_equal(data.split.train, data.split.database)  # database = training set
+    assert data.labels.shape == (2866, 10) and (data.labels.sum(1) == 1).all()  # one category each
+    categories = data.labels.argmax(1) + 1
+    assert np.array_equal(categories[data.split.query], _list_categories("testset_txt_img_cat.list"))
+    assert np.array_equal(categories[data.split.database], _list_categories("trainset_txt_img_cat.list"))
+    # Same-category relevance: a random ranking's precision is the category prior, far below 1.
+    prior = relevance(data.labels[data.split.query], data.labels[data.split.database]).mean()
+    assert 0.1 < prior < 0.15
+
+
+def test_wikipedia_tfidf_keeps_the_images_and_labels_of_the_lda_variant() -> None:
+    lda, tfidf = load_dataset("wikipedia"), load_dataset("wikipedia-tfidf")
+    assert np.array_equal(lda.images, tfidf.images) and np.array_equal(lda.labels, tfidf.labels)
+    assert (tfidf.texts >= 0).all() and 0 < (tfidf.texts > 0).mean() < 0.2  # sparse tf-idf rows
+
+
+def test_training_on_wikipedia_by_name_gives_real_metrics(tmp_path: Path) -> None:
+    """One short supervised run through the CLI: the metrics are far above the ~0.11 label prior and
+    below 1.0 (with the index column read as one shared label, every metric used to be 1.0)."""
+    command = ["train", "--method", "dsfh", "--dataset", "wikipedia", "--bits", "16", "--out", str(tmp_path)]
+    command += ["--param", "n_anchors=300", "--param", "iterations=3"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    [row] = json.loads((tmp_path / "summary.json").read_text())
+    for direction in ("i2t", "t2i"):
+        for metric in ("mAP", "MAP@50", "P@10"):
+            assert 0.18 < row[f"{direction}_{metric}"] < 0.95, (direction, metric, row)
+    assert row["t2i_MAP@50"] > 0.4  # the 10-d LDA texts carry the category well

@@ -1,20 +1,20 @@
 """Dataset loaders behind one interface: ``load_dataset(spec)`` → :class:`CrossModalDataset`.
 
-``spec`` is ``openclipart`` (the product corpus), a path to a ``.mat`` benchmark file or DCMH prefix,
-or the name of one found in ``../shared/data/`` (e.g. ``mirflickr25k``).
+``spec`` is ``openclipart`` (the product corpus), ``wikipedia`` / ``wikipedia-tfidf`` (the Wikipedia
+benchmark with LDA or tf-idf texts, :mod:`training.datasets.wikipedia`), a path to a ``.mat`` benchmark
+file or DCMH prefix, or the name of one found in ``../shared/data/`` (e.g. ``mirflickr25k``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from training.datasets.base import CrossModalDataset, DatasetNotFoundError, Split, seeded_split
+from training.datasets.base import SHARED_DATA, CrossModalDataset, DatasetNotFoundError, Split, seeded_split
 from training.datasets.matfile import load_mat
 from training.datasets.openclipart import load_openclipart
+from training.datasets.wikipedia import WIKIPEDIA_TEXTS, load_wikipedia
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-__all__ = ["CrossModalDataset", "DatasetNotFoundError", "Split", "load_dataset", "seeded_split"]
+__all__ = ["SHARED_DATA", "CrossModalDataset", "DatasetNotFoundError", "Split", "load_dataset", "seeded_split"]
 
 
 def _find_shared(name: str) -> Path | None:
@@ -25,10 +25,13 @@ def _find_shared(name: str) -> Path | None:
 
 
 def load_dataset(spec: str, seed: int = 0, n_query: int | None = None) -> CrossModalDataset:
-    """Load a dataset by name or path with its seeded standard split."""
+    """Load a dataset by name or path with its seeded standard split (Wikipedia and pre-split ``.mat``
+    files keep their own fixed split: ``seed`` and ``n_query`` do not apply to them)."""
     split_args = {"seed": seed} | ({"n_query": n_query} if n_query else {})
     if spec == "openclipart":
         return load_openclipart(**split_args)
+    if spec in WIKIPEDIA_TEXTS:
+        return load_wikipedia(spec)
     path = Path(spec)
     if path.is_file() or Path(f"{spec}-lall.mat").is_file():
         return load_mat(path, **split_args)

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+# Benchmark files live beside the checkouts, in ../shared/data/ relative to the repository root.
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are missing; the message says what to install or where to put them."""

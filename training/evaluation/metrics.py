@@ -9,8 +9,12 @@ tied items are ordered uniformly at random (McSherry & Najork, ECIR 2008), in cl
 
 Queries with no relevant item in the database carry no information about the ranking: they are left
 out of every mean and counted in ``queries_without_relevant`` (DCMH's code would count them as AP 0).
-MAP@k divides by the number of relevant items *retrieved in the top k* (UDDH's MAP@50, DCMH's
-``calc_map_k``); a query with none in its top k scores 0 there.
+MAP@k divides by the number of relevant items *retrieved in the top k*; a query with none in its top k
+scores 0 there. The UDDH paper does not define its MAP@50. The ``calc_map_k`` of the DCMH / DJSRH /
+JDSH / DGCPN code (the deep baselines of UDDH's Table III) is another quantity: the mean precision at
+the positions of the first min(k, R) relevant items of the *whole* ranking, R the query's relevant
+count (:func:`average_precision_first_relevant`); it is lower wherever fewer than k of the top k are
+relevant (docs/results_wikipedia.md compares both).
 """
 
 from __future__ import annotations
@@ -40,6 +44,16 @@ def average_precision_at(ranked_rel: np.ndarray, k: int) -> np.ndarray:
     precision = hits / np.arange(1, top.shape[1] + 1)
     found = hits[:, -1]
     return np.divide((precision * top).sum(1), found, out=np.zeros_like(found), where=found > 0)
+
+
+def average_precision_first_relevant(ranked_rel: np.ndarray, k: int) -> np.ndarray:
+    """``calc_map_k`` of the DCMH code family: mean precision at the first min(k, R) relevant positions
+    of each full ranked relevance row (R its relevant count; 0 for a row with none)."""
+    hits = np.cumsum(ranked_rel, axis=1)
+    total = np.minimum(k, hits[:, -1]).astype(np.float64)
+    first = ranked_rel & (hits <= total[:, None])
+    precision = hits / np.arange(1, ranked_rel.shape[1] + 1)
+    return np.divide((precision * first).sum(1), total, out=np.zeros_like(total), where=total > 0)
 
 
 def _distance_histograms(dist: np.ndarray, rel: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,8 @@
 """Reference points every trained method must beat, sharing the trainers' interface: ``lsh`` (random
 hyperplanes drawn independently per modality, so cross-modal retrieval sits at the label prior) and
-``cca`` (the classic CCA hashing baseline: top canonical directions thresholded at the mean). More in
-``docs/methods/baselines.md``.
+``cca`` (the classic CCA hashing baseline: top canonical directions thresholded at the mean; bits past
+its r = min(dims) directions are random hyperplanes through the CCA space weighted by canonical
+correlation). More in ``docs/methods/baselines.md``.
 """
 
 from __future__ import annotations
@@ -48,12 +49,14 @@ def _inverse_sqrt(cov: np.ndarray) -> np.ndarray:
     return (vectors / np.sqrt(np.maximum(values, 1e-12))) @ vectors.T
 
 
-def train_cca(image: np.ndarray, text: np.ndarray, bits: int) -> TrainedHasher:
+def train_cca(image: np.ndarray, text: np.ndarray, bits: int, seed: int | np.random.Generator = 0) -> TrainedHasher:
+    """CCA hashing; bits past the r canonical directions are correlation-weighted random hyperplanes
+    of the CCA space (module notes), drawn from ``seed`` (a generator is drawn from only then)."""
     x, y = check_features("image", image), check_features("text", text)
     if len(x) != len(y):
         raise ValueError(f"CCA needs paired rows: {len(x)} images vs {len(y)} texts")
-    if bits > min(x.shape[1], y.shape[1]):
-        raise ValueError(f"CCA gives at most {min(x.shape[1], y.shape[1])} directions, {bits} bits asked")
+    if bits < 1:
+        raise ValueError(f"CCA needs at least one bit, {bits} asked")
     mx, my = x.mean(0), y.mean(0)
     xc, yc = x - mx, y - my
     n = len(x)
@@ -63,9 +66,13 @@ def train_cca(image: np.ndarray, text: np.ndarray, bits: int) -> TrainedHasher:
 
     wx = _inverse_sqrt(regularised(xc.T @ xc / n))
     wy = _inverse_sqrt(regularised(yc.T @ yc / n))
-    u, _, vt = np.linalg.svd(wx @ (xc.T @ yc / n) @ wy, full_matrices=False)
-    encoders = {
-        "image": LinearHashFunction(mx, wx @ u[:, :bits]),
-        "text": LinearHashFunction(my, wy @ vt[:bits].T),
-    }
-    return TrainedHasher(method="cca", bits=bits, encoders=encoders, config={"ridge": _RIDGE})
+    # The singular values are the (ridge-regularised) canonical correlations ρ_j: 0 for a null direction.
+    u, correlation, vt = np.linalg.svd(wx @ (xc.T @ yc / n) @ wy, full_matrices=False)
+    directions = min(bits, len(correlation))
+    px, py = wx @ u[:, :directions], wy @ vt[:directions].T
+    if bits > directions:
+        hyperplanes = correlation[:, None] * np.random.default_rng(seed).normal(size=(directions, bits - directions))
+        px, py = np.hstack([px, px @ hyperplanes]), np.hstack([py, py @ hyperplanes])
+    encoders = {"image": LinearHashFunction(mx, px), "text": LinearHashFunction(my, py)}
+    config = {"ridge": _RIDGE} | ({"seed": seed} if isinstance(seed, int) else {})
+    return TrainedHasher(method="cca", bits=bits, encoders=encoders, config=config)

@@ -83,7 +83,7 @@ def _cca(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHas
 
     build_config("cca", None, params, {})
     image, text, _ = features.part("train")
-    return train_cca(image, text, bits)
+    return train_cca(image, text, bits, seed)
 
 
 def _dsfh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:

@@ -299,11 +299,6 @@ def _check_inputs(image: np.ndarray, text: np.ndarray, config: UDDHConfig) -> tu
             raise ValueError(f"every {name} training row has zero norm: there is nothing to learn from")
     if config.n_clusters > n:
         raise ValueError(f"{config.n_clusters} clusters (k) requested but only {n} training items")
-    if config.bits > min(image.shape[1], text.shape[1]):
-        raise ValueError(
-            f"{config.bits} bits exceed the {min(image.shape[1], text.shape[1])} CCA directions the "
-            "initial codes need (at most min(image dim, text dim))"
-        )
     return image, text
 
 
@@ -317,10 +312,20 @@ class _Codes:
     assignments: np.ndarray  # (n, e) int64
 
 
+def initial_signs(image: np.ndarray, text: np.ndarray, bits: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, bits) int8 ±1 initial codes that both modalities can predict, for any code length: the signs
+    of the summed image and text projections of :func:`train_cca` — CCA hashing on the r = min(image
+    dim, text dim) canonical directions, then random hyperplanes through the CCA space, each direction
+    weighted by its canonical correlation, so the uncorrelated ones (e.g. the null direction of topic
+    proportions summing to 1) add no noise. The rng is drawn from only when bits > r.
+    """
+    cca = train_cca(image, text, bits, rng)
+    return to_signs(cca.encoders["image"].real_codes(image) + cca.encoders["text"].real_codes(text))
+
+
 def _initial_state(image: np.ndarray, text: np.ndarray, config: UDDHConfig, rng: np.random.Generator) -> _Codes:
-    """B^c, B^s from the summed CCA projections of both modalities; C from k random items' B^c."""
-    cca = train_cca(image, text, config.bits)
-    signs = to_signs(cca.encoders["image"].real_codes(image) + cca.encoders["text"].real_codes(text))
+    """B^c, B^s from :func:`initial_signs` (first l^c bits shared, the rest specific); C from k random items' B^c."""
+    signs = initial_signs(image, text, config.bits, rng)
     shared, specific = signs[:, : config.shared_bits], signs[:, config.shared_bits :]
     centers = shared[rng.choice(len(shared), size=config.n_clusters, replace=False)]
     centers, assignments = reseed_empty_clusters(shared, centers, nearest_centers(shared, centers, config.top_e))
