@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, nullcontext
 
 from fastapi import HTTPException, Request
@@ -74,12 +74,19 @@ def create_app(settings: Settings | None = None) -> FastAPIOffline:
     return app
 
 
+def _leaf_routes(routes: list) -> Iterator:
+    """Every route, those of included routers too (FastAPI wraps each in one with an ``original_router``)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        yield from _leaf_routes(included.routes) if included is not None else [route]
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
     """FastAPI's answer, except that a 405 lists in ``Allow`` the methods of every route of the path:
     Starlette names only those of the first route it matched (GET of ``/v1/items/{id}``, not DELETE)."""
     if exc.status_code == 405:
         allowed = set()
-        for route in request.app.router.routes:
+        for route in _leaf_routes(request.app.router.routes):
             match, _ = route.matches({**request.scope, "method": "GET"})
             if match != Match.NONE and getattr(route, "methods", None):
                 allowed |= route.methods
