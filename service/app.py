@@ -5,17 +5,21 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, nullcontext
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import HTTPException, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from index.errors import IndexInputError, ItemNotFoundError, ModalityConflictError, StoreUnavailableError
+from service import contract
 from service.encoder import EncodeError
 from service.routes import items, models, page, search, similar, system, thumbnails
 from service.runtime import Runtime
@@ -65,21 +69,29 @@ def create_app(settings: Settings | None = None) -> FastAPIOffline:
         app.include_router(router)
     app.include_router(page.router)
     app.mount("/static", page.static_files(), name="static")
-    app.openapi = lambda: _document_unparsable_bodies(app)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.openapi = lambda: contract.openapi(app, settings)
     return app
 
 
-def _document_unparsable_bodies(app: FastAPI) -> dict:
-    """FastAPI's schema plus the 400 FastAPI itself answers, before any route runs, to a body it cannot
-    read at all (JSON that is not UTF-8, broken multipart): found by the API fuzzer (tests/test_fuzz_api.py)."""
-    if app.openapi_schema is None:
-        schema = FastAPI.openapi(app)
-        error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
-        for operations in schema["paths"].values():
-            for operation in operations.values():
-                if "requestBody" in operation:
-                    operation["responses"].setdefault("400", {"description": "unreadable body", "content": error})
-    return app.openapi_schema
+def _leaf_routes(routes: list) -> Iterator:
+    """Every route, those of included routers too (FastAPI wraps each in one with an ``original_router``)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        yield from _leaf_routes(included.routes) if included is not None else [route]
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """FastAPI's answer, except that a 405 lists in ``Allow`` the methods of every route of the path:
+    Starlette names only those of the first route it matched (GET of ``/v1/items/{id}``, not DELETE)."""
+    if exc.status_code == 405:
+        allowed = set()
+        for route in _leaf_routes(request.app.router.routes):
+            match, _ = route.matches({**request.scope, "method": "GET"})
+            if match != Match.NONE and getattr(route, "methods", None):
+                allowed |= route.methods
+        exc = StarletteHTTPException(405, exc.detail, headers={"Allow": ", ".join(sorted(allowed))})
+    return await http_exception_handler(request, exc)
 
 
 class ObserveMiddleware:

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from index.engine import Hit
 
 Modality = Literal["image", "text"]
+# A 2×2 red PNG: the image example of the docs, one that a client can send as it is.
+RED_PNG_BASE64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGM8ISfHwMDAxMDAwMDAAAANBAEIfXHKZgAAAABJRU5ErkJggg=="
+)
+Probe = Annotated[
+    Annotated[int, Field(ge=1)] | Literal["all"] | None,
+    Field(
+        description="semantic buckets to scan (at most the model's buckets); 'all' is an exact full scan; "
+        "omitted → default"
+    ),
+]
 ItemId = Field(min_length=1, max_length=256, pattern=r"^[^\s]+$", examples=["animals/birds/robin_01"])
 
 
@@ -21,17 +32,21 @@ class Filter(BaseModel):
 
 class SearchOptions(BaseModel):
     k: int = Field(default=10, ge=1, description="results to return (at most the server's max_k)")
-    probe: int | Literal["all"] | None = Field(
-        default=None, description="semantic buckets to scan; 'all' is an exact full scan; omitted → default"
-    )
+    probe: Probe = None
     filter: Filter | None = None
 
 
+def _exactly_one_of(*names: str) -> dict:
+    """The JSON-schema form of the "exactly one of these fields" rule the models' validators enforce."""
+    return {"oneOf": [{"required": [name]} for name in names]}
+
+
 class _Query(SearchOptions):
-    """A query is given either raw (the field named by ``raw_input``) or as a feature vector."""
+    """A query is given either raw (the field named by ``raw_input``) or as a feature vector. Both fields
+    are optional but not nullable: a generated client leaves out the one it does not send."""
 
     raw_input: ClassVar[str]
-    features: list[float] | None = Field(default=None, description="precomputed feature vector of the bundle")
+    features: list[float] = Field(default=None, description="precomputed feature vector of the bundle")
 
     @model_validator(mode="after")
     def _one_input(self) -> _Query:
@@ -44,8 +59,11 @@ class TextQuery(_Query):
     """Exactly one of ``text`` (raw) or ``features`` (the bundle's text feature vector)."""
 
     raw_input = "text"
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "red apple fruit", "k": 5}]})
-    text: str | None = Field(default=None, description="raw query text")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"text": "red apple fruit", "k": 5}], **_exactly_one_of("text", "features")},
+    )
+    text: str = Field(default=None, description="raw query text")
 
 
 class ImageQuery(_Query):
@@ -53,9 +71,13 @@ class ImageQuery(_Query):
 
     raw_input = "image_base64"
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"image_base64": "iVBORw0KGgo…", "k": 5}]}
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"image_base64": RED_PNG_BASE64, "k": 5}],
+            **_exactly_one_of("image_base64", "features"),
+        },
     )
-    image_base64: str | None = Field(default=None, description="raw image file, base64-encoded")
+    image_base64: str = Field(default=None, description="raw image file, base64-encoded")
 
 
 class Timing(BaseModel):
@@ -94,12 +116,12 @@ class ItemIn(BaseModel):
 
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    # Typed as plain objects so one bad item is rejected alone (per-item status) instead of failing the
-    # whole request; the docs still show each item's schema.
+    # Typed as plain objects, in the schema too, so one bad item is rejected alone (per-item status)
+    # instead of failing the whole request: the request is valid whatever its items hold.
     items: list[dict] = Field(
         min_length=1,
-        description="items, each an ItemIn, validated one by one",
-        json_schema_extra={"items": ItemIn.model_json_schema()},
+        description="items, each an ItemIn (schema ItemIn), validated one by one: an item that is not one is "
+        "rejected alone, with its reason in its result",
     )
 
 

@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from service import thumbnails
 from service.app import create_app
+from service.routes.page import STATIC
 from service.settings import DEFAULT_BUNDLE, Settings
 from tests.page_service import FRUIT, OTHERS, small_openclipart
 from training.datasets import openclipart
@@ -35,6 +38,15 @@ def _settings(redis_server, **overrides) -> Settings:
 def client(redis_server):
     with TestClient(create_app(_settings(redis_server))) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def page_client(redis_server):
+    with TestClient(create_app(_settings(redis_server))) as c:
+        yield c
+
+
+STATIC_FILES = {path.read_bytes() for path in STATIC.iterdir()}
 
 
 def _b64(data: bytes) -> str:
@@ -191,6 +203,62 @@ def test_more_like_this_rejects_bad_queries_with_a_4xx(client, body, status, mes
     _ingest(client, _image("img:a", features=[0.5] * 1280))
     reply = client.post("/v1/search/similar", json=body)
     assert reply.status_code == status and message in str(reply.json()["detail"])
+
+
+def test_same_modality_search_takes_the_cross_modal_bodies_and_finds_the_query_itself_first(client) -> None:
+    png = (CORPUS / "png" / f"{APPLE}.png").read_bytes()
+    other = _gray_png()
+    _ingest(
+        client,
+        _image("img:apple", image_base64=_b64(png)),
+        _image("img:other", image_base64=_b64(other)),
+        {"id": "txt:apple", "modality": "text", "text": "red apple fruit"},
+        {"id": "txt:car", "modality": "text", "text": "blue car"},
+    )
+    by_json = client.post("/v1/search/image-to-image", json={"image_base64": _b64(png), "k": 5, "probe": "all"})
+    by_upload = client.post("/v1/search/image-to-image/upload", files={"image": png}, data={"k": "5", "probe": "all"})
+    by_code = client.post("/v1/search/similar", json={"id": "img:apple", "target": "image", "k": 5, "probe": "all"})
+    for reply in (by_json, by_upload):
+        assert reply.status_code == 200, reply.text
+        hits = reply.json()["results"]
+        assert {h["id"] for h in hits} == {"img:apple", "img:other"}  # images only
+        assert hits[0]["id"] == "img:apple" and hits[0]["distance"] == 0
+    assert [h["id"] for h in by_code.json()["results"]] == ["img:other"]  # the stored item leaves itself out
+    texts = client.post("/v1/search/text-to-text", json={"text": "red apple fruit", "k": 5, "probe": "all"}).json()
+    assert texts["results"][0]["id"] == "txt:apple" and texts["results"][0]["distance"] == 0
+    assert {h["id"] for h in texts["results"]} == {"txt:apple", "txt:car"}  # texts only
+    cross = client.post("/v1/search/image-to-text", json={"image_base64": _b64(png), "k": 5, "probe": "all"}).json()
+    assert set(cross) == set(by_json.json())  # one response shape for every direction
+
+
+def _gray_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (32, 32), 128).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_method_not_allowed_lists_every_method_of_the_path(client) -> None:
+    reply = client.options("/v1/items/anything")
+    assert reply.status_code == 405
+    assert {m.strip() for m in reply.headers["allow"].split(",")} >= {"GET", "DELETE"}
+    reply = client.put("/v1/search/image-to-image")
+    assert reply.status_code == 405 and reply.headers["allow"] == "POST"
+
+
+PATH_PIECES = [*"./%25eAZ\\:~?#", "..", "%00", "%2e%2e", "%2f", "%5c"]
+
+
+@given(path=st.lists(st.sampled_from(PATH_PIECES), max_size=30).map("".join))
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+def test_the_page_its_assets_and_thumbnails_answer_any_path_without_5xx(page_client, path: str) -> None:
+    """Traversal forms (``..``, encoded dots, slashes and backslashes, an encoded NUL), unknown ids: a 2xx/3xx/4xx,
+    and nothing but the page and its static files is served."""
+    for prefix in ("/", "/static/", "/v1/thumbnails/"):
+        url = prefix + (path.lstrip("/") if prefix == "/" else path)  # "//x" is no relative URL to send
+        reply = page_client.get(url)
+        assert reply.status_code < 500, (url, reply.status_code, reply.text[:200])
+        if prefix == "/static/" and reply.status_code == 200:  # "/static/.." is the client's "/": the page
+            assert reply.content in STATIC_FILES | {page_client.get("/").content}, url
 
 
 def _wait_for_demo_ingestion(seconds: float = 120) -> None:

@@ -117,13 +117,17 @@ def test_load_more_appends_the_next_results_until_there_are_no_more(page: WebDri
     assert shown == [h["metadata"]["title"] for h in everything["results"]]
 
 
-def test_an_uploaded_image_shows_matching_texts_and_says_what_image_search_lacks(page: WebDriver) -> None:
+def test_an_uploaded_image_shows_matching_texts_and_similar_images(page: WebDriver, small_service: str) -> None:  # noqa: F811
     page.find_element(By.ID, "image").send_keys(str(APPLE))
-    wait(page, lambda b: len(text_rows(b)) == 12)
-    assert "distance" in text_rows(page)[0].text
-    assert page.find_element(By.CSS_SELECTOR, "#query").text == f"Texts for “{APPLE.name}”"
-    note = page.find_element(By.CSS_SELECTOR, "#images .note")
-    assert note.is_displayed() and "image → image" in note.text
+    wait(page, lambda b: len(text_rows(b)) == 12 and len(cards(b)) == 12 and loaded_thumbnails(b) == 12)
+    assert "distance" in text_rows(page)[0].text and "distance" in cards(page)[0].text
+    assert page.find_element(By.CSS_SELECTOR, "#query").text == f"Texts and similar images for “{APPLE.name}”"
+    assert page.find_element(By.CSS_SELECTOR, "#images .note").is_displayed() is False
+    upload = {"files": {"image": APPLE.read_bytes()}, "data": {"k": "12"}}  # the page's first page of results
+    similar = httpx.post(f"{small_service}/v1/search/image-to-image/upload", **upload)
+    assert similar.status_code == 200, similar.text
+    shown = page.execute_script("return [...document.querySelectorAll('#images .card img')].map(i => i.alt)")
+    assert shown == [h["metadata"]["title"] for h in similar.json()["results"]]  # the API's images, in order
     screenshot(page, "image-upload")
 
 

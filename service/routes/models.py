@@ -14,7 +14,7 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from index.bundle import BundleError, Manifest
 from index.bundle.manifest import MODALITIES
@@ -59,16 +59,10 @@ class SwapRequest(BaseModel):
     bundle: str = Field(
         min_length=1,
         max_length=128,
-        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+        # a directory name: letters, digits, '_', '-' and single dots, never '..'
+        pattern=r"^[A-Za-z0-9_](\.?[A-Za-z0-9_-])*\.?$",
         description="name of a bundle directory inside the service's models directory (no path)",
     )
-
-    @field_validator("bundle")
-    @classmethod
-    def _no_parent(cls, value: str) -> str:
-        if ".." in value:
-            raise ValueError("a bundle name may not contain '..'")
-        return value
 
 
 class SwapResponse(BaseModel):
@@ -85,6 +79,7 @@ class SwapResponse(BaseModel):
     response_model=SwapResponse,
     responses={
         403: {"model": ErrorBody, "description": "missing or wrong X-API-Key"},
+        404: {"model": ErrorBody, "description": "no bundle directory of this name in the models directory"},
         422: {"model": ErrorBody, "description": "bad name, or the bundle refused to load: the old model serves"},
         503: {"model": ErrorBody, "description": "Redis unavailable: the old model serves"},
     },
@@ -94,6 +89,8 @@ def swap(request: SwapRequest, rt: Annotated[Runtime, Depends(runtime)]) -> Swap
     """Load the bundle ``models_dir/<bundle>`` and serve it. On any failure the model in service is
     untouched and keeps answering."""
     started = time.perf_counter()
+    if not (rt.settings.models_dir / request.bundle).is_dir():
+        raise HTTPException(404, f"no bundle {request.bundle!r} in the models directory")
     try:
         previous, model = rt.swap(request.bundle)
     except (BundleError, IndexInputError, ValueError) as exc:  # BundleError is a ValueError

@@ -1,4 +1,6 @@
-"""Cross-modal search: text → images and image → texts, from raw input or feature vectors.
+"""Search in all four directions (text → images, image → texts, text → texts, image → images), from raw
+input or feature vectors: one body shape per query modality (``TextQuery``, ``ImageQuery``, the upload
+form), the same for either target, and one response shape.
 
 One request's path: the query body is validated by its schema (``k`` ≥ 1, one input); the route reads
 the pinned model once (:attr:`Runtime.model`), checks ``k`` against ``max_k``, turns the input into
@@ -58,18 +60,19 @@ def run_search(
     rt: Runtime,
     model: Model,
     source: str,
+    target: str,
     features: np.ndarray,
     options: SearchOptions,
     encode_seconds: float,
     kind: str,
 ) -> Response:
-    """Encode → route → scan → (filter) for one query, answered as ``SearchResponse`` JSON."""
+    """Encode → route → scan → (filter) for one query of ``source`` against items of ``target``, answered
+    as ``SearchResponse`` JSON."""
     if options.k > rt.settings.max_k:
         raise HTTPException(422, f"k must be at most {rt.settings.max_k}")
     started = time.perf_counter()
     code = model.encoder.packed(source, features)
     encode_seconds += time.perf_counter() - started
-    target = "image" if source == "text" else "text"
     if options.probe == "all":
         probe = None
     else:  # the index refuses a probe outside its buckets
@@ -95,7 +98,7 @@ def run_search(
     return Response(SearchResponse.__pydantic_serializer__.to_json(result), media_type="application/json")
 
 
-def _search(rt: Runtime, source: str, query: TextQuery | ImageQuery) -> Response:
+def _search(rt: Runtime, source: str, target: str, query: TextQuery | ImageQuery) -> Response:
     """Features as given, or from the raw input, then the shared search path, all on one pinned model."""
     started = time.perf_counter()
     model = rt.model
@@ -106,7 +109,24 @@ def _search(rt: Runtime, source: str, query: TextQuery | ImageQuery) -> Response
         features, kind = encoder.text_features(query.text, require_known_words=True), "raw"
     else:
         features, kind = encoder.image_features(encoder.decode_base64(query.image_base64)), "raw"
-    return run_search(rt, model, source, features, query, time.perf_counter() - started, kind)
+    return run_search(rt, model, source, target, features, query, time.perf_counter() - started, kind)
+
+
+async def _image_search(rt: Runtime, target: str, query: ImageQuery) -> Response:
+    if query.features is not None:
+        return _search(rt, "image", target, query)
+    return await run_in_threadpool(_search, rt, "image", target, query)
+
+
+def _upload_search(rt: Runtime, target: str, image: UploadFile, k: int, probe: str) -> Response:
+    started = time.perf_counter()
+    model = rt.model
+    features = model.encoder.image_features(image.file.read(rt.settings.max_image_bytes + 1))
+    try:
+        parsed = SearchOptions(k=k, probe=None if probe == "" else ("all" if probe == "all" else int(probe)))
+    except ValueError as exc:
+        raise HTTPException(422, f"probe must be a number or 'all': {exc}") from exc
+    return run_search(rt, model, "image", target, features, parsed, time.perf_counter() - started, "raw")
 
 
 # Text and feature-vector queries cost well under a millisecond of CPU, so they run on the event loop
@@ -118,31 +138,43 @@ def _search(rt: Runtime, source: str, query: TextQuery | ImageQuery) -> Response
 @router.post("/text-to-image", response_model=SearchResponse, responses=ERRORS)
 async def text_to_image(query: TextQuery, request: Request) -> Response:
     """Find images for a text: raw ``text`` (featurized by the model's vocabulary) or ``features``."""
-    return _search(request.app.state.runtime, "text", query)
+    return _search(request.app.state.runtime, "text", "image", query)
+
+
+@router.post("/text-to-text", response_model=SearchResponse, responses=ERRORS)
+async def text_to_text(query: TextQuery, request: Request) -> Response:
+    """Find texts like a text: the same body as ``text-to-image``, searched among the texts."""
+    return _search(request.app.state.runtime, "text", "text", query)
 
 
 @router.post("/image-to-text", response_model=SearchResponse, responses=ERRORS)
 async def image_to_text(query: ImageQuery, request: Request) -> Response:
     """Find texts for an image: a base64 image file (``image_base64``) or ``features``."""
-    rt = request.app.state.runtime
-    if query.features is not None:
-        return _search(rt, "image", query)
-    return await run_in_threadpool(_search, rt, "image", query)
+    return await _image_search(request.app.state.runtime, "text", query)
+
+
+@router.post("/image-to-image", response_model=SearchResponse, responses=ERRORS)
+async def image_to_image(query: ImageQuery, request: Request) -> Response:
+    """Find images like an image: the same body as ``image-to-text``, searched among the images."""
+    return await _image_search(request.app.state.runtime, "image", query)
+
+
+UploadedImage = Annotated[UploadFile, File(description="the image file (PNG, JPEG, GIF, …), not empty")]
+UploadK = Annotated[int, Form(ge=1, description="results to return (at most the server's max_k)")]
+UploadProbe = Annotated[str, Form(description="buckets to scan, or 'all'; empty → default")]
 
 
 @router.post("/image-to-text/upload", response_model=SearchResponse, responses=ERRORS)
 def image_to_text_upload(
-    rt: Annotated[Runtime, Depends(runtime)],
-    image: Annotated[UploadFile, File(description="the image file (PNG, JPEG, GIF, …)")],
-    k: Annotated[int, Form(ge=1)] = 10,
-    probe: Annotated[str | None, Form(description="buckets to scan, or 'all'")] = None,
+    rt: Annotated[Runtime, Depends(runtime)], image: UploadedImage, k: UploadK = 10, probe: UploadProbe = ""
 ) -> Response:
     """Find texts for an uploaded image (multipart form)."""
-    started = time.perf_counter()
-    model = rt.model
-    features = model.encoder.image_features(image.file.read(rt.settings.max_image_bytes + 1))
-    try:
-        parsed = SearchOptions(k=k, probe=None if probe in (None, "") else ("all" if probe == "all" else int(probe)))
-    except ValueError as exc:
-        raise HTTPException(422, f"probe must be a number or 'all': {exc}") from exc
-    return run_search(rt, model, "image", features, parsed, time.perf_counter() - started, "raw")
+    return _upload_search(rt, "text", image, k, probe)
+
+
+@router.post("/image-to-image/upload", response_model=SearchResponse, responses=ERRORS)
+def image_to_image_upload(
+    rt: Annotated[Runtime, Depends(runtime)], image: UploadedImage, k: UploadK = 10, probe: UploadProbe = ""
+) -> Response:
+    """Find images like an uploaded image (multipart form): the same form as ``image-to-text/upload``."""
+    return _upload_search(rt, "image", image, k, probe)

@@ -8,7 +8,7 @@ any origin (raw text, image files, feature vectors) and in all four directions, 
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.routes.deps import runtime
 from service.runtime import Runtime
-from service.schemas import ErrorBody, Hit, ItemId, Modality, SearchResponse, Timing
+from service.schemas import ErrorBody, Hit, ItemId, Modality, Probe, SearchResponse, Timing
 
 router = APIRouter(prefix="/v1/search", tags=["search"])
 
@@ -28,9 +28,7 @@ class SimilarQuery(BaseModel):
     id: str = ItemId
     target: Modality = Field(description="the modality to search: the item's own, or the other one")
     k: int = Field(default=10, ge=1, description="results to return (at most the server's max_k)")
-    probe: int | Literal["all"] | None = Field(
-        default=None, description="semantic buckets to scan; 'all' is an exact full scan; omitted → default"
-    )
+    probe: Probe = None
 
 
 @router.post(

@@ -131,20 +131,18 @@ function searchText(text) {
   show(`Images for “${text}”`, null, { image: (k) => postJSON("/v1/search/text-to-image", { text, k }) });
 }
 
-// Hook for image → image search of an upload: the API cannot yet search images by an image that is not
-// stored; once it can, return a search here (k => Promise of a search response), as searchImage does.
-function similarImagesOfUpload(file) {
-  return `Similar images of an uploaded image need image → image search, which the API does not offer yet (${file.name}).`;
-}
+// An uploaded image as a multipart form, searched against texts or images (k => Promise of a response).
+const uploadSearch = (file, target) => (k) => {
+  const form = new FormData();
+  form.append("image", file);
+  form.append("k", String(k));
+  return api(`/v1/search/image-to-${target}/upload`, { method: "POST", body: form });
+};
 
+// The texts of an uploaded image, and the similar images beside them.
 function searchImage(file) {
-  const texts = (k) => {
-    const form = new FormData();
-    form.append("image", file);
-    form.append("k", String(k));
-    return api("/v1/search/image-to-text/upload", { method: "POST", body: form });
-  };
-  show(`Texts for “${file.name}”`, URL.createObjectURL(file), { text: texts, image: similarImagesOfUpload(file) });
+  const searches = { text: uploadSearch(file, "text"), image: uploadSearch(file, "image") };
+  show(`Texts and similar images for “${file.name}”`, URL.createObjectURL(file), searches);
 }
 
 // More like this: the item's stored code is the query, against its own modality and the other one.

@@ -1,0 +1,100 @@
+"""The OpenAPI document, completed with every rule the server enforces, so that a client generated from
+it never sends a request the server then rejects.
+
+FastAPI's schema states what the pydantic models state. The rest depends on the running service and is
+added here: ``k`` at most ``max_k``, a batch of at most ``max_batch_items`` items, ``probe`` at most the
+served model's buckets, feature vectors of the served bundle's exact length in float32's range, raw text
+within ``max_text_chars`` and not blank, an upload not empty, the formats below, and the 400 FastAPI
+answers to a body it cannot read. The document is rebuilt when the served model changes (hot swap),
+since its buckets and dimensions are part of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from service.schemas import ItemIn
+from service.settings import Settings
+
+FLOAT32_MAX = 3.4028234663852886e38
+QUERY_MODALITY = {"TextQuery": "text", "ImageQuery": "image"}
+# Formats naming what JSON Schema cannot state: a decodable image file (base64, or the upload's bytes) and
+# a text with a word of the model's vocabulary (when its featurizer has one). A client, and the suite's
+# fuzzer (tests/test_contract.py), generate such values for them.
+IMAGE_BASE64_FORMAT = "image-base64"
+IMAGE_FILE_FORMAT = "binary"
+VOCABULARY_TEXT_FORMAT = "vocabulary-text"
+
+
+def _probe_values(n_buckets: int) -> str:
+    """A pattern for the upload form's probe (a form field is a string): empty, 'all' or 1..n_buckets."""
+    return "^(all|" + "|".join(str(n) for n in range(n_buckets, 0, -1)) + ")?$"
+
+
+def _model_limits(
+    schema: dict, settings: Settings, dims: dict[str, int] | None, n_buckets: int | None, vocabulary: bool
+) -> None:
+    components = schema["components"]["schemas"]
+    for name, component in components.items():
+        properties = component.get("properties", {})
+        if "k" in properties:
+            properties["k"]["maximum"] = settings.max_k
+        probe = properties.get("probe", {})
+        if n_buckets is not None and probe.get("type") == "string":  # the upload form's probe
+            probe["pattern"] = _probe_values(n_buckets)
+        for branch in probe.get("anyOf", []) if n_buckets is not None else []:
+            if branch.get("type") == "integer":
+                branch["maximum"] = n_buckets
+        if name == "BatchRequest":
+            properties["items"]["maxItems"] = settings.max_batch_items
+        if name in QUERY_MODALITY:  # optional, not nullable: no "default": null beside a non-null type
+            for field in properties.values():
+                if "default" in field and field["default"] is None and "anyOf" not in field:
+                    del field["default"]
+            features = properties["features"]
+            features["items"].update(minimum=-FLOAT32_MAX, maximum=FLOAT32_MAX)
+            if dims is not None:
+                features["minItems"] = features["maxItems"] = dims[QUERY_MODALITY[name]]
+        if "text" in properties and name == "TextQuery":
+            properties["text"].update(minLength=1, maxLength=settings.max_text_chars, pattern=r"\S")
+            if vocabulary:
+                properties["text"]["format"] = VOCABULARY_TEXT_FORMAT
+        if "image_base64" in properties:
+            properties["image_base64"]["format"] = IMAGE_BASE64_FORMAT
+        if "contentMediaType" in properties.get("image", {}):  # an uploaded file
+            properties["image"].update(minLength=1, format=IMAGE_FILE_FORMAT)
+    components["ItemIn"] = ItemIn.model_json_schema(ref_template="#/components/schemas/{model}")
+
+
+def _unreadable_bodies(schema: dict) -> None:
+    """The 400 FastAPI itself answers, before any route runs, to a body it cannot read at all (JSON that
+    is not UTF-8, broken multipart): found by the API fuzzer (tests/test_fuzz_api.py)."""
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            if "requestBody" in operation:
+                operation["responses"].setdefault("400", {"description": "unreadable body", "content": error})
+
+
+def openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    """The app's OpenAPI document for the model it serves now (without a started runtime, for none)."""
+    runtime = getattr(app.state, "runtime", None)
+    dims = n_buckets = None
+    vocabulary = False
+    key: tuple = ()
+    if runtime is not None:
+        model = runtime.model
+        manifest = model.bundle.manifest
+        dims = {modality: manifest.modalities.of(modality).input.dim for modality in QUERY_MODALITY.values()}
+        n_buckets = model.index.n_buckets
+        vocabulary = bool(getattr(manifest.modalities.text.featurizer, "vocabulary", None))
+        key = (model.bundle.bundle_id, n_buckets)
+    if app.openapi_schema is None or app.state.openapi_key != key:
+        app.openapi_schema = None
+        schema = FastAPI.openapi(app)
+        _unreadable_bodies(schema)
+        _model_limits(schema, settings, dims, n_buckets, vocabulary)
+        app.state.openapi_key = key
+    return app.openapi_schema

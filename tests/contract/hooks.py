@@ -1,0 +1,30 @@
+"""schemathesis hooks of the contract run (tests/test_contract.py): values for the formats the service's
+OpenAPI document declares for what JSON Schema cannot state (service/contract.py)."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import schemathesis
+from hypothesis import strategies as st
+from PIL import Image
+
+from index.bundle import read_manifest
+from service.contract import IMAGE_BASE64_FORMAT, IMAGE_FILE_FORMAT, VOCABULARY_TEXT_FORMAT
+from service.settings import DEFAULT_BUNDLE
+
+
+def _png(seed: int, side: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+images = st.builds(_png, st.integers(0, 2**32 - 1), st.integers(1, 48))
+vocabulary = read_manifest(DEFAULT_BUNDLE).modalities.text.featurizer.vocabulary
+schemathesis.openapi.format(IMAGE_FILE_FORMAT, images)
+schemathesis.openapi.format(IMAGE_BASE64_FORMAT, images.map(lambda png: base64.b64encode(png).decode()))
+schemathesis.openapi.format(VOCABULARY_TEXT_FORMAT, st.lists(st.sampled_from(vocabulary), min_size=1).map(" ".join))
