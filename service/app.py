@@ -153,7 +153,7 @@ def _encodable(value):
 async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
     """FastAPI's 422 body, rendered as ASCII JSON with its echoed inputs made encodable: the default
     handler fails to render a NaN literal or a lone surrogate escape (``"\\ud800"``) of the request, a 500
-    found by the API fuzzer (tests/test_fuzz_api.py)."""
+    found by the API fuzzer (tests/service/test_fuzz_api.py)."""
     body = json.dumps({"detail": _encodable(jsonable_encoder(exc.errors()))}, ensure_ascii=True, allow_nan=False)
     return Response(body, status_code=422, media_type="application/json")
 

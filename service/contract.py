@@ -22,7 +22,7 @@ FLOAT32_MAX = 3.4028234663852886e38
 QUERY_MODALITY = {"TextQuery": "text", "ImageQuery": "image"}
 # Formats naming what JSON Schema cannot state: a decodable image file (base64, or the upload's bytes) and
 # a text with a word of the model's vocabulary (when its featurizer has one). A client, and the suite's
-# fuzzer (tests/test_contract.py), generate such values for them.
+# fuzzer (tests/service/test_contract.py), generate such values for them.
 IMAGE_BASE64_FORMAT = "image-base64"
 IMAGE_FILE_FORMAT = "binary"
 VOCABULARY_TEXT_FORMAT = "vocabulary-text"
@@ -70,7 +70,7 @@ def _model_limits(
 
 def _unreadable_bodies(schema: dict) -> None:
     """The 400 FastAPI itself answers, before any route runs, to a body it cannot read at all (JSON that
-    is not UTF-8, broken multipart): found by the API fuzzer (tests/test_fuzz_api.py)."""
+    is not UTF-8, broken multipart): found by the API fuzzer (tests/service/test_fuzz_api.py)."""
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
     for operations in schema["paths"].values():
         for operation in operations.values():

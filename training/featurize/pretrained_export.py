@@ -10,7 +10,7 @@
   exactly as sentence-transformers' Transformer → Pooling(mean) → Normalize stack of the model.
 
 Both are exported with the TorchScript exporter at opset 17 with dynamic batch (and sequence) axes; the
-result is byte-identical from run to run (checked by ``tests/test_pretrained.py``). ``quantize`` writes
+result is byte-identical from run to run (checked by ``tests/index/test_pretrained.py``). ``quantize`` writes
 the int8 variants with onnxruntime's dynamic quantisation.
 
 ``python -m training.featurize.pretrained_export OUT`` writes ``image.onnx``, ``text.onnx``,

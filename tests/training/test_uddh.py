@@ -13,7 +13,7 @@ import torch
 from index.bundle import load_bundle
 from index.centers import kmeans_loss, nearest_centers, reseed_empty_clusters, update_centers
 from index.codes import to_signs
-from tests.conftest import as_feature_dataset, make_synthetic_crossmodal
+from tests.support.synthetic import as_feature_dataset, make_synthetic_crossmodal
 from training.bundle.onnx_graphs import hash_function_graph
 from training.bundle.writer import write_bundle
 from training.evaluation.metrics import evaluate_codes, relevance

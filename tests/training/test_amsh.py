@@ -16,7 +16,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from index.codes import hamming_distances, to_signs
-from tests.conftest import make_synthetic_crossmodal
+from tests.support.synthetic import make_synthetic_crossmodal
 from training.evaluation.metrics import evaluate_codes
 from training.methods import amsh
 from training.methods.amsh import (

@@ -5,7 +5,7 @@ schema-invalid ones rejected, ``Allow`` on 405), seed 4242, against the service 
 The service runs the committed default model on a real redis-server with seeded items and an API key
 that every request carries, so writes (batch ingest, delete, model swap) run for real. The formats the
 document declares for what JSON Schema cannot state (a decodable image, a word of the vocabulary) get
-their values from ``tests/contract/hooks.py``; ``tests/contract/schemathesis.toml`` counts 413 (a batch
+their values from ``tests/support/contract/hooks.py``; ``tests/support/contract/schemathesis.toml`` counts 413 (a batch
 over its declared ``maxItems``) among the rejections of schema-invalid requests.
 """
 
@@ -21,9 +21,9 @@ from pathlib import Path
 import httpx
 
 from service.settings import DEFAULT_BUNDLE, Settings
-from tests.page_service import served
+from tests.support.page_service import served
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEY = "contract-key"
 SEED = 4242
 MAX_EXAMPLES = 12  # per operation and phase: ~1-2 minutes on two shared cores
@@ -57,7 +57,7 @@ def test_schemathesis_with_every_check_finds_no_failure(redis_server, tmp_path: 
         command = [
             str(Path(sys.executable).parent / "schemathesis"),
             "--config-file",
-            str(ROOT / "tests/contract/schemathesis.toml"),
+            str(ROOT / "tests/support/contract/schemathesis.toml"),
             "run",
             f"{base_url}/openapi.json",
             "--checks",
@@ -70,7 +70,7 @@ def test_schemathesis_with_every_check_finds_no_failure(redis_server, tmp_path: 
             f"X-API-Key: {KEY}",
             "--no-color",
         ]
-        env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.contract.hooks", "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.support.contract.hooks", "PYTHONPATH": str(ROOT)}
         run = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     output = run.stdout + run.stderr
     summary = output[output.rfind("SUMMARY") :]

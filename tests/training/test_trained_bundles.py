@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from index.bundle import load_bundle
 from index.codes import to_signs
-from tests.conftest import make_synthetic_crossmodal
+from tests.support.synthetic import make_synthetic_crossmodal
 from training.bundle.writer import write_bundle
 from training.cli import app
 from training.datasets import load_dataset

@@ -15,11 +15,11 @@ from pathlib import Path
 from PIL import Image
 
 from index.redis_server import RedisServer
-from tests.faults_service import KEY, ROOT, Service
+from tests.support.faults_service import KEY, ROOT, Service
 
 # The packages of the ``train`` extra (pyproject.toml), and the project's training code.
 BLOCKED = ("torch", "sklearn", "scipy", "matplotlib", "h5py", "tqdm", "typer", "training")
-SITECUSTOMIZE = f'''"""Refuses to import what serving must not need (tests/test_serving_without_training.py)."""
+SITECUSTOMIZE = f'''"""Refuses to import what serving must not need (tests/service/test_serving_without_training.py)."""
 import sys
 
 BLOCKED = {set(BLOCKED)!r}

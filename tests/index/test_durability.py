@@ -12,16 +12,16 @@ import numpy as np
 
 from index.engine import HashIndex
 from index.redis_server import RedisServer
-from tests.ingest_stream import BITS, centers, code
+from tests.support.ingest_stream import BITS, centers, code
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_acknowledged_insert_survives_sigkill_of_writer_and_redis(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "redis").start()
     try:
         writer = subprocess.Popen(
-            [sys.executable, "-m", "tests.ingest_stream", server.url, "durable"],
+            [sys.executable, "-m", "tests.support.ingest_stream", server.url, "durable"],
             cwd=ROOT, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         acknowledged = -1

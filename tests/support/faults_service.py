@@ -20,7 +20,7 @@ from typing import Any
 
 from index.redis_server import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEY = "fault-test-key"
 
 

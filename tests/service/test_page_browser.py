@@ -17,10 +17,10 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.page_service import small_service  # noqa: F401 (a fixture)
+from tests.support.page_service import small_service  # noqa: F401 (a fixture)
 from training.datasets.openclipart import DEFAULT_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "var" / "test-artifacts"
 APPLE = DEFAULT_ROOT / "png" / "food" / "fruit" / "an_apple_01.png"
 FLAGS = (

@@ -1,6 +1,6 @@
 """A writer process for the durability tests: adds batches forever, printing each acknowledged batch.
 
-``python -m tests.ingest_stream REDIS_URL INDEX_NAME`` — a line ``ack <first> <last>`` is printed (and
+``python -m tests.support.ingest_stream REDIS_URL INDEX_NAME`` — a line ``ack <first> <last>`` is printed (and
 flushed) only after ``HashIndex.add`` has returned for items ``<first>..<last>``.
 """
 

@@ -4,7 +4,7 @@ Hypothesis drives random sequences of batch inserts, re-inserts (same id, new co
 searches and re-opens (the memory index rebuilt from Redis) on a 16-bit index with few buckets (many
 ties). The model is plain Python: items in insertion order per modality (a re-insert moves an item to
 the end), each in the bucket of its nearest center (ties: lowest center index). The specified ranking
-is the one of ``tests/test_index.py::_brute_force``: Hamming distance, then the rank of the item's
+is the one of ``tests/index/test_index.py::_brute_force``: Hamming distance, then the rank of the item's
 bucket in the query's route (nearer center first, ties by center index), then insertion order; a
 search probing p buckets sees only items in the query's p first buckets. After every step Redis'
 bucket counts equal the in-memory bucket members and the model's.

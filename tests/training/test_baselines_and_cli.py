@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from index.codes import to_signs
-from tests.conftest import as_feature_dataset, make_synthetic_crossmodal
+from tests.support.synthetic import as_feature_dataset, make_synthetic_crossmodal
 from training.cli import app
 from training.evaluation.metrics import evaluate_codes
 from training.featurize.pipeline import featurize

@@ -10,9 +10,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.page_service import small_service  # noqa: F401 (a fixture)
+from tests.support.page_service import small_service  # noqa: F401 (a fixture)
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def readme_requests() -> list[str]:

@@ -12,7 +12,7 @@ import pytest
 from index.bundle import FORMAT_VERSION, BundleError, Manifest, load_bundle, read_manifest
 from index.codes import to_signs
 from service.settings import DEFAULT_BUNDLE
-from tests.conftest import as_feature_dataset, make_synthetic_crossmodal
+from tests.support.synthetic import as_feature_dataset, make_synthetic_crossmodal
 from training.bundle.writer import write_bundle
 from training.datasets.base import CrossModalDataset, seeded_split
 from training.featurize.pipeline import featurize

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from index.codes import hamming_distances, to_signs
-from tests.conftest import make_synthetic_crossmodal
+from tests.support.synthetic import make_synthetic_crossmodal
 from training.methods import dsfh
 from training.methods.dsfh import (
     DSFHConfig,

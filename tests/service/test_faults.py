@@ -37,8 +37,8 @@ from index.redis_server import RedisServer
 from index.store import RedisStore
 from service.app import create_app
 from service.settings import DEFAULT_BUNDLE, Settings
-from tests.faults_bundles import copy_bundle, flip_byte, models_dir, wrong_input_shape
-from tests.faults_service import KEY, ROOT, Service, call
+from tests.support.faults_bundles import copy_bundle, flip_byte, models_dir, wrong_input_shape
+from tests.support.faults_service import KEY, ROOT, Service, call
 
 DIMS = {"image": 1280, "text": 384}  # the default bundle's feature dimensions
 BATCH = 16  # items per batch, half images and half texts

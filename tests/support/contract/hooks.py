@@ -1,4 +1,4 @@
-"""schemathesis hooks of the contract run (tests/test_contract.py): values for the formats the service's
+"""schemathesis hooks of the contract run (tests/service/test_contract.py): values for the formats the service's
 OpenAPI document declares for what JSON Schema cannot state (service/contract.py)."""
 
 from __future__ import annotations

@@ -7,14 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "var" / "test-artifacts"
 
 
 def test_swagger_ui_renders_every_operation_without_network(tmp_path: Path) -> None:
     assert shutil.which("chromium"), "chromium missing: `make bootstrap` installs the Debian package"
     assert shutil.which("unshare"), "unshare (util-linux) missing"
-    script = ROOT / "tests" / "browser" / "docs_offline.sh"
+    script = ROOT / "tests" / "support" / "browser" / "docs_offline.sh"
     command = ["unshare", "--net", "bash", str(script), str(tmp_path), sys.executable]
     subprocess.run(command, cwd=ROOT, check=True, timeout=240)
     dom = (tmp_path / "docs.html").read_text()

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from index.redis_server import RedisServer
-from tests.faults_bundles import models_dir
-from tests.faults_service import KEY, Reply, Service
+from tests.support.faults_bundles import models_dir
+from tests.support.faults_service import KEY, Reply, Service
 
 WORKERS = 2
 DEADLINE = 10.0  # seconds within which every worker must agree (a liveness bound, not a speed target)

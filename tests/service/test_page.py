@@ -20,7 +20,7 @@ from service import thumbnails
 from service.app import create_app
 from service.routes.page import STATIC
 from service.settings import DEFAULT_BUNDLE, Settings
-from tests.page_service import FRUIT, OTHERS, small_openclipart
+from tests.support.page_service import FRUIT, OTHERS, small_openclipart
 from training.datasets import openclipart
 
 KEY = {"X-API-Key": "test-key"}
