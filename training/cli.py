@@ -14,6 +14,16 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
+class Features(StrEnum):
+    """Featurizers of a raw corpus: the pretrained encoders (OpenClipart's default) or the classic ones."""
+
+    pretrained = "pretrained"
+    classic = "classic"
+
+
+FEATURES_HELP = "featurizers of a raw corpus (default: the dataset's own; OpenClipart: pretrained)"
+
+
 class Method(StrEnum):
     lsh = "lsh"
     cca = "cca"
@@ -35,6 +45,7 @@ def datasets(
     name: Annotated[str, typer.Argument(help="openclipart, a .mat path, or a name under ../shared/data")],
     stats: Annotated[bool, typer.Option("--stats", help="featurize and print statistics")] = False,
     seed: int = 0,
+    features_kind: Annotated[Features | None, typer.Option("--features", help=FEATURES_HELP)] = None,
 ) -> None:
     """Load a dataset with its standard split and print its statistics as JSON."""
     from training.datasets import DatasetNotFoundError, load_dataset
@@ -47,9 +58,9 @@ def datasets(
         raise _fail(str(exc)) from exc
     summary = dataset.summary()
     if stats:
-        features = featurize(dataset)
+        features = featurize(dataset, kind=features_kind)
         summary |= features.describe()
-        if features.text_featurizer:
+        if features.describe()["text_featurizer"] == "bag-of-words":
             summary["vocabulary_size"] = features.text_featurizer.dim
         counts = dataset.labels.sum(0)
         summary["label_members"] = {"min": int(counts.min()), "max": int(counts.max())}
@@ -69,6 +80,7 @@ def train(
         list[str] | None, typer.Option(help="config override KEY=VALUE (a number or text); repeatable")
     ] = None,
     seed: int = 0,
+    features_kind: Annotated[Features | None, typer.Option("--features", help=FEATURES_HELP)] = None,
 ) -> None:
     """Train a method at each code length, evaluate it both ways, and write per code length a model
     bundle (``<out>/<bits>bits/bundle``) with its metrics JSON and plots beside it."""
@@ -80,7 +92,7 @@ def train(
 
     params = _parse_params(param or [])
     try:
-        features = featurize(load_dataset(dataset, seed=seed))
+        features = featurize(load_dataset(dataset, seed=seed), kind=features_kind)
     except DatasetNotFoundError as exc:
         raise _fail(str(exc)) from exc
     rows = []
@@ -158,6 +170,41 @@ def evaluate(
     typer.echo(
         json.dumps({d: {k: v for k, v in m.items() if not isinstance(v, dict)} for d, m in metrics.items()}, indent=2)
     )
+
+
+@app.command()
+def featurizers(
+    bundle: Annotated[Path, typer.Argument(help="a bundle folder whose manifest names pretrained featurizers")],
+) -> None:
+    """Build a bundle's pretrained featurizer files (ONNX graphs, tokenizer) from the installed weight
+    packages, deterministically, and check each against the sha256 in its manifest."""
+    import shutil
+    import tempfile
+
+    from index.bundle.manifest import EfficientNetLite0Spec, MiniLMSpec
+    from index.bundle.reader import BundleError, read_manifest
+    from training.featurize.pretrained import IMAGE_GRAPH, TEXT_GRAPH, TOKENIZER, build_featurizer_files
+
+    try:
+        manifest = read_manifest(bundle)
+    except BundleError as exc:
+        raise _fail(str(exc)) from exc
+    image, text = manifest.modalities.image.featurizer, manifest.modalities.text.featurizer
+    targets = {IMAGE_GRAPH: image.onnx} if isinstance(image, EfficientNetLite0Spec) else {}
+    targets |= {TEXT_GRAPH: text.onnx, TOKENIZER: text.tokenizer} if isinstance(text, MiniLMSpec) else {}
+    if not targets:
+        typer.echo(f"{bundle}: no pretrained featurizers to build")
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        digests = build_featurizer_files(Path(scratch))
+        for built, name in targets.items():
+            if digests[built] != manifest.files[name]:
+                raise _fail(
+                    f"{name}: built sha256 {digests[built]} differs from the manifest's {manifest.files[name]} "
+                    "(another version of torch, onnx or the weight packages than the bundle was made with)"
+                )
+            shutil.copyfile(Path(scratch) / built, bundle / name)
+            typer.echo(f"{bundle / name}: sha256 {digests[built]} as in the manifest")
 
 
 @app.command("semantic-index")

@@ -35,16 +35,26 @@ class ImageDecodeError(ValueError):
     """The input is not a decodable image (corrupt, truncated, not an image, or a decompression bomb)."""
 
 
-def to_pixels(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
-    """A decoded Pillow image → (3, size, size) uint8, transparency on white, aspect kept."""
+def to_pixels(image: Image.Image, size: int = IMAGE_SIZE, upscale: bool = False) -> np.ndarray:
+    """A decoded Pillow image → (3, size, size) uint8, transparency on white, aspect kept.
+
+    ``upscale`` also enlarges an image smaller than the square until it fills it (what a pretrained
+    CNN needs); without it a small image sits at its own size in the middle of the white square.
+    """
     rgba = image.convert("RGBA")
+    if upscale and max(rgba.size) < size:
+        scale = size / max(rgba.size)
+        target = (max(1, round(rgba.width * scale)), max(1, round(rgba.height * scale)))
+        rgba = rgba.resize(target, Image.Resampling.LANCZOS)
     rgba.thumbnail((size, size), Image.Resampling.LANCZOS)
     canvas = Image.new("RGBA", (size, size), (255, 255, 255, 255))
     canvas.alpha_composite(rgba, ((size - rgba.width) // 2, (size - rgba.height) // 2))
     return np.asarray(canvas.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
-def load_pixels(source: str | Path | bytes, size: int = IMAGE_SIZE, max_pixels: int | None = None) -> np.ndarray:
+def load_pixels(
+    source: str | Path | bytes, size: int = IMAGE_SIZE, max_pixels: int | None = None, upscale: bool = False
+) -> np.ndarray:
     """Decode a file path or raw bytes; raises :class:`ImageDecodeError` on anything undecodable.
 
     ``max_pixels`` rejects an image from its header, before decoding a byte of pixel data (the
@@ -56,7 +66,7 @@ def load_pixels(source: str | Path | bytes, size: int = IMAGE_SIZE, max_pixels: 
             if max_pixels is not None and image.width * image.height > max_pixels:
                 raise ImageDecodeError(f"image of {image.width}×{image.height} exceeds {max_pixels} pixels")
             image.load()
-            return to_pixels(image, size)
+            return to_pixels(image, size, upscale)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         if isinstance(exc, ImageDecodeError):
             raise

@@ -72,8 +72,27 @@ class BagOfWordsSpec(_Strict):
     vocabulary: list[str] = Field(min_length=1, description="feature j counts the word vocabulary[j]")
 
 
-ImageFeaturizerSpec = Annotated[Precomputed | ImageDescriptorSpec, Field(discriminator="kind")]
-TextFeaturizerSpec = Annotated[Precomputed | BagOfWordsSpec, Field(discriminator="kind")]
+class EfficientNetLite0Spec(_Strict):
+    """Pretrained EfficientNet-Lite0 (ImageNet): pixels (N, 3, S, S) uint8 → 1280-d pooled features."""
+
+    kind: Literal["efficientnet-lite0"] = "efficientnet-lite0"
+    onnx: str = Field(description="bundle file of the graph; built at set-up, not committed (deploy/bootstrap.sh)")
+    input_size: PositiveInt = 224
+    normalisation: str = "(x - 127.5) / 128, inside the graph"
+    preprocess: str = "alpha composited on white, small images enlarged, aspect-preserving fit into size×size, centred"
+
+
+class MiniLMSpec(_Strict):
+    """Pretrained all-MiniLM-L6-v2: text → 384-d attention-masked mean of the tokens, L2-normalised."""
+
+    kind: Literal["minilm-l6-v2"] = "minilm-l6-v2"
+    onnx: str = Field(description="bundle file of the graph: input_ids, attention_mask → features")
+    tokenizer: str = Field(description="bundle file of the tokenizers-library tokenizer.json")
+    max_tokens: PositiveInt = 256
+
+
+ImageFeaturizerSpec = Annotated[Precomputed | ImageDescriptorSpec | EfficientNetLite0Spec, Field(discriminator="kind")]
+TextFeaturizerSpec = Annotated[Precomputed | BagOfWordsSpec | MiniLMSpec, Field(discriminator="kind")]
 
 
 class FeaturesInput(_Strict):

@@ -14,7 +14,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 from pydantic import ValidationError
 
-from index.bundle.featurizers import BagOfWords, ImageFeaturizer
+from index.bundle.featurizers import BagOfWords, ImageFeaturizer, load_pixels
 from index.bundle.manifest import (
     FORMAT_VERSION,
     INPUT_NAME,
@@ -22,13 +22,20 @@ from index.bundle.manifest import (
     MODALITIES,
     READABLE_VERSIONS,
     BagOfWordsSpec,
+    EfficientNetLite0Spec,
     ImageDescriptorSpec,
     Manifest,
     ManifestV1,
+    MiniLMSpec,
 )
+from index.bundle.pretrained import ImageEncoder, TextEncoder, image_pixels
 from index.codes import pack_signs, to_signs
 
 _ERRORS_SHOWN = 10  # validation problems a BundleError names (a long vocabulary can have thousands)
+REBUILD_HINT = (
+    "the pretrained featurizer files are built at set-up, not committed: run deploy/bootstrap.sh "
+    "(or `python -m training featurizers BUNDLE`) to build them into the bundle"
+)
 
 
 class BundleError(ValueError):
@@ -117,11 +124,21 @@ class Bundle:
             self.sessions[modality] = session
             self._sparse[modality] = _SparseProduct.split(files[spec.onnx], spec.onnx, threads)
         text = manifest.modalities.text.featurizer
-        self.text_featurizer = BagOfWords.from_spec(text) if isinstance(text, BagOfWordsSpec) else None
+        self.text_featurizer: BagOfWords | TextEncoder | None = None
+        if isinstance(text, BagOfWordsSpec):
+            self.text_featurizer = BagOfWords.from_spec(text)
+        elif isinstance(text, MiniLMSpec):
+            self.text_featurizer = TextEncoder(files[text.onnx], files[text.tokenizer], threads, text.max_tokens)
         image = manifest.modalities.image.featurizer
-        self.image_featurizer = (
-            ImageFeaturizer(image.params, files[image.onnx]) if isinstance(image, ImageDescriptorSpec) else None
-        )
+        self.image_featurizer: ImageFeaturizer | ImageEncoder | None = None
+        if isinstance(image, ImageDescriptorSpec):
+            self.image_featurizer = ImageFeaturizer(image.params, files[image.onnx])
+        elif isinstance(image, EfficientNetLite0Spec):
+            self.image_featurizer = ImageEncoder(files[image.onnx], threads)
+            if self.image_featurizer.size != image.input_size:
+                raise BundleError(
+                    f"{image.onnx} takes {self.image_featurizer.size} pixels, manifest says {image.input_size}"
+                )
         index = manifest.semantic_index
         self.centers: np.ndarray = np.load(io.BytesIO(files[index.centers]), allow_pickle=False)
         self.head_bits: int = index.head_bits
@@ -166,11 +183,25 @@ class Bundle:
     def text_features(self, texts: Sequence[str]) -> np.ndarray:
         if self.text_featurizer is None:
             raise ValueError("this bundle was trained on precomputed text features: it cannot take raw text")
+        if isinstance(self.text_featurizer, TextEncoder):
+            return self.text_featurizer.embed_texts(texts)
         return self.text_featurizer.transform(texts)
 
-    def image_features(self, pixels: np.ndarray) -> np.ndarray:
+    def decode_image(self, source: str | Path | bytes, max_pixels: int | None = None) -> np.ndarray:
+        """An encoded image → the pixel block this bundle's image featurizer takes; ``ImageDecodeError``
+        on anything undecodable or over ``max_pixels``."""
+        if isinstance(self.image_featurizer, ImageEncoder):
+            return image_pixels(source, self.image_featurizer.size, max_pixels)
         if self.image_featurizer is None:
             raise ValueError("this bundle was trained on precomputed image features: it cannot take raw images")
+        return load_pixels(source, self.image_featurizer.params.size, max_pixels)
+
+    def image_features(self, pixels: np.ndarray) -> np.ndarray:
+        """Pixel blocks from :meth:`decode_image` (n, 3, S, S) uint8 → features."""
+        if self.image_featurizer is None:
+            raise ValueError("this bundle was trained on precomputed image features: it cannot take raw images")
+        if isinstance(self.image_featurizer, ImageEncoder):
+            return self.image_featurizer.embed_pixels(pixels)
         return self.image_featurizer.transform(pixels)
 
 
@@ -198,6 +229,13 @@ def read_manifest(path: str | Path) -> Manifest:
         raise BundleError(f"{manifest_path} is malformed: {'; '.join(problems[:_ERRORS_SHOWN])}{more}") from exc
 
 
+def pretrained_files(manifest: Manifest) -> list[str]:
+    """The bundle files of its pretrained featurizers (built at set-up rather than committed)."""
+    image, text = manifest.modalities.image.featurizer, manifest.modalities.text.featurizer
+    names = [image.onnx] if isinstance(image, EfficientNetLite0Spec) else []
+    return names + ([text.onnx, text.tokenizer] if isinstance(text, MiniLMSpec) else [])
+
+
 def load_bundle(path: str | Path, threads: int = 0) -> Bundle:
     """Read and verify a bundle: format version, sha256 of every file, ONNX shapes vs the manifest.
 
@@ -206,18 +244,21 @@ def load_bundle(path: str | Path, threads: int = 0) -> Bundle:
     """
     path = Path(path)
     manifest = read_manifest(path)
+    image = manifest.modalities.image.featurizer
+    built = pretrained_files(manifest)
     files: dict[str, bytes] = {}
     for name, expected in manifest.files.items():
         file = path / name
+        hint = f"; {REBUILD_HINT}" if name in built else ""
         if Path(name).name != name or not file.is_file():
-            raise BundleError(f"bundle file {name!r} listed in the manifest is missing")
+            raise BundleError(f"bundle file {name!r} listed in the manifest is missing{hint}")
         data = file.read_bytes()
         if hashlib.sha256(data).hexdigest() != expected:
-            raise BundleError(f"sha256 of {name} does not match the manifest: the bundle was modified")
+            raise BundleError(f"sha256 of {name} does not match the manifest: the bundle was modified{hint}")
         files[name] = data
     referenced = [manifest.modalities.of(m).onnx for m in MODALITIES] + [manifest.semantic_index.centers]
-    image = manifest.modalities.image.featurizer
     referenced += [image.onnx] if isinstance(image, ImageDescriptorSpec) else []
+    referenced += built
     unlisted = [name for name in referenced if name not in files]
     if unlisted:
         raise BundleError(f"bundle files {unlisted} are not covered by the manifest's sha256 list")

@@ -15,23 +15,31 @@ from pydantic import JsonValue
 from index.bundle.manifest import (
     MANIFEST,
     MODALITIES,
+    EfficientNetLite0Spec,
     FeaturesInput,
     ImageDescriptorSpec,
     ImageFeaturizerSpec,
     Manifest,
+    MiniLMSpec,
     Modalities,
     Precomputed,
     SemanticIndex,
     TextFeaturizerSpec,
     TrainingInfo,
 )
+from index.bundle.pretrained import MAX_TOKENS
 from index.centers import fit_centers
 from index.codes import to_signs
 from training.bundle.onnx_graphs import hash_function_graph
 from training.featurize.pipeline import FeatureSet
+from training.featurize.pretrained import PretrainedImage, PretrainedText
 from training.methods.base import TrainedHasher
 
 IMAGE_FEATURIZER_FILE = "image_featurizer.onnx"
+# The pretrained featurizers' files: git-ignored in models/, built by deploy/bootstrap.sh, checked by sha256.
+IMAGE_PRETRAINED_FILE = "featurizer_efficientnet_lite0.onnx"
+TEXT_PRETRAINED_FILE = "featurizer_minilm_l6_v2.int8.onnx"
+TOKENIZER_FILE = "featurizer_minilm_tokenizer.json"
 
 
 def _sha256(path: Path) -> str:
@@ -46,14 +54,33 @@ def training_fingerprint(features: FeatureSet) -> str:
     return digest.hexdigest()
 
 
-def _featurizers(features: FeatureSet) -> tuple[ImageFeaturizerSpec, TextFeaturizerSpec]:
+def _featurizers(features: FeatureSet) -> tuple[ImageFeaturizerSpec, TextFeaturizerSpec, dict[str, Path]]:
+    """The manifest entries of both featurizers and the pretrained files the bundle must carry."""
     image: ImageFeaturizerSpec = Precomputed()
-    if features.image_featurizer is not None:
-        image = ImageDescriptorSpec(onnx=IMAGE_FEATURIZER_FILE, params=features.image_featurizer.params)
     text: TextFeaturizerSpec = Precomputed()
-    if features.text_featurizer is not None:
+    carried: dict[str, Path] = {}
+    if isinstance(features.image_featurizer, PretrainedImage):
+        image = EfficientNetLite0Spec(onnx=IMAGE_PRETRAINED_FILE, input_size=features.image_featurizer.encoder.size)
+        carried[IMAGE_PRETRAINED_FILE] = features.image_featurizer.graph
+    elif features.image_featurizer is not None:
+        image = ImageDescriptorSpec(onnx=IMAGE_FEATURIZER_FILE, params=features.image_featurizer.params)
+    if isinstance(features.text_featurizer, PretrainedText):
+        text = MiniLMSpec(onnx=TEXT_PRETRAINED_FILE, tokenizer=TOKENIZER_FILE, max_tokens=MAX_TOKENS)
+        carried |= {
+            TEXT_PRETRAINED_FILE: features.text_featurizer.graph,
+            TOKENIZER_FILE: features.text_featurizer.tokenizer,
+        }
+    elif features.text_featurizer is not None:
         text = features.text_featurizer.spec()
-    return image, text
+    return image, text, carried
+
+
+def _carry(source: Path, target: Path) -> None:
+    """Hard-link a featurizer file into the bundle (tens of MB; the same bytes), copying across devices."""
+    try:
+        target.hardlink_to(source)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _json_values(value: object) -> JsonValue:
@@ -85,7 +112,8 @@ def write_bundle(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
     try:
-        featurizers = dict(zip(MODALITIES, _featurizers(features), strict=True))
+        image_spec, text_spec, carried = _featurizers(features)
+        featurizers = {"image": image_spec, "text": text_spec}
         modalities = {}
         dims = {"image": features.image.shape[1], "text": features.text.shape[1]}
         for modality in MODALITIES:
@@ -98,8 +126,10 @@ def write_bundle(
                 "input": FeaturesInput(dim=dims[modality]),
                 "featurizer": featurizers[modality],
             }
-        if features.image_featurizer is not None:
+        if isinstance(image_spec, ImageDescriptorSpec):
             (staging / IMAGE_FEATURIZER_FILE).write_bytes(features.image_featurizer.onnx_bytes)
+        for name, source in carried.items():
+            _carry(source, staging / name)
         centers, head_bits, source = _semantic_index(hasher, features, n_buckets)
         np.save(staging / "centers.npy", centers, allow_pickle=False)
         files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -56,6 +57,8 @@ class CrossModalDataset:
     text_kind: str
     ids: list[str] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    image_root: Path | None = None  # folder whose png/<id>.png are the images: pretrained features decode them anew
+    default_features: str = "classic"  # featurizers used when none are asked for: "classic" or "pretrained"
 
     def __post_init__(self) -> None:
         n = len(self.labels)

@@ -190,6 +190,8 @@ def load_openclipart(
         image_kind="pixels",
         text_kind="raw",
         ids=[r["id"] for r in records],
+        image_root=root,
+        default_features="pretrained",
         stats={
             "real_png_files": len(index["records"]) + len(index["corrupt_skipped"]),
             "corrupt_skipped": len(index["corrupt_skipped"]),

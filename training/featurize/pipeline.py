@@ -1,8 +1,10 @@
 """Dataset → feature matrices, with featurizers fitted on the training split only.
 
-Raw sides are featurized (text: bag-of-words fitted on training texts; image: the descriptor graph);
-feature-matrix sides pass through. Image descriptors of a pixel corpus are cached on disk, keyed by the
-descriptor graph and the pixel bytes, since computing them takes about a minute on two cores.
+Raw sides are featurized with one of two featurizer sets: ``pretrained`` (EfficientNet-Lite0 and MiniLM
+through the serving runtime, :mod:`training.featurize.pretrained`; OpenClipart's default) or ``classic``
+(text: bag-of-words fitted on training texts; image: the descriptor graph); feature-matrix sides pass through.
+Classic image descriptors of a pixel corpus are cached on disk, keyed by the descriptor graph and the pixel
+bytes, since computing them takes about a minute on two cores.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import numpy as np
 from index.bundle.featurizers import BagOfWords, BagOfWordsParams, ImageDescriptorParams, ImageFeaturizer
 from training.datasets.base import CrossModalDataset, Split
 from training.datasets.openclipart import CACHE_DIR
+from training.featurize.pretrained import PretrainedImage, PretrainedText, pretrained_features
 from training.featurize.text import fit_bag_of_words
+
+FEATURE_KINDS = ("classic", "pretrained")
 
 
 @dataclass
@@ -27,8 +32,8 @@ class FeatureSet:
     text: np.ndarray
     labels: np.ndarray
     split: Split
-    image_featurizer: ImageFeaturizer | None
-    text_featurizer: BagOfWords | None
+    image_featurizer: ImageFeaturizer | PretrainedImage | None
+    text_featurizer: BagOfWords | PretrainedText | None
 
     def part(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(image, text, labels) of the ``query``, ``database`` or ``train`` part."""
@@ -39,9 +44,15 @@ class FeatureSet:
         return {
             "image_dim": self.image.shape[1],
             "text_dim": self.text.shape[1],
-            "image_featurizer": "gist-gabor-color" if self.image_featurizer else "precomputed",
-            "text_featurizer": "bag-of-words" if self.text_featurizer else "precomputed",
+            "image_featurizer": _kind(self.image_featurizer, "efficientnet-lite0", "gist-gabor-color"),
+            "text_featurizer": _kind(self.text_featurizer, "minilm-l6-v2", "bag-of-words"),
         }
+
+
+def _kind(featurizer: object, pretrained: str, classic: str) -> str:
+    if featurizer is None:
+        return "precomputed"
+    return pretrained if isinstance(featurizer, PretrainedImage | PretrainedText) else classic
 
 
 def _image_features(featurizer: ImageFeaturizer, pixels: np.ndarray) -> np.ndarray:
@@ -62,7 +73,15 @@ def featurize(
     dataset: CrossModalDataset,
     text_params: BagOfWordsParams | None = None,
     image_params: ImageDescriptorParams | None = None,
+    kind: str | None = None,
 ) -> FeatureSet:
+    """Features of every item; ``kind`` (``classic`` or ``pretrained``) defaults to the dataset's own."""
+    kind = kind or dataset.default_features
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"unknown features {kind!r}; expected one of {FEATURE_KINDS}")
+    if kind == "pretrained" and dataset.image_kind == "pixels" and dataset.text_kind == "raw":
+        image, text, pretrained_image, pretrained_text = pretrained_features(dataset)
+        return FeatureSet(dataset.name, image, text, dataset.labels, dataset.split, pretrained_image, pretrained_text)
     image_featurizer = text_featurizer = None
     if dataset.image_kind == "pixels":
         from training.featurize.image_graph import build_image_featurizer  # torch, only for pixel corpora

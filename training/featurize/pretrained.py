@@ -1,0 +1,129 @@
+"""Pretrained features of a raw dataset, computed through the serving runtime so training and serving agree.
+
+The featurizer graphs are built once from the installed weight packages (deterministic export, see
+:mod:`training.featurize.pretrained_export`) into ``var/cache/pretrained-graphs``. Features are run by
+:mod:`index.bundle.pretrained` (the code the service runs) and cached under ``var/cache/pretrained-features``,
+keyed by the graph's sha256 and the inputs (image: corpus root, preprocessing and item ids; text: the texts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from index.bundle.pretrained import IMAGE_DIM, TEXT_DIM, ImageEncoder, TextEncoder
+from training.datasets.base import CrossModalDataset
+from training.datasets.openclipart import CACHE_DIR
+
+GRAPHS_DIR = CACHE_DIR / "pretrained-graphs"
+FEATURES_DIR = CACHE_DIR / "pretrained-features"
+# fp32 image graph: its int8 variants (dynamic and static QDQ) run 6-15x slower on this CPU (phase 1's bench).
+IMAGE_GRAPH = "image.onnx"
+# int8 text graph: DSFH-64 mAP within 0.004 of fp32 both ways, one query in 9 ms instead of 21 ms (phase 1).
+TEXT_GRAPH = "text.int8.onnx"
+TOKENIZER = "tokenizer.json"
+FEATURIZER_FILES = (IMAGE_GRAPH, TEXT_GRAPH, TOKENIZER)
+PREPROCESS_TAG = "upscale-v1"  # bump when image_pixels changes: cached image features then recompute
+THREADS = 2  # training featurizes in bulk; the result does not depend on it (checked by the parity test)
+
+
+def build_featurizer_files(out: Path) -> dict[str, str]:
+    """Build the featurizer files a bundle carries into ``out``; returns ``{name: sha256}``."""
+    from training.featurize.pretrained_export import export_image, export_text, minilm_tokenizer_json, quantize
+
+    out.mkdir(parents=True, exist_ok=True)
+    export_image(out / IMAGE_GRAPH)
+    export_text(out / "text.fp32.onnx.tmp")
+    quantize(out / "text.fp32.onnx.tmp", out / TEXT_GRAPH)
+    (out / "text.fp32.onnx.tmp").unlink()
+    (out / TOKENIZER).write_bytes(minilm_tokenizer_json())
+    return {name: sha256_file(out / name) for name in FEATURIZER_FILES}
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def featurizer_graphs(folder: Path = GRAPHS_DIR) -> Path:
+    """The folder holding the featurizer files, built on first use (about 30 s, torch)."""
+    if not all((folder / name).is_file() for name in FEATURIZER_FILES):
+        build_featurizer_files(folder)
+    return folder
+
+
+@dataclass
+class PretrainedImage:
+    """The image featurizer of a feature set: its graph file (copied into bundles) and the runtime."""
+
+    graph: Path
+    encoder: ImageEncoder
+
+
+@dataclass
+class PretrainedText:
+    """The text featurizer of a feature set: graph, tokenizer (copied into bundles) and the runtime."""
+
+    graph: Path
+    tokenizer: Path
+    encoder: TextEncoder
+
+
+def image_cache_key(graph: Path, dataset: CrossModalDataset) -> str:
+    tag = json.dumps([sha256_file(graph), PREPROCESS_TAG, str(dataset.image_root), dataset.ids])
+    return "image-" + hashlib.sha256(tag.encode()).hexdigest()[:16]
+
+
+def text_cache_key(graph: Path, tokenizer: Path, texts: list[str]) -> str:
+    tag = json.dumps([sha256_file(graph), sha256_file(tokenizer), texts])
+    return "text-" + hashlib.sha256(tag.encode()).hexdigest()[:16]
+
+
+def _cached(key: str, compute: Callable[[], np.ndarray], dim: int) -> np.ndarray:
+    path = FEATURES_DIR / f"{key}.npy"
+    if path.is_file():
+        return np.load(path, allow_pickle=False)
+    started = time.perf_counter()
+    features = compute()
+    if features.shape[1] != dim:
+        raise ValueError(f"featurizer gave {features.shape[1]} dimensions, expected {dim}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, features, allow_pickle=False)
+    tmp.replace(path)
+    (path.with_suffix(".json")).write_text(
+        json.dumps({"rows": len(features), "seconds": time.perf_counter() - started})
+    )
+    return features
+
+
+def pretrained_features(
+    dataset: CrossModalDataset, graphs: Path | None = None
+) -> tuple[np.ndarray, np.ndarray, PretrainedImage, PretrainedText]:
+    """(image features, text features, image featurizer, text featurizer) of a raw dataset with image files."""
+    if dataset.image_root is None or dataset.text_kind != "raw":
+        raise ValueError(f"{dataset.name}: pretrained features need image files and raw texts")
+    folder = featurizer_graphs(graphs or GRAPHS_DIR)
+    image = PretrainedImage(folder / IMAGE_GRAPH, ImageEncoder(folder / IMAGE_GRAPH, THREADS))
+    text = PretrainedText(
+        folder / TEXT_GRAPH,
+        folder / TOKENIZER,
+        TextEncoder(folder / TEXT_GRAPH, (folder / TOKENIZER).read_bytes(), THREADS),
+    )
+    texts = list(dataset.texts)
+
+    def image_features() -> np.ndarray:
+        from training.featurize.pretrained_corpus import corpus_pixels
+
+        return image.encoder.embed_pixels(corpus_pixels(dataset.ids, image.encoder.size, dataset.image_root))
+
+    image_matrix = _cached(image_cache_key(image.graph, dataset), image_features, IMAGE_DIM)
+    text_matrix = _cached(
+        text_cache_key(text.graph, text.tokenizer, texts), lambda: text.encoder.embed_texts(texts), TEXT_DIM
+    )
+    return image_matrix, text_matrix, image, text
