@@ -24,7 +24,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from bench.dense_baseline import load_features, real_parts
+from bench.dense_baseline import load_features, load_real, real_parts
 from bench.index_bench import build, routed_search
 from index.codes import pack_signs, to_signs
 from training.evaluation.metrics import average_precision_at, relevance
@@ -98,6 +98,7 @@ def main() -> None:
     parser.add_argument("--bits", type=int, default=64)
     parser.add_argument("--dataset", default="openclipart")
     parser.add_argument("--cache", type=Path, help="precomputed feature folder instead of the pipeline")
+    parser.add_argument("--real", type=Path, help="saved real-valued outputs (<method>_real.npz) instead of training")
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--noise", type=float, default=0.3, help="expected noise norm of a replica (unit vectors)")
     parser.add_argument("--hnsw-m", type=int, default=32)
@@ -110,8 +111,11 @@ def main() -> None:
     faiss.omp_set_num_threads(1)
 
     features = load_features(args.dataset, args.cache)
-    hasher = TRAINERS[args.method](features, args.bits, 0, {})
-    vectors = real_parts(hasher, features)
+    if args.real:
+        args.method = args.real.name.removesuffix("_real.npz")
+        vectors = load_real(args.real)[args.bits]
+    else:
+        vectors = real_parts(TRAINERS[args.method](features, args.bits, 0, {}), features)
     q_labels, d_labels = features.part("query")[2], features.part("database")[2]
     queries = normalise(vectors["query_text"])
     query_codes = pack_signs(to_signs(queries))
