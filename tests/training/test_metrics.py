@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from index.codes import hamming_distances, pack_signs, to_signs, unpack_signs
-from training.evaluation.metrics import evaluate_codes
+from training.evaluation.metrics import evaluate_codes, evaluate_scores
 
 # One query [+1, +1] against four database codes at Hamming distances 0, 1, 1, 2.
 QUERY = np.array([[1, 1]], dtype=np.int8)
@@ -109,3 +109,30 @@ def test_packed_codes_round_trip_and_match_faiss_hamming_distances() -> None:
 
 def test_sign_rule_maps_zero_to_minus_one() -> None:
     assert to_signs(np.array([[-0.5, 0.0, 0.5]])).tolist() == [[-1, -1, 1]]
+
+
+def test_dense_scores_rank_by_cosine_similarity_not_by_length() -> None:
+    # Cosines to the query [1, 0]: 0.6, 1.0, −1.0, 0.8 → ranking 1, 3(rel), 0(rel), 2; item 2 is the longest.
+    query = np.array([[2.0, 0.0]])
+    database = np.array([[3.0, 4.0], [0.5, 0.0], [-9.0, 0.0], [4.0, 3.0]])
+    labels = np.array([[0, 1], [1, 0], [1, 0], [0, 1]])
+    m = evaluate_scores(query, database, np.array([[0, 1]]), labels, map_at=(1,), precision_at=(1, 2))
+    assert m["mAP"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert m["MAP@1"] == 0.0
+    assert m["P@2"] == pytest.approx(0.5)
+    assert m["queries"] == 1 and m["queries_without_relevant"] == 0
+    assert "mAP_tie_averaged" not in m
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dense_scores_of_sign_codes_reproduce_the_hamming_protocol(seed: int) -> None:
+    # For ±1 vectors, cosine = 1 − 2·Hamming/bits: the same ranking, ties broken by the same index rule,
+    # and the same exclusion of queries without a relevant item; across query blocks too.
+    rng = np.random.default_rng(seed)
+    query, database = to_signs(rng.normal(size=(700, 16))), to_signs(rng.normal(size=(300, 16)))
+    q_labels, db_labels = rng.random((700, 5)) < 0.15, rng.random((300, 5)) < 0.2
+    codes = evaluate_codes(query, database, q_labels, db_labels, map_at=(5, 50), precision_at=(1, 10))
+    dense = evaluate_scores(query, database, q_labels, db_labels, map_at=(5, 50), precision_at=(1, 10))
+    assert codes["queries_without_relevant"] == dense["queries_without_relevant"] > 0
+    for name in ("mAP", "MAP@5", "MAP@50", "P@1", "P@10"):
+        assert dense[name] == pytest.approx(codes[name], abs=1e-12), name

@@ -90,6 +90,49 @@ def _blocks(nq: int):
         yield slice(start, min(nq, start + _QUERY_BLOCK))
 
 
+def _ranked_scores(
+    ranked: np.ndarray, map_at: tuple[int, ...], precision_at: tuple[int, ...]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-query mAP, MAP@k and P@k of ranked relevance rows, and the cumulative hits they came from."""
+    nd = ranked.shape[1]
+    scores = {"mAP": average_precision_at(ranked, nd)}
+    scores |= {f"MAP@{k}": average_precision_at(ranked, k) for k in map_at}
+    hits = np.cumsum(ranked, axis=1)
+    scores |= {f"P@{k}": hits[:, k - 1] / k for k in precision_at if k <= nd}
+    return scores, hits
+
+
+def evaluate_scores(
+    query_vectors: np.ndarray,
+    db_vectors: np.ndarray,
+    query_labels: np.ndarray,
+    db_labels: np.ndarray,
+    map_at: tuple[int, ...] = (50,),
+    precision_at: tuple[int, ...] = (10, 50, 100),
+) -> dict:
+    """The ranked protocol metrics (``mAP``, ``MAP@k``, ``P@k``) for one direction, ranking the database
+    by cosine similarity of real-valued vectors: the dense float baseline hashing is judged against.
+
+    Same relevance, query exclusion and tie rule (database index) as :func:`evaluate_codes`; float
+    scores have no Hamming tie groups, so there is no tie-averaged mAP and no radius curve.
+    """
+    q = query_vectors / np.maximum(np.linalg.norm(query_vectors, axis=1, keepdims=True), 1e-12)
+    d = db_vectors / np.maximum(np.linalg.norm(db_vectors, axis=1, keepdims=True), 1e-12)
+    sums: dict[str, float] = {}
+    valid_total = 0
+    for block in _blocks(len(q)):
+        rel = relevance(query_labels[block], db_labels)
+        valid = rel.any(1)
+        valid_total += int(valid.sum())
+        ranked = _ranked(-(q[block][valid] @ d.T), rel[valid])
+        for name, values in _ranked_scores(ranked, map_at, precision_at)[0].items():
+            sums[name] = sums.get(name, 0.0) + float(values.sum())
+    result: dict = {name: total / max(valid_total, 1) for name, total in sums.items()}
+    result["queries"] = len(q)
+    result["queries_without_relevant"] = len(q) - valid_total
+    return result
+
+
 def evaluate_codes(
     query_codes: np.ndarray,
     db_codes: np.ndarray,
@@ -121,10 +164,8 @@ def evaluate_codes(
         valid_total += int(valid.sum())
         ranked = _ranked(dist, rel)
         n, r = _distance_histograms(dist, rel, bits)
-        scores = {"mAP": average_precision_at(ranked, nd), "mAP_tie_averaged": _expected_ap(n, r)}
-        scores |= {f"MAP@{k}": average_precision_at(ranked, k) for k in map_at}
-        hits = np.cumsum(ranked, axis=1)
-        scores |= {f"P@{k}": hits[:, k - 1] / k for k in precision_at if k <= nd}
+        scores, hits = _ranked_scores(ranked, map_at, precision_at)
+        scores["mAP_tie_averaged"] = _expected_ap(n, r)
         for name, values in scores.items():
             sums[name] = sums.get(name, 0.0) + float(values.sum())
         topn_sum += (hits[:, topn - 1] / topn).sum(0)
