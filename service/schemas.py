@@ -41,12 +41,16 @@ def _exactly_one_of(*names: str) -> dict:
     return {"oneOf": [{"required": [name]} for name in names]}
 
 
+# A feature is a JSON number: pydantic's lax mode would also take true/false as 1.0/0.0, which the schema forbids.
+Feature = Annotated[float, Field(strict=True)]
+
+
 class _Query(SearchOptions):
     """A query is given either raw (the field named by ``raw_input``) or as a feature vector. Both fields
     are optional but not nullable: a generated client leaves out the one it does not send."""
 
     raw_input: ClassVar[str]
-    features: list[float] = Field(default=None, description="precomputed feature vector of the bundle")
+    features: list[Feature] = Field(default=None, description="precomputed feature vector of the bundle")
 
     @model_validator(mode="after")
     def _one_input(self) -> _Query:
@@ -110,7 +114,7 @@ class ItemIn(BaseModel):
     modality: Modality
     text: str | None = None
     image_base64: str | None = None
-    features: list[float] | None = None
+    features: list[Feature] | None = None
     metadata: dict = Field(default_factory=dict)
 
 
