@@ -82,3 +82,11 @@ class CrossModalDataset:
             "mean_labels_per_item": float(self.labels.sum(1).mean()),
             **self.stats,
         }
+
+
+def save_npy_atomically(path: Path, array: np.ndarray) -> None:
+    """Write a cache array so that a reader never sees half of it: a temporary file, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, array, allow_pickle=False)
+    tmp.replace(path)

@@ -16,7 +16,7 @@ import numpy as np
 
 from index.bundle.featurizers import BagOfWords, BagOfWordsParams, ImageDescriptorParams, ImageFeaturizer
 from index.bundle.manifest import EfficientNetLite0Spec, Manifest, MiniLMSpec
-from training.datasets.base import CrossModalDataset, Split
+from training.datasets.base import CrossModalDataset, Split, save_npy_atomically
 from training.datasets.openclipart import CACHE_DIR
 from training.featurize.pretrained import PretrainedImage, PretrainedText, pretrained_features
 from training.featurize.text import fit_bag_of_words
@@ -69,10 +69,7 @@ def _image_features(featurizer: ImageFeaturizer, pixels: np.ndarray) -> np.ndarr
     if path.is_file():
         return np.load(path, allow_pickle=False)
     features = featurizer.transform(pixels)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, features, allow_pickle=False)
-    tmp.replace(path)
+    save_npy_atomically(path, features)
     return features
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from index.bundle.pretrained import IMAGE_DIM, TEXT_BATCH, TEXT_DIM, ImageEncoder, TextEncoder
-from training.datasets.base import CrossModalDataset
+from training.datasets.base import CrossModalDataset, save_npy_atomically
 from training.datasets.openclipart import CACHE_DIR
 
 GRAPHS_DIR = CACHE_DIR / "pretrained-graphs"
@@ -92,10 +92,7 @@ def _cached(key: str, compute: Callable[[], np.ndarray], dim: int) -> np.ndarray
     features = compute()
     if features.shape[1] != dim:
         raise ValueError(f"featurizer gave {features.shape[1]} dimensions, expected {dim}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, features, allow_pickle=False)
-    tmp.replace(path)
+    save_npy_atomically(path, features)
     (path.with_suffix(".json")).write_text(
         json.dumps({"rows": len(features), "seconds": time.perf_counter() - started})
     )

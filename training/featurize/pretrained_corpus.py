@@ -24,6 +24,7 @@ import typer
 from PIL import Image
 
 from index.bundle.pretrained import IMAGE_SIZE, ImageEncoder, TextEncoder, image_pixels
+from training.datasets.base import save_npy_atomically
 from training.datasets.openclipart import CACHE_DIR, DEFAULT_ROOT, load_openclipart
 
 
@@ -43,10 +44,7 @@ def corpus_pixels(ids: list[str], size: int = IMAGE_SIZE, root: Path = DEFAULT_R
     jobs = [(str(root / "png" / f"{item}.png"), size) for item in ids]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         pixels = np.stack(list(pool.map(_decode, jobs, chunksize=16)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, pixels, allow_pickle=False)
-    tmp.replace(path)
+    save_npy_atomically(path, pixels)
     return pixels
 
 
