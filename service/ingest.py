@@ -42,7 +42,19 @@ def _features(encoder: Encoder, item: ItemIn) -> np.ndarray:
 
 
 def _validation_message(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'item'}: {e['msg']}" for e in exc.errors())
+    """Pydantic's errors, one line per field and message: 384 bad list entries read as one line with a
+    count and the first position, not as 384 lines."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for error in exc.errors():
+        where = ".".join(map(str, error["loc"])) or "item"
+        field = ".".join(str(part) for part in error["loc"] if not isinstance(part, int)) or "item"
+        grouped.setdefault((field, error["msg"]), []).append(where)
+    return "; ".join(
+        f"{places[0]}: {message}"
+        if len(places) == 1
+        else f"{field}: {message} ({len(places)} entries, first {places[0]})"
+        for (field, message), places in grouped.items()
+    )
 
 
 def store(runtime: Runtime, model: Model, items: list[Prepared]) -> None:

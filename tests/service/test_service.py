@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import uuid
 from pathlib import Path
 
@@ -177,18 +178,21 @@ def test_a_bad_item_is_rejected_alone_and_nothing_of_it_is_stored(client) -> Non
         {"id": "empty", "modality": "text", "text": "   "},
         {"id": "short", "modality": "image", "features": [0.0, 1.0]},
         {"id": "broken", "modality": "image", "image_base64": base64.b64encode(b"not an image").decode()},
-        {"id": "nan", "modality": "text", "features": ["NaN"] * 384},
+        {"id": "nan", "modality": "text", "features": [float("nan")] * 384},
+        {"id": "word", "modality": "text", "features": ["1.0"] * 384},
         {"id": "what", "modality": "audio", "text": "x"},
         {"id": "good", "modality": "text", "text": "again"},
         {"modality": "text", "text": "no id"},
     ]
-    body = client.post("/v1/items:batch", json={"items": items}, headers=KEY).json()
-    assert body["stored"] == 1 and body["rejected"] == 7
+    raw = json.dumps({"items": items})  # the NaN literal, as a lax JSON writer sends it
+    body = client.post("/v1/items:batch", content=raw, headers={**KEY, "content-type": "application/json"}).json()
+    assert body["stored"] == 1 and body["rejected"] == 8
     errors = {r["id"]: r["error"] for r in body["results"] if r["status"] == "rejected"}
     assert errors["empty"] == "text is empty"
     assert "list of 1280 numbers" in errors["short"]
     assert "not a usable image" in errors["broken"]
     assert "NaN" in errors["nan"]
+    assert errors["word"] == "features: Input should be a valid number (384 entries, first features.0)"
     assert "modality" in errors["what"]
     assert "earlier in this batch" in errors["good"]
     assert client.get("/v1/models").json()["index"]["items"] == {"image": 0, "text": 1}
