@@ -135,7 +135,7 @@ def load_collection(args: argparse.Namespace) -> int:
         index = HashIndex.open(
             client, settings.index_name, bundle.bundle_id, bundle.bits, bundle.centers, bundle.centers_version
         )
-        loader = Loader(bundle, index, client, settings.index_name, settings.max_image_pixels)
+        loader = Loader(bundle, index, client, settings.index_name, settings.max_image_pixels, os.cpu_count() or 1)
         name = args.name or collection.folder.name
         with tqdm(total=len(collection.items), desc=f"loading {collection.manifest.name}", unit="item") as bar:
             report = loader.load(collection, name, lambda done, _: bar.update(done - bar.n))

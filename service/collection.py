@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,12 +86,17 @@ def _pixels(bundle: Bundle, collection: Collection, item: CollectionItem) -> np.
 class Loader:
     """Loads one collection into one index under a registered name, chunk by chunk."""
 
-    def __init__(self, bundle: Bundle, index: HashIndex, client, index_name: str, max_pixels: int) -> None:
+    def __init__(
+        self, bundle: Bundle, index: HashIndex, client, index_name: str, max_pixels: int, decode_threads: int = 1
+    ) -> None:
+        """``decode_threads``: images decoded at once (Pillow decodes without the GIL); the command line uses
+        every core, the service's background demo loading one, leaving the others to queries."""
         self.bundle = bundle
         self.index = index
         self.client = client
         self.index_name = index_name
         self.max_pixels = max_pixels
+        self.decode_threads = decode_threads
 
     def load(
         self, collection: Collection, name: str, on_chunk: Callable[[int, LoadReport], None] | None = None
@@ -113,7 +119,9 @@ class Loader:
 
     def _chunk(self, collection: Collection, name: str, items: list[CollectionItem], report: LoadReport) -> None:
         images = self._missing("image", items, report)
-        decoded = [(item, _pixels(self.bundle, collection, item)) for item in images]
+        with ThreadPoolExecutor(self.decode_threads) as pool:
+            pixels = pool.map(lambda item: _pixels(self.bundle, collection, item), images)
+            decoded = list(zip(images, pixels, strict=True))
         for item, result in decoded:
             if isinstance(result, str):
                 report.skipped.append(SkippedRow(item.line, item.id, result))
