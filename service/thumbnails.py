@@ -161,8 +161,12 @@ def collection_file(runtime: Runtime, collection: object, image: object) -> Path
     if path is None:
         raise NoThumbnail(f"image path {image!r} is not a path inside the collection's folder")
     registered = json.loads(record)
-    candidate = (Path(registered["folder"]) / path).resolve()
-    if not any(candidate.is_relative_to(root) for root in registered["roots"]) or not candidate.is_file():
+    try:
+        candidate = (Path(registered["folder"]) / path).resolve()
+        inside = any(candidate.is_relative_to(root) for root in registered["roots"]) and candidate.is_file()
+    except OSError:  # a name too long for the file system, …
+        inside = False
+    if not inside:
         raise NoThumbnail(f"no image {image!r} in collection {collection!r}")
     return candidate
 

@@ -178,6 +178,7 @@ def fake_collection(tmp_path: Path) -> Path:
         ("c", "ok/bomb.png", 404),
         ("c", 12, 404),
         ("c", "ok/apple.png\u0000", 404),
+        ("c", "x" * 5000 + ".png", 404),  # longer than the file system takes
         ("unregistered", "ok/apple.png", 404),
         (["c"], "ok/apple.png", 404),
     ],
