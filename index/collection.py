@@ -65,11 +65,6 @@ class Collection:
         """The folder image paths are relative to."""
         return self.manifest.parent
 
-    @property
-    def labelled(self) -> bool:
-        """Whether any item has a label (then supervised training and metrics apply)."""
-        return any(item.labels for item in self.items)
-
     def image_file(self, item: CollectionItem) -> Path:
         return self.folder / item.image
 

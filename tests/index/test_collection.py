@@ -60,14 +60,8 @@ def test_good_rows_are_read_as_written_in_any_language(folder: Path) -> None:
     assert [item.text for item in collection.items] == [TEXTS["a"], TEXTS["b"], TEXTS["c"]]
     apple = collection.items[0]
     assert apple.labels == ("fruit", "red") and apple.metadata == {"k": 1} and apple.line == 1
-    assert collection.items[2].image == "img/c.png"
-    assert collection.labelled
+    assert collection.items[2].image == "img/c.png" and collection.items[2].labels == ()
     assert collection.image_file(apple) == folder.resolve() / "img" / "a.png"
-
-
-def test_a_collection_without_any_label_is_unlabelled(folder: Path) -> None:
-    _write(folder, [_row(image="img/a.png", text="one"), _row(image="img/b.png", text="two", labels=[])])
-    assert not read_collection(folder / "manifest.jsonl").labelled
 
 
 def test_every_bad_row_is_skipped_with_its_line_and_reason(folder: Path) -> None:
