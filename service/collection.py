@@ -111,10 +111,19 @@ class Loader:
         return report
 
     def _missing(self, modality: str, items: list[CollectionItem], report: LoadReport) -> list[CollectionItem]:
+        """The items whose ``modality`` item is not stored yet (one round trip); an id that another writer
+        stored under the other modality is reported as a skipped row (the index refuses to change it)."""
         ids = [PREFIXES[modality] + item.id for item in items]
         stored = self.index.stored_modalities(ids)
-        missing = [item for item, i in zip(items, ids, strict=True) if stored[i] is None]
-        report.already_stored[modality] += len(items) - len(missing)
+        missing = []
+        for item, item_id in zip(items, ids, strict=True):
+            if stored[item_id] is None:
+                missing.append(item)
+            elif stored[item_id] == modality:
+                report.already_stored[modality] += 1
+            else:
+                reason = f"{item_id} is stored as a {stored[item_id]} item"
+                report.skipped.append(SkippedRow(item.line, item.id, reason))
         return missing
 
     def _chunk(self, collection: Collection, name: str, items: list[CollectionItem], report: LoadReport) -> None:

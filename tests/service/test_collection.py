@@ -15,7 +15,7 @@ import redis
 
 from index.bundle import load_bundle
 from index.collection import read_collection
-from index.engine import HashIndex
+from index.engine import HashIndex, Item
 from service import collection as loading
 from service.settings import DEFAULT_BUNDLE
 from training.datasets.openclipart import DEFAULT_ROOT
@@ -152,3 +152,15 @@ def test_a_second_run_writes_nothing_and_an_interrupted_run_resumes_without_dupl
     assert again.written == {"image": 0, "text": 0} and again.already_stored == {"image": 4, "text": 4}
     assert featurized == {"image": 2, "text": 2}
     assert index.stats()["items"] == {"image": 4, "text": 4}
+
+
+def test_an_id_another_writer_stored_under_the_other_modality_is_reported_not_overwritten(
+    redis_server, bundle, collection_folder: Path
+) -> None:
+    loader, index = _loader(redis_server, bundle)
+    code = bundle.packed_codes("text", bundle.text_features(["someone else's text"]))
+    index.add([Item("img:banana", "text", code[0], {"owner": "someone else"})])
+    report = loader.load(read_collection(collection_folder), "mine")
+    assert report.written == {"image": 3, "text": 4}
+    assert "img:banana is stored as a text item" in _reasons(report)[2]
+    assert index.get("img:banana").metadata == {"owner": "someone else"}
