@@ -6,8 +6,14 @@ PY := .venv/bin/python
 bootstrap:
 	@deploy/bootstrap.sh
 
-serve: bootstrap
+# The demo corpus: OpenClipart exported as a collection (a manifest and a symlink), made once.
+DEMO_COLLECTION := var/demo/openclipart/manifest.jsonl
+
+serve: bootstrap $(DEMO_COLLECTION)
 	@$(PY) -m service
+
+$(DEMO_COLLECTION):
+	@$(PY) -m training export-collection openclipart $(dir $@)
 
 test: bootstrap
 	@$(PY) -m ruff check .

@@ -1,4 +1,5 @@
-"""``python -m service [--demo]``: run the service with uvicorn.
+"""``python -m service [--demo]``: run the service with uvicorn; ``python -m service load MANIFEST``: load a
+collection into the service's Redis (``service.collection``).
 
 With no ``REDIS_URL`` an embedded redis-server is started (data under ``var/service/redis``); with no
 ``XMHASH_BUNDLE_PATH`` the committed default model serves. The first start ingests the OpenClipart demo
@@ -8,17 +9,26 @@ corpus in the background (``XMHASH_DEMO_CORPUS=false``: start empty); the search
 ``XMHASH_WORKERS=n`` runs n worker processes (uvicorn's supervisor), each holding the index in memory
 and following the others' writes through Redis's change feed; their metrics are merged (Prometheus
 multiprocess mode).
+
+``load`` featurizes a collection's images and texts with a bundle (default: the service's), writes them
+into the index the service started on that bundle reads (``REDIS_URL``, else the embedded Redis of
+``XMHASH_DATA_DIR``; ``XMHASH_INDEX_NAME``), with a progress bar; run again after an interruption, it
+writes only what is missing. It prints the report as JSON: items written, found stored, rows skipped
+with their reasons.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging.config
 import os
 import secrets
 import shutil
+import sys
 import tempfile
+from pathlib import Path
 
 import uvicorn
 import uvicorn.config
@@ -41,12 +51,22 @@ LOG_CONFIG["loggers"]["xmhash"] = {"handlers": ["xmhash"], "level": "INFO", "pro
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--demo", action="store_true", help="writes need no API key; 127.0.0.1 only")
     parser.add_argument("--host", default=None)
     parser.add_argument("--port", type=int, default=None)
+    commands = parser.add_subparsers(dest="command")
+    load = commands.add_parser("load", help="load a collection (manifest.jsonl) into the service's Redis")
+    load.add_argument("manifest", type=Path, help="a collection manifest, or a folder holding manifest.jsonl")
+    load.add_argument("--bundle", type=Path, default=None, help="bundle to featurize with (default: the service's)")
+    load.add_argument("--redis-url", default=None, help="default: REDIS_URL, else the embedded Redis")
+    load.add_argument("--index", default=None, help="index name (default: XMHASH_INDEX_NAME)")
+    load.add_argument("--name", default=None, help="the collection's name (default: its folder's name)")
     args = parser.parse_args()
     logging.config.dictConfig(LOG_CONFIG)
+    if args.command == "load":
+        sys.exit(load_collection(args))
 
     overrides: dict = {"demo": args.demo} if args.demo else {}
     if args.host:
@@ -86,6 +106,51 @@ def main() -> None:
             server.stop()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def load_collection(args: argparse.Namespace) -> int:
+    """``python -m service load``: the exit status (0 loaded, 2 nothing to load, 130 interrupted)."""
+    import redis
+    from tqdm import tqdm
+
+    from index.bundle import BundleError, load_bundle
+    from index.collection import CollectionError, read_collection
+    from index.engine import HashIndex
+    from service.collection import Loader
+    from service.thumbnails import CollectionNameTaken
+
+    overrides = {"index_name": args.index} if args.index else {}
+    settings = Settings(**overrides)
+    try:
+        collection = read_collection(args.manifest)
+        bundle = load_bundle(args.bundle or settings.bundle_path)
+    except (CollectionError, BundleError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    url, server = args.redis_url or settings.redis_url, None
+    if url is None:
+        url, server = embedded_redis(settings.data_dir)
+    client = redis.Redis.from_url(url)
+    try:
+        index = HashIndex.open(
+            client, settings.index_name, bundle.bundle_id, bundle.bits, bundle.centers, bundle.centers_version
+        )
+        loader = Loader(bundle, index, client, settings.index_name, settings.max_image_pixels, os.cpu_count() or 1)
+        name = args.name or collection.folder.name
+        with tqdm(total=len(collection.items), desc=f"loading {collection.manifest.name}", unit="item") as bar:
+            report = loader.load(collection, name, lambda done, _: bar.update(done - bar.n))
+    except CollectionNameTaken as exc:
+        print(f"error: {exc} (--name)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to load the rest", file=sys.stderr)
+        return 130
+    finally:
+        if server is not None:
+            server.stop()
+    print(json.dumps({"index": settings.index_name, "bundle": bundle.bundle_id, **report.as_json()}, indent=2,
+                     ensure_ascii=False))  # fmt: skip
+    return 0
 
 
 def _worker_environment(settings: Settings) -> dict[str, str]:

@@ -37,12 +37,12 @@ class Settings(BaseSettings):
     demo: bool = Field(default=False, description="embedded demo: no API key, bound to 127.0.0.1")
     demo_corpus: bool = Field(
         default=True,
-        description="ingest the OpenClipart demo corpus in the background on the first start; false → start empty",
+        description="load the demo collection in the background on the first start; false → start empty",
     )
-    corpus_root: Path = Field(
-        default=Path("/usr/share/openclipart"),
-        validation_alias=AliasChoices("OPENCLIPART_ROOT", "XMHASH_CORPUS_ROOT"),
-        description="the installed OpenClipart corpus (png/, svg/): demo items and their thumbnails come from it",
+    demo_collection: Path = Field(
+        default=ROOT / "var" / "demo" / "openclipart" / "manifest.jsonl",
+        description="the demo collection's manifest: OpenClipart, exported by make serve "
+        "(python -m training export-collection openclipart var/demo/openclipart)",
     )
     host: str = Field(default="127.0.0.1", description="address to bind")
     port: int = Field(default=8000, description="port to bind")

@@ -4,13 +4,17 @@ Where a thumbnail comes from, in order:
 
 1. an image ingested as raw bytes: a thumbnail made at ingestion and kept in Redis (``keep``), at most
    ``SIZE``×``SIZE`` pixels as WebP, so a page of results never ships the full uploads;
-2. an item whose metadata names a file of the installed corpus (``path``, as the demo corpus stores
-   it): that file, resolved strictly inside the corpus's ``png`` folder, so neither ``..``, an absolute
-   path nor a symlink pointing outside can reach any other file;
+2. an item of a loaded collection (``service.collection``; the demo corpus is one): its metadata names
+   the ``collection`` and the ``image`` path inside it. The loader registered the collection's folder
+   in Redis under that name (``register_collection``). The path must be relative and without ``..``
+   (``index.collection.inside_path``), and the file it resolves to (symlinks followed) must lie inside
+   the folder or inside a folder that a symlink at the folder's top level links in (how the OpenClipart
+   export reaches the installed corpus without copying it; the loader records those when it registers
+   the collection). So an item's metadata, which any writer sets, reaches no other file;
 3. an item ingested as a feature vector only: a placeholder drawing (SVG).
 
-A few corpus files are too large to decode on request (10 of the demo corpus exceed the pixel limit, up
-to 1.7·10⁸ pixels); the demo ingestion keeps their thumbnails, made from the pixels it already decoded.
+A few collection files are too large to decode on request (10 of the demo corpus exceed the pixel limit,
+up to 1.7·10⁸ pixels); the loader keeps their thumbnails, made from the pixels it already decoded.
 
 Every decode goes through the image loader the encoder uses (``load_pixels``: pixel-count guard against
 decompression bombs, corrupt files refused), onto the same white square canvas.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -29,13 +34,14 @@ import redis
 from PIL import Image
 
 from index.bundle.featurizers import ImageDecodeError, load_pixels
+from index.collection import inside_path
 from index.errors import StoreUnavailableError
 from service.runtime import Runtime
 
 SIZE = 160  # px: a grid cell is ~150 CSS px, so sharp at 1x and still a few KB per item in Redis
 QUALITY = 80  # WebP quality: clip art on white stays clean, and a thumbnail stays a few KB
 MEDIA_TYPE = "image/webp"
-CORPUS_CACHE_ITEMS = 2048  # corpus thumbnails kept in memory per worker (~4 KB each)
+FILE_CACHE_ITEMS = 2048  # thumbnails of collection files kept in memory per worker (~4 KB each)
 
 PLACEHOLDER = b"""<svg xmlns="http://www.w3.org/2000/svg" width="160" height="160" viewBox="0 0 160 160">
 <rect width="160" height="160" fill="#eef1f5"/>
@@ -47,7 +53,7 @@ PLACEHOLDER = b"""<svg xmlns="http://www.w3.org/2000/svg" width="160" height="16
 
 
 class NoThumbnail(LookupError):
-    """The item names an image file that is not inside the corpus (or does not exist)."""
+    """The item names an image file that is not inside a registered collection (or does not exist)."""
 
 
 def make(source: bytes | Path, max_pixels: int) -> bytes:
@@ -56,9 +62,11 @@ def make(source: bytes | Path, max_pixels: int) -> bytes:
 
 
 def encode(pixels: np.ndarray) -> bytes:
-    """(3, S, S) uint8 pixels as WebP."""
+    """(3, S, S) uint8 pixels as a WebP of at most SIZE×SIZE."""
+    image = Image.fromarray(pixels.transpose(1, 2, 0))
+    image.thumbnail((SIZE, SIZE), Image.Resampling.LANCZOS)
     out = io.BytesIO()
-    Image.fromarray(pixels.transpose(1, 2, 0)).save(out, format="WEBP", quality=QUALITY, method=6)
+    image.save(out, format="WEBP", quality=QUALITY, method=6)
     return out.getvalue()
 
 
@@ -73,9 +81,13 @@ def exceeds(path: Path, max_pixels: int) -> bool:
             return True
 
 
-def _key(runtime: Runtime, item_id: str) -> str:
+def _key(index_name: str, item_id: str) -> str:
     """Per index name, not per bundle: a thumbnail shows the image, whatever model hashes it."""
-    return f"xmh:{runtime.settings.index_name}:thumb:{item_id}"
+    return f"xmh:{index_name}:thumb:{item_id}"
+
+
+def _collections_key(index_name: str) -> str:
+    return f"xmh:{index_name}:collections"
 
 
 def _redis(call, *args):
@@ -85,64 +97,94 @@ def _redis(call, *args):
         raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
 
 
+class CollectionNameTaken(ValueError):
+    """A collection name is registered for another folder."""
+
+
+def register_collection(client: redis.Redis, index_name: str, name: str, folder: Path) -> None:
+    """Record the folder of collection ``name`` (its items' ``image`` paths are relative to it) and the
+    folders its top-level symlinks link in; a name already registered for another folder is refused, so
+    loading never re-points another collection's thumbnails."""
+    folder = folder.resolve()
+    roots = [str(folder), *sorted(str(c.resolve()) for c in folder.iterdir() if c.is_symlink() and c.is_dir())]
+    record = json.dumps({"folder": str(folder), "roots": roots})
+    key = _collections_key(index_name)
+    if not client.hsetnx(key, name, record):
+        registered = json.loads(client.hget(key, name))["folder"]
+        if registered != str(folder):
+            raise CollectionNameTaken(f"collection name {name!r} is registered for {registered}; choose another name")
+        client.hset(key, name, record)  # the same folder: its links may have changed
+
+
 def keep(runtime: Runtime, images: dict[str, str | None]) -> None:
     """After image items were stored: keep a thumbnail of each one given as base64 bytes, and drop the
     old thumbnail of each one given as features only (``None``), so a replaced item never shows its
     previous picture."""
     max_pixels = runtime.settings.max_image_pixels
     # base64 already validated: each item was encoded from it
-    _put(runtime, {i: None if b64 is None else make(base64.b64decode(b64), max_pixels) for i, b64 in images.items()})
+    kept = {i: None if b64 is None else make(base64.b64decode(b64), max_pixels) for i, b64 in images.items()}
+    _put(runtime.client, runtime.settings.index_name, kept)
 
 
-def _put(runtime: Runtime, kept: dict[str, bytes | None]) -> None:
+def _put(client: redis.Redis, index_name: str, kept: dict[str, bytes | None]) -> None:
     """Keep each thumbnail given; drop the kept thumbnail of each id given None."""
     if not kept:
         return
-    pipe = runtime.client.pipeline(transaction=False)
+    pipe = client.pipeline(transaction=False)
     for item_id, body in kept.items():
         if body is None:
-            pipe.delete(_key(runtime, item_id))
+            pipe.delete(_key(index_name, item_id))
         else:
-            pipe.set(_key(runtime, item_id), body)
+            pipe.set(_key(index_name, item_id), body)
     _redis(pipe.execute)
 
 
-def keep_corpus_pixels(runtime: Runtime, pixels: dict[str, np.ndarray]) -> None:
-    """Keep thumbnails made from already decoded pixels: for corpus files too large to decode on request."""
-    _put(runtime, {item_id: encode(p) for item_id, p in pixels.items()})
+def keep_pixels(client: redis.Redis, index_name: str, pixels: dict[str, np.ndarray]) -> None:
+    """Keep thumbnails made from already decoded pixels: for collection files too large to decode on request."""
+    _put(client, index_name, {item_id: encode(p) for item_id, p in pixels.items()})
 
 
 def forget(runtime: Runtime, item_id: str) -> None:
     """Drop a deleted item's thumbnail."""
-    _redis(runtime.client.delete, _key(runtime, item_id))
+    _redis(runtime.client.delete, _key(runtime.settings.index_name, item_id))
 
 
-def corpus_file(root: Path, relative: object) -> Path:
-    """The corpus PNG ``<root>/png/<relative>.png``, only if it resolves (symlinks followed) inside
-    ``<root>/png``; NoThumbnail otherwise."""
-    base = (root / "png").resolve()
-    if not isinstance(relative, str) or not relative or "\0" in relative:
-        raise NoThumbnail("the item's metadata names no corpus file")
-    candidate = (base / f"{relative}.png").resolve()  # an absolute `relative` replaces base: refused below
-    if not candidate.is_relative_to(base) or not candidate.is_file():
-        raise NoThumbnail(f"no corpus image {relative!r}")
+def collection_file(runtime: Runtime, collection: object, image: object) -> Path:
+    """The file ``image`` of the registered collection ``collection``, only when the path stays inside its
+    folder (relative, no ``..``) and resolves into the folder or a folder it links in; NoThumbnail otherwise."""
+    record = None
+    if isinstance(collection, str):
+        record = _redis(runtime.client.hget, _collections_key(runtime.settings.index_name), collection)
+    if record is None:
+        raise NoThumbnail("the item's metadata names no loaded collection")
+    path = inside_path(image)
+    if path is None:
+        raise NoThumbnail(f"image path {image!r} is not a path inside the collection's folder")
+    registered = json.loads(record)
+    try:
+        candidate = (Path(registered["folder"]) / path).resolve()
+        inside = any(candidate.is_relative_to(root) for root in registered["roots"]) and candidate.is_file()
+    except OSError:  # a name too long for the file system, …
+        inside = False
+    if not inside:
+        raise NoThumbnail(f"no image {image!r} in collection {collection!r}")
     return candidate
 
 
-@lru_cache(maxsize=CORPUS_CACHE_ITEMS)
-def _corpus_thumbnail(path: Path, max_pixels: int) -> bytes:
+@lru_cache(maxsize=FILE_CACHE_ITEMS)
+def _file_thumbnail(path: Path, max_pixels: int) -> bytes:
     return make(path, max_pixels)
 
 
-def thumbnail(runtime: Runtime, item_id: str, metadata: dict, corpus_root: Path) -> tuple[bytes, str]:
-    """(body, media type) of an image item's thumbnail; NoThumbnail when its corpus file is unreachable."""
-    kept = _redis(runtime.client.get, _key(runtime, item_id))
+def thumbnail(runtime: Runtime, item_id: str, metadata: dict) -> tuple[bytes, str]:
+    """(body, media type) of an image item's thumbnail; NoThumbnail when its collection file is unreachable."""
+    kept = _redis(runtime.client.get, _key(runtime.settings.index_name, item_id))
     if kept is not None:
         return kept, MEDIA_TYPE
-    if "path" not in metadata:
+    if "collection" not in metadata and "image" not in metadata:
         return PLACEHOLDER, "image/svg+xml"
-    path = corpus_file(corpus_root, metadata["path"])
+    path = collection_file(runtime, metadata.get("collection"), metadata.get("image"))
     try:
-        return _corpus_thumbnail(path, runtime.settings.max_image_pixels), MEDIA_TYPE
+        return _file_thumbnail(path, runtime.settings.max_image_pixels), MEDIA_TYPE
     except ImageDecodeError as exc:
-        raise NoThumbnail(f"corpus image {metadata['path']!r} does not decode: {exc}") from exc
+        raise NoThumbnail(f"image {metadata['image']!r} does not decode: {exc}") from exc

@@ -2,7 +2,8 @@
 
 The shared contract (binary codes, binary k-means, the bundle manifest, reader and serving featurizers)
 lives in ``index``, so serving never needs training code (nor torch). The import graph is read from the
-AST of every module, function-level imports included, so a lazy import cannot hide an arrow.
+AST of every module, function-level imports and imports by name (``importlib.import_module("…")``,
+``__import__("…")``) included, so neither a lazy import nor a string one can hide an arrow.
 """
 
 from __future__ import annotations
@@ -24,11 +25,43 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+_BY_NAME = {"import_module", "__import__"}  # importlib.import_module / import_module / __import__
+
+
+def _constants(tree: ast.Module) -> dict[str, str]:
+    """Module-level ``NAME = "text"`` assignments: a module name kept in a constant is still a literal."""
+    return {
+        target.id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+
+
+def _imported_by_name(node: ast.Call, constants: dict[str, str]) -> str | None:
+    """The module a call such as ``importlib.import_module("training.x")`` imports, when named by a literal
+    or by a module-level constant."""
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+    first = node.args[0] if node.args else None
+    if name not in _BY_NAME or first is None:
+        return None
+    if isinstance(first, ast.Constant) and isinstance(first.value, str):
+        return first.value
+    return constants.get(first.id) if isinstance(first, ast.Name) else None
+
+
 def _imported(source: str, package: str) -> set[str]:
-    """Absolute names of the modules a module of ``package`` imports (relative imports resolved)."""
+    """Absolute names of the modules a module of ``package`` imports (relative imports resolved, imports
+    by a literal name included)."""
     names = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
+    tree = ast.parse(source)
+    constants = _constants(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and (by_name := _imported_by_name(node, constants)):
+            names.add(by_name)
+        elif isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = package.rsplit(".", node.level - 1)[0] if node.level else ""
@@ -93,6 +126,19 @@ def test_imports_are_read_with_relative_and_lazy_ones_resolved() -> None:
     source = "import a.b\nfrom . import c\nfrom ..d import e\ndef f():\n    from training import g\n"
     assert _imported(source, "index.bundle") == {
         "a.b", "index.bundle", "index.bundle.c", "index.d", "index.d.e", "training", "training.g"
+    }  # fmt: skip
+
+
+def test_imports_by_a_literal_name_are_read_too() -> None:
+    source = (
+        "import importlib\nfrom importlib import import_module\nREADER = 'training.z'\n"
+        "def f():\n    importlib.import_module('training.datasets.openclipart')\n"
+        "    import_module('training.x')\n    __import__('training.y')\n    importlib.import_module(READER)\n"
+        "    getattr(x, 'import_module')\n"
+    )
+    assert _imported(source, "service") == {
+        "importlib", "importlib.import_module", "training.datasets.openclipart", "training.x", "training.y",
+        "training.z",
     }  # fmt: skip
 
 

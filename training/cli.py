@@ -21,6 +21,10 @@ class Features(StrEnum):
     classic = "classic"
 
 
+DATASET_HELP = (
+    "openclipart, a collection manifest (.jsonl, or a folder with manifest.jsonl), a .mat path, "
+    "or a name under ../shared/data"
+)
 FEATURES_HELP = "featurizers of a raw corpus (default: the dataset's own; OpenClipart: pretrained)"
 
 
@@ -42,7 +46,7 @@ def _fail(message: str) -> typer.Exit:
 
 @app.command()
 def datasets(
-    name: Annotated[str, typer.Argument(help="openclipart, a .mat path, or a name under ../shared/data")],
+    name: Annotated[str, typer.Argument(help=DATASET_HELP)],
     stats: Annotated[bool, typer.Option("--stats", help="featurize and print statistics")] = False,
     seed: int = 0,
     features_kind: Annotated[Features | None, typer.Option("--features", help=FEATURES_HELP)] = None,
@@ -63,27 +67,51 @@ def datasets(
         if features.describe()["text_featurizer"] == "bag-of-words":
             summary["vocabulary_size"] = features.text_featurizer.dim
         counts = dataset.labels.sum(0)
-        summary["label_members"] = {"min": int(counts.min()), "max": int(counts.max())}
-        query, database = dataset.labels[dataset.split.query], dataset.labels[dataset.split.database]
-        # Expected precision of a random ranking: the floor every precision figure is read against.
-        summary["label_prior"] = round(float(relevance(query, database).mean()), 4)
+        if counts.size:  # an unlabelled collection has no label statistics
+            summary["label_members"] = {"min": int(counts.min()), "max": int(counts.max())}
+            query, database = dataset.labels[dataset.split.query], dataset.labels[dataset.split.database]
+            # Expected precision of a random ranking: the floor every precision figure is read against.
+            summary["label_prior"] = round(float(relevance(query, database).mean()), 4)
     typer.echo(json.dumps(summary, indent=2))
+
+
+def default_method(labelled: bool) -> Method:
+    """Supervised DSFH when the dataset has labels (it learns from them and trains in seconds), else the
+    unsupervised UDDH (docs/collections.md)."""
+    return Method.dsfh if labelled else Method.uddh
+
+
+def _report_skipped(dataset, out: Path) -> None:
+    """A collection's skipped rows: counted on the terminal, listed with their reasons in ``skipped_rows.json``."""
+    rows = dataset.stats.get("skipped_rows")
+    if not rows:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "skipped_rows.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False), encoding="utf-8")
+    typer.secho(f"{len(rows)} rows skipped (listed with their reasons in {out / 'skipped_rows.json'}):", err=True)
+    for row in rows[:SKIPPED_SHOWN]:
+        typer.echo(f"  line {row['line']} ({row['id'] or 'no id'}): {row['reason']}", err=True)
+
+
+SKIPPED_SHOWN = 20  # skipped rows printed on the terminal; the file lists them all
 
 
 @app.command()
 def train(
-    method: Annotated[Method, typer.Option(help="hashing method")],
-    dataset: Annotated[str, typer.Option(help="openclipart, a .mat path, or a name under ../shared/data")],
-    bits: Annotated[list[int], typer.Option(help="code length; repeat for several")],
+    dataset: Annotated[str, typer.Option(help=DATASET_HELP)],
     out: Annotated[Path, typer.Option(help="output folder; one sub-folder per code length")],
+    method: Annotated[
+        Method | None, typer.Option(help="hashing method (default: dsfh when the dataset has labels, else uddh)")
+    ] = None,
+    bits: Annotated[list[int], typer.Option(help="code length; repeat for several")] = [64],  # noqa: B006
     param: Annotated[
         list[str] | None, typer.Option(help="config override KEY=VALUE (a number or text); repeatable")
     ] = None,
     seed: int = 0,
     features_kind: Annotated[Features | None, typer.Option("--features", help=FEATURES_HELP)] = None,
 ) -> None:
-    """Train a method at each code length, evaluate it both ways, and write per code length a model
-    bundle (``<out>/<bits>bits/bundle``) with its metrics JSON and plots beside it."""
+    """Train a method at each code length, evaluate it both ways (when the dataset has labels), and write
+    per code length a model bundle (``<out>/<bits>bits/bundle``) with its metrics JSON and plots beside it."""
     from training.bundle.writer import write_bundle
     from training.datasets import DatasetNotFoundError, load_dataset
     from training.evaluation.report import evaluate_hasher, plot_history, summary_row, write_report
@@ -92,9 +120,19 @@ def train(
 
     params = _parse_params(param or [])
     try:
-        features = featurize(load_dataset(dataset, seed=seed), kind=features_kind)
+        data = load_dataset(dataset, seed=seed)
+        features = featurize(data, kind=features_kind)
     except DatasetNotFoundError as exc:
         raise _fail(str(exc)) from exc
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    _report_skipped(data, out)
+    labelled = bool(data.labels.any())
+    if method is None:
+        method = default_method(labelled)
+        typer.echo(f"method: {method.value} (the dataset {'has' if labelled else 'has no'} labels)", err=True)
+    if not labelled:
+        typer.echo("no labels: no retrieval metrics (mAP, precision) can be computed; none are reported", err=True)
     rows = []
     for length in bits:
         started = time.perf_counter()
@@ -103,15 +141,37 @@ def train(
         except (ValueError, TypeError) as exc:
             raise _fail(str(exc)) from exc
         seconds = time.perf_counter() - started
-        metrics = evaluate_hasher(hasher, features)
+        metrics = evaluate_hasher(hasher, features) if labelled else {}
         run = out / f"{length}bits"
-        write_report(metrics, run, f"{method.value} {length} bits")
+        run.mkdir(parents=True, exist_ok=True)
+        if labelled:
+            write_report(metrics, run, f"{method.value} {length} bits")
         plot_history(hasher.history, f"{method.value} {length} bits: training", run / "history.png")
         row = summary_row(method.value, length, metrics) | {"train_seconds": round(seconds, 2)}
         manifest = write_bundle(run / "bundle", hasher, features, row)
         rows.append(row | {"bundle_id": manifest.bundle_id})
     (out / "summary.json").write_text(json.dumps(rows, indent=2))
     typer.echo(markdown_table(rows))
+
+
+@app.command("export-collection")
+def export_collection(
+    name: Annotated[str, typer.Argument(help="the corpus to export: openclipart")],
+    out: Annotated[Path, typer.Argument(help="folder for manifest.jsonl and the png symlink")],
+    seed: int = 0,
+) -> None:
+    """Write a built-in corpus as a collection (docs/collections.md): manifest.jsonl and a symlink to its
+    installed images, nothing copied; train on it and load it like any collection."""
+    from training.datasets import DatasetNotFoundError
+    from training.datasets.openclipart import export_collection as export_openclipart
+
+    if name != "openclipart":
+        raise _fail(f"unknown corpus {name!r}: only openclipart can be exported")
+    try:
+        manifest, rows = export_openclipart(out, seed=seed)
+    except DatasetNotFoundError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"{manifest}: {rows} items")
 
 
 def _parse_params(items: list[str]) -> dict:

@@ -26,7 +26,7 @@ MAX_AGE_SECONDS = 300  # a re-ingested item shows its new picture within this; t
             "image ingested as features only",
         },
         304: {"description": "unchanged since the ETag sent in If-None-Match"},
-        404: {"model": ErrorBody, "description": "unknown id, a text item, or no reachable corpus file"},
+        404: {"model": ErrorBody, "description": "unknown id, a text item, or no reachable collection file"},
         503: {"model": ErrorBody, "description": "Redis unavailable"},
     },
 )
@@ -36,12 +36,12 @@ def thumbnail(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """A small picture of an image item: the thumbnail kept when it was ingested as an image file, or
-    one made from the installed corpus file its metadata names (only files inside the corpus)."""
+    one made from the file of a loaded collection its metadata names (only files inside the collection)."""
     stored = rt.index.get(item_id)
     if stored.modality != "image":
         raise HTTPException(404, f"item {item_id!r} is a text item: only image items have thumbnails")
     try:
-        body, media_type = thumbnails.thumbnail(rt, item_id, stored.metadata, rt.settings.corpus_root)
+        body, media_type = thumbnails.thumbnail(rt, item_id, stored.metadata)
     except thumbnails.NoThumbnail as exc:
         raise HTTPException(404, f"item {item_id!r} has no thumbnail: {exc}") from exc
     etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'

@@ -1,5 +1,5 @@
-"""The search page's server side: the page and its weight, thumbnails (and that no path outside the corpus
-is reachable through them), "more like this" by stored code, and the demo corpus of the first start."""
+"""The search page's server side: the page and its weight, thumbnails (and that no path outside a loaded
+collection is reachable through them), "more like this" by stored code, and the demo corpus of the first start."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from service import thumbnails
 from service.app import create_app
 from service.routes.page import STATIC
 from service.settings import DEFAULT_BUNDLE, Settings
-from tests.support.page_service import FRUIT, OTHERS, small_openclipart
+from tests.support.page_service import FRUIT, OTHERS, small_demo  # noqa: F401 (a fixture)
 from training.datasets import openclipart
 
 KEY = {"X-API-Key": "test-key"}
@@ -107,63 +107,90 @@ def test_an_uploaded_image_keeps_a_small_thumbnail_replaced_and_dropped_with_the
     )
 
 
-def test_corpus_items_show_their_installed_file_and_unknown_or_text_items_are_404(client) -> None:
+def _register(client: TestClient, name: str, folder: Path) -> None:
+    runtime = client.app.state.runtime
+    thumbnails.register_collection(runtime.client, runtime.settings.index_name, name, folder)
+
+
+def test_collection_items_show_their_file_and_unknown_or_text_items_are_404(client, tmp_path: Path) -> None:
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "pics" / "apple.png").write_bytes((CORPUS / "png" / f"{APPLE}.png").read_bytes())
+    _register(client, "mine", tmp_path)
     _ingest(
         client,
-        _image("img:corpus", features=[0.5] * 1280, metadata={"path": APPLE}),
-        {"id": "txt:corpus", "modality": "text", "text": "an apple"},
+        _image("img:mine", features=[0.5] * 1280, metadata={"collection": "mine", "image": "pics/apple.png"}),
+        {"id": "txt:mine", "modality": "text", "text": "an apple"},
     )
-    reply = client.get("/v1/thumbnails/img:corpus")
+    reply = client.get("/v1/thumbnails/img:mine")
     assert reply.status_code == 200 and reply.headers["content-type"] == "image/webp"
     expected = thumbnails.make(CORPUS / "png" / f"{APPLE}.png", 50_000_000)
     assert reply.content == expected
     assert client.get("/v1/thumbnails/img:nobody").status_code == 404
-    text = client.get("/v1/thumbnails/txt:corpus")
+    text = client.get("/v1/thumbnails/txt:mine")
     assert text.status_code == 404 and "text item" in text.json()["detail"]
 
 
+def test_a_collection_name_is_never_re_pointed_to_another_folder(client, tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _register(client, "taken", tmp_path / "a")
+    _register(client, "taken", tmp_path / "a")  # the same folder again: fine
+    with pytest.raises(thumbnails.CollectionNameTaken):
+        _register(client, "taken", tmp_path / "b")
+
+
 @pytest.fixture
-def fake_corpus(tmp_path: Path) -> Path:
-    """A corpus root holding one real picture, a symlink to a file outside it, a corrupt file and a bomb."""
-    root = tmp_path / "corpus"
-    (root / "png" / "ok").mkdir(parents=True)
-    (root / "png" / "ok" / "apple.png").write_bytes((CORPUS / "png" / f"{APPLE}.png").read_bytes())
+def fake_collection(tmp_path: Path) -> Path:
+    """A collection folder holding one real picture, a symlink to a file outside it, a symlinked folder
+    of pictures (as the OpenClipart export links the corpus), a corrupt file and a bomb."""
+    root = tmp_path / "collection"
+    (root / "ok").mkdir(parents=True)
+    apple = (CORPUS / "png" / f"{APPLE}.png").read_bytes()
+    (root / "ok" / "apple.png").write_bytes(apple)
     outside = tmp_path / "secret.png"
-    outside.write_bytes((CORPUS / "png" / f"{APPLE}.png").read_bytes())
-    (root / "png" / "ok" / "escape.png").symlink_to(outside)
-    (root / "png" / "ok" / "inside-link.png").symlink_to(root / "png" / "ok" / "apple.png")
-    (root / "png" / "ok" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    outside.write_bytes(apple)
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "pear.png").write_bytes(apple)
+    (root / "linked").symlink_to(tmp_path / "linked", target_is_directory=True)
+    (root / "ok" / "escape.png").symlink_to(outside)
+    (root / "ok" / "inside-link.png").symlink_to(root / "ok" / "apple.png")
+    (root / "ok" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
     bomb = io.BytesIO()
     Image.new("1", (20_000, 20_000)).save(bomb, format="PNG")  # 4·10⁸ pixels in a few KB
-    (root / "png" / "ok" / "bomb.png").write_bytes(bomb.getvalue())
+    (root / "ok" / "bomb.png").write_bytes(bomb.getvalue())
     return tmp_path
 
 
 @pytest.mark.parametrize(
-    ("path", "status"),
+    ("collection", "path", "status"),
     [
-        ("ok/apple", 200),
-        ("ok/inside-link", 200),  # a symlink that stays inside the corpus (as Debian files categories)
-        ("ok/escape", 404),  # a symlink out of the corpus
-        ("../secret", 404),
-        ("ok/../../secret", 404),
-        ("/etc/passwd", 404),
-        ("__ABS__", 404),  # the absolute path of a real PNG outside the corpus
-        ("ok/missing", 404),
-        ("", 404),
-        ("ok/corrupt", 404),
-        ("ok/bomb", 404),
-        (12, 404),
-        ("ok/apple\u0000", 404),
+        ("c", "ok/apple.png", 200),
+        ("c", "ok/inside-link.png", 200),  # a symlink that stays inside the collection
+        ("c", "linked/pear.png", 200),  # inside a folder the collection links in at its top level
+        ("c", "ok/escape.png", 404),  # a symlink out of the collection
+        ("c", "../secret.png", 404),
+        ("c", "ok/../../secret.png", 404),
+        ("c", "/etc/passwd", 404),
+        ("c", "__ABS__", 404),  # the absolute path of a real PNG outside the collection
+        ("c", "ok/missing.png", 404),
+        ("c", "", 404),
+        ("c", "ok/corrupt.png", 404),
+        ("c", "ok/bomb.png", 404),
+        ("c", 12, 404),
+        ("c", "ok/apple.png\u0000", 404),
+        ("c", "x" * 5000 + ".png", 404),  # longer than the file system takes
+        ("unregistered", "ok/apple.png", 404),
+        (["c"], "ok/apple.png", 404),
     ],
 )
-def test_thumbnails_reach_no_file_outside_the_corpus_and_bad_files_are_4xx(
-    redis_server, fake_corpus: Path, path, status
+def test_thumbnails_reach_no_file_outside_the_collection_and_bad_files_are_4xx(
+    redis_server, fake_collection: Path, collection, path, status
 ) -> None:
     if path == "__ABS__":
-        path = str(fake_corpus / "secret")
-    with TestClient(create_app(_settings(redis_server, XMHASH_CORPUS_ROOT=fake_corpus / "corpus"))) as client:
-        _ingest(client, _image("img:x", features=[0.5] * 1280, metadata={"path": path}))
+        path = str(fake_collection / "secret.png")
+    with TestClient(create_app(_settings(redis_server))) as client:
+        _register(client, "c", fake_collection / "collection")
+        _ingest(client, _image("img:x", features=[0.5] * 1280, metadata={"collection": collection, "image": path}))
         reply = client.get("/v1/thumbnails/img:x")
     assert reply.status_code == status, reply.text
     if status == 200:
@@ -268,9 +295,8 @@ def _wait_for_demo_ingestion(seconds: float = 120) -> None:
             assert not thread.is_alive()
 
 
-def test_the_demo_corpus_is_ingested_on_the_first_start_only(redis_server, monkeypatch, caplog) -> None:
-    monkeypatch.setattr(openclipart, "load_openclipart", small_openclipart())
-    settings = _settings(redis_server, demo_corpus=True)
+def test_the_demo_corpus_is_ingested_on_the_first_start_only(redis_server, small_demo: Path, caplog) -> None:  # noqa: F811
+    settings = _settings(redis_server, demo_corpus=True, demo_collection=small_demo)
     total = FRUIT + OTHERS
     caplog.set_level(logging.INFO, logger="xmhash.demo")
     with TestClient(create_app(settings)) as client:
@@ -278,21 +304,22 @@ def test_the_demo_corpus_is_ingested_on_the_first_start_only(redis_server, monke
         assert client.get("/readyz").json()["demo_corpus"] == {"state": "done", "done": total, "total": total}
         assert client.get("/v1/models").json()["index"]["items"] == {"image": total, "text": total}
         hit = client.post("/v1/search/text-to-image", json={"text": "apple", "k": 1}).json()["results"][0]
-        assert set(hit["metadata"]) == {"path", "title", "labels"}
+        assert set(hit["metadata"]) == {"collection", "image", "title", "labels"}
         assert client.get(f"/v1/thumbnails/{hit['id']}").status_code == 200
     assert f"demo corpus: {total} / {total} items per modality" in caplog.text
     assert "items/s" in caplog.text
 
-    def never(*args, **kwargs):
-        raise AssertionError("the corpus was read again")
-
-    monkeypatch.setattr(openclipart, "load_openclipart", never)
     caplog.clear()
-    restart = settings.model_copy(update={"run_id": uuid.uuid4().hex[:16]})  # a new run of the service
-    with TestClient(create_app(restart)) as client:
-        _wait_for_demo_ingestion()
-        assert client.get("/readyz").json()["demo_corpus"]["state"] == "done"
-        assert client.get("/v1/models").json()["index"]["items"] == {"image": total, "text": total}
+    moved = small_demo.parent / "moved.jsonl"  # a later start reads no manifest: it finds the corpus done
+    small_demo.rename(moved)
+    try:
+        restart = settings.model_copy(update={"run_id": uuid.uuid4().hex[:16]})  # a new run of the service
+        with TestClient(create_app(restart)) as client:
+            _wait_for_demo_ingestion()
+            assert client.get("/readyz").json()["demo_corpus"]["state"] == "done"
+            assert client.get("/v1/models").json()["index"]["items"] == {"image": total, "text": total}
+    finally:
+        moved.rename(small_demo)
     assert "demo corpus: already ingested" in caplog.text
 
 
@@ -300,11 +327,9 @@ def test_the_switch_starts_empty_and_a_missing_corpus_leaves_the_service_serving
     with TestClient(create_app(_settings(redis_server, demo_corpus=False))) as client:
         assert client.get("/readyz").json()["demo_corpus"] == {"state": "off"}
         assert client.get("/v1/models").json()["index"]["items"] == {"image": 0, "text": 0}
-    with pytest.MonkeyPatch.context() as patch:
-        missing = openclipart.load_openclipart
-        patch.setattr(openclipart, "load_openclipart", lambda root: missing(root=tmp_path / "nothing"))
-        with TestClient(create_app(_settings(redis_server, demo_corpus=True))) as client:
-            _wait_for_demo_ingestion()
-            progress = client.get("/readyz").json()["demo_corpus"]
-            assert progress["state"] == "unavailable" and "OpenClipart not found" in progress["error"]
-            assert client.post("/v1/search/text-to-image", json={"text": "apple"}).json()["results"] == []
+    missing = _settings(redis_server, demo_corpus=True, demo_collection=tmp_path / "nothing" / "manifest.jsonl")
+    with TestClient(create_app(missing)) as client:
+        _wait_for_demo_ingestion()
+        progress = client.get("/readyz").json()["demo_corpus"]
+        assert progress["state"] == "unavailable" and "export-collection openclipart" in progress["error"]
+        assert client.post("/v1/search/text-to-image", json={"text": "apple"}).json()["results"] == []

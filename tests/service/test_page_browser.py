@@ -17,7 +17,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.support.page_service import small_service  # noqa: F401 (a fixture)
+from tests.support.page_service import small_demo, small_service  # noqa: F401 (fixtures)
 from training.datasets.openclipart import DEFAULT_ROOT
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.support.page_service import small_service  # noqa: F401 (a fixture)
+from tests.support.page_service import small_demo, small_service  # noqa: F401 (fixtures)
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -1,12 +1,14 @@
 """The service runs on the base dependencies alone: ``python -m service`` with torch, scikit-learn, the
 other training-only packages and the ``training`` package made unimportable starts, ingests raw text and
-images, answers a search and reports its model. (The Docker image installs only the base set.)
+images, answers a search and reports its model; ``python -m service load`` loads a collection. (The
+Docker image installs only the base set.)
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +20,9 @@ from index.redis_server import RedisServer
 from tests.support.faults_service import KEY, ROOT, Service
 
 # The packages of the ``train`` extra (pyproject.toml), and the project's training code.
-BLOCKED = ("torch", "sklearn", "scipy", "matplotlib", "h5py", "tqdm", "typer", "training")
+BLOCKED = ("torch", "sklearn", "scipy", "matplotlib", "h5py", "typer", "training")
+EXAMPLE = ROOT / "examples" / "clipart"
+LOADED_ROWS = 5
 SITECUSTOMIZE = f'''"""Refuses to import what serving must not need (tests/service/test_serving_without_training.py)."""
 import sys
 
@@ -42,11 +46,16 @@ def _png() -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def test_the_service_starts_and_answers_without_torch_or_training_code(tmp_path: Path) -> None:
+def _serving_only(tmp_path: Path) -> dict[str, str]:
+    """The environment variables of a serving-only interpreter (training's packages refused on import)."""
     blocker = tmp_path / "no-training"
     blocker.mkdir()
     (blocker / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    env = {"PYTHONPATH": os.pathsep.join([str(blocker), str(ROOT)])}
+    return {"PYTHONPATH": os.pathsep.join([str(blocker), str(ROOT)])}
+
+
+def test_the_service_starts_and_answers_without_torch_or_training_code(tmp_path: Path) -> None:
+    env = _serving_only(tmp_path)
     for name in BLOCKED:  # the environment really lacks them
         probe = subprocess.run(
             [sys.executable, "-c", f"import {name}"], cwd=ROOT, env=os.environ | env, capture_output=True, text=True
@@ -74,4 +83,21 @@ def test_the_service_starts_and_answers_without_torch_or_training_code(tmp_path:
         assert "is not installed in a serving-only environment" not in service.output()
     finally:
         service.stop()
+        server.stop()
+
+
+def test_a_collection_loads_without_torch_or_training_code(tmp_path: Path) -> None:
+    env = _serving_only(tmp_path)
+    folder = tmp_path / "collection"
+    folder.mkdir()
+    (folder / "png").symlink_to((EXAMPLE / "png").resolve(), target_is_directory=True)
+    rows = (EXAMPLE / "manifest.jsonl").read_bytes().splitlines()[:LOADED_ROWS]
+    (folder / "manifest.jsonl").write_bytes(b"\n".join(rows) + b"\n")
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        command = [sys.executable, "-m", "service", "load", str(folder), "--redis-url", server.url, "--index", "x"]
+        done = subprocess.run(command, cwd=ROOT, env=os.environ | env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(done.stdout)["written"] == {"image": LOADED_ROWS, "text": LOADED_ROWS}
+    finally:
         server.stop()

@@ -17,6 +17,7 @@ import pytest
 from index.redis_server import RedisServer
 from tests.support.faults_bundles import models_dir
 from tests.support.faults_service import KEY, Reply, Service
+from tests.support.page_service import small_demo  # noqa: F401 (a fixture)
 
 WORKERS = 2
 DEADLINE = 10.0  # seconds within which every worker must agree (a liveness bound, not a speed target)
@@ -107,15 +108,15 @@ def test_metrics_count_the_requests_of_every_worker(service: Service) -> None:
     assert requests_counted(service, "/v1/models") - before == 30
 
 
-def test_the_demo_corpus_is_ingested_by_one_worker_only(tmp_path: Path) -> None:
+def test_the_demo_corpus_is_ingested_by_one_worker_only(tmp_path: Path, small_demo: Path) -> None:  # noqa: F811
     """Each worker runs the start-up code; the demo ingestion is claimed by the first."""
     server = RedisServer(tmp_path / "redis").start()
-    env = {"XMHASH_WORKERS": "2", "XMHASH_DEMO_CORPUS": "true"}
+    env = {"XMHASH_WORKERS": "2", "XMHASH_DEMO_CORPUS": "true", "XMHASH_DEMO_COLLECTION": str(small_demo)}
     demo = Service(server.url, tmp_path, index_name="demo", api_key=None, env=env, args=("--demo",))
     try:
         demo.start()
         every_worker(demo, "/v1/models", lambda r: min(items_of(r).values()) > 0, deadline=300)
-        assert len(re.findall(r"demo: worker \d+ ingests OpenClipart", demo.output())) == 1
+        assert len(re.findall(r"demo: worker \d+ loads the demo collection", demo.output())) == 1
     finally:
         demo.stop()
         server.stop()

@@ -1,18 +1,19 @@
 """A real HTTP service holding a small demo corpus, for the page's browser tests and the README's examples.
 
-The corpus is a few dozen real OpenClipart items (the fruit folder and a seeded sample of the rest),
-ingested by the service's own first-start demo ingestion: ``load_openclipart`` is narrowed to them
-while it runs. The app runs in uvicorn on a free port in a thread of the test process.
+The corpus is a few dozen real OpenClipart items (the fruit of the database split and a seeded sample
+of the rest of it), exported as a collection (``python -m training export-collection``'s code) and loaded
+by the service's own first-start demo loading. The app runs in uvicorn on a free port in a thread of
+the test process.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -23,24 +24,27 @@ from index.redis_server import free_port
 from service.app import create_app
 from service.settings import DEFAULT_BUNDLE, Settings
 from training.datasets import openclipart
-from training.datasets.base import CrossModalDataset
 
 FRUIT = 24  # database items of food/fruit: text queries about fruit find pictures of fruit
 OTHERS = 24  # a seeded sample of everything else
 
 
-def small_openclipart(load=openclipart.load_openclipart):
-    """A ``load_openclipart`` whose database is FRUIT + OTHERS real items."""
+def export_small_demo(out: Path) -> Path:
+    """The small demo corpus, FRUIT + OTHERS real items, exported as a collection into ``out``: its manifest."""
+    dataset = openclipart.load_openclipart()
+    database = dataset.split.database
+    fruit = [i for i in database if dataset.ids[i].startswith("food/fruit/")][:FRUIT]
+    rest = np.setdiff1d(database, fruit)
+    chosen = np.concatenate([fruit, np.random.default_rng(0).choice(rest, OTHERS, replace=False)])
+    manifest, rows = openclipart.export_collection(out, only={dataset.ids[i] for i in chosen})
+    assert rows == FRUIT + OTHERS
+    return manifest
 
-    def load_small(*args, **kwargs) -> CrossModalDataset:
-        dataset = load(*args, **kwargs)
-        database = dataset.split.database
-        fruit = [i for i in database if dataset.ids[i].startswith("food/fruit/")][:FRUIT]
-        rest = np.setdiff1d(database, fruit)
-        chosen = np.sort(np.concatenate([fruit, np.random.default_rng(0).choice(rest, OTHERS, replace=False)]))
-        return dataclasses.replace(dataset, split=dataclasses.replace(dataset.split, database=chosen))
 
-    return load_small
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The manifest of the small demo corpus (exported once per test session)."""
+    return export_small_demo(tmp_path_factory.mktemp("demo"))
 
 
 def demo_progress(base_url: str) -> dict:
@@ -78,18 +82,16 @@ def served(settings: Settings) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def small_service(redis_server) -> Iterator[str]:
-    """Base URL of a service whose first start ingested the small demo corpus (writes need ``page-key``)."""
+def small_service(redis_server, small_demo: Path) -> Iterator[str]:
+    """Base URL of a service whose first start loaded the small demo corpus (writes need ``page-key``)."""
     settings = Settings(
         redis_url=redis_server.url,
         bundle_path=DEFAULT_BUNDLE,
         index_name=f"page-{uuid.uuid4().hex[:8]}",
         api_key="page-key",
         demo_corpus=True,
+        demo_collection=small_demo,
     )
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(openclipart, "load_openclipart", small_openclipart())
-        with served(settings) as base_url:
-            assert wait_for_demo_corpus(base_url) == {"state": "done", "done": FRUIT + OTHERS, "total": FRUIT + OTHERS}
-            patch.undo()
-            yield base_url
+    with served(settings) as base_url:
+        assert wait_for_demo_corpus(base_url) == {"state": "done", "done": FRUIT + OTHERS, "total": FRUIT + OTHERS}
+        yield base_url

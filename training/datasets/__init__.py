@@ -1,15 +1,19 @@
 """Dataset loaders behind one interface: ``load_dataset(spec)`` → :class:`CrossModalDataset`.
 
 ``spec`` is ``openclipart`` (the product corpus), ``wikipedia`` / ``wikipedia-tfidf`` (the Wikipedia
-benchmark with LDA or tf-idf texts, :mod:`training.datasets.wikipedia`), a path to a ``.mat`` benchmark
-file or DCMH prefix, or the name of one found in ``../shared/data/`` (e.g. ``mirflickr25k``).
+benchmark with LDA or tf-idf texts, :mod:`training.datasets.wikipedia`), a collection of one's own (a
+``.jsonl`` manifest or a folder holding ``manifest.jsonl``, :mod:`training.datasets.collection`), a path
+to a ``.mat`` benchmark file or DCMH prefix, or the name of one found in ``../shared/data/`` (e.g.
+``mirflickr25k``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from index.collection import CollectionError, is_collection
 from training.datasets.base import SHARED_DATA, CrossModalDataset, DatasetNotFoundError, Split, seeded_split
+from training.datasets.collection import load_collection
 from training.datasets.matfile import load_mat
 from training.datasets.openclipart import load_openclipart
 from training.datasets.wikipedia import WIKIPEDIA_TEXTS, load_wikipedia
@@ -32,13 +36,19 @@ def load_dataset(spec: str, seed: int = 0, n_query: int | None = None) -> CrossM
         return load_openclipart(**split_args)
     if spec in WIKIPEDIA_TEXTS:
         return load_wikipedia(spec)
+    if is_collection(spec):
+        try:
+            return load_collection(spec, **split_args)
+        except CollectionError as exc:
+            raise DatasetNotFoundError(str(exc)) from exc
     path = Path(spec)
     if path.is_file() or Path(f"{spec}-lall.mat").is_file():
         return load_mat(path, **split_args)
     shared = _find_shared(spec)
     if shared is None:
         raise DatasetNotFoundError(
-            f"unknown dataset {spec!r}: use 'openclipart', a path to a .mat file (or DCMH prefix), "
+            f"unknown dataset {spec!r}: use 'openclipart', a collection manifest (.jsonl, or a folder holding "
+            "manifest.jsonl), a path to a .mat file (or DCMH prefix), "
             f"or a dataset name present in {SHARED_DATA}"
         )
     return load_mat(shared, **split_args)

@@ -62,6 +62,10 @@ class CrossModalDataset:
     stats: dict = field(default_factory=dict)
     image_root: Path | None = None  # folder whose png/<id>.png are the images: pretrained features decode them anew
     default_features: str = "classic"  # featurizers used when none are asked for: "classic" or "pretrained"
+    features_available: tuple[str, ...] = ("classic", "pretrained")
+    # Set when ``images`` are already the pretrained encoder's pixels (a collection): names them for the
+    # feature cache (the files' paths, sizes and times), since no corpus root and ids do.
+    pixels_key: str | None = None
 
     def __post_init__(self) -> None:
         n = len(self.labels)

@@ -198,3 +198,31 @@ def load_openclipart(
             "dropped_without_label": len(index["records"]) - len(keep),
         },
     )
+
+
+def export_collection(
+    out: Path, root: Path = DEFAULT_ROOT, only: set[str] | None = None, seed: int = 0
+) -> tuple[Path, int]:
+    """Write OpenClipart as a collection (``index.collection``'s manifest) into ``out``: ``manifest.jsonl``
+    and a ``png`` symlink to the installed corpus's images (nothing copied). Rows are the loader's items
+    (``only``: those ids) with their texts and label names, in a seeded random order, so that a collection
+    loaded part way already covers every category. Returns (manifest path, rows)."""
+    dataset = load_openclipart(root=root, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    link, target = out / "png", (root / "png").resolve()
+    if link.is_symlink() and link.resolve() != target:
+        link.unlink()
+    if not link.is_symlink():
+        link.symlink_to(target, target_is_directory=True)
+    rows = []
+    for i in np.random.default_rng(seed).permutation(len(dataset)):
+        if only is None or dataset.ids[i] in only:
+            labels = [dataset.label_names[j] for j in dataset.labels[i].nonzero()[0]]
+            item = dataset.ids[i]
+            row = {"id": item, "image": f"png/{item}.png", "text": dataset.texts[i], "labels": labels}
+            rows.append(json.dumps(row, ensure_ascii=False))
+    manifest = out / "manifest.jsonl"
+    tmp = out / "manifest.jsonl.tmp"
+    tmp.write_text("".join(f"{row}\n" for row in rows), encoding="utf-8")
+    tmp.replace(manifest)
+    return manifest, len(rows)

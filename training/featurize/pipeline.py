@@ -83,6 +83,8 @@ def featurize(
     kind = kind or dataset.default_features
     if kind not in FEATURE_KINDS:
         raise ValueError(f"unknown features {kind!r}; expected one of {FEATURE_KINDS}")
+    if kind not in dataset.features_available:
+        raise ValueError(f"{dataset.name} is featurized with {' or '.join(dataset.features_available)} features only")
     if kind == "pretrained" and dataset.image_kind == "pixels" and dataset.text_kind == "raw":
         image, text, pretrained_image, pretrained_text = pretrained_features(dataset)
         return FeatureSet(dataset.name, image, text, dataset.labels, dataset.split, pretrained_image, pretrained_text)

@@ -75,7 +75,8 @@ class PretrainedText:
 
 
 def image_cache_key(graph: Path, dataset: CrossModalDataset) -> str:
-    tag = json.dumps([sha256_file(graph), PREPROCESS_TAG, str(dataset.image_root), dataset.ids])
+    source = [dataset.pixels_key] if dataset.pixels_key else [str(dataset.image_root), dataset.ids]
+    tag = json.dumps([sha256_file(graph), PREPROCESS_TAG, *source])
     return "image-" + hashlib.sha256(tag.encode()).hexdigest()[:16]
 
 
@@ -102,8 +103,9 @@ def _cached(key: str, compute: Callable[[], np.ndarray], dim: int) -> np.ndarray
 def pretrained_features(
     dataset: CrossModalDataset, graphs: Path | None = None
 ) -> tuple[np.ndarray, np.ndarray, PretrainedImage, PretrainedText]:
-    """(image features, text features, image featurizer, text featurizer) of a raw dataset with image files."""
-    if dataset.image_root is None or dataset.text_kind != "raw":
+    """(image features, text features, image featurizer, text featurizer) of a raw dataset with image files
+    (decoded here) or with pixels already decoded at the encoder's size (``pixels_key`` set)."""
+    if (dataset.image_root is None and dataset.pixels_key is None) or dataset.text_kind != "raw":
         raise ValueError(f"{dataset.name}: pretrained features need image files and raw texts")
     folder = featurizer_graphs(graphs or GRAPHS_DIR)
     image = PretrainedImage(folder / IMAGE_GRAPH, ImageEncoder(folder / IMAGE_GRAPH, THREADS))
@@ -117,6 +119,8 @@ def pretrained_features(
     def image_features() -> np.ndarray:
         from training.featurize.pretrained_corpus import corpus_pixels
 
+        if dataset.pixels_key is not None:
+            return image.encoder.embed_pixels(dataset.images)
         return image.encoder.embed_pixels(corpus_pixels(dataset.ids, image.encoder.size, dataset.image_root))
 
     image_matrix = _cached(image_cache_key(image.graph, dataset), image_features, IMAGE_DIM)

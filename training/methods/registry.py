@@ -19,6 +19,8 @@ from training.methods.base import TrainedHasher
 from training.methods.deep import Monitor
 
 Trainer = Callable[[FeatureSet, int, int, dict], TrainedHasher]
+UDDH_CENTERS = 64  # UDDH's k (semantic-index buckets) ...
+ITEMS_PER_CENTER = 4  # ... or fewer on a small collection, so that each center has items to fit to
 
 
 def build_config(
@@ -90,7 +92,9 @@ def _dsfh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHa
     from training.methods.dsfh import DSFHConfig, train_dsfh
 
     image, text, labels = _labelled_train("dsfh", features)
-    return train_dsfh(image, text, labels, build_config("dsfh", DSFHConfig, params, {"bits": bits}), seed=seed)
+    small = {"n_anchors": min(DSFHConfig.n_anchors, len(image)), "n_clusters": min(DSFHConfig.n_clusters, len(image))}
+    config = build_config("dsfh", DSFHConfig, params, {"bits": bits}, **small)  # a small collection: fewer anchors
+    return train_dsfh(image, text, labels, config, seed=seed)
 
 
 def _amsh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
@@ -123,15 +127,18 @@ def _amsh_unpaired(features: FeatureSet, bits: int, seed: int, params: dict) -> 
 
 def _uddh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
     """UDDH with ``bits`` = l^c + l^s: by default half of the code (rounded down to bytes) is the shared
-    head, k = 64 centers. The tqdm bar shows each outer iteration's loss and image→text MAP@50 of the
-    query set against the database (monitoring only: nothing is selected on it)."""
+    head, k = 64 centers (at most one per 4 training items). The tqdm bar shows each outer iteration's
+    loss and, when the dataset has labels, image→text MAP@50 of the query set against the database
+    (monitoring only: nothing is selected on it)."""
     from index.codes import to_signs
     from training.evaluation.metrics import evaluate_codes
     from training.methods.uddh import UDDHConfig, train_uddh
 
     shared = params.get("shared_bits", max(8, bits // 16 * 8))
+    image, text, _ = features.part("train")
+    centers = min(UDDH_CENTERS, max(1, len(image) // ITEMS_PER_CENTER))
     config = build_config(
-        "uddh", UDDHConfig, params, {"specific_bits": bits - shared}, shared_bits=shared, n_clusters=64
+        "uddh", UDDHConfig, params, {"specific_bits": bits - shared}, shared_bits=shared, n_clusters=centers
     )
     query_image, _, query_labels = features.part("query")
     _, database_text, database_labels = features.part("database")
@@ -141,8 +148,8 @@ def _uddh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHa
         database = to_signs(hasher.encoders["text"].real_codes(database_text))
         return evaluate_codes(queries, database, query_labels, database_labels)["MAP@50"]
 
-    image, text, _ = features.part("train")
-    return train_uddh(image, text, config, seed=seed, monitor=Monitor(progress=True, eval_fn=map_at_50)).hasher
+    monitor = Monitor(progress=True, eval_fn=map_at_50 if query_labels.any() else None)  # unlabelled: loss only
+    return train_uddh(image, text, config, seed=seed, monitor=monitor).hasher
 
 
 def _dmsfh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
