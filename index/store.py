@@ -35,23 +35,26 @@ import msgpack
 import numpy as np
 import redis
 
-from index.errors import FeedGapError, ModalityConflictError, StoreUnavailableError
+from index.errors import FeedGapError, GenerationMovedError, ModalityConflictError, StoreUnavailableError
 
 MODALITIES = ("image", "text")
 FEED_LENGTH = 1000  # change-feed entries Redis keeps (approximately: MAXLEN ~)
+ID_MAX_CHARS = 256  # an item id: 1 to 256 characters, no whitespace (it is a URL path segment of the API)
+ID_PATTERN = r"^[^\s]+$"
 _HEADER = struct.Struct(">IQ")  # bucket, label
 _READ_CHUNK = 10_000  # ids per HMGET when reading a whole modality: few round trips, no long block of Redis
 _SCAN_COUNT = 10_000  # SCAN/HSCAN's per-step hint, for the same reason
 _FEED_READ = 500  # feed entries per XRANGE/XREAD: half a feed, so a catch-up takes a few reads at most
 
 # KEYS: items, meta, counts of the image modality; the same of the text modality; the rebuild flag;
-#       next_label; seq; feed; with a progress field, the progress hash of an import.
-# ARGV: mode, feed length, progress field ('' for none), then per modality group five arguments: side (0
+#       next_label; seq; feed; the active-generation key; with a progress field, the progress hash of an import.
+# ARGV: mode, feed length, progress field ('' for none), generation, then per modality group five arguments: side (0
 #       image, 1 text), ids (a msgpack array), records (one string: a fixed-size record per id), metadata (a
 #       msgpack array of JSON texts), record size. Compact on purpose: a batch is a handful of arguments
 #       whatever its size, so neither redis-py nor Redis spends time per argument.
 #   'write': record = bucket (u32 BE) · code. Labels are allocated here and put after the bucket; the batch
-#            is appended to the feed as one entry; refused while a re-bucket runs.
+#            is appended to the feed as one entry; refused while a re-bucket runs, and when the generation
+#            is no longer the active one (a re-bucket ended: the writer's centers and keys are stale).
 #   'copy':  record = bucket · label (u64 BE) · code, kept as given; next_label is raised past them and
 #            nothing is appended to the feed.
 # Ids are read and written with one HMGET/HSET per slice of SLICE ids (Lua's unpack is bounded), counts
@@ -64,9 +67,12 @@ local write = ARGV[1] == 'write'
 if write and redis.call('EXISTS', KEYS[7]) == 1 then
   return redis.error_reply('REBUILDING')
 end
+if write and redis.call('GET', KEYS[11]) ~= ARGV[4] then
+  return redis.error_reply('GENERATION')
+end
 local SLICE = 1000
 local groups, n = {}, 0
-for g = 4, #ARGV, 5 do
+for g = 5, #ARGV, 5 do
   local group = {side = tonumber(ARGV[g]), ids = cmsgpack.unpack(ARGV[g + 1]), records = ARGV[g + 2],
                  meta = cmsgpack.unpack(ARGV[g + 3]), size = tonumber(ARGV[g + 4])}
   groups[#groups + 1] = group
@@ -135,7 +141,7 @@ elseif last > tonumber(redis.call('GET', KEYS[8]) or '0') then
   redis.call('SET', KEYS[8], last)
 end
 if ARGV[3] ~= '' then
-  redis.call('HSET', KEYS[11], ARGV[3], seq)
+  redis.call('HSET', KEYS[12], ARGV[3], seq)
 end
 return {seq, first, cmsgpack.pack(previous)}
 """
@@ -238,6 +244,10 @@ def records(buckets: np.ndarray, codes: np.ndarray, labels: np.ndarray | None = 
     return np.concatenate(parts, axis=1)
 
 
+def _arguments(group: Group) -> tuple[int, Sequence[str], np.ndarray, Sequence[str]]:
+    return MODALITIES.index(group.modality), group.ids, records(group.buckets, group.codes), group.metadata
+
+
 class RedisStore:
     """Items, counts, centers and the change feed of one index under one bundle, in Redis."""
 
@@ -257,6 +267,16 @@ class RedisStore:
     def active_generation(self) -> int | None:
         value = self._call(self.client.get, self.base + "active")
         return None if value is None else int(value)
+
+    def open_active(self, centers: np.ndarray, centers_version: str) -> RedisStore:
+        """The active generation of this index; a new index starts generation 0 with these centers (a
+        re-bucketed one keeps the centers it was re-bucketed with)."""
+        active = self.active_generation()
+        if active is not None:
+            return self.at(active)
+        self.save_centers(centers, centers_version)
+        self.activate()
+        return self
 
     def activate(self) -> None:
         """Make this generation the one readers use: one SET, so the switch is atomic."""
@@ -280,6 +300,8 @@ class RedisStore:
                 raise ModalityConflictError(f"id {item!r} is already stored as another modality") from exc
             if str(exc).startswith("REBUILDING"):
                 raise StoreUnavailableError("the index is being re-bucketed: writes resume when it ends") from exc
+            if str(exc).startswith("GENERATION"):
+                raise GenerationMovedError("the index was re-bucketed meanwhile: nothing written, retry") from exc
             raise StoreUnavailableError(f"Redis refused the operation: {exc}") from exc
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
@@ -287,16 +309,23 @@ class RedisStore:
     def _keys(self) -> list[str]:
         """The upsert script's KEYS, without the progress hash."""
         keys = [self.key(f"{kind}:{m}") for m in MODALITIES for kind in ("items", "meta", "counts")]
-        return [*keys, self.rebuild_key, self.key("next_label"), self.key("seq"), self.key("feed")]
+        return [
+            *keys,
+            self.rebuild_key,
+            self.key("next_label"),
+            self.key("seq"),
+            self.key("feed"),
+            self.base + "active",
+        ]
 
     def progress_key(self, job: str) -> str:
         """The hash of an import's done chunks (chunk number → the feed entry that wrote it). Under the
         bundle, not the generation: a re-bucket copies a done chunk's items, so it stays done."""
         return f"{self.base}import:{job}"
 
-    def done_chunks(self, job: str) -> set[int]:
+    def done_chunks(self, job: str) -> set[str]:
         """The chunks of an import already written (each marked by the script that wrote it)."""
-        return {int(chunk) for chunk in self._call(self.client.hkeys, self.progress_key(job))}
+        return {chunk.decode() for chunk in self._call(self.client.hkeys, self.progress_key(job))}
 
     def _upsert_call(
         self, mode: str, groups: Sequence[tuple[int, Sequence[str], np.ndarray, Sequence[str]]], **options
@@ -306,6 +335,7 @@ class RedisStore:
         progress = options.get("progress")
         keys = self._keys() + ([self.progress_key(progress[0])] if progress else [])
         args: list = [mode, options.get("feed_length") or FEED_LENGTH, "" if progress is None else progress[1]]
+        args.append(self.generation)
         for side, ids, records, metadata in groups:
             if len(ids):
                 args += [side, msgpack.packb(list(ids)), records.tobytes(), msgpack.packb(list(metadata))]
@@ -313,18 +343,12 @@ class RedisStore:
         seq, first, previous = self._call(self._upsert, keys=keys, args=args)
         return seq, first, msgpack.unpackb(previous, raw=True)
 
-    def write(self, groups: Sequence[Group], progress: tuple[str, int] | None = None, feed_length: int = 0) -> Change:
+    def write(self, groups: Sequence[Group]) -> Change:
         """Write a batch of one or both modalities in one atomic script, all of it or nothing, and append
         it to the change feed as one entry; returns the change as every follower of the feed will apply
         it. Labels are allocated by the script, so label order is feed order. Refused while a re-bucket
-        runs. ``progress`` (job, chunk) marks a chunk of an import done in the same script;
-        ``feed_length`` overrides :data:`FEED_LENGTH` (an import's entries are chunks, not batches)."""
-        seq, first, previous = self._upsert_call(
-            "write",
-            [(MODALITIES.index(g.modality), g.ids, records(g.buckets, g.codes), g.metadata) for g in groups],
-            progress=progress,
-            feed_length=feed_length,
-        )
+        runs, and with :class:`GenerationMovedError` once this generation is no longer the active one."""
+        seq, first, previous = self._upsert_call("write", [_arguments(group) for group in groups])
         items = []
         for group in groups:
             now = zip(group.ids, group.buckets.tolist(), group.codes, group.metadata, strict=True)
@@ -333,6 +357,12 @@ class RedisStore:
                 items.append(ChangedItem(group.modality, item, (bucket, first + row, code.tobytes()), meta,
                                          _header(previous[row])))  # fmt: skip
         return Change(seq, items)
+
+    def write_chunk(self, group: Group, job: str, chunk: str, feed_length: int) -> int:
+        """:meth:`write` for a chunk of an import: the same script, which also marks ``chunk`` done in
+        ``job``'s progress hash; the feed keeps about ``feed_length`` entries (chunks, not batches).
+        Returns the chunk's feed entry number; no :class:`Change` is built (nobody here applies it)."""
+        return self._upsert_call("write", [_arguments(group)], progress=(job, chunk), feed_length=feed_length)[0]
 
     def copy(
         self,

@@ -7,6 +7,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from index.engine import Hit
+from index.store import ID_MAX_CHARS, ID_PATTERN
 
 Modality = Literal["image", "text"]
 # A 2×2 red PNG: the image example of the docs, one that a client can send as it is.
@@ -20,7 +21,7 @@ Probe = Annotated[
         "omitted → default"
     ),
 ]
-ItemId = Field(min_length=1, max_length=256, pattern=r"^[^\s]+$", examples=["animals/birds/robin_01"])
+ItemId = Field(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN, examples=["animals/birds/robin_01"])
 
 
 class Filter(BaseModel):
