@@ -4,13 +4,16 @@ import beside a raw Redis pipeline writing the same keys, all in one run on one 
 
     python -m bench.ingest_bench --batches 20 --import-items 1000000
 
-Batch endpoint: ``python -m service`` (one worker, the default bundle, ``XMHASH_MAX_BATCH_ITEMS`` 1,000)
-receives ``--batches`` batches of 1,000 feature items of ``--modality`` (random vectors, numbers written
-with 3 decimals as bench/http_bench.py does) from one client sending them back to back, bodies built
-before the clock starts. Rows: this checkout with a JSON body and with a msgpack body (float32 bytes),
-and the baseline, *today's path*: the same service and the same JSON bodies run from the tree of
-``--baseline-ref`` (default ``main``, exported with ``git archive`` into a temporary directory, with this
-checkout's built files that git does not hold: the featurizer graphs and the C scan kernel).
+Batch endpoint: three ``python -m service`` processes (one worker each, the default bundle,
+``XMHASH_MAX_BATCH_ITEMS`` 1,000) each receive ``--batches`` batches of 1,000 feature items of
+``--modality`` (random vectors, numbers written with 3 decimals as bench/http_bench.py does), bodies built
+before the clock starts, sent in rounds to the three in turn (a round: ``--clients`` batches at once, on
+as many connections, to one service; rows take turns, so a busy machine slows every row alike); items/s
+from each row's median round time. Rows: this checkout with a JSON body and with a
+msgpack body (float32 bytes), and the baseline, *today's path*: the same service and the same kind of
+JSON bodies run from the tree of ``--baseline-ref`` (default ``main``, exported with ``git archive`` into
+a temporary directory, with this checkout's built files that git does not hold: the featurizer graphs
+and the C scan kernel).
 
 Bulk import: ``--import-items`` random packed codes (.npy) with a JSON-lines sidecar, imported by
 ``index.bulk_import.import_files`` (chunks of ``--chunk``); then the same number of text feature vectors
@@ -34,6 +37,7 @@ import tarfile
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgpack
@@ -111,40 +115,56 @@ def bodies(modality: str, dim: int, batches: int, binary: bool, prefix: str) -> 
     return out
 
 
-def post_all(port: int, payloads: list[bytes], content_type: str) -> dict:
-    """Send the bodies back to back on one connection; items/s over the whole run."""
+def post(port: int, body: bytes, content_type: str) -> float:
+    """Send one batch on a fresh connection; seconds until its answer (every item stored) arrived."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-    headers = {"content-type": content_type, "X-API-Key": KEY}
-    started = time.perf_counter()
-    for body in payloads:
-        connection.request("POST", "/v1/items:batch", body, headers)
+    try:
+        started = time.perf_counter()
+        connection.request("POST", "/v1/items:batch", body, {"content-type": content_type, "X-API-Key": KEY})
         response = connection.getresponse()
         answer = json.loads(response.read())
-        assert response.status == 200 and answer["stored"] == BATCH, (response.status, str(answer)[:300])
-    seconds = time.perf_counter() - started
-    connection.close()
-    return {
-        "items_per_s": round(len(payloads) * BATCH / seconds),
-        "batches": len(payloads),
-        "body_mb": round(len(payloads[0]) / 1e6, 2),
-    }
+        seconds = time.perf_counter() - started
+    finally:
+        connection.close()
+    assert response.status == 200 and answer["stored"] == BATCH, (response.status, str(answer)[:300])
+    return seconds
 
 
 def batch_rows(args, server: RedisServer, dim: int, tmp: Path) -> dict:
+    """The three services side by side, batches sent in turn (baseline, JSON, msgpack, baseline, …), so
+    that a busy machine slows every row alike; items/s from each row's median batch time."""
     trees = {"baseline_json": baseline_tree(args.baseline_ref, tmp), "json": ROOT, "msgpack": ROOT}
+    kinds = {name: "application/msgpack" if name == "msgpack" else "application/json" for name in trees}
+    count = (args.batches + 1) * args.clients
+    payloads = {name: bodies(args.modality, dim, count, name == "msgpack", f"{name}-") for name in trees}
+    services = {}
+    try:
+        for name, tree in trees.items():
+            services[name] = start_service(tree, server.url, f"bench-{name}")
+        times: dict[str, list[float]] = {name: [] for name in trees}
+        with ThreadPoolExecutor(args.clients) as clients:
+            for round_ in range(args.batches + 1):  # round 0 warms up
+                for name, (_, port) in services.items():
+                    sent = payloads[name][round_ * args.clients : (round_ + 1) * args.clients]
+                    started = time.perf_counter()
+                    list(clients.map(lambda body, port=port, name=name: post(port, body, kinds[name]), sent))
+                    if round_:
+                        times[name].append(time.perf_counter() - started)
+    finally:
+        for process, _ in services.values():
+            process.terminate()
+            process.wait(60)
     rows = {}
-    for name, tree in trees.items():
-        binary = name == "msgpack"
-        payloads = bodies(args.modality, dim, args.batches, binary, f"{name}-")
-        service, port = start_service(tree, server.url, f"bench-{name}")
-        try:
-            post_all(port, payloads[:1], "application/msgpack" if binary else "application/json")  # warm-up
-            rows[name] = post_all(port, payloads[1:], "application/msgpack" if binary else "application/json")
-        finally:
-            service.terminate()
-            service.wait(60)
-        baseline = rows["baseline_json"]["items_per_s"]
-        rows[name]["vs_baseline"] = round(rows[name]["items_per_s"] / baseline, 2)
+    for name, seconds in times.items():
+        rows[name] = {
+            "items_per_s": round(args.clients * BATCH / float(np.median(seconds))),
+            "round_ms_p50": round(1e3 * float(np.median(seconds)), 1),
+            "round_ms_min": round(1e3 * min(seconds), 1),
+            "batches": len(seconds) * args.clients,
+            "clients": args.clients,
+            "body_mb": round(len(payloads[name][0]) / 1e6, 2),
+        }
+        rows[name]["vs_baseline"] = round(rows[name]["items_per_s"] / rows["baseline_json"]["items_per_s"], 2)
         print(
             f"batch endpoint, {name} ({args.modality} features, {BATCH} per batch):", json.dumps(rows[name]), flush=True
         )
@@ -208,6 +228,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, default=20, help="batches of 1,000 per endpoint row (+1 warm-up)")
     parser.add_argument("--modality", choices=["text", "image"], default="text")
+    parser.add_argument("--clients", type=int, default=1, help="batches in flight at once per row")
     parser.add_argument("--baseline-ref", default="main", help="git ref whose tree is today's path")
     parser.add_argument("--import-items", type=int, default=1_000_000)
     parser.add_argument("--feature-items", type=int, default=0, help="feature vectors to import (0: --import-items)")
