@@ -1,18 +1,28 @@
-"""``python -m index``: inspect an index, or re-bucket it with new centers (atomic swap).
+"""``python -m index``: inspect an index, re-bucket it with new centers (atomic swap), or bulk-import items.
 
 python -m index stats    --redis-url redis://… --index default --bundle models/default
 python -m index rebucket --redis-url redis://… --index default --bundle models/default --buckets 256
+python -m index import   FILE [FILE …] --modality image --redis-url redis://… --index default --bundle models/default
+
+import: FILE is a .npy, or a .npz with one array named features or codes (feature vectors, encoded with
+the bundle, or packed uint8 codes); FILE's stem + .jsonl holds one {"id": …, "metadata": {…}} per row.
+Written in atomic chunks; a re-run of the same command resumes (index/bulk_import.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import sys
+from pathlib import Path
 
 import redis
 
+from index.bulk_import import DEFAULT_CHUNK, import_files, open_store
 from index.bundle import load_bundle
 from index.engine import HashIndex
+from index.errors import IndexInputError, StoreUnavailableError
 from index.rebuild import rebucket
 from index.store import RedisStore
 
@@ -20,15 +30,22 @@ from index.store import RedisStore
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m index", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("command", choices=["stats", "rebucket"])
+    parser.add_argument("command", choices=["stats", "rebucket", "import"])
+    parser.add_argument("files", nargs="*", type=Path, help="import: .npy/.npz files")
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--index", default="default", help="index name (the service's XMHASH_INDEX_NAME)")
     parser.add_argument("--bundle", required=True, help="bundle directory whose code space the index holds")
     parser.add_argument("--buckets", type=int, default=256, help="rebucket: number of centers")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--modality", choices=["image", "text"], help="import: the items' modality")
+    parser.add_argument("--sidecar", type=Path, help="import: ids and metadata of a single FILE (default FILE.jsonl)")
+    parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="import: items per atomic write")
+    parser.add_argument("--no-progress", action="store_true", help="import: no progress bar")
     args = parser.parse_args()
     bundle = load_bundle(args.bundle)
     client = redis.Redis.from_url(args.redis_url)
+    if args.command == "import":
+        sys.exit(_import(args, bundle, client))
     if args.command == "rebucket":
         summary = rebucket(RedisStore(client, args.index, bundle.bundle_id), bundle.bits, args.buckets, args.seed)
         print(json.dumps(summary, indent=2))
@@ -37,6 +54,26 @@ def main() -> None:
     stats = index.stats()
     stats["bucket_sizes"] = {m: {"min": min(s), "max": max(s)} for m, s in stats["bucket_sizes"].items()}
     print(json.dumps(stats, indent=2))
+
+
+def _import(args: argparse.Namespace, bundle, client: redis.Redis) -> int:
+    """Run an import; a clear message and status 1 when it stops (bad input, Redis unavailable)."""
+    if not args.files or args.modality is None:
+        print("import needs FILE … and --modality", file=sys.stderr)
+        return 2
+    try:
+        store = open_store(client, args.index, bundle)
+        summary = import_files(store, bundle, args.modality, args.files, sidecar=args.sidecar, chunk=args.chunk,
+                               progress=not args.no_progress)  # fmt: skip
+    except IndexInputError as exc:
+        print(f"import refused: {exc}", file=sys.stderr)
+        return 1
+    except StoreUnavailableError as exc:
+        print(f"import stopped: {exc}. The chunks written so far are kept; run the same command again to "
+              "resume with the rest.", file=sys.stderr)  # fmt: skip
+        return 1
+    print(json.dumps(dataclasses.asdict(summary)))
+    return 0
 
 
 if __name__ == "__main__":

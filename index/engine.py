@@ -166,13 +166,7 @@ class HashIndex:
     ) -> HashIndex:
         """Attach to Redis and load the active generation; a new index starts generation 0 with these
         centers (a re-bucketed one keeps the centers it was re-bucketed with)."""
-        store = RedisStore(client, index_name, bundle_id)
-        active = store.active_generation()
-        if active is None:
-            store.save_centers(centers, centers_version)
-            store.activate()
-        else:
-            store = store.at(active)
+        store = RedisStore(client, index_name, bundle_id).open_active(centers, centers_version)
         return cls(bits, Generation.load(store, bits))
 
     def start_following(self, refresh_seconds: float) -> None:

@@ -17,5 +17,9 @@ class StoreUnavailableError(RuntimeError):
     """Redis cannot be reached or refused the write: a 503; the write was not acknowledged."""
 
 
+class GenerationMovedError(StoreUnavailableError):
+    """A write aimed at a generation that a re-bucket replaced: nothing was written; retry on the new one."""
+
+
 class FeedGapError(RuntimeError):
     """Changes a process has not applied were trimmed from the change feed: it must reload from Redis."""

@@ -35,69 +35,115 @@ import msgpack
 import numpy as np
 import redis
 
-from index.errors import FeedGapError, ModalityConflictError, StoreUnavailableError
+from index.errors import FeedGapError, GenerationMovedError, ModalityConflictError, StoreUnavailableError
 
 MODALITIES = ("image", "text")
 FEED_LENGTH = 1000  # change-feed entries Redis keeps (approximately: MAXLEN ~)
+ID_MAX_CHARS = 256  # an item id: 1 to 256 characters, no whitespace (it is a URL path segment of the API)
+ID_PATTERN = r"^[^\s]+$"
 _HEADER = struct.Struct(">IQ")  # bucket, label
 _READ_CHUNK = 10_000  # ids per HMGET when reading a whole modality: few round trips, no long block of Redis
 _SCAN_COUNT = 10_000  # SCAN/HSCAN's per-step hint, for the same reason
 _FEED_READ = 500  # feed entries per XRANGE/XREAD: half a feed, so a catch-up takes a few reads at most
 
 # KEYS: items, meta, counts of the image modality; the same of the text modality; the rebuild flag;
-#       next_label; seq; feed.
-# ARGV: mode, n, feed length, then per item: side (0 image, 1 text), id, value, metadata.
-#   'write': value = bucket (u32 BE) · code. Labels are allocated here and put after the bucket; the batch
-#            is appended to the feed; refused while a re-bucket runs. Returns {seq, first label, previous…}.
-#   'copy':  value = bucket · label (u64 BE) · code, kept as given; next_label is raised past them and
-#            nothing is appended to the feed. Returns {0, 0, previous…}.
-# previous: each id's former bucket · label (12 bytes), or '' when it was new.
+#       next_label; seq; feed; the active-generation key; with a progress field, the progress hash of an import.
+# ARGV: mode, feed length, progress field ('' for none), generation, then per modality group five arguments: side (0
+#       image, 1 text), ids (a msgpack array), records (one string: a fixed-size record per id), metadata (a
+#       msgpack array of JSON texts), record size. Compact on purpose: a batch is a handful of arguments
+#       whatever its size, so neither redis-py nor Redis spends time per argument.
+#   'write': record = bucket (u32 BE) · code. Labels are allocated here and put after the bucket; the batch
+#            is appended to the feed as one entry; refused while a re-bucket runs, and when the generation
+#            is no longer the active one (a re-bucket ended: the writer's centers and keys are stale).
+#   'copy':  record = bucket · label (u64 BE) · code, kept as given; next_label is raised past them and
+#            nothing is appended to the feed.
+# Ids are read and written with one HMGET/HSET per slice of SLICE ids (Lua's unpack is bounded), counts
+# with one HINCRBY per bucket touched. With a progress field, HSET progress field seq in the same script,
+# so a chunk of an import is marked done exactly when its items are written.
+# Returns {seq, first label, previous}: seq and first label 0 for 'copy'; previous a msgpack array with
+# each id's former bucket · label (12 bytes), or '' when it was new.
 _UPSERT = """
 local write = ARGV[1] == 'write'
 if write and redis.call('EXISTS', KEYS[7]) == 1 then
   return redis.error_reply('REBUILDING')
 end
-local n = tonumber(ARGV[2])
-for i = 0, n - 1 do
-  local other = (1 - tonumber(ARGV[4 + 4 * i])) * 3 + 1
-  if redis.call('HEXISTS', KEYS[other], ARGV[5 + 4 * i]) == 1 then
-    return redis.error_reply('CONFLICT ' .. ARGV[5 + 4 * i])
+if write and redis.call('GET', KEYS[11]) ~= ARGV[4] then
+  return redis.error_reply('GENERATION')
+end
+local SLICE = 1000
+local groups, n = {}, 0
+for g = 5, #ARGV, 5 do
+  local group = {side = tonumber(ARGV[g]), ids = cmsgpack.unpack(ARGV[g + 1]), records = ARGV[g + 2],
+                 meta = cmsgpack.unpack(ARGV[g + 3]), size = tonumber(ARGV[g + 4])}
+  groups[#groups + 1] = group
+  n = n + #group.ids
+end
+local function hmget(key, ids)
+  local out = {}
+  for s = 1, #ids, SLICE do
+    local part = redis.call('HMGET', key, unpack(ids, s, math.min(s + SLICE - 1, #ids)))
+    for i = 1, #part do out[s + i - 1] = part[i] end
+  end
+  return out
+end
+local function hset(key, pairs_)
+  for s = 1, #pairs_, 2 * SLICE do
+    redis.call('HSET', key, unpack(pairs_, s, math.min(s + 2 * SLICE - 1, #pairs_)))
+  end
+end
+for _, group in ipairs(groups) do
+  local held = hmget(KEYS[(1 - group.side) * 3 + 1], group.ids)
+  for i = 1, #group.ids do
+    if held[i] then return redis.error_reply('CONFLICT ' .. group.ids[i]) end
   end
 end
 local first, last = 0, 0
 if write then
   first = redis.call('INCRBY', KEYS[8], n) - n + 1
 end
-local out, changed = {0, first}, {}
-for i = 0, n - 1 do
-  local side = tonumber(ARGV[4 + 4 * i])
-  local base = side * 3
-  local id, value, meta = ARGV[5 + 4 * i], ARGV[6 + 4 * i], ARGV[7 + 4 * i]
-  if write then
-    value = string.sub(value, 1, 4) .. struct.pack('>I8', first + i) .. string.sub(value, 5)
-  else
-    local label = struct.unpack('>I8', value, 5)
-    last = math.max(last, label)
+local previous, changed, row = {}, {}, 0
+for _, group in ipairs(groups) do
+  local base, size, ids, meta = group.side * 3, group.size, group.ids, group.meta
+  local old = hmget(KEYS[base + 1], ids)
+  local delta, values, metas = {}, {}, {}
+  for i = 1, #ids do
+    local value = string.sub(group.records, (i - 1) * size + 1, i * size)
+    if write then
+      value = string.sub(value, 1, 4) .. struct.pack('>I8', first + row) .. string.sub(value, 5)
+    else
+      last = math.max(last, (struct.unpack('>I8', value, 5)))
+    end
+    local bucket = struct.unpack('>I4', value)
+    delta[bucket] = (delta[bucket] or 0) + 1
+    local before = ''
+    if old[i] then
+      local was = struct.unpack('>I4', old[i])
+      delta[was] = (delta[was] or 0) - 1
+      before = string.sub(old[i], 1, 12)
+    end
+    row = row + 1
+    previous[row] = before
+    values[2 * i - 1], values[2 * i] = ids[i], value
+    metas[2 * i - 1], metas[2 * i] = ids[i], meta[i]
+    changed[row] = {group.side, ids[i], value, meta[i], before}
   end
-  local old = redis.call('HGET', KEYS[base + 1], id)
-  local previous = ''
-  if old then
-    redis.call('HINCRBY', KEYS[base + 3], struct.unpack('>I4', old), -1)
-    previous = string.sub(old, 1, 12)
+  hset(KEYS[base + 1], values)
+  hset(KEYS[base + 2], metas)
+  for bucket, d in pairs(delta) do
+    if d ~= 0 then redis.call('HINCRBY', KEYS[base + 3], bucket, d) end
   end
-  redis.call('HSET', KEYS[base + 1], id, value)
-  redis.call('HSET', KEYS[base + 2], id, meta)
-  redis.call('HINCRBY', KEYS[base + 3], struct.unpack('>I4', value), 1)
-  out[i + 3] = previous
-  changed[i + 1] = {side, id, value, meta, previous}
 end
+local seq = 0
 if write then
-  out[1] = redis.call('INCR', KEYS[9])
-  redis.call('XADD', KEYS[10], 'MAXLEN', '~', ARGV[3], out[1] .. '-0', 'items', cmsgpack.pack(changed))
+  seq = redis.call('INCR', KEYS[9])
+  redis.call('XADD', KEYS[10], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'items', cmsgpack.pack(changed))
 elseif last > tonumber(redis.call('GET', KEYS[8]) or '0') then
   redis.call('SET', KEYS[8], last)
 end
-return out
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[12], ARGV[3], seq)
+end
+return {seq, first, cmsgpack.pack(previous)}
 """
 
 # KEYS: items, meta, counts of the item's modality; the rebuild flag; seq; feed.
@@ -117,6 +163,27 @@ local changed = {{tonumber(ARGV[2]), ARGV[1], '', '', previous}}
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'items', cmsgpack.pack(changed))
 return {seq, previous}
 """
+
+
+# KEYS: items of the image modality, items of the text modality. ARGV: ids (a msgpack array).
+# Returns one byte per id: 0 absent, 1 image, 2 text (the SLICE-wise HMGETs as in the upsert).
+_MODALITIES = """
+local ids = cmsgpack.unpack(ARGV[1])
+local out = {}
+for i = 1, #ids do out[i] = 0 end
+for side = 1, 2 do
+  for s = 1, #ids, 1000 do
+    local part = redis.call('HMGET', KEYS[side], unpack(ids, s, math.min(s + 999, #ids)))
+    for i = 1, #part do
+      if part[i] then out[s + i - 1] = side end
+    end
+  end
+end
+local bytes = {}
+for i = 1, #ids do bytes[i] = string.char(out[i]) end
+return table.concat(bytes)
+"""
+_STORED_AS = (None, *MODALITIES)  # by the byte _MODALITIES answers
 
 
 @dataclass(frozen=True)
@@ -189,6 +256,19 @@ def _decode_feed(entries: list) -> list[Change]:
     ]
 
 
+def records(buckets: np.ndarray, codes: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    """The upsert script's fixed-size records, one row per item: bucket (u32 BE), [label (u64 BE),] code."""
+    parts = [np.asarray(buckets, dtype=">u4").reshape(-1, 1).view(np.uint8)]
+    if labels is not None:
+        parts.append(np.asarray(labels, dtype=">u8").reshape(-1, 1).view(np.uint8))
+    parts.append(np.asarray(codes, dtype=np.uint8).reshape(len(parts[0]), -1))
+    return np.concatenate(parts, axis=1)
+
+
+def _arguments(group: Group) -> tuple[int, Sequence[str], np.ndarray, Sequence[str]]:
+    return MODALITIES.index(group.modality), group.ids, records(group.buckets, group.codes), group.metadata
+
+
 class RedisStore:
     """Items, counts, centers and the change feed of one index under one bundle, in Redis."""
 
@@ -200,6 +280,7 @@ class RedisStore:
         self.rebuild_key = self.base + "rebuilding"
         self._upsert = client.register_script(_UPSERT)
         self._delete = client.register_script(_DELETE)
+        self._modalities = client.register_script(_MODALITIES)
 
     def at(self, generation: int) -> RedisStore:
         """The same index and bundle, another generation."""
@@ -208,6 +289,16 @@ class RedisStore:
     def active_generation(self) -> int | None:
         value = self._call(self.client.get, self.base + "active")
         return None if value is None else int(value)
+
+    def open_active(self, centers: np.ndarray, centers_version: str) -> RedisStore:
+        """The active generation of this index; a new index starts generation 0 with these centers (a
+        re-bucketed one keeps the centers it was re-bucketed with)."""
+        active = self.active_generation()
+        if active is not None:
+            return self.at(active)
+        self.save_centers(centers, centers_version)
+        self.activate()
+        return self
 
     def activate(self) -> None:
         """Make this generation the one readers use: one SET, so the switch is atomic."""
@@ -231,33 +322,69 @@ class RedisStore:
                 raise ModalityConflictError(f"id {item!r} is already stored as another modality") from exc
             if str(exc).startswith("REBUILDING"):
                 raise StoreUnavailableError("the index is being re-bucketed: writes resume when it ends") from exc
+            if str(exc).startswith("GENERATION"):
+                raise GenerationMovedError("the index was re-bucketed meanwhile: nothing written, retry") from exc
             raise StoreUnavailableError(f"Redis refused the operation: {exc}") from exc
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
 
     def _keys(self) -> list[str]:
-        """The upsert script's KEYS."""
+        """The upsert script's KEYS, without the progress hash."""
         keys = [self.key(f"{kind}:{m}") for m in MODALITIES for kind in ("items", "meta", "counts")]
-        return [*keys, self.rebuild_key, self.key("next_label"), self.key("seq"), self.key("feed")]
+        return [
+            *keys,
+            self.rebuild_key,
+            self.key("next_label"),
+            self.key("seq"),
+            self.key("feed"),
+            self.base + "active",
+        ]
+
+    def progress_key(self, job: str) -> str:
+        """The hash of an import's done chunks (chunk number → the feed entry that wrote it). Under the
+        bundle, not the generation: a re-bucket copies a done chunk's items, so it stays done."""
+        return f"{self.base}import:{job}"
+
+    def done_chunks(self, job: str) -> set[str]:
+        """The chunks of an import already written (each marked by the script that wrote it)."""
+        return {chunk.decode() for chunk in self._call(self.client.hkeys, self.progress_key(job))}
+
+    def _upsert_call(
+        self, mode: str, groups: Sequence[tuple[int, Sequence[str], np.ndarray, Sequence[str]]], **options
+    ) -> tuple[int, int, list[bytes]]:
+        """Run the upsert script on (side, ids, records, metadata) groups; ``feed_length`` and ``progress``
+        (job, chunk) are optional. Returns (seq, first label, previous values)."""
+        progress = options.get("progress")
+        keys = self._keys() + ([self.progress_key(progress[0])] if progress else [])
+        args: list = [mode, options.get("feed_length") or FEED_LENGTH, "" if progress is None else progress[1]]
+        args.append(self.generation)
+        for side, ids, records, metadata in groups:
+            if len(ids):
+                args += [side, msgpack.packb(list(ids)), records.tobytes(), msgpack.packb(list(metadata))]
+                args.append(records.shape[1])
+        seq, first, previous = self._call(self._upsert, keys=keys, args=args)
+        return seq, first, msgpack.unpackb(previous, raw=True)
 
     def write(self, groups: Sequence[Group]) -> Change:
         """Write a batch of one or both modalities in one atomic script, all of it or nothing, and append
-        it to the change feed; returns the change as every follower of the feed will apply it. Labels
-        are allocated by the script, so label order is feed order. Refused while a re-bucket runs."""
-        rows = [
-            (group.modality, item, int(bucket), code.tobytes(), meta)
-            for group in groups
-            for item, bucket, code, meta in zip(group.ids, group.buckets, group.codes, group.metadata, strict=True)
-        ]
-        args: list = ["write", len(rows), FEED_LENGTH]
-        for modality, item, bucket, code, meta in rows:
-            args += [MODALITIES.index(modality), item, struct.pack(">I", bucket) + code, meta]
-        seq, first, *previous = self._call(self._upsert, keys=self._keys(), args=args)
-        items = [
-            ChangedItem(modality, item, (bucket, first + row, code), meta, _header(previous[row]))
-            for row, (modality, item, bucket, code, meta) in enumerate(rows)
-        ]
+        it to the change feed as one entry; returns the change as every follower of the feed will apply
+        it. Labels are allocated by the script, so label order is feed order. Refused while a re-bucket
+        runs, and with :class:`GenerationMovedError` once this generation is no longer the active one."""
+        seq, first, previous = self._upsert_call("write", [_arguments(group) for group in groups])
+        items = []
+        for group in groups:
+            now = zip(group.ids, group.buckets.tolist(), group.codes, group.metadata, strict=True)
+            for item, bucket, code, meta in now:
+                row = len(items)
+                items.append(ChangedItem(group.modality, item, (bucket, first + row, code.tobytes()), meta,
+                                         _header(previous[row])))  # fmt: skip
         return Change(seq, items)
+
+    def write_chunk(self, group: Group, job: str, chunk: str, feed_length: int) -> int:
+        """:meth:`write` for a chunk of an import: the same script, which also marks ``chunk`` done in
+        ``job``'s progress hash; the feed keeps about ``feed_length`` entries (chunks, not batches).
+        Returns the chunk's feed entry number; no :class:`Change` is built (nobody here applies it)."""
+        return self._upsert_call("write", [_arguments(group)], progress=(job, chunk), feed_length=feed_length)[0]
 
     def copy(
         self,
@@ -272,11 +399,8 @@ class RedisStore:
         follows yet (a re-bucket's next generation, allowed while it runs) and for preloading a
         benchmark's database before any service starts. Processes following the feed do not see these
         items until they load the generation again."""
-        args: list = ["copy", len(ids), FEED_LENGTH]
-        side = MODALITIES.index(modality)
-        for item, bucket, label, code, meta in zip(ids, buckets, labels, codes, metadata, strict=True):
-            args += [side, item, _HEADER.pack(int(bucket), int(label)) + code.tobytes(), meta]
-        self._call(self._upsert, keys=self._keys(), args=args)
+        group = (MODALITIES.index(modality), ids, records(buckets, codes, labels), metadata)
+        self._upsert_call("copy", [group])
 
     def delete(self, modality: str, item: str) -> Change | None:
         """Delete an item and append that to the feed; None when it was absent."""
@@ -315,17 +439,13 @@ class RedisStore:
         return _decode_feed(found[0][1]) if found else []
 
     def modalities_of(self, items: Sequence[str]) -> dict[str, str | None]:
-        """The modality each id is stored under (None when absent), in one round trip."""
+        """The modality each id is stored under (None when absent), in one round trip: a script answers
+        one byte per id (a batch's thousand ids are one string to parse, not two thousand replies)."""
         if not items:
             return {}
-        pipe = self.client.pipeline(transaction=False)
-        for modality in MODALITIES:
-            pipe.hmget(self.key(f"items:{modality}"), list(items))
-        found = self._call(pipe.execute)
-        return {
-            item: next((m for m, values in zip(MODALITIES, found, strict=True) if values[i] is not None), None)
-            for i, item in enumerate(items)
-        }
+        keys = [self.key(f"items:{modality}") for modality in MODALITIES]
+        found = self._call(self._modalities, keys=keys, args=[msgpack.packb(list(items))])
+        return {item: _STORED_AS[side] for item, side in zip(items, found, strict=True)}
 
     def modality_of(self, item: str) -> str | None:
         return self.modalities_of([item])[item]

@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from service.schemas import ItemIn
+from service.schemas import BinaryItemIn, ItemIn
 from service.settings import Settings
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -65,7 +65,8 @@ def _model_limits(
             properties["image_base64"]["format"] = IMAGE_BASE64_FORMAT
         if "contentMediaType" in properties.get("image", {}):  # an uploaded file
             properties["image"].update(minLength=1, format=IMAGE_FILE_FORMAT)
-    components["ItemIn"] = ItemIn.model_json_schema(ref_template="#/components/schemas/{model}")
+    for model in (ItemIn, BinaryItemIn):
+        components[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
 
 
 def _unreadable_bodies(schema: dict) -> None:

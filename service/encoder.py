@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 
 import numpy as np
 
 from index.bundle import Bundle
 from index.bundle.featurizers import ImageDecodeError
+
+FLOAT32_BYTES = 4  # a binary feature vector's bytes per number
 
 
 class EncodeError(ValueError):
@@ -34,16 +37,43 @@ class Encoder:
     def accepts_raw_images(self) -> bool:
         return self.bundle.image_featurizer is not None
 
-    def features(self, modality: str, vector: list[float] | np.ndarray) -> np.ndarray:
-        x = np.asarray(vector, dtype=np.float64)
+    def features(self, modality: str, vector: Sequence[float] | bytes) -> np.ndarray:
+        """One feature vector (numbers, or float32 bytes) → (1, d) float32; EncodeError naming the problem."""
+        x, errors = self.feature_rows(modality, [vector])
+        if errors:
+            raise EncodeError(errors[0])
+        return x
+
+    def feature_rows(self, modality: str, rows: Sequence[Sequence[float] | bytes]) -> tuple[np.ndarray, dict[int, str]]:
+        """Feature vectors of one modality, each a list of numbers or float32 little-endian bytes, as one
+        float32 array (n, d), converted and checked for the whole lot at once (a batch's thousand vectors
+        cost one numpy conversion, not a thousand). A row that is no usable vector is zero in the array,
+        and its problem is in the errors, by row."""
         expected = self.bundle.input_dim(modality)
-        if x.ndim != 1 or x.shape[0] != expected:
-            raise EncodeError(f"{modality} features must be a list of {expected} numbers, got {x.shape[0]}")
-        with np.errstate(over="ignore"):
-            x32 = x.astype(np.float32)  # the hash function's input type; checked after the cast, which
-        if not np.isfinite(x32).all():  # turns numbers beyond float32's range into infinity
-            raise EncodeError(f"{modality} features contain NaN, infinity or numbers beyond float32's range")
-        return x32[None, :]
+        errors: dict[int, str] = {}
+        for row, vector in enumerate(rows):
+            if isinstance(vector, bytes) and len(vector) != FLOAT32_BYTES * expected:
+                errors[row] = (
+                    f"{modality} features must be {FLOAT32_BYTES * expected} bytes ({expected} float32, "
+                    f"little-endian), got {len(vector)}"
+                )
+            elif not isinstance(vector, bytes) and len(vector) != expected:
+                errors[row] = f"{modality} features must be a list of {expected} numbers, got {len(vector)}"
+        x = np.zeros((len(rows), expected), dtype=np.float32)
+        binary = [row for row, vector in enumerate(rows) if row not in errors and isinstance(vector, bytes)]
+        numbers = [row for row, vector in enumerate(rows) if row not in errors and not isinstance(vector, bytes)]
+        if binary:
+            x[binary] = np.frombuffer(b"".join(rows[row] for row in binary), dtype="<f4").reshape(len(binary), -1)
+        if numbers:
+            # float32 is the hash function's input type; checked after the cast, which turns numbers
+            # beyond float32's range into infinity
+            with np.errstate(over="ignore"):
+                x[numbers] = np.array([rows[row] for row in numbers], dtype=np.float64)
+        finite = np.isfinite(x).all(axis=1)
+        for row in np.flatnonzero(~finite).tolist():
+            errors[row] = f"{modality} features contain NaN, infinity or numbers beyond float32's range"
+            x[row] = 0
+        return x, errors
 
     def text_features(self, text: str, require_known_words: bool) -> np.ndarray:
         if not self.accepts_raw_text:

@@ -1,7 +1,13 @@
-"""Batch ingestion: validate and featurize each item on its own, then store the good ones at once.
+"""Batch ingestion: validate every item, encode the good ones per modality at once, store them together.
 
 An item that fails validation or encoding is rejected with its reason and never reaches the index;
 the accepted items are written in one atomic index batch (all acknowledged together, or none).
+
+The work runs over the whole batch wherever it can, which is what makes a batch of 1,000 feature items
+cost a few tens of milliseconds (docs/ingestion.md): one pydantic call validates every item (each item
+is validated again on its own only when some failed, for its message), the feature vectors of a
+modality are converted and checked as one array, one ONNX call per modality encodes them, and one
+script call stores the batch. Raw text and images are featurized one by one, as before.
 """
 
 from __future__ import annotations
@@ -9,13 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from index.engine import MODALITIES, Item
 from service import thumbnails
 from service.encoder import EncodeError, Encoder
 from service.runtime import Model, Runtime
-from service.schemas import BatchResponse, ItemIn, ItemResult
+from service.schemas import BatchResponse, BinaryItemIn, ItemIn, ItemResult
+
+_BATCHES = {model: TypeAdapter(list[model]) for model in (ItemIn, BinaryItemIn)}  # one validation per batch
 
 
 @dataclass(frozen=True)
@@ -24,21 +32,6 @@ class Prepared:
     modality: str
     features: np.ndarray  # (d,) float32
     metadata: dict
-
-
-def _features(encoder: Encoder, item: ItemIn) -> np.ndarray:
-    given = [name for name in ("text", "image_base64", "features") if getattr(item, name) is not None]
-    if len(given) != 1:
-        raise EncodeError("give exactly one of 'text', 'image_base64' or 'features'")
-    if item.features is not None:
-        return encoder.features(item.modality, item.features)[0]
-    if item.text is not None:
-        if item.modality != "text":
-            raise EncodeError("'text' is the input of a text item")
-        return encoder.text_features(item.text, require_known_words=False)[0]
-    if item.modality != "image":
-        raise EncodeError("'image_base64' is the input of an image item")
-    return encoder.image_features(encoder.decode_base64(item.image_base64))[0]
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -57,8 +50,61 @@ def _validation_message(exc: ValidationError) -> str:
     )
 
 
+def _validated(raw_items: list[dict], model: type[ItemIn]) -> list[ItemIn | str]:
+    """Each item validated, or its problem: the whole batch in one call; when some item fails, each item
+    on its own, so that every bad one gets its own message and the others still go through."""
+    try:
+        return _BATCHES[model].validate_python(raw_items)
+    except ValidationError:
+        pass
+    validated: list[ItemIn | str] = []
+    for raw in raw_items:
+        try:
+            validated.append(model.model_validate(raw))
+        except ValidationError as exc:
+            validated.append(_validation_message(exc))
+    return validated
+
+
+def _raw_features(encoder: Encoder, item: ItemIn) -> np.ndarray:
+    """The features of an item given as raw text or a raw image."""
+    if item.text is not None:
+        if item.modality != "text":
+            raise EncodeError("'text' is the input of a text item")
+        return encoder.text_features(item.text, require_known_words=False)[0]
+    if item.modality != "image":
+        raise EncodeError("'image_base64' is the input of an image item")
+    return encoder.image_features(encoder.decode_base64(item.image_base64))[0]
+
+
+def _features(encoder: Encoder, items: list[ItemIn | str]) -> list[np.ndarray | str]:
+    """Each validated item's feature vector, or its problem (an item that failed validation keeps its
+    message). Vectors given as ``features`` are converted and checked per modality in one array."""
+    out: list[np.ndarray | str] = [item if isinstance(item, str) else "" for item in items]
+    given: dict[str, list[int]] = {modality: [] for modality in MODALITIES}
+    for position, item in enumerate(items):
+        if isinstance(item, str):
+            continue
+        inputs = [name for name in ("text", "image_base64", "features") if getattr(item, name) is not None]
+        if len(inputs) != 1:
+            out[position] = "give exactly one of 'text', 'image_base64' or 'features'"
+        elif item.features is not None:
+            given[item.modality].append(position)
+        else:
+            try:
+                out[position] = _raw_features(encoder, item)
+            except EncodeError as exc:
+                out[position] = str(exc)
+    for modality, positions in given.items():
+        if positions:
+            x, errors = encoder.feature_rows(modality, [items[p].features for p in positions])
+            for row, position in enumerate(positions):
+                out[position] = errors.get(row, x[row])
+    return out
+
+
 def store(runtime: Runtime, model: Model, items: list[Prepared]) -> None:
-    """Encode prepared items with ``model`` and write them in one atomic batch to its index."""
+    """Encode prepared items with ``model`` (one call per modality) and write them in one atomic batch."""
     batch = []
     for modality in MODALITIES:
         group = [p for p in items if p.modality == modality]
@@ -70,27 +116,26 @@ def store(runtime: Runtime, model: Model, items: list[Prepared]) -> None:
         runtime.metrics.ingested.labels(modality).inc(sum(p.modality == modality for p in items))
 
 
-def ingest_batch(runtime: Runtime, raw_items: list[dict]) -> BatchResponse:
-    """Validate and featurize each item on its own, reject ids stored under the other modality, and store
-    the rest together, all with the model pinned for this request."""
+def ingest_batch(runtime: Runtime, raw_items: list[dict], binary: bool = False) -> BatchResponse:
+    """Validate and featurize the items, reject ids stored under the other modality, and store the rest
+    together, all with the model pinned for this request. ``binary``: the items came in a msgpack body,
+    whose feature vectors may be float32 bytes (``BinaryItemIn``)."""
     model = runtime.model
+    items = _validated(raw_items, BinaryItemIn if binary else ItemIn)
+    features = _features(model.encoder, items)
     results: list[ItemResult | None] = []
     accepted: dict[str, tuple[int, Prepared]] = {}
-    for position, raw in enumerate(raw_items):
-        item_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
-        try:
-            item = ItemIn.model_validate(raw)
-            if item.id in accepted:
-                raise EncodeError("the same id appears earlier in this batch")
-            prepared = Prepared(item.id, item.modality, _features(model.encoder, item), item.metadata)
-        except ValidationError as exc:
-            results.append(ItemResult(id=item_id, status="rejected", error=_validation_message(exc)))
-            continue
-        except EncodeError as exc:
-            results.append(ItemResult(id=item_id, status="rejected", error=str(exc)))
-            continue
-        accepted[item.id] = (position, prepared)
-        results.append(None)
+    for position, (raw, item, vector) in enumerate(zip(raw_items, items, features, strict=True)):
+        if isinstance(item, str):
+            item_id = raw.get("id") if isinstance(raw.get("id"), str) else None
+            results.append(ItemResult(id=item_id, status="rejected", error=item))
+        elif item.id in accepted:
+            results.append(ItemResult(id=item.id, status="rejected", error="the same id appears earlier in this batch"))
+        elif isinstance(vector, str):
+            results.append(ItemResult(id=item.id, status="rejected", error=vector))
+        else:
+            accepted[item.id] = (position, Prepared(item.id, item.modality, vector, item.metadata))
+            results.append(None)
     stored_modalities = model.index.stored_modalities(list(accepted))
     for item_id, current in stored_modalities.items():
         position, prepared = accepted[item_id]
@@ -102,5 +147,8 @@ def ingest_batch(runtime: Runtime, raw_items: list[dict]) -> BatchResponse:
     store(runtime, model, [prepared for _, prepared in accepted.values()])
     images = {i: raw_items[at].get("image_base64") for i, (at, p) in accepted.items() if p.modality == "image"}
     thumbnails.keep(runtime, images)  # after the items: a thumbnail never shows for an item not stored
-    final = [r or ItemResult(id=raw_items[i]["id"], status="stored") for i, r in enumerate(results)]
-    return BatchResponse(stored=len(accepted), rejected=len(final) - len(accepted), results=final)
+    final = [r or {"id": raw_items[i]["id"], "status": "stored"} for i, r in enumerate(results)]
+    # one validation of the whole answer (pydantic-core, in Rust), not one model per item
+    return BatchResponse.model_validate(
+        {"stored": len(accepted), "rejected": len(final) - len(accepted), "results": final}
+    )

@@ -7,6 +7,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from index.engine import Hit
+from index.store import ID_MAX_CHARS, ID_PATTERN
 
 Modality = Literal["image", "text"]
 # A 2×2 red PNG: the image example of the docs, one that a client can send as it is.
@@ -20,7 +21,7 @@ Probe = Annotated[
         "omitted → default"
     ),
 ]
-ItemId = Field(min_length=1, max_length=256, pattern=r"^[^\s]+$", examples=["animals/birds/robin_01"])
+ItemId = Field(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN, examples=["animals/birds/robin_01"])
 
 
 class Filter(BaseModel):
@@ -118,14 +119,29 @@ class ItemIn(BaseModel):
     metadata: dict = Field(default_factory=dict)
 
 
+# A feature vector in a msgpack body: msgpack bin of float32 little-endian numbers (4 × the bundle's length
+# bytes). Strict: a str is never taken for bytes.
+Float32Bytes = Annotated[
+    bytes,
+    Field(strict=True, description="the feature vector as float32, little-endian: 4 bytes per number"),
+]
+
+
+class BinaryItemIn(ItemIn):
+    """An item of a msgpack batch body: an ItemIn whose ``features`` may also be msgpack bin (float32,
+    little-endian), which a client writes with ``vector.astype('<f4').tobytes()``."""
+
+    features: Float32Bytes | list[Feature] | None = None
+
+
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # Typed as plain objects, in the schema too, so one bad item is rejected alone (per-item status)
     # instead of failing the whole request: the request is valid whatever its items hold.
     items: list[dict] = Field(
         min_length=1,
-        description="items, each an ItemIn (schema ItemIn), validated one by one: an item that is not one is "
-        "rejected alone, with its reason in its result",
+        description="items, each an ItemIn (schema ItemIn; in a msgpack body a BinaryItemIn), validated one by "
+        "one: an item that is not one is rejected alone, with its reason in its result",
     )
 
 

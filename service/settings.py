@@ -65,7 +65,9 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="how often to look for a re-bucketed index or a swap through another worker"
     )
     max_k: int = Field(default=100, ge=1, description="most results a query may ask for")
-    max_batch_items: int = Field(default=256, ge=1, description="most items in one POST /v1/items:batch")
+    max_batch_items: int = Field(
+        default=1000, ge=1, description="most items in one POST /v1/items:batch (JSON or msgpack body)"
+    )
     max_text_chars: int = Field(default=4000, ge=1, description="longest raw text, query or item")
     max_image_bytes: int = Field(default=8 * 1024 * 1024, ge=1, description="largest image file (8 MiB)")
     max_image_pixels: int = Field(default=50_000_000, ge=1, description="decompression-bomb guard")

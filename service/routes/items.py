@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from service import thumbnails
 from service.ingest import ingest_batch
 from service.routes.deps import require_writer, runtime
-from service.routes.fast_json import FastJSONRoute
+from service.routes.fast_json import BODY_FORMAT, MSGPACK, FastJSONRoute, MsgpackRoute
 from service.runtime import Runtime
 from service.schemas import BatchRequest, BatchResponse, ErrorBody, StoredItemOut
 
@@ -23,15 +23,38 @@ WRITE_ERRORS = {
 }
 
 
-@router.post(":batch", response_model=BatchResponse, responses=WRITE_ERRORS, dependencies=[Depends(require_writer)])
-def batch(request: BatchRequest, rt: Annotated[Runtime, Depends(runtime)]) -> BatchResponse:
-    """Ingest up to ``max_batch_items`` items (default 256). Each item is an ``ItemIn``: ``id``,
+# The msgpack body: the JSON body's shape (BatchRequest), each item a BinaryItemIn.
+MSGPACK_BODY = {"requestBody": {"content": {MSGPACK: {"schema": {"$ref": "#/components/schemas/BatchRequest"}}}}}
+
+
+def batch(request: BatchRequest, http: Request, rt: Annotated[Runtime, Depends(runtime)]) -> BatchResponse:
+    """Ingest up to ``max_batch_items`` items (default 1,000). Each item is an ``ItemIn``: ``id``,
     ``modality`` (image/text), exactly one of ``text`` / ``image_base64`` / ``features``, and
     ``metadata``. Items are validated one by one and get their own status; the accepted ones are stored
-    together, atomically, and an id already present is replaced (re-sending a batch is idempotent)."""
+    together, atomically, and an id already present is replaced (re-sending a batch is idempotent); the
+    answer comes once Redis has them.
+
+    The body is JSON, or msgpack (``Content-Type: application/msgpack``) of the same shape, in which a
+    feature vector may be a bin of float32 little-endian numbers (``BinaryItemIn``): about four times
+    less to send and nothing to parse per number (docs/ingestion.md)."""
     if len(request.items) > rt.settings.max_batch_items:
         raise HTTPException(413, f"a batch holds at most {rt.settings.max_batch_items} items")
-    return ingest_batch(rt, request.items)
+    result = ingest_batch(rt, request.items, binary=http.scope.get(BODY_FORMAT) == "msgpack")
+    # The JSON FastAPI would send for ``response_model=BatchResponse`` (the docs keep that model), serialised
+    # once: returned as a model, FastAPI would validate its thousand results again first.
+    return Response(BatchResponse.__pydantic_serializer__.to_json(result), media_type="application/json")
+
+
+router.add_api_route(
+    ":batch",
+    batch,
+    methods=["POST"],
+    response_model=BatchResponse,
+    responses=WRITE_ERRORS,
+    dependencies=[Depends(require_writer)],
+    openapi_extra=MSGPACK_BODY,
+    route_class_override=MsgpackRoute,
+)
 
 
 @router.get(

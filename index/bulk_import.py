@@ -1,0 +1,325 @@
+"""Bulk import: items from files (or any producer of chunks) into an index, one atomic script per chunk,
+resumable after a crash.
+
+    python -m index import FILE [FILE ...] --redis-url redis://… --index default --bundle models/default \\
+        --modality image [--chunk 10000]
+
+Each FILE is a ``.npy`` array, or a ``.npz`` holding one array named ``features`` or ``codes``: float
+feature vectors of the modality, (n, d) with d the bundle's input length, which are encoded with the
+bundle's hash function through onnxruntime as the service encodes them; or precomputed packed codes,
+uint8 (n, bits / 8) in FAISS bit order. Beside each FILE, ``FILE``'s stem + ``.jsonl`` (or ``--sidecar``
+for a single FILE) holds one JSON object per row, in row order: ``{"id": "…", "metadata": {…}}`` (ids
+follow the API's rule: 1–256 characters, no whitespace; metadata optional).
+
+The entry point another module calls (issue 18's collection loader) is :func:`import_chunks`::
+
+    import_chunks(store: RedisStore, job: str, chunks: Iterable[Chunk], *, done: set[str] | None = None,
+                  total: int | None = None, progress: bool = True) -> ImportSummary
+
+with ``Chunk(key, modality, ids, codes, metadata)``: the chunk's name within the job, one modality, ids,
+packed uint8 codes (n, bits / 8) and metadata dicts, row-aligned. ``store`` is the index's active
+generation (:func:`open_store`).
+
+What a chunk's write guarantees: it is one call of the store's upsert script, so Redis writes every
+item of the chunk (items, metadata, bucket counts), appends the chunk to the change feed as one entry,
+and marks the chunk done in the job's progress hash, all or nothing; the call returns once Redis has it
+(with ``appendfsync always``, in the fsync'd AOF). Running workers follow the feed and apply a chunk as
+they apply a batch of the API; one that falls behind the trimmed feed reloads from Redis, as always.
+During an import the feed keeps about :data:`FEED_ITEMS` items' worth of chunks.
+
+Resuming: ids are the key, so writing a chunk again replaces its items (never duplicates them). A re-run
+of the same command skips the chunks its job has marked done: the job is named by the inputs (each
+file's path, size and modification time), the chunk size, the modality and the bundle, and a chunk by
+its file and number. A chunk cut short by a crash or a Redis outage was not written at all (the script
+is atomic) and is written by the re-run. An outage stops the import with a message saying so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pydantic_core
+import redis
+from tqdm import tqdm
+
+from index.bundle import Bundle
+from index.centers import CenterIndex
+from index.errors import GenerationMovedError, IndexInputError
+from index.store import ID_MAX_CHARS, ID_PATTERN, MODALITIES, Group, RedisStore
+
+DEFAULT_CHUNK = 10_000  # items per script call: large enough that a call's fixed cost (fsync) is small
+FEED_ITEMS = 1_000_000  # items of import chunks the change feed keeps (entries = FEED_ITEMS / chunk)
+_JOB_HEX = 16  # hex digits of the sha256 naming a job
+_ID = re.compile(ID_PATTERN)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A part of an import written atomically: one modality's ids, packed codes and metadata, row-aligned;
+    ``key`` names it within its job (a chunk already written under that key is skipped)."""
+
+    key: str
+    modality: str
+    ids: Sequence[str]
+    codes: np.ndarray  # packed uint8 (n, bits / 8)
+    metadata: Sequence[dict]
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    job: str
+    written_chunks: int
+    skipped_chunks: int  # chunks of the job written before (by an earlier run)
+    written_items: int
+
+
+def open_store(client: redis.Redis, index_name: str, bundle: Bundle) -> RedisStore:
+    """The index's active generation; a new index gets the bundle's centers (as a service opening it)."""
+    store = RedisStore(client, index_name, bundle.bundle_id)
+    return store.open_active(bundle.centers, bundle.centers_version)
+
+
+def _check(chunk: Chunk, code_bytes: int) -> None:
+    if chunk.modality not in MODALITIES:
+        raise IndexInputError(f"chunk {chunk.key}: unknown modality {chunk.modality!r}")
+    n = len(chunk.ids)
+    if chunk.codes.dtype != np.uint8 or chunk.codes.shape != (n, code_bytes) or len(chunk.metadata) != n:
+        raise IndexInputError(
+            f"chunk {chunk.key}: {n} ids need uint8 codes of shape ({n}, {code_bytes}) and {n} metadata, "
+            f"got {chunk.codes.dtype} {chunk.codes.shape} and {len(chunk.metadata)}"
+        )
+    if len(set(chunk.ids)) != n:
+        raise IndexInputError(f"chunk {chunk.key}: an id appears twice")
+
+
+def _ahead(items: Iterable) -> Iterator:
+    """``items``, each computed on a worker thread while the caller handles the previous one: reading,
+    encoding and packing a chunk overlap with Redis writing the one before."""
+    iterator = iter(items)
+    with ThreadPoolExecutor(1, thread_name_prefix="import-read") as pool:
+        pending = pool.submit(next, iterator, None)
+        while (item := pending.result()) is not None:
+            pending = pool.submit(next, iterator, None)
+            yield item
+
+
+def import_chunks(
+    store: RedisStore,
+    job: str,
+    chunks: Iterable[Chunk],
+    *,
+    done: set[str] | None = None,
+    total: int | None = None,
+    progress: bool = True,
+) -> ImportSummary:
+    """Write each chunk not yet done in ``job`` with one atomic script call that also marks it done.
+    ``done``: the job's done chunks when the caller has read them already (to skip producing them);
+    ``total``: items to write, for the progress bar. Raises :class:`StoreUnavailableError` when Redis
+    fails (the chunks written so far stay written and marked: a re-run resumes). Chunks are produced,
+    checked and routed on a worker thread while Redis writes the previous one."""
+    done = store.done_chunks(job) if done is None else done
+    centers = _centers(store)
+    written = skipped = items = 0
+    with tqdm(total=total, unit="item", unit_scale=True, disable=not progress, desc="import") as bar:
+        for chunk, group in _ahead(_groups(chunks, done, centers)):
+            if group is None:
+                skipped += 1
+                continue
+            feed_length = max(1, FEED_ITEMS // len(group.ids))
+            try:
+                store.write_chunk(group, job, chunk.key, feed_length)
+            except GenerationMovedError:  # a re-bucket ended: route with the new centers, write again
+                store = store.at(store.active_generation())
+                centers = _centers(store)
+                group = Group(
+                    group.modality, group.ids, centers.route(chunk.codes, 1)[:, 0], chunk.codes, group.metadata
+                )
+                store.write_chunk(group, job, chunk.key, feed_length)
+            written += 1
+            items += len(group.ids)
+            bar.update(len(group.ids))
+    return ImportSummary(job, written, skipped, items)
+
+
+def _groups(chunks: Iterable[Chunk], done: set[str], centers: CenterIndex) -> Iterator[tuple[Chunk, Group | None]]:
+    """Each chunk with the group the store writes, checked; None for a chunk done before. Runs on the
+    reading thread: its routing searches use one OpenMP thread (an OpenMP setting is per thread; a
+    team of threads for a 64-center search only contends with Redis and the reader)."""
+    faiss.omp_set_num_threads(1)
+    code_bytes = None
+    for chunk in chunks:
+        if chunk.key in done:
+            yield chunk, None
+            continue
+        if not len(chunk.ids):
+            continue
+        code_bytes = code_bytes or chunk.codes.shape[1]
+        _check(chunk, code_bytes)
+        buckets = centers.route(chunk.codes, 1)[:, 0]
+        metadata = [pydantic_core.to_json(meta).decode() for meta in chunk.metadata]
+        yield chunk, Group(chunk.modality, chunk.ids, buckets, chunk.codes, metadata)
+
+
+def _centers(store: RedisStore) -> CenterIndex:
+    stored = store.load_centers()
+    if stored is None:
+        raise IndexInputError(f"generation {store.generation} of {store.base} has no centers")
+    return CenterIndex(stored[0])
+
+
+# --- Files: python -m index import ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input file and its sidecar; ``rows`` its number of items."""
+
+    array: Path
+    sidecar: Path
+    rows: int
+
+
+def sources(files: Sequence[Path], sidecar: Path | None = None) -> list[Source]:
+    """The inputs with their sidecars (``--sidecar`` for a single file, else each file's ``.jsonl``)."""
+    if sidecar is not None and len(files) != 1:
+        raise IndexInputError("--sidecar names the sidecar of a single FILE; give one FILE, or none")
+    found = []
+    for path in files:
+        side = sidecar or path.with_suffix(".jsonl")
+        if not side.is_file():
+            raise IndexInputError(f"no sidecar {side} for {path} (one JSON object per row: id and metadata)")
+        found.append(Source(path, side, len(_array(path))))
+    return found
+
+
+def _array(path: Path) -> np.ndarray:
+    """A file's array: a ``.npy`` (memory-mapped) or the ``features``/``codes`` array of a ``.npz``."""
+    if path.suffix == ".npy":
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            names = [name for name in ("features", "codes") if name in archive.files]
+            if len(names) != 1:
+                raise IndexInputError(f"{path} must hold one array named 'features' or 'codes', has {archive.files}")
+            return archive[names[0]]
+    raise IndexInputError(f"{path}: a .npy or .npz file is expected")
+
+
+def job_name(bundle: Bundle, modality: str, chunk: int, inputs: Sequence[Source]) -> str:
+    """Names an import by what it writes: bundle, modality, chunk size and each input's path, size and
+    modification time (a changed file is a new job, whose chunks are all written again)."""
+    parts: list = [bundle.bundle_id, modality, chunk]
+    for source in inputs:
+        for path in (source.array, source.sidecar):
+            stat = path.stat()
+            parts += [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:_JOB_HEX]
+
+
+def chunk_keys(inputs: Sequence[Source], chunk: int) -> dict[str, int]:
+    """Every chunk's key (``<file>:<chunk>``) and number of items."""
+    return {
+        f"{f}:{number}": min(chunk, source.rows - start)
+        for f, source in enumerate(inputs)
+        for number, start in enumerate(range(0, source.rows, chunk))
+    }
+
+
+def _codes(bundle: Bundle, modality: str, rows: np.ndarray, where: str) -> np.ndarray:
+    """Packed codes of an array's rows: precomputed codes as they are, feature vectors encoded."""
+    code_bytes = bundle.bits // 8
+    if rows.dtype == np.uint8 and rows.ndim == 2 and rows.shape[1] == code_bytes:
+        return np.ascontiguousarray(rows)
+    if rows.dtype.kind != "f" or rows.ndim != 2 or rows.shape[1] != bundle.input_dim(modality):
+        raise IndexInputError(
+            f"{where}: expected packed codes, uint8 (n, {code_bytes}), or {modality} features, floats "
+            f"(n, {bundle.input_dim(modality)}); got {rows.dtype} {rows.shape}"
+        )
+    try:
+        return bundle.packed_codes(modality, rows)
+    except ValueError as exc:  # NaN or infinity among the features
+        raise IndexInputError(f"{where}: {exc}") from exc
+
+
+def _rows(lines: list[bytes], where: str, first_line: int) -> tuple[list[str], list[dict]]:
+    """Ids and metadata of sidecar lines, parsed together; a bad line stops the import, named."""
+    try:
+        parsed = pydantic_core.from_json(b"[" + b",".join(lines) + b"]")
+    except ValueError:
+        parsed = []
+        for number, line in enumerate(lines, first_line):
+            try:
+                parsed.append(pydantic_core.from_json(line))
+            except ValueError as exc:
+                raise IndexInputError(f"{where} line {number}: not JSON: {exc}") from exc
+    ids, metadata = [], []
+    for number, row in enumerate(parsed, first_line):
+        item = row.get("id") if isinstance(row, dict) else None
+        meta = row.get("metadata", {}) if isinstance(row, dict) else None
+        if (
+            not isinstance(item, str)
+            or not 0 < len(item) <= ID_MAX_CHARS
+            or not _ID.match(item)
+            or not isinstance(meta, dict)
+            or row.keys() - {"id", "metadata"}
+        ):
+            raise IndexInputError(
+                f'{where} line {number}: expected {{"id": 1–{ID_MAX_CHARS} characters without whitespace, '
+                f'"metadata": an object}}, got {bytes(lines[number - first_line])[:200]!r}'
+            )
+        ids.append(item)
+        metadata.append(meta)
+    return ids, metadata
+
+
+def file_chunks(bundle: Bundle, modality: str, inputs: Sequence[Source], chunk: int, done: set[str]) -> Iterator[Chunk]:
+    """The chunks of the inputs not in ``done``, read, parsed and encoded one at a time."""
+    for f, source in enumerate(inputs):
+        array = _array(source.array)
+        with source.sidecar.open("rb") as sidecar:
+            for number, start in enumerate(range(0, source.rows, chunk)):
+                stop = min(start + chunk, source.rows)
+                lines = [sidecar.readline() for _ in range(stop - start)]
+                if not lines[-1].strip():
+                    raise IndexInputError(f"{source.sidecar} has fewer lines than {source.array} has rows")
+                key = f"{f}:{number}"
+                if key in done:
+                    continue
+                where = f"{source.array} rows {start}–{stop - 1}"
+                ids, metadata = _rows(lines, str(source.sidecar), start + 1)
+                yield Chunk(key, modality, ids, _codes(bundle, modality, array[start:stop], where), metadata)
+            if sidecar.read(1).strip():
+                raise IndexInputError(f"{source.sidecar} has more lines than {source.array} has rows")
+
+
+def import_files(
+    store: RedisStore,
+    bundle: Bundle,
+    modality: str,
+    files: Sequence[Path],
+    *,
+    sidecar: Path | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    progress: bool = True,
+) -> ImportSummary:
+    """``python -m index import``: the files' chunks not yet written by this job, written."""
+    if modality not in MODALITIES:
+        raise IndexInputError(f"unknown modality {modality!r}; expected one of {list(MODALITIES)}")
+    inputs = sources(files, sidecar)
+    job = job_name(bundle, modality, chunk, inputs)
+    done = store.done_chunks(job)
+    keys = chunk_keys(inputs, chunk)
+    total = sum(n for key, n in keys.items() if key not in done)
+    summary = import_chunks(
+        store, job, file_chunks(bundle, modality, inputs, chunk, done), done=done, total=total, progress=progress
+    )
+    return dataclasses.replace(summary, skipped_chunks=len(done & keys.keys()))

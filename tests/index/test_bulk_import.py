@@ -1,0 +1,195 @@
+"""python -m index import: items from .npy/.npz files and a JSON-lines sidecar, written in atomic chunks
+that running processes follow through the change feed; re-runs resume (no duplicate, no loss), also after
+SIGKILL of the importer and a Redis outage mid-import."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index.bulk_import import Chunk, import_chunks, import_files, open_store
+from index.bundle import load_bundle
+from index.centers import route
+from index.engine import HashIndex
+from index.errors import IndexInputError
+from index.redis_server import RedisServer
+from index.store import RedisStore
+from tests.support.stored import assert_whole
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLE = ROOT / "models" / "default"
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle(BUNDLE)
+
+
+def write_codes(directory: Path, n: int, name: str = "codes", seed: int = 0) -> tuple[Path, np.ndarray]:
+    """``n`` random packed 64-bit codes in ``<name>.npy`` and ids ``<name>/<i>`` with metadata in ``<name>.jsonl``."""
+    codes = np.random.default_rng(seed).integers(0, 256, (n, 8), dtype=np.uint8)
+    path = directory / f"{name}.npy"
+    np.save(path, codes)
+    lines = (json.dumps({"id": f"{name}/{i}", "metadata": {"i": i, "name": name}}) for i in range(n))
+    path.with_suffix(".jsonl").write_text("\n".join(lines) + "\n")
+    return path, codes
+
+
+def assert_imported(server: RedisServer, index_name: str, bundle, name: str, codes: np.ndarray, modality="image"):
+    """Every row of the file stored once, whole, with its code, metadata and the bucket its code routes to."""
+    items = assert_whole(server.client(), index_name, bundle.bundle_id)[modality]
+    assert len(items) == len(codes)
+    store = RedisStore(server.client(), index_name, bundle.bundle_id)
+    centers = store.at(store.active_generation()).load_centers()[0]
+    buckets = route(codes, centers)[:, 0]
+    for i in range(len(codes)):
+        item = items[f"{name}/{i}"]
+        assert item.code == codes[i].tobytes() and item.metadata == {"i": i, "name": name}
+        assert item.bucket == buckets[i]
+
+
+def test_codes_are_imported_in_chunks_that_a_running_index_follows(redis_server, tmp_path: Path, bundle) -> None:
+    index = HashIndex.open(redis_server.client(), "import-follow", bundle.bundle_id, bundle.bits, bundle.centers, "v")
+    path, codes = write_codes(tmp_path, 2_500)
+    store = open_store(redis_server.client(), "import-follow", bundle)
+    summary = import_files(store, bundle, "image", [path], chunk=1_000, progress=False)
+    assert (summary.written_chunks, summary.skipped_chunks, summary.written_items) == (3, 0, 2_500)
+    assert_imported(redis_server, "import-follow", bundle, "codes", codes)
+    assert store.feed_position() == 3  # one feed entry per chunk
+    assert index.catch_up() == 3 and index.stats()["items"]["image"] == 2_500
+    hits = index.search("image", codes[[7]], k=1, probe=None)[0]
+    assert hits[0].distance == 0 and hits[0].metadata == {"i": 7, "name": "codes"}
+
+
+def test_features_are_encoded_with_the_bundle_as_the_service_encodes_them(redis_server, tmp_path: Path, bundle) -> None:
+    features = np.random.default_rng(1).normal(size=(300, bundle.input_dim("text"))).astype(np.float32)
+    path = tmp_path / "texts.npz"
+    np.savez(path, features=features)
+    path.with_suffix(".jsonl").write_text(
+        "".join(json.dumps({"id": f"texts/{i}", "metadata": {"i": i, "name": "texts"}}) + "\n" for i in range(300))
+    )
+    store = open_store(redis_server.client(), "import-features", bundle)
+    import_files(store, bundle, "text", [path], chunk=128, progress=False)
+    assert_imported(redis_server, "import-features", bundle, "texts", bundle.packed_codes("text", features), "text")
+
+
+def test_a_rerun_skips_the_chunks_done_and_a_changed_file_is_written_again_once(
+    redis_server, tmp_path: Path, bundle
+) -> None:
+    path, codes = write_codes(tmp_path, 1_000)
+    store = open_store(redis_server.client(), "import-rerun", bundle)
+    first = import_files(store, bundle, "image", [path], chunk=300, progress=False)
+    again = import_files(store, bundle, "image", [path], chunk=300, progress=False)
+    assert (again.written_chunks, again.skipped_chunks, again.job) == (0, 4, first.job)
+    path, codes = write_codes(tmp_path, 1_000, seed=5)  # same ids, new codes: a new job, every item replaced
+    changed = import_files(store, bundle, "image", [path], chunk=300, progress=False)
+    assert changed.job != first.job and changed.written_items == 1_000
+    assert_imported(redis_server, "import-rerun", bundle, "codes", codes)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"id": "has space"}', "line 3: expected"),
+        ('{"id": "x", "metadata": [1]}', "line 3: expected"),
+        ('{"id": "x", "extra": 1}', "line 3: expected"),
+        ("{not json", "line 3: not JSON"),
+    ],
+)
+def test_a_bad_sidecar_line_stops_the_import_naming_it_before_its_chunk(redis_server, tmp_path, bundle, line, message):
+    path, _ = write_codes(tmp_path, 6)
+    lines = path.with_suffix(".jsonl").read_text().splitlines()
+    lines[2] = line
+    path.with_suffix(".jsonl").write_text("\n".join(lines) + "\n")
+    name = f"import-bad-{abs(hash(line))}"
+    store = open_store(redis_server.client(), name, bundle)
+    with pytest.raises(IndexInputError, match=message):
+        import_files(store, bundle, "image", [path], chunk=4, progress=False)
+    assert assert_whole(redis_server.client(), name, bundle.bundle_id)["image"] == {}  # its chunk: nothing
+
+
+def test_mismatched_inputs_are_refused_with_the_reason(redis_server, tmp_path: Path, bundle) -> None:
+    store = open_store(redis_server.client(), "import-refused", bundle)
+    path, _ = write_codes(tmp_path, 5)
+    path.with_suffix(".jsonl").write_text('{"id": "a"}\n')
+    with pytest.raises(IndexInputError, match="fewer lines"):
+        import_files(store, bundle, "image", [path], progress=False)
+    np.save(path, np.zeros((1, 7), np.uint8))
+    with pytest.raises(IndexInputError, match=r"expected packed codes, uint8 \(n, 8\)"):
+        import_files(store, bundle, "image", [path], progress=False)
+    chunk = Chunk("0", "image", ["a", "a"], np.zeros((2, 8), np.uint8), [{}, {}])
+    with pytest.raises(IndexInputError, match="an id appears twice"):
+        import_chunks(store, "job", [chunk], progress=False)
+
+
+def _importer(server: RedisServer, path: Path, chunk: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "index", "import", str(path), "--modality", "image", "--chunk", str(chunk),
+               "--redis-url", server.url, "--index", "faulty", "--bundle", str(BUNDLE), "--no-progress"]  # fmt: skip
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_chunks(server: RedisServer, bundle, count: int, process: subprocess.Popen) -> set[str]:
+    """The job's done chunks once at least ``count`` are written (the importer still running)."""
+    store = RedisStore(server.client(), "faulty", bundle.bundle_id)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        jobs = server.client().keys(store.progress_key("*"))
+        done = {c.decode() for c in server.client().hkeys(jobs[0])} if jobs else set()
+        if len(done) >= count:
+            return done
+        time.sleep(0.005)
+    raise AssertionError("the importer wrote too few chunks")
+
+
+N_FAULT = 200_000  # items of the fault tests' file: chunks of 1,000, so a fault lands mid-import
+
+
+def test_sigkill_of_the_importer_mid_import_then_a_rerun_stores_every_item_once(tmp_path: Path, bundle) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        path, codes = write_codes(tmp_path, N_FAULT)
+        importer = _importer(server, path, 1_000)
+        _wait_for_chunks(server, bundle, 5, importer)
+        os.kill(importer.pid, signal.SIGKILL)
+        importer.wait()
+        items = assert_whole(server.client(), "faulty", bundle.bundle_id)["image"]
+        jobs = server.client().keys(RedisStore(server.client(), "faulty", bundle.bundle_id).progress_key("*"))
+        done = server.client().hlen(jobs[0])
+        assert 5 <= done < N_FAULT // 1_000 and len(items) == 1_000 * done  # whole chunks only, each marked
+        rerun = _importer(server, path, 1_000)
+        out, err = rerun.communicate(timeout=600)
+        assert rerun.returncode == 0, err
+        summary = json.loads(out)
+        assert summary["skipped_chunks"] == done and summary["written_items"] == N_FAULT - 1_000 * done
+        assert_imported(server, "faulty", bundle, "codes", codes)
+    finally:
+        server.stop()
+
+
+def test_a_redis_outage_stops_the_import_with_a_clear_message_and_a_rerun_completes(tmp_path: Path, bundle) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        path, codes = write_codes(tmp_path, N_FAULT)
+        importer = _importer(server, path, 1_000)
+        _wait_for_chunks(server, bundle, 5, importer)
+        server.stop()  # Redis goes away mid-import
+        _, err = importer.communicate(timeout=120)
+        assert importer.returncode == 1 and "import stopped: Redis is unreachable" in err, err
+        assert "run the same command again to resume" in err
+        server.start()  # same port and directory: the AOF is replayed
+        rerun = _importer(server, path, 1_000)
+        out, err = rerun.communicate(timeout=600)
+        assert rerun.returncode == 0, err
+        assert json.loads(out)["skipped_chunks"] >= 5
+        assert_imported(server, "faulty", bundle, "codes", codes)
+    finally:
+        server.stop()

@@ -1,0 +1,55 @@
+"""What an index holds in Redis, read straight from its hashes, and the invariants of a whole write: every
+item has its metadata, the bucket counts equal the items per bucket, and no label is given twice (an item
+written once per id, none half-written)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections import Counter
+from dataclasses import dataclass
+
+import redis
+
+from index.store import MODALITIES, RedisStore
+
+_HEADER = struct.Struct(">IQ")
+
+
+@dataclass(frozen=True)
+class Stored:
+    bucket: int
+    label: int
+    code: bytes
+    metadata: dict
+
+
+def stored_items(client: redis.Redis, index_name: str, bundle_id: str, modality: str) -> dict[str, Stored]:
+    """Every item of a modality in the active generation, by id."""
+    store = RedisStore(client, index_name, bundle_id)
+    store = store.at(store.active_generation())
+    values = client.hgetall(store.key(f"items:{modality}"))
+    metadata = client.hgetall(store.key(f"meta:{modality}"))
+    items = {}
+    for item, value in values.items():
+        bucket, label = _HEADER.unpack(value[: _HEADER.size])
+        meta = metadata.get(item)
+        items[item.decode()] = Stored(bucket, label, value[_HEADER.size :], None if meta is None else json.loads(meta))
+    return items
+
+
+def assert_whole(client: redis.Redis, index_name: str, bundle_id: str) -> dict[str, dict[str, Stored]]:
+    """The invariants of whole writes; returns the items of each modality."""
+    store = RedisStore(client, index_name, bundle_id)
+    store = store.at(store.active_generation())
+    items = {m: stored_items(client, index_name, bundle_id, m) for m in MODALITIES}
+    labels: list[int] = []
+    for modality, found in items.items():
+        assert client.hlen(store.key(f"meta:{modality}")) == len(found), f"{modality}: metadata without an item"
+        assert all(item.metadata is not None for item in found.values()), f"{modality}: an item without metadata"
+        members = Counter(item.bucket for item in found.values())
+        counts = {bucket: count for bucket, count in store.counts(modality).items() if count}
+        assert counts == dict(members), f"{modality}: bucket counts differ from the items per bucket"
+        labels += [item.label for item in found.values()]
+    assert len(labels) == len(set(labels)), "a label is given twice"
+    return items
