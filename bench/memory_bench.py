@@ -6,8 +6,10 @@ For each size: a redis-server of its own (AOF ``appendfsync always``, as everywh
 ``n`` items (the default bundle's codes of the real OpenClipart database images, replicated with bit
 noise as ``bench.index_bench`` does; ids like ``openclipart/item-0000001``; metadata
 ``{"title": "clip art", "category": "c<i mod 20>"}``) bucketed by ``--buckets`` centers fitted on them.
-Then three child processes, one at a time, each importing its code first and measuring RSS
-(``/proc/self/status``) before and after building its structures:
+Then three child processes, one at a time (``OMP_NUM_THREADS=1``, as the service sets), each importing
+its code and building the same structures over a small index of 2,000 items first (so that first-use
+costs are not counted per item), then measuring RSS (``/proc/self/status``) before and after building
+its structures:
 
 - ``codes``: only a ``BucketScan`` filled from the codes in memory, no Redis: the FAISS codes alone;
 - ``before``: the baseline ref's ``index`` package (``git archive``; its filter loop is the search
@@ -41,6 +43,8 @@ INDEX_NAME, BUNDLE_ID, CENTERS_VERSION = "bench", "bench-bundle", "bench"
 CATEGORIES = 20  # filtered searches ask for one category: one item in CATEGORIES matches
 K = 10
 WARM_UP = 20  # queries run before timing: first-call costs (script loading, page faults) are not latency
+WARM_UP_ITEMS = 2000  # items of the small index each child builds before measuring (see ``child``)
+WARM_UP_INDEX = "bench-warm-up"
 _FILL_BATCH = 5000  # items per copy script while filling Redis
 
 
@@ -86,6 +90,16 @@ def child(kind: str, data: Path, redis_url: str | None, probe: int) -> dict:
         from service.routes.search import _nearest  # the baseline filters in its route
 
         filtered_search = _nearest
+    # The same work on a small index first, so that what the first use of FAISS, Redis and the scripts costs
+    # (library pages, connection, buffers) is not counted per item.
+    if kind == "codes":
+        warm = BucketScan(queries.shape[1] * 8, len(centers))
+        warm.add(np.arange(1, WARM_UP_ITEMS + 1), np.load(data / "codes.npy", mmap_mode="r")[:WARM_UP_ITEMS],
+                 np.load(data / "buckets.npy", mmap_mode="r")[:WARM_UP_ITEMS])  # fmt: skip
+    else:
+        client = redis.Redis.from_url(redis_url)
+        warm = HashIndex.open(client, WARM_UP_INDEX, BUNDLE_ID, queries.shape[1] * 8, centers, CENTERS_VERSION)
+        warm.search("image", queries[:1], K, probe, **({} if filtered_search else {"where": {"category": "c3"}}))
     gc.collect()
     before = rss_bytes()
     started = time.perf_counter()
@@ -95,7 +109,6 @@ def child(kind: str, data: Path, redis_url: str | None, probe: int) -> dict:
         scan.add(np.arange(1, n + 1), codes, buckets)
         del codes, buckets
     else:
-        client = redis.Redis.from_url(redis_url)
         index = HashIndex.open(client, INDEX_NAME, BUNDLE_ID, queries.shape[1] * 8, centers, CENTERS_VERSION)
     seconds = time.perf_counter() - started
     gc.collect()
@@ -133,7 +146,7 @@ def baseline_tree(ref: str, into: Path) -> Path:
 def run_child(kind: str, pythonpath: Path, data: Path, redis_url: str, probe: int) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--data", str(data),
                "--redis-url", redis_url, "--probe", str(probe)]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    env = {**os.environ, "PYTHONPATH": str(pythonpath), "OMP_NUM_THREADS": "1"}  # as service/__init__.py sets
     done = subprocess.run(command, env=env, check=True, capture_output=True, text=True, cwd=pythonpath)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -161,12 +174,13 @@ def prepare(n: int, buckets: int, data: Path) -> None:
     np.save(data / "queries.npy", bundle.packed_codes("text", q_text))
 
 
-def fill(client, data: Path) -> dict:
-    """Write every item into Redis with its label (``RedisStore.copy``), as a re-bucket or preload does."""
+def fill(client, data: Path, index_name: str = INDEX_NAME, n: int | None = None) -> dict:
+    """Write the first ``n`` items (all by default) into Redis with their labels (``RedisStore.copy``),
+    as a re-bucket or preload does; Redis's memory per item."""
     from index.store import RedisStore
 
-    codes, buckets = np.load(data / "codes.npy"), np.load(data / "buckets.npy")
-    store = RedisStore(client, INDEX_NAME, BUNDLE_ID)
+    codes, buckets = np.load(data / "codes.npy")[:n], np.load(data / "buckets.npy")[:n]
+    store = RedisStore(client, index_name, BUNDLE_ID)
     store.save_centers(np.load(data / "centers.npy"), CENTERS_VERSION)
     store.activate()
     base = client.info("memory")["used_memory"]
@@ -208,6 +222,7 @@ def main() -> None:
             (data / "redis").mkdir()
             server = RedisServer(data / "redis").start()
             try:
+                fill(server.client(), data, WARM_UP_INDEX, WARM_UP_ITEMS)
                 redis_side = fill(server.client(), data)
                 rows = {
                     "codes": run_child("codes", ROOT, data, server.url, args.probe),

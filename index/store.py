@@ -32,6 +32,7 @@ import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from string import Template
 
 import msgpack
 import numpy as np
@@ -45,7 +46,7 @@ _HEADER = struct.Struct(">IQ")  # bucket, label
 _READ_CHUNK = 10_000  # ids per HMGET when reading a whole modality: few round trips, no long block of Redis
 _SCAN_COUNT = 10_000  # SCAN/HSCAN's per-step hint, for the same reason
 _FEED_READ = 500  # feed entries per XRANGE/XREAD: half a feed, so a catch-up takes a few reads at most
-_LOOKUP_CHUNK = 4000  # labels per lookup script: below Lua's limit on unpacked arguments (~8000)
+_LOOKUP_CHUNK = 4000  # labels per HMGET in the lookup script: below Lua's limit on unpacked values (~8000)
 
 # KEYS: items, meta, counts of the image modality; the same of the text modality; the rebuild flag;
 #       next_label; seq; feed; labels of the image modality, of the text modality.
@@ -125,17 +126,26 @@ redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'items', cmsgpa
 return {seq, previous}
 """
 
-# A search's ranked labels → ids and metadata. KEYS: labels, meta of one modality. ARGV: labels.
-# Returns {ids (nil where a label is gone), metadata of the ids found, in order}.
-_LOOKUP = """
-local ids = redis.call('HMGET', KEYS[1], unpack(ARGV))
+# A search's ranked labels → ids and metadata, in one call whatever their number. KEYS: labels, meta of
+# one modality. ARGV: labels. Returns, msgpack'd (one string to decode, not 2k replies): ids (false where a
+# label is gone) and the metadata of the ids found, in order.
+# HMGET takes at most _LOOKUP_CHUNK arguments at a time: Lua's unpack is limited to ~8000 values.
+_LOOKUP = Template("""
+local function hmget(key, names)
+  local values = {}
+  for first = 1, #names, $chunk do
+    local part = redis.call('HMGET', key, unpack(names, first, math.min(first + $chunk - 1, #names)))
+    for i = 1, #part do values[first + i - 1] = part[i] end
+  end
+  return values
+end
+local ids = hmget(KEYS[1], ARGV)
 local found = {}
 for i = 1, #ARGV do
   if ids[i] then found[#found + 1] = ids[i] end
 end
-if #found == 0 then return {ids, {}} end
-return {ids, redis.call('HMGET', KEYS[2], unpack(found))}
-"""
+return cmsgpack.pack(ids, hmget(KEYS[2], found))
+""").substitute(chunk=_LOOKUP_CHUNK)
 
 # One HSCAN step of an items hash, its values concatenated. KEYS: items. ARGV: cursor, count.
 # Returns {next cursor, number of values, values}.
@@ -405,14 +415,10 @@ class RedisStore:
         if not len(labels):
             return []
         keys = [self.key(f"labels:{modality}"), self.key(f"meta:{modality}")]
-        pipe = self.client.pipeline(transaction=False)
-        for start in range(0, len(labels), _LOOKUP_CHUNK):
-            self._lookup(keys=keys, args=[int(label) for label in labels[start : start + _LOOKUP_CHUNK]], client=pipe)
-        found: list[tuple[str, str] | None] = []
-        for ids, metadata in self._call(pipe.execute):
-            described = iter(metadata)
-            found += [None if item is None else (item.decode(), next(described).decode() or "{}") for item in ids]
-        return found
+        packed = self._call(self._lookup, keys=keys, args=[int(label) for label in labels])
+        ids, metadata = msgpack.Unpacker(io.BytesIO(packed), raw=True)
+        described = iter(metadata)
+        return [(item.decode(), (next(described) or b"{}").decode()) if item else None for item in ids]
 
     def codes_in_order(self, modality: str) -> StoredCodes:
         """Every item's label, bucket and code, in label (insertion) order: all a serving process loads.
