@@ -385,7 +385,7 @@ class HashIndex:
             with self._memory_lock:
                 distances, labels, buckets = side.scan.search(codes[pending], probes[pending], fetch)
             unknown = [label for label in dict.fromkeys(labels[labels >= 0].tolist()) if label not in known]
-            for label, found in zip(unknown, generation.store.lookup(target, unknown), strict=True):
+            for label, found in zip(unknown, self._lookup(generation, target, unknown), strict=True):
                 known[label] = None if found is None else (found[0], json.loads(found[1]))
             still = []
             for query, dr, lr, br in zip(pending, distances.tolist(), labels.tolist(), buckets.tolist(), strict=True):
@@ -397,6 +397,19 @@ class HashIndex:
                     still.append(query)
             pending, fetch = still, fetch * FILTER_OVERFETCH
         return results
+
+    @staticmethod
+    def _lookup(generation: Generation, target: str, labels: list[int]) -> list[tuple[str, str] | None]:
+        """Ids and metadata of ranked labels. A re-bucket drops the generation this process still serves
+        until its next refresh; its labels are kept by the re-bucket, so those the old generation no longer
+        has are looked up in the active one (one more round trip, only then)."""
+        found = generation.store.lookup(target, labels)
+        gone = [label for label, entry in zip(labels, found, strict=True) if entry is None]
+        active = generation.store.active_generation() if gone else None
+        if active is None or active == generation.store.generation:
+            return found
+        again = iter(generation.store.at(active).lookup(target, gone))
+        return [next(again) if entry is None else entry for entry in found]
 
     def stats(self) -> dict:
         """Code length, buckets, generation and item counts, from memory (answers without Redis)."""

@@ -174,9 +174,12 @@ def test_rebucket_swaps_in_new_centers_without_losing_anything(redis_server) -> 
     queries = _codes(20, 12)
     before = {m: writer.search(m, queries, k=40) for m in ("image", "text")}
 
+    reader.catch_up()
     summary = rebucket(writer.store, BITS, k=4)
 
     assert summary["generation"] == 1 and summary["items"] == {"image": 199, "text": 100}
+    # Before it refreshes, a reader still ranks with the old, dropped generation, and still names its hits.
+    assert {m: reader.search(m, queries, k=40) for m in ("image", "text")} == before
     assert reader.refresh() and writer.refresh() and not writer.refresh()
     for index in (reader, writer):
         assert index.n_buckets == 4 and index.stats()["generation"] == 1
