@@ -54,9 +54,12 @@ log = logging.getLogger("xmhash.index")
 _LOAD_ATTEMPTS = 3  # loads a burst of writes may outrun before the error surfaces (each retry starts afresh)
 FOLLOW_BLOCK_MS = 500  # longest wait on the change feed: bounds how long stopping the follower takes
 _RETRY_SECONDS = 1.0  # the follower's pause after Redis failed, so an outage does not become a busy loop
-# A metadata filter ranks this many times k candidates, and again as many times more until k match or the
-# probed buckets run out: a few rounds even for rare matches, without resolving k·(everything) up front.
+# A metadata filter first ranks FILTER_OVERFETCH × k candidates. While fewer than k match and the probed
+# buckets hold more, it ranks again: FILTER_MARGIN times as many as the share of matches seen so far says
+# k needs (at least twice as many as before, since fewer than k matched), or FILTER_OVERFETCH times as many
+# when none matched. A few rounds even for rare matches, without resolving k·(everything) up front.
 FILTER_OVERFETCH = 4
+FILTER_MARGIN = 2
 
 
 def _matches(metadata: dict, wanted: dict) -> bool:
@@ -387,7 +390,7 @@ class HashIndex:
             unknown = [label for label in dict.fromkeys(labels[labels >= 0].tolist()) if label not in known]
             for label, found in zip(unknown, self._lookup(generation, target, unknown), strict=True):
                 known[label] = None if found is None else (found[0], json.loads(found[1]))
-            still = []
+            still, needed = [], []
             for query, dr, lr, br in zip(pending, distances.tolist(), labels.tolist(), buckets.tolist(), strict=True):
                 ranked = [(known[label], d, b) for d, label, b in zip(dr, lr, br, strict=True) if label >= 0]
                 hits = [Hit(f[0], d, b, f[1]) for f, d, b in ranked if f is not None and _matches(f[1], wanted)]
@@ -395,7 +398,8 @@ class HashIndex:
                     results[query] = hits[:k]
                 else:
                     still.append(query)
-            pending, fetch = still, fetch * FILTER_OVERFETCH
+                    needed.append(-(-FILTER_MARGIN * k * fetch // len(hits)) if hits else fetch * FILTER_OVERFETCH)
+            pending, fetch = still, max(needed, default=fetch)
         return results
 
     @staticmethod
