@@ -47,6 +47,7 @@ import redis
 
 from index.centers import CenterIndex
 from index.errors import FeedGapError, IndexInputError, ItemNotFoundError, StoreUnavailableError
+from index.memory import release_freed_memory
 from index.scan import BucketScan
 from index.store import MODALITIES, Change, Group, RedisStore, StoredItem
 
@@ -113,7 +114,9 @@ class Generation:
         attempt = 1
         while True:
             try:
-                return cls._load(store, bits)
+                generation = cls._load(store, bits)
+                release_freed_memory()
+                return generation
             except FeedGapError:
                 if attempt == _LOAD_ATTEMPTS:
                     raise

@@ -151,9 +151,12 @@ return cmsgpack.pack(ids, hmget(KEYS[2], found))
 # Returns {next cursor, number of values, values}.
 _SCAN_VALUES = """
 local page = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
-local values = {}
-for i = 2, #page[2], 2 do values[#values + 1] = page[2][i] end
-return {page[1], #values, table.concat(values)}
+local fields, values, n = page[2], {}, 0
+for i = 2, #fields, 2 do
+  n = n + 1
+  values[n] = fields[i]
+end
+return {page[1], n, table.concat(values)}
 """
 
 # Completing a label map. KEYS: items, labels of one modality. ARGV: label, id, label, id, …
