@@ -11,7 +11,8 @@ its code and building the same structures over a small index of 2,000 items firs
 costs are not counted per item), then measuring RSS (``/proc/self/status``) before and after building
 its structures:
 
-- ``codes``: only a ``BucketScan`` filled from the codes in memory, no Redis: the FAISS codes alone;
+- ``codes``: only a ``BucketScan`` filled from the codes in memory, no Redis, then the freed heap
+  returned as a load does (``index.memory``): the FAISS codes alone;
 - ``before``: the baseline ref's ``index`` package (``git archive``; its filter loop is the search
   route's, so ``service`` too) opening the index from Redis, as a worker does at start-up;
 - ``after``: this tree's.
@@ -80,6 +81,9 @@ def child(kind: str, data: Path, redis_url: str | None, probe: int) -> dict:
     from index.engine import HashIndex
     from index.scan import BucketScan
 
+    if kind == "codes":
+        from index.memory import release_freed_memory
+
     centers = np.load(data / "centers.npy")
     queries = np.load(data / "queries.npy")
     n = int(np.load(data / "buckets.npy", mmap_mode="r").shape[0])
@@ -108,6 +112,7 @@ def child(kind: str, data: Path, redis_url: str | None, probe: int) -> dict:
         scan = BucketScan(codes.shape[1] * 8, len(centers))
         scan.add(np.arange(1, n + 1), codes, buckets)
         del codes, buckets
+        release_freed_memory()  # as loading an index does: what is left is the lists
     else:
         index = HashIndex.open(client, INDEX_NAME, BUNDLE_ID, queries.shape[1] * 8, centers, CENTERS_VERSION)
     seconds = time.perf_counter() - started

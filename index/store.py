@@ -43,7 +43,7 @@ from index.errors import FeedGapError, ModalityConflictError, StoreUnavailableEr
 MODALITIES = ("image", "text")
 FEED_LENGTH = 1000  # change-feed entries Redis keeps (approximately: MAXLEN ~)
 _HEADER = struct.Struct(">IQ")  # bucket, label
-_READ_CHUNK = 10_000  # ids per HMGET when reading a whole modality: few round trips, no long block of Redis
+_READ_CHUNK = 10_000  # labels per lookup when reading a whole modality: few round trips, no long block of Redis
 _SCAN_COUNT = 10_000  # SCAN/HSCAN's per-step hint, for the same reason
 _FEED_READ = 500  # feed entries per XRANGE/XREAD: half a feed, so a catch-up takes a few reads at most
 _LOOKUP_CHUNK = 4000  # labels per HMGET in the lookup script: below Lua's limit on unpacked values (~8000)
