@@ -196,7 +196,6 @@ class ChangedItem:
     modality: str
     id: str
     now: tuple[int, int, bytes] | None  # bucket, label, packed code
-    metadata: str  # JSON text
     previous: tuple[int, int] | None
 
 
@@ -243,10 +242,11 @@ def _header(raw: bytes) -> tuple[int, int] | None:
     return _HEADER.unpack(raw[: _HEADER.size]) if raw else None
 
 
-def _changed(side: int, item: bytes, value: bytes, metadata: bytes, previous: bytes) -> ChangedItem:
+def _changed(side: int, item: bytes, value: bytes, _metadata: bytes, previous: bytes) -> ChangedItem:
+    """A feed row as a change; its metadata is not kept: processes read it from Redis with search results."""
     bucket, label = _HEADER.unpack(value[: _HEADER.size]) if value else (0, 0)
     now = (bucket, label, value[_HEADER.size :]) if value else None
-    return ChangedItem(MODALITIES[side], item.decode(), now, metadata.decode(), _header(previous))
+    return ChangedItem(MODALITIES[side], item.decode(), now, _header(previous))
 
 
 def _decode_feed(entries: list) -> list[Change]:
@@ -326,8 +326,8 @@ class RedisStore:
             args += [MODALITIES.index(modality), item, struct.pack(">I", bucket) + code, meta]
         seq, first, *previous = self._call(self._upsert, keys=self._keys(), args=args)
         items = [
-            ChangedItem(modality, item, (bucket, first + row, code), meta, _header(previous[row]))
-            for row, (modality, item, bucket, code, meta) in enumerate(rows)
+            ChangedItem(modality, item, (bucket, first + row, code), _header(previous[row]))
+            for row, (modality, item, bucket, code, _) in enumerate(rows)
         ]
         return Change(seq, items)
 
@@ -357,7 +357,7 @@ class RedisStore:
         seq, previous = self._call(self._delete, keys=keys, args=[item, MODALITIES.index(modality), FEED_LENGTH])
         if not seq:
             return None
-        return Change(seq, [ChangedItem(modality, item, None, "", _header(previous))])
+        return Change(seq, [ChangedItem(modality, item, None, _header(previous))])
 
     def feed_position(self) -> int:
         """The number of the last change written (0 before the first)."""
