@@ -1,4 +1,4 @@
-"""Two-level index benchmark: retention vs cost, latency vs a flat FAISS scan, memory per item.
+"""Two-level index benchmark: retention vs cost, latency vs a flat FAISS scan.
 
     python -m bench.index_bench --bundle var/runs/dsfh/64bits/bundle
 
@@ -8,7 +8,9 @@
    copied), the real query codes, the same retention figures.
 3. Speed at 1 M items, one thread: per-query latency of the two-level search vs ``IndexBinaryFlat``,
    batched throughput, and the in-bucket scan rate vs FAISS's raw flat scan rate (codes per second).
-4. Memory per item at 1 M: packed code, FAISS id, id map, and Redis (measured on a real redis-server).
+
+A worker's memory per item, its reload time and the search latency with ids and metadata read from Redis
+are ``bench.memory_bench``'s.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import tracemalloc
 from pathlib import Path
 
 import faiss
@@ -155,46 +156,6 @@ def _flat_rate_over_the_same_codes(
     return scanned / seconds
 
 
-def memory_per_item(codes: np.ndarray, bits: int, centers: np.ndarray) -> dict:
-    """Bytes per item in the process (FAISS + the label → (id, metadata JSON) map, traced) and in Redis
-    (used_memory delta)."""
-    import tempfile
-
-    from index.redis_server import RedisServer
-    from index.store import RedisStore
-
-    n = len(codes)
-    metadata = json.dumps({"title": "clip art"})
-    tracemalloc.start()
-    entries = {i: (f"openclipart/item-{i:07d}", json.dumps({"title": "clip art"})) for i in range(n)}  # as the engine
-    python_bytes = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    faiss_bytes = n * (bits // 8 + 8)  # codes + int64 ids in the inverted lists
-    with tempfile.TemporaryDirectory() as tmp:
-        server = RedisServer(Path(tmp)).start()
-        try:
-            client = server.client()
-            base = client.info("memory")["used_memory"]
-            store = RedisStore(client, "bench", "bundle")
-            buckets = route(codes, centers)[:, 0]
-            for start in range(0, n, 2000):
-                stop = min(n, start + 2000)
-                batch = [entries[i][0] for i in range(start, stop)]
-                labels = np.arange(start, stop)
-                store.copy("image", batch, buckets[start:stop], labels, codes[start:stop], [metadata] * len(batch))
-            redis_bytes = client.info("memory")["used_memory"] - base
-        finally:
-            server.stop()
-    del entries
-    return {
-        "items": n,
-        "code_bytes": bits // 8,
-        "faiss_bytes_per_item": round(faiss_bytes / n, 1),
-        "id_and_metadata_map_bytes_per_item": round(python_bytes / n, 1),
-        "redis_bytes_per_item": round(redis_bytes / n, 1),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, required=True)
@@ -202,7 +163,6 @@ def main() -> None:
     parser.add_argument("--probes", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--scales", type=int, nargs="+", default=[1_000_000, 4_000_000])
     parser.add_argument("--flip", type=float, default=0.05, help="bit-noise probability of the replicas")
-    parser.add_argument("--memory-items", type=int, default=1_000_000)
     parser.add_argument("--skip-retention", action="store_true", help="only the scaled speed/memory parts")
     parser.add_argument("--out", type=Path, default=Path("var/bench/index.json"))
     args = parser.parse_args()
@@ -246,10 +206,6 @@ def main() -> None:
             print("\nSpeed at 1M items, one thread (two-level vs IndexBinaryFlat)")
             for row in speed:
                 print(json.dumps(row))
-            if args.memory_items:
-                memory = memory_per_item(db[: args.memory_items], bits, centers)
-                report["memory"] = memory
-                print("\nMemory per item:", json.dumps(memory))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
 

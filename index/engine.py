@@ -18,15 +18,19 @@ a thread it owns: :meth:`HashIndex.start_following`, stopped by :meth:`HashIndex
 allocated in feed order, so every process holds the same items in the same order and answers a query
 identically. Applying is
 serialised by one lock; the in-memory structures have their own, held by an applier only while it
-changes them and by a search only around its scan, so searches never wait for a Redis round trip.
+changes them and by a search only around its scan, so neither waits for the other's Redis round trip.
 
 The public surface a service uses: ``open``/``close``, ``add``/``remove``/``get``, ``search`` (returning
 :class:`Hit`, which the service's responses serialise as they are), ``stats``, ``stored_modalities``,
 ``ping`` and ``start_following``. ``store`` is there for tools (the re-bucket, ``python -m index``) and tests.
 
-A search never touches Redis: each item's id and metadata (its JSON text, as stored) are kept in
-memory beside its code, so searches keep answering while Redis is unreachable; writes then fail with
-:class:`StoreUnavailableError` and nothing is applied.
+Each process keeps in memory only what ranking needs: per item its packed code and a FAISS id (label
+and bucket), about 16 B at 64 bits, plus one bit per label telling which labels it holds. Ids and
+metadata stay in Redis: a search ranks in memory, then resolves the labels it ranked to ids and
+metadata in one Redis round trip (``RedisStore.lookup``); a metadata filter over-fetches and repeats
+that with more candidates until k match or the probed buckets run out (``docs/memory.md``). While Redis
+is unreachable a search therefore fails with :class:`StoreUnavailableError` (a 503), like a write: it
+cannot say which items it found.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +47,7 @@ import redis
 
 from index.centers import CenterIndex
 from index.errors import FeedGapError, IndexInputError, ItemNotFoundError, StoreUnavailableError
+from index.memory import release_freed_memory
 from index.scan import BucketScan
 from index.store import MODALITIES, Change, Group, RedisStore, StoredItem
 
@@ -50,6 +55,16 @@ log = logging.getLogger("xmhash.index")
 _LOAD_ATTEMPTS = 3  # loads a burst of writes may outrun before the error surfaces (each retry starts afresh)
 FOLLOW_BLOCK_MS = 500  # longest wait on the change feed: bounds how long stopping the follower takes
 _RETRY_SECONDS = 1.0  # the follower's pause after Redis failed, so an outage does not become a busy loop
+# A metadata filter first ranks FILTER_OVERFETCH × k candidates. While fewer than k match and the probed
+# buckets hold more, it ranks again: FILTER_MARGIN times as many as the share of matches seen so far says
+# k needs (at least twice as many as before, since fewer than k matched), or FILTER_OVERFETCH times as many
+# when none matched. A few rounds even for rare matches, without resolving k·(everything) up front.
+FILTER_OVERFETCH = 4
+FILTER_MARGIN = 2
+
+
+def _matches(metadata: dict, wanted: dict) -> bool:
+    return all(metadata.get(key) == value for key, value in wanted.items())
 
 
 @dataclass(frozen=True)
@@ -75,10 +90,10 @@ class Hit:
 
 @dataclass
 class _Side:
-    """In-memory state of one modality: the bucket scan and label → (id, metadata JSON text)."""
+    """In-memory state of one modality: its bucket scan, which also knows which labels it holds. No
+    per-item Python object: ids and metadata are resolved from Redis per search."""
 
     scan: BucketScan
-    entries: dict[int, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -99,7 +114,9 @@ class Generation:
         attempt = 1
         while True:
             try:
-                return cls._load(store, bits)
+                generation = cls._load(store, bits)
+                release_freed_memory()
+                return generation
             except FeedGapError:
                 if attempt == _LOAD_ATTEMPTS:
                     raise
@@ -115,11 +132,10 @@ class Generation:
         applied = store.feed_position()  # read first: every change up to it is in what is read next
         sides = {m: _Side(BucketScan(bits, len(centers))) for m in MODALITIES}
         for modality, side in sides.items():
-            items = store.items_in_order(modality)
-            if items.ids:
-                side.scan.add(items.labels, items.codes, items.buckets)
-                entries = zip(items.ids, items.metadata, strict=True)
-                side.entries = dict(zip(items.labels.tolist(), entries, strict=True))
+            store.complete_label_map(modality)
+            stored = store.codes_in_order(modality)
+            if len(stored.labels):
+                side.scan.add(stored.labels, stored.codes, stored.buckets)
         generation = cls(store, CenterIndex(centers), version, sides, applied)
         for change in store.changes_after(applied):
             generation.apply(change)
@@ -130,17 +146,15 @@ class Generation:
         deleted label is removed only if present, a new label added only if absent."""
         for modality, side in self.sides.items():
             items = [item for item in change.items if item.modality == modality]
-            stale = [item.previous for item in items if item.previous is not None and item.previous[1] in side.entries]
-            if stale:
-                side.scan.remove(np.array([label for _, label in stale]), np.array([bucket for bucket, _ in stale]))
-                for _, label in stale:
-                    del side.entries[label]
-            new = [item for item in items if item.now is not None and item.now[1] not in side.entries]
+            stale = np.array([item.previous for item in items if item.previous is not None], np.int64).reshape(-1, 2)
+            stale = stale[side.scan.holds(stale[:, 1])]
+            if len(stale):
+                side.scan.remove(stale[:, 1], stale[:, 0])
+            new = [item for item in items if item.now is not None]
+            new = [item for item, held in zip(new, side.scan.holds([i.now[1] for i in new]), strict=True) if not held]
             if new:
                 codes = np.frombuffer(b"".join(item.now[2] for item in new), dtype=np.uint8).reshape(len(new), -1)
-                labels = [item.now[1] for item in new]
-                side.scan.add(np.array(labels), codes, np.array([item.now[0] for item in new]))
-                side.entries.update(zip(labels, ((item.id, item.metadata) for item in new), strict=True))
+                side.scan.add(np.array([item.now[1] for item in new]), codes, np.array([item.now[0] for item in new]))
         self.applied = change.seq
 
 
@@ -194,7 +208,7 @@ class HashIndex:
                 self._closing.wait(_RETRY_SECONDS)
 
     def ping(self) -> bool:
-        """Whether Redis answers (searches answer from memory either way; writes need it)."""
+        """Whether Redis answers (searches and writes need it; ranking alone does not)."""
         return self.generation.store.ping()
 
     # The current generation's parts, for tools (re-bucket, ``python -m index``) and tests.
@@ -341,10 +355,17 @@ class HashIndex:
             raise ItemNotFoundError(item_id)
         return stored
 
-    def search(self, target: str, codes: np.ndarray, k: int, probe: int | None = None) -> list[list[Hit]]:
+    def search(
+        self, target: str, codes: np.ndarray, k: int, probe: int | None = None, where: Mapping | None = None
+    ) -> list[list[Hit]]:
         """Top k items of modality ``target`` for each packed query code; ``probe=None`` scans all
         buckets (exact). Ranked by Hamming distance; ties by the bucket's rank in the query's route (the
-        semantically nearer bucket first), then insertion order."""
+        semantically nearer bucket first), then insertion order. ``where``: keep only items whose
+        metadata has these exact key/value pairs.
+
+        Ranks in memory, then resolves the ranked labels to ids and metadata from Redis, one round trip
+        per round (one round without a filter). A label replaced or deleted since it was ranked is left
+        out, and more candidates are ranked when that or the filter leaves fewer than k."""
         self._check_modality(target)
         codes = self._check_codes(codes)
         if k < 1:
@@ -356,13 +377,40 @@ class HashIndex:
             raise IndexInputError(f"probe must be between 1 and {n_buckets}")
         probes = generation.centers.route(codes, probe)
         side = generation.sides[target]
-        with self._memory_lock:
-            distances, labels, buckets = side.scan.search(codes, probes, k)
-            found = [
-                [(side.entries[label], d, b) for d, label, b in zip(dr, lr, br, strict=True) if label >= 0]
-                for dr, lr, br in zip(distances.tolist(), labels.tolist(), buckets.tolist(), strict=True)
-            ]
-        return [[Hit(item, d, b, json.loads(meta)) for (item, meta), d, b in row] for row in found]
+        wanted = dict(where or {})
+        known: dict[int, tuple[str, dict] | None] = {}  # label → (id, metadata), None once gone
+        results: list[list[Hit]] = [[] for _ in codes]
+        pending, fetch = list(range(len(codes))), k * FILTER_OVERFETCH if wanted else k
+        while pending:
+            with self._memory_lock:
+                distances, labels, buckets = side.scan.search(codes[pending], probes[pending], fetch)
+            unknown = [label for label in dict.fromkeys(labels[labels >= 0].tolist()) if label not in known]
+            for label, found in zip(unknown, self._lookup(generation, target, unknown), strict=True):
+                known[label] = None if found is None else (found[0], json.loads(found[1]))
+            still, needed = [], []
+            for query, dr, lr, br in zip(pending, distances.tolist(), labels.tolist(), buckets.tolist(), strict=True):
+                ranked = [(known[label], d, b) for d, label, b in zip(dr, lr, br, strict=True) if label >= 0]
+                hits = [Hit(f[0], d, b, f[1]) for f, d, b in ranked if f is not None and _matches(f[1], wanted)]
+                if len(hits) >= k or len(ranked) < fetch:
+                    results[query] = hits[:k]
+                else:
+                    still.append(query)
+                    needed.append(-(-FILTER_MARGIN * k * fetch // len(hits)) if hits else fetch * FILTER_OVERFETCH)
+            pending, fetch = still, max(needed, default=fetch)
+        return results
+
+    @staticmethod
+    def _lookup(generation: Generation, target: str, labels: list[int]) -> list[tuple[str, str] | None]:
+        """Ids and metadata of ranked labels. A re-bucket drops the generation this process still serves
+        until its next refresh; its labels are kept by the re-bucket, so those the old generation no longer
+        has are looked up in the active one (one more round trip, only then)."""
+        found = generation.store.lookup(target, labels)
+        gone = [label for label, entry in zip(labels, found, strict=True) if entry is None]
+        active = generation.store.active_generation() if gone else None
+        if active is None or active == generation.store.generation:
+            return found
+        again = iter(generation.store.at(active).lookup(target, gone))
+        return [next(again) if entry is None else entry for entry in found]
 
     def stats(self) -> dict:
         """Code length, buckets, generation and item counts, from memory (answers without Redis)."""

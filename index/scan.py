@@ -15,6 +15,10 @@ ordered by (distance, probe rank of the bucket, insertion order): among equally 
 of the semantically nearer bucket come first.
 
 A FAISS id carries the item's label and its bucket, so a hit says where it came from without a lookup.
+Besides the lists (code and id: 16 B an item at 64 bits), the scan keeps one bit per label telling
+whether it holds that label (applying the change feed is idempotent by it), and nothing per item in
+Python. Items are appended list by list (``add_entries``), so a list loaded in one call holds exactly
+its items, with no spare capacity.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class BucketScan:
         self._code_ptrs = np.zeros(n_buckets, dtype=np.int64)
         self._id_ptrs = np.zeros(n_buckets, dtype=np.int64)
         self._sizes = np.zeros(n_buckets, dtype=np.int64)
+        self._held = np.zeros(0, dtype=np.uint8)  # bit ``label`` is set while this scan holds the label
 
     def __len__(self) -> int:
         return self._ivf.ntotal
@@ -68,9 +73,16 @@ class BucketScan:
         buckets = np.ascontiguousarray(buckets, dtype=np.int64)
         late = np.unique(buckets[labels < self._newest[buckets]])
         np.maximum.at(self._newest, buckets, labels)
-        ids = np.ascontiguousarray((labels << _BUCKET_BITS) | buckets)
-        codes = np.ascontiguousarray(codes, dtype=np.uint8)
-        self._ivf.add_core(len(ids), faiss.swig_ptr(codes), faiss.swig_ptr(ids), faiss.swig_ptr(buckets))
+        order = np.argsort(buckets, kind="stable")  # grouped by bucket, label order kept within each
+        ids = np.ascontiguousarray(((labels << _BUCKET_BITS) | buckets)[order])
+        codes = np.ascontiguousarray(np.asarray(codes, dtype=np.uint8)[order])
+        present, starts = np.unique(buckets[order], return_index=True)
+        stops = [*starts[1:].tolist(), len(ids)]
+        for bucket, start, stop in zip(present.tolist(), starts.tolist(), stops, strict=True):
+            ids_ptr, codes_ptr = faiss.swig_ptr(ids[start:stop]), faiss.swig_ptr(codes[start:stop])
+            self._lists.add_entries(bucket, stop - start, ids_ptr, codes_ptr)
+        self._ivf.ntotal += len(ids)
+        self._mark(labels, True)
         for bucket in late.tolist():
             ids, codes = self._entries(bucket)
             order = np.argsort(ids, kind="stable")  # ids sort as labels do: the label is the high part
@@ -85,7 +97,30 @@ class BucketScan:
             ids, codes = self._entries(bucket)
             keep = ~np.isin(ids >> _BUCKET_BITS, labels[buckets == bucket])
             self._replace(bucket, ids[keep], codes[keep])
+        self._mark(labels, False)
         self._locate(buckets)
+
+    def holds(self, labels: np.ndarray | list[int]) -> np.ndarray:
+        """Whether each label is in this scan (bool array)."""
+        labels = np.asarray(labels, np.int64)
+        inside = (labels >> 3) < len(self._held)
+        held = np.zeros(len(labels), dtype=bool)
+        held[inside] = (self._held[labels[inside] >> 3] >> (labels[inside] & 7)) & 1
+        return held
+
+    def _mark(self, labels: np.ndarray, held: bool) -> None:
+        if not len(labels):
+            return
+        size = int(labels.max() >> 3) + 1
+        if size > len(self._held):  # grown geometrically: labels mostly arrive in increasing order
+            self._held = np.concatenate(
+                [self._held, np.zeros(max(size, 2 * len(self._held)) - len(self._held), np.uint8)]
+            )
+        bits = np.left_shift(1, labels & 7).astype(np.uint8)
+        if held:
+            np.bitwise_or.at(self._held, labels >> 3, bits)
+        else:
+            np.bitwise_and.at(self._held, labels >> 3, ~bits)
 
     def _entries(self, bucket: int) -> tuple[np.ndarray, np.ndarray]:
         """Copies of a bucket's FAISS ids and codes, in list order."""

@@ -6,6 +6,8 @@ generation readers use, and ``…:rebuilding`` is set while a re-bucket copies i
 
 - ``items:{modality}``  hash id → bucket (u32 BE) · label (u64 BE) · packed code
 - ``meta:{modality}``   hash id → user metadata (JSON)
+- ``labels:{modality}`` hash label (decimal) → id: what a search resolves its ranked labels with, since a
+  serving process keeps only codes and labels in memory (``docs/memory.md``)
 - ``counts:{modality}`` hash bucket → number of items
 - ``centers``           the bucket centers (``.npy`` bytes, no pickle); ``info`` hash: version, bits
 - ``next_label``        counter giving labels in insertion order
@@ -28,8 +30,9 @@ from __future__ import annotations
 import io
 import json
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from string import Template
 
 import msgpack
 import numpy as np
@@ -42,12 +45,14 @@ FEED_LENGTH = 1000  # change-feed entries Redis keeps (approximately: MAXLEN ~)
 ID_MAX_CHARS = 256  # an item id: 1 to 256 characters, no whitespace (it is a URL path segment of the API)
 ID_PATTERN = r"^[^\s]+$"
 _HEADER = struct.Struct(">IQ")  # bucket, label
-_READ_CHUNK = 10_000  # ids per HMGET when reading a whole modality: few round trips, no long block of Redis
+_READ_CHUNK = 10_000  # labels per lookup when reading a whole modality: few round trips, no long block of Redis
 _SCAN_COUNT = 10_000  # SCAN/HSCAN's per-step hint, for the same reason
 _FEED_READ = 500  # feed entries per XRANGE/XREAD: half a feed, so a catch-up takes a few reads at most
+_LOOKUP_CHUNK = 4000  # labels per HMGET in the lookup script: below Lua's limit on unpacked values (~8000)
 
 # KEYS: items, meta, counts of the image modality; the same of the text modality; the rebuild flag;
-#       next_label; seq; feed; the active-generation key; with a progress field, the progress hash of an import.
+#       next_label; seq; feed; the active-generation key; labels of the image modality, of the text modality;
+#       with a progress field, the progress hash of an import.
 # ARGV: mode, feed length, progress field ('' for none), generation, then per modality group five arguments: side (0
 #       image, 1 text), ids (a msgpack array), records (one string: a fixed-size record per id), metadata (a
 #       msgpack array of JSON texts), record size. Compact on purpose: a batch is a handful of arguments
@@ -105,13 +110,15 @@ local previous, changed, row = {}, {}, 0
 for _, group in ipairs(groups) do
   local base, size, ids, meta = group.side * 3, group.size, group.ids, group.meta
   local old = hmget(KEYS[base + 1], ids)
-  local delta, values, metas = {}, {}, {}
+  local delta, values, metas, labelled, dropped = {}, {}, {}, {}, {}
   for i = 1, #ids do
     local value = string.sub(group.records, (i - 1) * size + 1, i * size)
+    local label = first + row
     if write then
-      value = string.sub(value, 1, 4) .. struct.pack('>I8', first + row) .. string.sub(value, 5)
+      value = string.sub(value, 1, 4) .. struct.pack('>I8', label) .. string.sub(value, 5)
     else
-      last = math.max(last, (struct.unpack('>I8', value, 5)))
+      label = struct.unpack('>I8', value, 5)
+      last = math.max(last, label)
     end
     local bucket = struct.unpack('>I4', value)
     delta[bucket] = (delta[bucket] or 0) + 1
@@ -120,7 +127,9 @@ for _, group in ipairs(groups) do
       local was = struct.unpack('>I4', old[i])
       delta[was] = (delta[was] or 0) - 1
       before = string.sub(old[i], 1, 12)
+      dropped[#dropped + 1] = string.format('%d', struct.unpack('>I8', old[i], 5))
     end
+    labelled[2 * i - 1], labelled[2 * i] = string.format('%d', label), ids[i]
     row = row + 1
     previous[row] = before
     values[2 * i - 1], values[2 * i] = ids[i], value
@@ -129,6 +138,10 @@ for _, group in ipairs(groups) do
   end
   hset(KEYS[base + 1], values)
   hset(KEYS[base + 2], metas)
+  for s = 1, #dropped, SLICE do  -- before the new entries: a copy may write an item's own label again
+    redis.call('HDEL', KEYS[12 + group.side], unpack(dropped, s, math.min(s + SLICE - 1, #dropped)))
+  end
+  hset(KEYS[12 + group.side], labelled)
   for bucket, d in pairs(delta) do
     if d ~= 0 then redis.call('HINCRBY', KEYS[base + 3], bucket, d) end
   end
@@ -141,12 +154,12 @@ elseif last > tonumber(redis.call('GET', KEYS[8]) or '0') then
   redis.call('SET', KEYS[8], last)
 end
 if ARGV[3] ~= '' then
-  redis.call('HSET', KEYS[12], ARGV[3], seq)
+  redis.call('HSET', KEYS[14], ARGV[3], seq)
 end
 return {seq, first, cmsgpack.pack(previous)}
 """
 
-# KEYS: items, meta, counts of the item's modality; the rebuild flag; seq; feed.
+# KEYS: items, meta, counts of the item's modality; the rebuild flag; seq; feed; labels of the modality.
 # ARGV: id, side, feed length. Returns {seq, previous}, {0, ''} when the id is absent.
 _DELETE = """
 if redis.call('EXISTS', KEYS[4]) == 1 then
@@ -157,12 +170,64 @@ if not old then return {0, ''} end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[3], struct.unpack('>I4', old), -1)
+redis.call('HDEL', KEYS[7], string.format('%d', struct.unpack('>I8', old, 5)))
 local previous = string.sub(old, 1, 12)
 local seq = redis.call('INCR', KEYS[5])
 local changed = {{tonumber(ARGV[2]), ARGV[1], '', '', previous}}
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'items', cmsgpack.pack(changed))
 return {seq, previous}
 """
+
+# A search's ranked labels → ids and metadata, in one call whatever their number. KEYS: labels, meta of
+# one modality. ARGV: labels. Returns, msgpack'd (one string to decode, not 2k replies): ids (false where a
+# label is gone) and the metadata of the ids found, in order.
+# HMGET takes at most _LOOKUP_CHUNK arguments at a time: Lua's unpack is limited to ~8000 values.
+_LOOKUP = Template("""
+local function hmget(key, names)
+  local values = {}
+  for first = 1, #names, $chunk do
+    local part = redis.call('HMGET', key, unpack(names, first, math.min(first + $chunk - 1, #names)))
+    for i = 1, #part do values[first + i - 1] = part[i] end
+  end
+  return values
+end
+local ids = hmget(KEYS[1], ARGV)
+local found = {}
+for i = 1, #ARGV do
+  if ids[i] then found[#found + 1] = ids[i] end
+end
+return cmsgpack.pack(ids, hmget(KEYS[2], found))
+""").substitute(chunk=_LOOKUP_CHUNK)
+
+# One HSCAN step of an items hash, its values concatenated. KEYS: items. ARGV: cursor, count.
+# Returns {next cursor, number of values, values}.
+_SCAN_VALUES = """
+local page = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local fields, values, n = page[2], {}, 0
+for i = 2, #fields, 2 do
+  n = n + 1
+  values[n] = fields[i]
+end
+return {page[1], n, table.concat(values)}
+"""
+
+# Completing a label map. KEYS: items, labels of one modality. ARGV: label, id, label, id, …
+# Writes an entry only where the id still holds that label; returns how many were written.
+_INDEX_LABELS = """
+local written = 0
+for i = 1, #ARGV, 2 do
+  local value = redis.call('HGET', KEYS[1], ARGV[i + 1])
+  if value and string.format('%d', struct.unpack('>I8', value, 5)) == ARGV[i] then
+    written = written + redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  end
+end
+return written
+"""
+
+
+def _record(width: int) -> np.dtype:
+    """A stored value as a numpy record: bucket (u32 BE) · label (u64 BE) · packed code."""
+    return np.dtype([("bucket", ">u4"), ("label", ">u8"), ("code", np.uint8, (width - _HEADER.size,))])
 
 
 # KEYS: items of the image modality, items of the text modality. ARGV: ids (a msgpack array).
@@ -204,7 +269,6 @@ class ChangedItem:
     modality: str
     id: str
     now: tuple[int, int, bytes] | None  # bucket, label, packed code
-    metadata: str  # JSON text
     previous: tuple[int, int] | None
 
 
@@ -214,6 +278,15 @@ class Change:
 
     seq: int
     items: list[ChangedItem]
+
+
+@dataclass(frozen=True)
+class StoredCodes:
+    """What ranking needs of every item of a modality, row-aligned, in label (insertion) order."""
+
+    labels: np.ndarray  # int64
+    buckets: np.ndarray  # int64
+    codes: np.ndarray  # packed uint8 (n, bits / 8)
 
 
 @dataclass(frozen=True)
@@ -242,10 +315,11 @@ def _header(raw: bytes) -> tuple[int, int] | None:
     return _HEADER.unpack(raw[: _HEADER.size]) if raw else None
 
 
-def _changed(side: int, item: bytes, value: bytes, metadata: bytes, previous: bytes) -> ChangedItem:
+def _changed(side: int, item: bytes, value: bytes, _metadata: bytes, previous: bytes) -> ChangedItem:
+    """A feed row as a change; its metadata is not kept: processes read it from Redis with search results."""
     bucket, label = _HEADER.unpack(value[: _HEADER.size]) if value else (0, 0)
     now = (bucket, label, value[_HEADER.size :]) if value else None
-    return ChangedItem(MODALITIES[side], item.decode(), now, metadata.decode(), _header(previous))
+    return ChangedItem(MODALITIES[side], item.decode(), now, _header(previous))
 
 
 def _decode_feed(entries: list) -> list[Change]:
@@ -281,6 +355,9 @@ class RedisStore:
         self._upsert = client.register_script(_UPSERT)
         self._delete = client.register_script(_DELETE)
         self._modalities = client.register_script(_MODALITIES)
+        self._lookup = client.register_script(_LOOKUP)
+        self._scan_values = client.register_script(_SCAN_VALUES)
+        self._index_labels = client.register_script(_INDEX_LABELS)
 
     def at(self, generation: int) -> RedisStore:
         """The same index and bundle, another generation."""
@@ -338,6 +415,7 @@ class RedisStore:
             self.key("seq"),
             self.key("feed"),
             self.base + "active",
+            *(self.key(f"labels:{m}") for m in MODALITIES),
         ]
 
     def progress_key(self, job: str) -> str:
@@ -374,9 +452,9 @@ class RedisStore:
         items = []
         for group in groups:
             now = zip(group.ids, group.buckets.tolist(), group.codes, group.metadata, strict=True)
-            for item, bucket, code, meta in now:
+            for item, bucket, code, _ in now:
                 row = len(items)
-                items.append(ChangedItem(group.modality, item, (bucket, first + row, code.tobytes()), meta,
+                items.append(ChangedItem(group.modality, item, (bucket, first + row, code.tobytes()),
                                          _header(previous[row])))  # fmt: skip
         return Change(seq, items)
 
@@ -405,11 +483,11 @@ class RedisStore:
     def delete(self, modality: str, item: str) -> Change | None:
         """Delete an item and append that to the feed; None when it was absent."""
         keys = [self.key(f"items:{modality}"), self.key(f"meta:{modality}"), self.key(f"counts:{modality}")]
-        keys += [self.rebuild_key, self.key("seq"), self.key("feed")]
+        keys += [self.rebuild_key, self.key("seq"), self.key("feed"), self.key(f"labels:{modality}")]
         seq, previous = self._call(self._delete, keys=keys, args=[item, MODALITIES.index(modality), FEED_LENGTH])
         if not seq:
             return None
-        return Change(seq, [ChangedItem(modality, item, None, "", _header(previous))])
+        return Change(seq, [ChangedItem(modality, item, None, _header(previous))])
 
     def feed_position(self) -> int:
         """The number of the last change written (0 before the first)."""
@@ -460,44 +538,76 @@ class RedisStore:
         bucket, label = _HEADER.unpack(value[: _HEADER.size])
         return StoredItem(item, modality, bucket, label, value[_HEADER.size :], json.loads(meta or "{}"))
 
-    def scan_items(
-        self, modality: str, chunk: int = _SCAN_COUNT
-    ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray, list[bytes]]]:
-        """All items of a modality in chunks: (ids, buckets, labels, codes) — the rebuild's source."""
-        cursor = 0
+    def lookup(self, modality: str, labels: Sequence[int]) -> list[tuple[str, str] | None]:
+        """(id, metadata JSON text) of each label, None for a label no longer stored (replaced or deleted
+        since it was ranked): what a search resolves its ranked labels with, in one round trip."""
+        if not len(labels):
+            return []
+        keys = [self.key(f"labels:{modality}"), self.key(f"meta:{modality}")]
+        packed = self._call(self._lookup, keys=keys, args=[int(label) for label in labels])
+        ids, metadata = msgpack.Unpacker(io.BytesIO(packed), raw=True)
+        described = iter(metadata)
+        return [(item.decode(), (next(described) or b"{}").decode()) if item else None for item in ids]
+
+    def codes_in_order(self, modality: str) -> StoredCodes:
+        """Every item's label, bucket and code, in label (insertion) order: all a serving process loads.
+
+        Each HSCAN step runs in a script that returns its values as one string (fixed-width records,
+        decoded with numpy), so no Python object is made per item; HSCAN may return an item twice, so
+        records are kept once per label."""
+        cursor, pages = 0, []
         while True:
-            cursor, page = self._call(self.client.hscan, self.key(f"items:{modality}"), cursor, count=chunk)
-            if page:
-                ids = [k.decode() for k in page]
-                headers = [_HEADER.unpack(v[: _HEADER.size]) for v in page.values()]
-                buckets = np.array([h[0] for h in headers], dtype=np.int64)
-                labels = np.array([h[1] for h in headers], dtype=np.int64)
-                yield ids, buckets, labels, [v[_HEADER.size :] for v in page.values()]
-            if cursor == 0:
-                return
+            cursor, count, blob = self._call(self._scan_values, keys=[self.key(f"items:{modality}")],
+                                             args=[cursor, _SCAN_COUNT])  # fmt: skip
+            if count:
+                width = len(blob) // count
+                pages.append(np.frombuffer(blob, dtype=_record(width)))
+            if int(cursor) == 0:
+                break
+        if not pages:
+            return StoredCodes(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), np.uint8))
+        records = np.concatenate(pages)
+        labels, first = np.unique(records["label"], return_index=True)  # sorted, each label once
+        records = records[first]
+        return StoredCodes(labels.astype(np.int64), records["bucket"].astype(np.int64), records["code"].copy())
 
     def items_in_order(self, modality: str) -> StoredItems:
-        """Every item of a modality in label (insertion) order, with its metadata JSON text.
-
-        HSCAN may return a key twice; each id is kept once."""
-        rows: dict[str, tuple[int, int, bytes]] = {}
-        for ids, buckets, labels, codes in self.scan_items(modality):
-            rows.update(zip(ids, zip(labels.tolist(), buckets.tolist(), codes, strict=True), strict=True))
-        ordered = sorted(rows.items(), key=lambda kv: kv[1][0])
-        if not ordered:
-            return StoredItems([], np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), np.uint8), [])
-        ids = [item for item, _ in ordered]
-        metadata = []
-        for start in range(0, len(ids), _READ_CHUNK):
-            raw = self._call(self.client.hmget, self.key(f"meta:{modality}"), ids[start : start + _READ_CHUNK])
-            metadata += [m.decode() if m else "{}" for m in raw]
+        """Every item of a modality in label (insertion) order, with its id and metadata JSON text: the
+        re-bucket's source (writes are refused while it reads, so codes and label map agree)."""
+        codes = self.codes_in_order(modality)
+        described = [
+            entry
+            for start in range(0, len(codes.labels), _READ_CHUNK)
+            for entry in self.lookup(modality, codes.labels[start : start + _READ_CHUNK].tolist())
+        ]
+        if None in described:
+            raise StoreUnavailableError(f"{self.prefix}labels:{modality} does not name every stored item")
         return StoredItems(
-            ids,
-            np.array([row[0] for _, row in ordered], dtype=np.int64),
-            np.array([row[1] for _, row in ordered], dtype=np.int64),
-            np.frombuffer(b"".join(row[2] for _, row in ordered), dtype=np.uint8).reshape(len(ordered), -1),
-            metadata,
+            [item for item, _ in described],
+            codes.labels,
+            codes.buckets,
+            codes.codes,
+            [meta for _, meta in described],
         )
+
+    def complete_label_map(self, modality: str) -> int:
+        """Give every stored item its ``labels:`` entry when the map is incomplete (a store written before
+        the map existed); returns how many entries were written. An entry is written only if the item
+        still holds that label, so a write racing this leaves no stale entry."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hlen(self.key(f"items:{modality}"))
+        pipe.hlen(self.key(f"labels:{modality}"))
+        if len(set(self._call(pipe.execute))) == 1:
+            return 0
+        written, cursor = 0, 0
+        keys = [self.key(f"items:{modality}"), self.key(f"labels:{modality}")]
+        while True:
+            cursor, page = self._call(self.client.hscan, keys[0], cursor, count=_SCAN_COUNT)
+            pairs = [part for item, value in page.items() for part in (_HEADER.unpack(value[: _HEADER.size])[1], item)]
+            for start in range(0, len(pairs), 2 * _LOOKUP_CHUNK):
+                written += self._call(self._index_labels, keys=keys, args=pairs[start : start + 2 * _LOOKUP_CHUNK])
+            if cursor == 0:
+                return written
 
     def counts(self, modality: str) -> dict[int, int]:
         raw = self._call(self.client.hgetall, self.key(f"counts:{modality}"))

@@ -5,8 +5,9 @@ form), the same for either target, and one response shape.
 One request's path: the query body is validated by its schema (``k`` ≥ 1, one input); the route reads
 the pinned model once (:attr:`Runtime.model`), checks ``k`` against ``max_k``, turns the input into
 feature vectors (the encoder checks their shape and finiteness), encodes them with the bundle, and asks
-the model's index, which checks ``probe`` against its buckets and returns its :class:`~index.engine.Hit`
-list; the response carries those hits as they are, serialised once.
+the model's index, which checks ``probe`` against its buckets, ranks in memory, applies the metadata
+filter and returns its :class:`~index.engine.Hit` list (ids and metadata read from Redis in one round
+trip a round); the response carries those hits as they are, serialised once.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from index.engine import Hit
 from service.routes.deps import runtime
 from service.routes.fast_json import FastJSONRoute
 from service.runtime import Model, Runtime
@@ -26,34 +26,13 @@ from service.schemas import ErrorBody, ImageQuery, SearchOptions, SearchResponse
 
 router = APIRouter(prefix="/v1/search", tags=["search"], route_class=FastJSONRoute)
 
-# A metadata filter fetches this many times k, and again as many times more until k hits match or the
-# index runs out: a few rounds even for rare matches, without scanning for k·(everything) up front.
-FILTER_OVERFETCH = 4
-
 ERRORS = {
     422: {
         "model": ErrorBody,
         "description": "invalid query: bad input, empty text, undecodable image, k/probe",
     },
-    503: {"model": ErrorBody, "description": "Redis unavailable"},
+    503: {"model": ErrorBody, "description": "Redis unavailable: results' ids and metadata are read from it"},
 }
-
-
-def _matches(metadata: dict, wanted: dict) -> bool:
-    return all(metadata.get(key) == value for key, value in wanted.items())
-
-
-def _nearest(model: Model, target: str, code: np.ndarray, k: int, probe: int | None, wanted: dict) -> list[Hit]:
-    """The index's top k for one code, keeping only hits whose metadata matches ``wanted``."""
-    if not wanted:
-        return model.index.search(target, code, k, probe)[0]
-    fetch = k * FILTER_OVERFETCH
-    while True:
-        [hits] = model.index.search(target, code, fetch, probe)
-        kept = [h for h in hits if _matches(h.metadata, wanted)]
-        if len(kept) >= k or len(hits) < fetch:
-            return kept[:k]
-        fetch *= FILTER_OVERFETCH
 
 
 def run_search(
@@ -66,8 +45,8 @@ def run_search(
     encode_seconds: float,
     kind: str,
 ) -> Response:
-    """Encode → route → scan → (filter) for one query of ``source`` against items of ``target``, answered
-    as ``SearchResponse`` JSON."""
+    """Encode → route → scan → resolve (and filter) for one query of ``source`` against items of
+    ``target``, answered as ``SearchResponse`` JSON."""
     if options.k > rt.settings.max_k:
         raise HTTPException(422, f"k must be at most {rt.settings.max_k}")
     started = time.perf_counter()
@@ -78,7 +57,7 @@ def run_search(
     else:  # the index refuses a probe outside its buckets
         probe = min(rt.settings.default_probe, model.index.n_buckets) if options.probe is None else options.probe
     started = time.perf_counter()
-    hits = _nearest(model, target, code, options.k, probe, options.filter.metadata if options.filter else {})
+    [hits] = model.index.search(target, code, options.k, probe, options.filter.metadata if options.filter else None)
     search_seconds = time.perf_counter() - started
     rt.metrics.encode.labels(source, kind).observe(encode_seconds)
     rt.metrics.search.labels(target).observe(search_seconds)

@@ -37,7 +37,7 @@ class SimilarQuery(BaseModel):
     responses={
         404: {"model": ErrorBody, "description": "no item with this id"},
         422: {"model": ErrorBody, "description": "invalid k or probe"},
-        503: {"model": ErrorBody, "description": "Redis unavailable"},
+        503: {"model": ErrorBody, "description": "Redis unavailable: results' ids and metadata are read from it"},
     },
 )
 def similar(query: SimilarQuery, rt: Annotated[Runtime, Depends(runtime)]) -> SearchResponse:

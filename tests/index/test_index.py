@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 import uuid
 
 import numpy as np
@@ -143,17 +144,23 @@ def test_bad_input_is_rejected_and_nothing_is_half_written(redis_server) -> None
         index.search("image", codes[:1], k=1, probe=99)
 
 
-def test_with_redis_unreachable_writes_fail_whole_and_searches_answer_from_memory(redis_server) -> None:
+def test_with_redis_unreachable_writes_and_searches_fail_and_memory_is_unchanged(redis_server) -> None:
+    """Ids and metadata live in Redis, so a search cannot name what it ranked while Redis is away: it
+    fails like a write (the service's 503), and answers again, the same, once Redis is back."""
     index = _open(redis_server)
     codes = _codes(2, 10)
     index.add([Item("kept", "image", codes[0], {"title": "kept"})])
+    reachable = index.generation.store
     unreachable = redis.Redis(port=1, socket_connect_timeout=0.2)  # nothing listens on port 1
-    index.generation.store = RedisStore(unreachable, index.store.index_name, index.store.bundle_id)
+    index.generation.store = RedisStore(unreachable, reachable.index_name, reachable.bundle_id)
     with pytest.raises(StoreUnavailableError, match="unreachable"):
         index.add([Item("a", "image", codes[1])])
     with pytest.raises(StoreUnavailableError, match="unreachable"):
         index.remove("kept")
+    with pytest.raises(StoreUnavailableError, match="unreachable"):
+        index.search("image", codes[:1], k=5)
     assert index.stats()["items"]["image"] == 1
+    index.generation.store = reachable
     [[hit]] = index.search("image", codes[:1], k=5)
     assert (hit.id, hit.distance, hit.metadata) == ("kept", 0, {"title": "kept"})
 
@@ -167,9 +174,12 @@ def test_rebucket_swaps_in_new_centers_without_losing_anything(redis_server) -> 
     queries = _codes(20, 12)
     before = {m: writer.search(m, queries, k=40) for m in ("image", "text")}
 
+    reader.catch_up()
     summary = rebucket(writer.store, BITS, k=4)
 
     assert summary["generation"] == 1 and summary["items"] == {"image": 199, "text": 100}
+    # Before it refreshes, a reader still ranks with the old, dropped generation, and still names its hits.
+    assert {m: reader.search(m, queries, k=40) for m in ("image", "text")} == before
     assert reader.refresh() and writer.refresh() and not writer.refresh()
     for index in (reader, writer):
         assert index.n_buckets == 4 and index.stats()["generation"] == 1
@@ -207,3 +217,75 @@ def test_writes_wait_out_a_rebucket_while_reads_go_on(redis_server) -> None:
     finally:
         index.store.client.delete(index.store.rebuild_key)
     assert index.stats()["items"]["image"] == 50
+
+
+def test_a_metadata_filter_ranks_more_candidates_until_k_match_or_the_buckets_run_out(redis_server) -> None:
+    index = _open(redis_server)
+    codes = _codes(500, 14)
+    index.add([Item(f"i{i}", "image", c, {"kind": "rare" if i % 50 == 0 else "common"}) for i, c in enumerate(codes)])
+    queries = _codes(6, 15)
+    everything = index.search("image", queries, k=500)
+    for wanted, k in (({"kind": "rare"}, 4), ({"kind": "rare"}, 30), ({"kind": "none"}, 3), ({}, 7)):
+        expected = [
+            [h for h in row if all(h.metadata.get(f) == v for f, v in wanted.items())][:k] for row in everything
+        ]
+        assert index.search("image", queries, k, where=wanted) == expected
+    assert [len(row) for row in index.search("image", queries, 30, where={"kind": "rare"})] == [10] * 6  # all there are
+
+
+def test_a_search_resolves_its_hits_in_one_redis_round_trip(redis_server, monkeypatch) -> None:
+    index = _open(redis_server)
+    index.add(_items("i", "image", _codes(200, 16)))
+    calls = []
+    real_call = index.store._call
+    monkeypatch.setattr(index.store, "_call", lambda fn, *a, **kw: calls.append(fn) or real_call(fn, *a, **kw))
+    hits = index.search("image", _codes(5, 17), k=10, probe=3)
+    assert len(calls) == 1 and all(len(row) == 10 for row in hits)
+
+
+def test_an_item_replaced_or_deleted_after_ranking_is_left_out_and_k_still_filled(redis_server) -> None:
+    name = uuid.uuid4().hex
+    writer, reader = _open(redis_server, name=name), _open(redis_server, name=name)
+    codes = _codes(100, 18)
+    writer.add(_items("i", "image", codes))
+    reader.catch_up()
+    [top] = reader.search("image", codes[:1], k=5)
+    writer.remove(top[0].id)  # the reader has not applied these yet: it still ranks the old labels
+    writer.add([Item(top[1].id, "image", codes[0], {"n": "new"})])
+    [hits] = reader.search("image", codes[:1], k=5)
+    assert len(hits) == 5 and top[0].id not in {h.id for h in hits}
+    assert all(h.metadata != {"n": "new"} for h in hits)  # a replaced item is shown by its current label only
+    reader.catch_up()
+    assert reader.search("image", codes[:1], k=5) == writer.search("image", codes[:1], k=5)
+
+
+def test_a_store_written_before_the_label_map_existed_is_completed_at_load(redis_server) -> None:
+    name = uuid.uuid4().hex
+    first = _open(redis_server, name=name)
+    codes = _codes(120, 19)
+    first.add(_items("i", "image", codes[:60]) + _items("t", "text", codes[60:]))
+    queries = _codes(4, 20)
+    before = {m: first.search(m, queries, k=20) for m in ("image", "text")}
+    first.store.client.delete(first.store.key("labels:image"), first.store.key("labels:text"))
+    second = _open(redis_server, name=name)
+    assert {m: second.search(m, queries, k=20) for m in ("image", "text")} == before
+    assert second.store.complete_label_map("image") == 0  # complete now: nothing more to write
+
+
+def test_a_loaded_index_keeps_no_python_object_per_item(redis_server) -> None:
+    """Only what ranking needs stays in the process: FAISS's lists (C++, not traced here) and a bit per
+    label; the Python heap it keeps after a load does not grow with the items."""
+    name = uuid.uuid4().hex
+    writer = _open(redis_server, name=name)
+    n = 20_000
+    codes = _codes(n, 21)
+    for start in range(0, n, 2000):
+        writer.add(_items(f"item-with-a-long-id-{start}-", "text", codes[start : start + 2000]))
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    loaded = _open(redis_server, name=name)
+    kept = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert loaded.stats()["items"]["text"] == n
+    # A label → (id, metadata) dict kept ~270 B per item; what is left is fixed costs (centers, scripts).
+    assert kept / n < 8, f"{kept / n:.1f} B per item kept in Python"
