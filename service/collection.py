@@ -11,13 +11,14 @@ only the others, so a second run after an interruption writes exactly what is mi
 a complete collection writes nothing. Rows the reader skips, and images that do not decode, are
 reported with their reasons and never stop the load.
 
-The seam for the bulk importer of issue 17: every write goes through :func:`write_chunk` (one modality's
-ids, packed codes and metadata), today ``HashIndex.add``; swapping it for the importer's function of
-the same arguments changes nothing else here.
+Every write goes through :func:`write_chunk` (one modality's ids, packed codes and metadata): the bulk
+importer's atomic chunk write (``index.bulk_import``, the path of ``python -m index import``), whose
+change-feed entry the loading process then applies, so the loaded items are searchable in it at once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from collections.abc import Callable
@@ -27,16 +28,18 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from index.bulk_import import Chunk, import_chunks
 from index.bundle import Bundle
 from index.bundle.featurizers import ImageDecodeError
 from index.collection import Collection, CollectionItem, SkippedRow
-from index.engine import HashIndex, Item
+from index.engine import HashIndex
 from service import thumbnails
 
 log = logging.getLogger("xmhash.collection")
 CHUNK = 64  # rows per chunk: featurized together, written as one batch per modality
 TITLE_CHARS = 120  # of an item's text kept as its title (the metadata shown with a hit)
 PREFIXES = {"image": "img:", "text": "txt:"}
+CHUNK_KEY_HEX = 16  # hex digits of the sha256 of a chunk's ids naming it in its import job
 
 
 @dataclass
@@ -57,9 +60,13 @@ class LoadReport:
 
 
 def write_chunk(index: HashIndex, modality: str, ids: list[str], codes: np.ndarray, metadata: list[dict]) -> None:
-    """Store one modality's items (ids, packed codes (n, bits / 8) uint8, metadata dicts), all or none.
-    The one place the loader writes: the seam where issue 17's bulk importer replaces ``HashIndex.add``."""
-    index.add([Item(i, modality, code, meta) for i, code, meta in zip(ids, codes, metadata, strict=True)])
+    """Store one modality's items (ids, packed codes (n, bits / 8) uint8, metadata dicts), all or none, as one
+    chunk of the bulk importer (job ``collection:<modality>``, chunk named by its ids; resuming is by id,
+    so the job's done-list is not read), then apply it to ``index`` from the change feed."""
+    key = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:CHUNK_KEY_HEX]
+    chunk = Chunk(key, modality, ids, codes, metadata)
+    import_chunks(index.store, f"collection:{modality}", [chunk], done=set(), progress=False)
+    index.catch_up()
 
 
 def _metadata(name: str, item: CollectionItem) -> dict:
