@@ -297,3 +297,28 @@ def semantic_index(
                 }
             )
     typer.echo(markdown_table(rows))
+
+
+@app.command("natural-queries")
+def natural_queries(
+    bundle: Annotated[Path, typer.Option(help="a bundle trained on a raw-text dataset (OpenClipart)")],
+    seed: int = 0,
+) -> None:
+    """How a bundle answers short queries: P@10 per natural query (Hamming over the whole database,
+    asymmetric, and the text encoder's own nearest texts), then text→image metrics with the held-out
+    items' short text views as queries."""
+    from index.bundle import load_bundle
+    from training.datasets import load_dataset
+    from training.evaluation.natural_queries import natural_query_table, short_text_metrics
+    from training.featurize.pipeline import bundle_features_kind, featurize
+
+    model = load_bundle(bundle)
+    dataset = load_dataset(model.manifest.training.dataset, seed=seed)
+    features = featurize(dataset, kind=bundle_features_kind(model.manifest))
+    texts = [dataset.texts[i] for i in dataset.split.database]
+    rows = sorted(natural_query_table(model, features, dataset.label_names, texts), key=lambda row: row["hamming"])
+    numeric = [key for key in rows[0] if key not in ("query", "label")]
+    means = {key: round(float(np.nanmean([row[key] for row in rows])), 3) for key in numeric}
+    typer.echo(markdown_table([*rows, {"query": "**mean**", "label": ""} | means]))
+    typer.echo("")
+    typer.echo(markdown_table(short_text_metrics(model, features)))

@@ -23,95 +23,12 @@ from service.settings import DEFAULT_BUNDLE, Settings
 from training.bundle.writer import write_bundle
 from training.datasets import load_dataset
 from training.datasets.base import CrossModalDataset
+from training.evaluation.natural_queries import NATURAL_QUERIES
 from training.featurize.pipeline import FeatureSet, featurize
 from training.methods.registry import TRAINERS
 
 KEY = {"X-API-Key": "test-key"}
 BATCH = 256
-
-# What a person would type, with the category they expect back. Written before any result was seen;
-# label names are those of training/datasets/openclipart.py (a hit is relevant if it carries the label).
-NATURAL_QUERIES = {
-    "zebra": "animals",
-    "cute puppy": "animals",
-    "cat": "animals",
-    "elephant": "animals",
-    "horse": "animals",
-    "lion": "animals",
-    "monkey": "animals",
-    "cow": "animals",
-    "parrot": "animals/birds",
-    "owl": "animals/birds",
-    "eagle": "animals/birds",
-    "duck": "animals/birds",
-    "goldfish": "animals/fish",
-    "shark": "animals/fish",
-    "butterfly": "animals/bugs",
-    "spider": "animals/bugs",
-    "ladybug": "animals/bugs",
-    "birthday cake": "food",
-    "pizza": "food",
-    "cheese": "food",
-    "hamburger": "food",
-    "ice cream cone": "food/desserts",
-    "red apple": "food/fruit",
-    "banana": "food/fruit",
-    "strawberry": "food/fruit",
-    "cup of coffee": "food/beverages",
-    "beer bottle": "food/beverages",
-    "loaf of bread": "food/breads_and_carbs",
-    "christmas tree": "recreation/holiday",
-    "halloween pumpkin": "recreation/holiday",
-    "easter egg": "recreation/holiday",
-    "party balloons": "recreation/party",
-    "palm tree": "plants/trees",
-    "oak tree": "plants/trees",
-    "red rose": "plants/flowers",
-    "sunflower": "plants/flowers",
-    "tulip": "plants/flowers",
-    "police car": "transportation/vehicles",
-    "school bus": "transportation/vehicles",
-    "fire truck": "transportation/vehicles",
-    "motorcycle": "transportation/vehicles",
-    "sailboat": "transportation/boating",
-    "airplane": "transportation",
-    "bicycle": "transportation",
-    "stop sign": "transportation/roadsigns",
-    "house": "buildings",
-    "church": "buildings",
-    "castle": "buildings",
-    "computer mouse": "computer/hardware",
-    "printer": "computer/hardware",
-    "television": "electronics",
-    "mobile phone": "electronics",
-    "smiley face": "people/smilies",
-    "angry face": "people/smilies",
-    "stick figure": "people/stickmen",
-    "old man": "people",
-    "woman": "people",
-    "baby": "people",
-    "hat": "people/clothing",
-    "shoes": "people/clothing",
-    "soccer ball": "recreation/sports",
-    "basketball": "recreation/sports",
-    "guitar": "recreation/music",
-    "piano": "recreation/music",
-    "chess": "recreation/games",
-    "teddy bear": "recreation/toys",
-    "alarm clock": "signs_and_symbols/clocks",
-    "american flag": "signs_and_symbols/flags",
-    "german flag": "signs_and_symbols/flags",
-    "rain cloud": "signs_and_symbols/weather",
-    "arrow pointing right": "shapes/arrows",
-    "gold star": "shapes/stars",
-    "speech bubble": "shapes/callouts",
-    "puzzle piece": "shapes/jigsaw",
-    "hammer": "tools",
-    "sword": "tools/weapons",
-    "stack of books": "education/books",
-    "world map": "geography",
-    "microscope": "science",
-}
 
 
 @pytest.fixture(scope="module")
@@ -176,9 +93,10 @@ def _precision(dataset: CrossModalDataset, response, label: str) -> float:
     return float(np.mean([dataset.labels[r, column] for r in rows])) if rows else 0.0
 
 
-# Issue 14's goal is a mean P@10 of 0.8; the committed default bundle (DSFH 64 bits) measures 0.668 on
-# these queries (docs/results.md), so the goal is open. This floor keeps what is reached from slipping.
-NATURAL_QUERY_FLOOR = 0.65
+# Issue 14's goal is a mean P@10 of 0.8; the committed default bundle (DSFH 64 bits with text views) measures
+# 0.737 on these queries through this API (docs/results_pretrained.md, "Why natural queries fail"), so the
+# goal is open. This floor keeps what is reached from slipping.
+NATURAL_QUERY_FLOOR = 0.73
 
 
 def test_natural_queries_are_all_understood_and_mostly_answered_on_topic(service, corpus) -> None:

@@ -16,7 +16,18 @@ def make_synthetic_crossmodal(
     text_basis = rng.normal(size=(n_classes, text_dim))
     image = labels @ image_basis + 0.5 * rng.normal(size=(n, image_dim))
     text = np.maximum(labels @ text_basis + 0.5 * rng.normal(size=(n, text_dim)), 0)
-    return {"image": image, "text": text, "labels": labels}
+    return {"image": image, "text": text, "labels": labels, "text_basis": text_basis}
+
+
+def short_texts(data: dict[str, np.ndarray], rows: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One "tag" per row of ``rows`` and its label: the text basis of one of the item's labels alone,
+    shifted along a direction the full texts never take (as a one-word text embeds apart from whole
+    descriptions), plus noise. Toy short texts for the text-view tests."""
+    rng = np.random.default_rng(seed)
+    basis = data["text_basis"]
+    shift = 3.0 * np.abs(rng.normal(size=basis.shape[1]))
+    tags = np.array([rng.choice(np.flatnonzero(data["labels"][r])) for r in rows])
+    return np.maximum(basis[tags] + shift + 0.5 * rng.normal(size=(len(rows), basis.shape[1])), 0), tags
 
 
 def as_feature_dataset(data: dict[str, np.ndarray], n_query: int = 50):

@@ -39,6 +39,13 @@ def test_svg_metadata_takes_the_works_title_not_an_agents() -> None:
     assert oc.item_text(meta) == "Red & blue car A car car vehicle"
 
 
+def test_an_items_views_are_its_title_and_each_keyword_alone_never_its_full_text() -> None:
+    meta = oc.parse_svg_metadata(_svg("Red car", "A car", ("car", "vehicle", "car")))
+    assert oc.item_views(meta) == ["Red car", "car", "vehicle"]
+    title_only = {"title": "Apple", "description": "", "keywords": []}
+    assert oc.item_views(title_only) == []  # the title is the whole text: no shorter view
+
+
 def test_svg_without_metadata_gives_empty_fields() -> None:
     assert oc.parse_svg_metadata("<svg/>") == {"title": "", "description": "", "keywords": []}
 
@@ -85,6 +92,7 @@ def test_openclipart_items_are_real_files_labelled_by_every_folder_reaching_them
     assert data.texts[bird0] == "Bird 0 bird"
     apple = data.ids.index("food/apple_1")
     assert data.texts[apple] == "apple"  # no SVG: the file name stands in for the title
+    assert data.text_views[bird0] == ["Bird 0", "bird"] and data.text_views[apple] == []
     assert data.images.shape == (6, 3, 64, 64) and data.images.dtype == np.uint8
 
 

@@ -15,12 +15,13 @@ import torch
 
 from index.bundle import load_bundle
 from index.codes import to_signs
-from tests.support.synthetic import as_feature_dataset, make_synthetic_crossmodal
+from tests.support.synthetic import as_feature_dataset, make_synthetic_crossmodal, short_texts
 from training.bundle.onnx_graphs import hash_function_graph
 from training.bundle.writer import write_bundle
 from training.evaluation.metrics import evaluate_codes, relevance
 from training.featurize.pipeline import featurize
 from training.methods import dmsfh
+from training.methods.base import TextViews
 from training.methods.deep import Monitor
 from training.methods.dmsfh import (
     DMSFHConfig,
@@ -36,6 +37,7 @@ from training.methods.dmsfh import (
     quantization_loss,
     relaxed_code_objective,
     relaxed_codes,
+    sample_views,
     train_dmsfh,
     update_codes,
 )
@@ -375,6 +377,69 @@ def test_seeded_runs_are_reproducible() -> None:
     assert not np.array_equal(codes[0], codes[2])
 
 
+# -- text views ----------------------------------------------------------------------------------------------
+
+
+def test_sample_views_draws_up_to_k_distinct_views_of_each_item() -> None:
+    item = np.array([0, 0, 0, 2, 2, 5])
+    for k, expected in ((1, {0: 1, 2: 1, 5: 1}), (2, {0: 2, 2: 2, 5: 1}), (9, {0: 3, 2: 2, 5: 1})):
+        chosen = sample_views(np.random.default_rng(k), item, k)
+        assert len(set(chosen)) == len(chosen) and np.all(np.diff(chosen) > 0)
+        assert dict(zip(*np.unique(item[chosen], return_counts=True), strict=True)) == expected
+    draws = {tuple(sample_views(np.random.default_rng(seed), item, 1)) for seed in range(20)}
+    assert len(draws) > 1  # random, not always the first view
+
+
+def test_text_views_teach_the_text_network_short_queries() -> None:
+    data = make_synthetic_crossmodal(n=700, n_classes=10, seed=3)
+    train = np.arange(600)
+    views, _ = short_texts(data, np.repeat(train, 2), seed=2)
+    queries, tags = short_texts(data, np.arange(600, 700), seed=2)
+    relevant = data["labels"][train][:, tags].T.astype(bool)
+    precision = {}
+    for name, text_views in (("without", None), ("with", TextViews(views, np.repeat(np.arange(600), 2)))):
+        hasher = train_dmsfh(
+            data["image"][train],
+            data["text"][train],
+            data["labels"][train],
+            small_config(epochs=6),
+            0,
+            None,
+            text_views,
+        )
+        images = to_signs(hasher.encoders["image"].real_codes(data["image"][train]))
+        codes = to_signs(hasher.encoders["text"].real_codes(queries))
+        order = np.argsort(((codes[:, None, :] != images[None]).sum(-1)), axis=1, kind="stable")[:, :10]
+        precision[name] = float(np.take_along_axis(relevant, order, axis=1).mean())
+    assert precision["with"] > precision["without"] + 0.1, precision
+
+
+def test_views_per_item_zero_ignores_the_views() -> None:
+    data = make_synthetic_crossmodal(n=120, seed=3)
+    views = TextViews(data["text"][:10] * 0.5, np.arange(10))
+    runs = [
+        train_dmsfh(data["image"], data["text"], data["labels"], small_config(epochs=2, views_per_item=0), 0, None, v)
+        for v in (None, views)
+    ]
+    assert np.array_equal(
+        runs[0].encoders["text"].real_codes(data["text"]), runs[1].encoders["text"].real_codes(data["text"])
+    )
+
+
+@pytest.mark.parametrize(
+    ("views", "message"),
+    [
+        (TextViews(np.ones((3, 7)), np.arange(3)), "text views have 7 dimensions, the texts 60"),
+        (TextViews(np.ones((3, 60)), np.array([0, 1, 40])), "training rows 0..39"),
+        (TextViews(np.full((3, 60), np.nan), np.arange(3)), "text view features contain NaN or inf"),
+    ],
+)
+def test_bad_text_views_are_refused_before_training(views: TextViews, message: str) -> None:
+    data = make_synthetic_crossmodal(n=40, seed=4)
+    with pytest.raises(ValueError, match=message):
+        train_dmsfh(data["image"], data["text"], data["labels"], small_config(), text_views=views)
+
+
 def test_bundle_round_trip_gives_the_trainers_codes_bit_for_bit(tmp_path: Path) -> None:
     data = make_synthetic_crossmodal(n=300)
     data["text"][:5] = 0.0  # empty texts in training are fine
@@ -465,6 +530,7 @@ def test_bad_inputs_are_refused_before_training(kind: str, message: str) -> None
         ({"text_scales": (5, 5)}, "distinct positive window sizes"),
         ({"image_net": "cnn", "image_size": 8}, "image_size"),
         ({"torch_threads": 0}, "torch_threads must be positive"),
+        ({"views_per_item": -1}, "views_per_item must be non-negative"),
     ],
 )
 def test_bad_configs_are_refused(fields: dict, message: str) -> None:
@@ -487,6 +553,7 @@ def test_paper_preset_is_the_papers_setting() -> None:
     assert paper.lr == pytest.approx(10**-1.5) and paper.final_lr == 1e-6
     assert (paper.alpha, paper.beta, paper.gamma) == (1.0, 1.0, 1.0)
     assert paper.text_hidden == (4096, 512) and paper.text_scales == (50, 30, 15, 10, 5)
+    assert paper.views_per_item == 0  # the paper trains on whole texts only
     schedule = [DMSFHConfig.paper(16).learning_rate(e) for e in (0, 499)]
     assert schedule == pytest.approx([10**-1.5, 1e-6])
     assert DMSFHConfig.paper(16).learning_rate(250) == pytest.approx(10 ** ((-1.5 - 6) / 2), rel=0.02)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
 import pytest
 
 from index.codes import hamming_distances, to_signs
-from tests.support.synthetic import make_synthetic_crossmodal
+from tests.support.synthetic import make_synthetic_crossmodal, short_texts
 from training.methods import dsfh
+from training.methods.base import TextViews
 from training.methods.dsfh import (
     DSFHConfig,
     FusedSemantics,
@@ -208,6 +210,27 @@ def test_trained_codes_retrieve_across_modalities_far_above_chance() -> None:
     txt2img = precision_at(codes("text", query), codes("image", train), relevant, top=20)
     assert img2txt > prior + 0.25, (img2txt, prior)
     assert txt2img > prior + 0.25, (txt2img, prior)
+
+
+def test_text_views_teach_the_text_hash_function_short_queries_and_leave_the_codes_alone() -> None:
+    data = make_synthetic_crossmodal(n=600, seed=2)
+    train = np.arange(400)
+    view_features, _ = short_texts(data, np.repeat(train, 2), seed=3)
+    views = TextViews(view_features, np.repeat(train, 2))
+    queries, tags = short_texts(data, np.arange(400, 600), seed=3)
+    relevant = data["labels"][train][:, tags].T.astype(bool)
+    args = (data["image"][train], data["text"][train], data["labels"][train], SMALL)
+    runs = {"without": train_dsfh(*args, seed=0), "with": train_dsfh(*args, seed=0, text_views=views)}
+    off = train_dsfh(*args[:3], dataclasses.replace(SMALL, fit_text_views=False), seed=0, text_views=views)
+    np.testing.assert_array_equal(off.encoders["text"].projection, runs["without"].encoders["text"].projection)
+    np.testing.assert_array_equal(  # B and the image function are trained without the views
+        runs["with"].encoders["image"].projection, runs["without"].encoders["image"].projection
+    )
+    precision = {}
+    for name, hasher in runs.items():
+        images = to_signs(hasher.encoders["image"].real_codes(data["image"][train]))
+        precision[name] = precision_at(to_signs(hasher.encoders["text"].real_codes(queries)), images, relevant, 10)
+    assert precision["with"] > precision["without"] + 0.1, precision
 
 
 def test_result_carries_kernel_encoders_config_and_seed(synthetic: dict) -> None:

@@ -1,4 +1,5 @@
-"""Featurizers: deterministic fixed-size image descriptors for any PNG mode, a saved text vocabulary."""
+"""Featurizers: deterministic fixed-size image descriptors for any PNG mode, a saved text vocabulary, and
+the items' short text views featurized like their texts."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from index.bundle.featurizers import (
     load_pixels,
 )
 from index.bundle.manifest import BagOfWordsSpec, ImageDescriptorParams
+from training.datasets.base import Split
 from training.featurize.image_graph import ImageDescriptor, build_image_featurizer
+from training.featurize.pipeline import FeatureSet
 from training.featurize.text import fit_bag_of_words
 
 
@@ -135,3 +138,19 @@ def test_serving_bag_of_words_gives_scikit_learns_features_for_a_fitted_vocabula
         token_pattern=TOKEN_PATTERN, stop_words="english", vocabulary=bow.vocabulary, binary=binary, dtype=np.float32
     ).transform([t.replace("_", " ") for t in corpus])
     assert np.array_equal(bow.transform(corpus), reference.toarray())
+
+
+def test_text_views_are_featurized_like_the_texts_and_numbered_within_their_part() -> None:
+    texts = ["red car", "green apple", "blue sky", "old house"]
+    views = [["red", "car"], [], ["sky"], ["old house", "house"]]
+    split = Split(query=np.array([1, 2]), database=np.array([0, 3]), train=np.array([0, 3]))
+    bow = fit_bag_of_words(texts, BagOfWordsParams(min_count=1))
+    labels = np.eye(4, dtype=np.uint8)
+    features = FeatureSet("toy", np.zeros((4, 2)), bow.transform(texts), labels, split, None, bow, views)
+    train = features.views("train")
+    assert train.item.tolist() == [0, 0, 1, 1]  # rows of the training part: items 0 and 3
+    assert np.array_equal(train.features, bow.transform(["red", "car", "old house", "house"]))
+    assert np.array_equal(train.features[2], features.text[3])  # a view equal to a text gets its features
+    query = features.views("query")
+    assert query.item.tolist() == [1]  # item 1 has no views; item 2 is the query part's second row
+    assert FeatureSet("toy", np.zeros((4, 2)), features.text, labels, split, None, bow).views("train") is None

@@ -66,11 +66,16 @@ class CrossModalDataset:
     # Set when ``images`` are already the pretrained encoder's pixels (a collection): names them for the
     # feature cache (the files' paths, sizes and times), since no corpus root and ids do.
     pixels_key: str | None = None
+    # Raw datasets only: per item, short texts that describe it alone (its title, each tag), which trainers
+    # may add as extra text rows (training.methods.base.TextViews); empty when the dataset has none.
+    text_views: list[list[str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.labels)
         if len(self.images) != n or len(self.texts) != n:
             raise ValueError(f"{self.name}: {len(self.images)} images, {len(self.texts)} texts, {n} labels")
+        if self.text_views and len(self.text_views) != n:
+            raise ValueError(f"{self.name}: text views for {len(self.text_views)} of {n} items")
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -80,6 +80,17 @@ def item_text(meta: dict[str, object]) -> str:
     return " ".join(p for p in parts if p)
 
 
+def item_views(meta: dict[str, object]) -> list[str]:
+    """Short texts that describe an item on their own, as a one- or two-word query would: the title alone
+    and each keyword alone (distinct, and none equal to the full text)."""
+    full = item_text(meta)
+    views: list[str] = []
+    for view in [str(meta["title"]), *meta["keywords"]]:  # type: ignore[misc]
+        if view and view != full and view not in views:
+            views.append(view)
+    return views
+
+
 def _title_from_filename(stem: str) -> str:
     return " ".join(re.sub(r"[_\-]+", " ", re.sub(r"_?\d+$", "", stem)).split())
 
@@ -192,6 +203,7 @@ def load_openclipart(
         ids=[r["id"] for r in records],
         image_root=root,
         default_features="pretrained",
+        text_views=[item_views(r) for r in records],
         stats={
             "real_png_files": len(index["records"]) + len(index["corrupt_skipped"]),
             "corrupt_skipped": len(index["corrupt_skipped"]),

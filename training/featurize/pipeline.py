@@ -10,7 +10,7 @@ bytes, since computing them takes about a minute on two cores.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -18,8 +18,9 @@ from index.bundle.featurizers import BagOfWords, BagOfWordsParams, ImageDescript
 from index.bundle.manifest import EfficientNetLite0Spec, Manifest, MiniLMSpec
 from training.datasets.base import CrossModalDataset, Split, save_npy_atomically
 from training.datasets.openclipart import CACHE_DIR
-from training.featurize.pretrained import PretrainedImage, PretrainedText, pretrained_features
+from training.featurize.pretrained import PretrainedImage, PretrainedText, pretrained_features, text_features
 from training.featurize.text import fit_bag_of_words
+from training.methods.base import TextViews
 
 FEATURE_KINDS = ("classic", "pretrained")
 
@@ -35,11 +36,32 @@ class FeatureSet:
     split: Split
     image_featurizer: ImageFeaturizer | PretrainedImage | None
     text_featurizer: BagOfWords | PretrainedText | None
+    text_views: list[list[str]] = field(default_factory=list)  # the dataset's, per item (raw datasets)
 
     def part(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(image, text, labels) of the ``query``, ``database`` or ``train`` part."""
         rows = getattr(self.split, name)
         return self.image[rows], self.text[rows], self.labels[rows]
+
+    def views(self, name: str) -> TextViews | None:
+        """The text views of the ``query``, ``database`` or ``train`` part's items, featurized as their texts
+        are (through the serving runtime for the pretrained featurizers), ``item`` counting rows of that
+        part; None without views."""
+        if not self.text_views or self.text_featurizer is None:
+            return None
+        strings, items = [], []
+        for row, item in enumerate(getattr(self.split, name)):
+            strings += self.text_views[item]
+            items += [row] * len(self.text_views[item])
+        if not strings:
+            return None
+        if isinstance(self.text_featurizer, PretrainedText):
+            distinct = sorted(set(strings))  # many tags recur: each distinct string is encoded once
+            at = {text: i for i, text in enumerate(distinct)}
+            x = text_features(self.text_featurizer, distinct)[[at[text] for text in strings]]
+        else:
+            x = self.text_featurizer.transform(strings)
+        return TextViews(x, np.asarray(items, dtype=np.int64))
 
     def describe(self) -> dict:
         return {
@@ -87,7 +109,8 @@ def featurize(
         raise ValueError(f"{dataset.name} is featurized with {' or '.join(dataset.features_available)} features only")
     if kind == "pretrained" and dataset.image_kind == "pixels" and dataset.text_kind == "raw":
         image, text, pretrained_image, pretrained_text = pretrained_features(dataset)
-        return FeatureSet(dataset.name, image, text, dataset.labels, dataset.split, pretrained_image, pretrained_text)
+        featurizers = (pretrained_image, pretrained_text)
+        return FeatureSet(dataset.name, image, text, dataset.labels, dataset.split, *featurizers, dataset.text_views)
     image_featurizer = text_featurizer = None
     if dataset.image_kind == "pixels":
         from training.featurize.image_graph import build_image_featurizer  # torch, only for pixel corpora
@@ -110,4 +133,5 @@ def featurize(
         split=dataset.split,
         image_featurizer=image_featurizer,
         text_featurizer=text_featurizer,
+        text_views=dataset.text_views if dataset.text_kind == "raw" else [],
     )

@@ -100,6 +100,11 @@ def _cached(key: str, compute: Callable[[], np.ndarray], dim: int) -> np.ndarray
     return features
 
 
+def text_features(text: PretrainedText, texts: list[str]) -> np.ndarray:
+    """(n, 384) features of ``texts``, one text per graph run as the service runs them, cached."""
+    return _cached(text_cache_key(text.graph, text.tokenizer, texts), lambda: text.encoder.embed_texts(texts), TEXT_DIM)
+
+
 def pretrained_features(
     dataset: CrossModalDataset, graphs: Path | None = None
 ) -> tuple[np.ndarray, np.ndarray, PretrainedImage, PretrainedText]:
@@ -114,7 +119,6 @@ def pretrained_features(
         folder / TOKENIZER,
         TextEncoder(folder / TEXT_GRAPH, (folder / TOKENIZER).read_bytes(), THREADS),
     )
-    texts = list(dataset.texts)
 
     def image_features() -> np.ndarray:
         from training.featurize.pretrained_corpus import corpus_pixels
@@ -124,7 +128,4 @@ def pretrained_features(
         return image.encoder.embed_pixels(corpus_pixels(dataset.ids, image.encoder.size, dataset.image_root))
 
     image_matrix = _cached(image_cache_key(image.graph, dataset), image_features, IMAGE_DIM)
-    text_matrix = _cached(
-        text_cache_key(text.graph, text.tokenizer, texts), lambda: text.encoder.embed_texts(texts), TEXT_DIM
-    )
-    return image_matrix, text_matrix, image, text
+    return image_matrix, text_features(text, list(dataset.texts)), image, text

@@ -36,6 +36,21 @@ class TrainedHasher:
     centers: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class TextViews:
+    """Short texts of items (a title alone, one tag): as extra training rows they teach the text hash
+    function that a one- or two-word query is the kind of input it maps (docs/results_pretrained.md);
+    as queries they measure how it does on one. ``features[j]`` is a view of row ``item[j]`` of a part
+    of the dataset (for training: of the training set, with that item's labels and code)."""
+
+    features: np.ndarray  # (m, d), featurized like the full texts
+    item: np.ndarray  # (m,) int, a row of the part
+
+    def __post_init__(self) -> None:
+        if len(self.features) != len(self.item):
+            raise ValueError(f"{len(self.features)} view features for {len(self.item)} view items")
+
+
 def evaluation_fields(result: dict[str, float] | float) -> dict[str, float]:
     """An ``eval_fn`` result as fields of a history record: a dict's values, or a bare number as ``eval``."""
     values = result if isinstance(result, dict) else {"eval": result}
@@ -77,3 +92,17 @@ def check_paired(image: np.ndarray, text: np.ndarray, labels: np.ndarray) -> tup
         if not x.any():
             raise ValueError(f"every {name} training row has zero norm: there is nothing to learn from")
     return image, text, labels
+
+
+def check_views(views: TextViews | None, text: np.ndarray) -> TextViews | None:
+    """Validate text views against the training texts: finite features of the texts' width, each naming a
+    training row. Returns them with float64 features and int64 items; None passes through."""
+    if views is None:
+        return None
+    features = check_features("text view", views.features)
+    item = np.asarray(views.item)
+    if features.shape[1] != text.shape[1]:
+        raise ValueError(f"text views have {features.shape[1]} dimensions, the texts {text.shape[1]}")
+    if not np.issubdtype(item.dtype, np.integer) or not ((item >= 0) & (item < len(text))).all():
+        raise ValueError(f"text view items must be training rows 0..{len(text) - 1}")
+    return TextViews(features, item.astype(np.int64))

@@ -27,7 +27,7 @@ from torch.nn import functional
 
 from index.codes import to_signs
 from training.methods import deep
-from training.methods.base import TrainedHasher, check_paired
+from training.methods.base import TextViews, TrainedHasher, check_paired, check_views
 from training.methods.deep import Matrix, Monitor
 
 _CHUNK = 2048  # rows per block of S_u products
@@ -69,6 +69,7 @@ class DMSFHConfig(deep.GeometricSchedule):
     eval_every: int = 5  # call eval_fn every this many epochs (and after the last)
     device: str = "cpu"
     torch_threads: int | None = 1  # intra-op threads while training (restored after); None keeps torch's
+    views_per_item: int = 1  # text views of an item the text step visits per epoch besides its text (if given)
 
     def __post_init__(self) -> None:
         for name in ("image_hidden", "text_hidden", "text_scales", "cnn_channels"):
@@ -77,6 +78,8 @@ class DMSFHConfig(deep.GeometricSchedule):
             raise ValueError(f"bits must be positive, got {self.bits}")
         if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
             raise ValueError("epochs, batch_size and eval_every must be positive")
+        if self.views_per_item < 0:
+            raise ValueError(f"views_per_item must be non-negative, got {self.views_per_item}")
         self.check_schedule()
         for name in ("alpha", "beta", "gamma"):
             value = getattr(self, name)
@@ -117,6 +120,7 @@ class DMSFHConfig(deep.GeometricSchedule):
             "graph_laplacian": "unnormalized",
             "text_hidden": (4096, 512),
             "text_scales": PAPER_TEXT_SCALES,
+            "views_per_item": 0,
         }
         return cls(bits, **(settings | overrides))
 
@@ -456,6 +460,38 @@ def _check_inputs(
     return image, text, labels
 
 
+@dataclass(frozen=True)
+class EpochRows:
+    """The rows one network's step visits: their inputs and the training item each stands for (itself
+    for rows [0, n), the described item for a text view)."""
+
+    x: torch.Tensor
+    item: torch.Tensor
+
+    @classmethod
+    def own(cls, x: torch.Tensor) -> EpochRows:
+        return cls(x, torch.arange(len(x), device=x.device))
+
+
+def sample_views(rng: np.random.Generator, item: np.ndarray, per_item: int) -> np.ndarray:
+    """Indices of up to ``per_item`` views of each item, drawn uniformly without replacement, sorted."""
+    order = rng.permutation(len(item))
+    grouped = order[np.argsort(item[order], kind="stable")]
+    sorted_items = item[grouped]
+    rank = np.arange(len(grouped)) - np.searchsorted(sorted_items, sorted_items, side="left")
+    return np.sort(grouped[rank < per_item])
+
+
+def _text_rows(x: torch.Tensor, views: TextViews | None, per_item: int, rng: np.random.Generator) -> EpochRows:
+    """The text step's rows of one epoch: every item's text, then ``per_item`` random views of each."""
+    if views is None or per_item == 0:
+        return EpochRows.own(x)
+    chosen = sample_views(rng, views.item, per_item)
+    extra = torch.as_tensor(views.features[chosen], dtype=torch.float32, device=x.device)  # as x: float32
+    item = torch.as_tensor(views.item[chosen], dtype=torch.int64, device=x.device)
+    return EpochRows(torch.cat([x, extra]), torch.cat([torch.arange(len(x), device=x.device), item]))
+
+
 def _full_pass(net: DMSFHNet, x: torch.Tensor) -> torch.Tensor:
     """The relaxed codes of every training row: the memory F (or G) of Algorithm 1."""
     return deep.full_pass([net], len(x), lambda rows: {"codes": net(x[rows])})["codes"]
@@ -465,7 +501,7 @@ def _network_step(
     modality: str,
     net: DMSFHNet,
     optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
+    rows: EpochRows,
     labels: torch.Tensor,
     memory: dict[str, torch.Tensor],
     codes: torch.Tensor,
@@ -474,24 +510,28 @@ def _network_step(
 ) -> dict[str, float]:
     """One network's epoch of Algorithm 1 (the other network fixed): minibatch SGD/Adam on Eq. 13 / n².
 
-    Returns the epoch's per-item means of the network's terms (docs/methods/dmsfh.md, History)."""
-    n = len(x)
+    A text view's row is trained as its item's (same S row, labels and target code) but only an item's
+    own row updates the memory. Returns the epoch's per-row means of the network's terms
+    (docs/methods/dmsfh.md, History)."""
+    n = len(labels)
     own, other = memory[modality], memory["text" if modality == "image" else "image"]
     sums = {"inter_modal": 0.0, "intra_modal": 0.0, "label": 0.0}
-    for batch in deep.minibatches(rng, n, config.batch_size, x.device):
-        code, logits = net.parts(x[batch])
-        s = label_similarity(labels[batch], labels)
+    for batch in deep.minibatches(rng, len(rows.x), config.batch_size, rows.x.device):
+        code, logits = net.parts(rows.x[batch])
+        items = rows.item[batch]
+        s = label_similarity(labels[items], labels)
         with torch.no_grad():
-            own[batch] = code.detach()  # "Update F" (G): the memory holds this batch's new rows
+            mine = batch < n  # rows [0, n) are the items' own inputs
+            own[batch[mine]] = code.detach()[mine]  # "Update F" (G): the memory holds this batch's new rows
         terms = {"inter_modal": inter_modal_loss(code, other, s), "intra_modal": intra_modal_loss(code, own, s)}
         if logits is not None:
-            terms["label"] = label_loss(logits, labels[batch])
-        terms["quantization"] = quantization_loss(codes[batch], code)
+            terms["label"] = label_loss(logits, labels[items])
+        terms["quantization"] = quantization_loss(codes[items], code)
         deep.descend(optimizer, objective(terms, config) / (len(batch) * n))
         for name in sums:
             if name in terms:
                 sums[name] += float(terms[name].detach())
-    return {name: value / n for name, value in sums.items() if name != "label" or config.label_loss}
+    return {name: value / len(rows.x) for name, value in sums.items() if name != "label" or config.label_loss}
 
 
 def _epoch_record(
@@ -517,14 +557,22 @@ def _epoch_record(
 
 
 def train_dmsfh(
-    image: Matrix, text: Matrix, labels: Matrix, config: DMSFHConfig, seed: int = 0, monitor: Monitor | None = None
+    image: Matrix,
+    text: Matrix,
+    labels: Matrix,
+    config: DMSFHConfig,
+    seed: int = 0,
+    monitor: Monitor | None = None,
+    text_views: TextViews | None = None,
 ) -> TrainedHasher:
-    """Train on paired rows of ``image`` and ``text`` features with their multi-hot ``labels``.
+    """Train on paired rows of ``image`` and ``text`` features with their multi-hot ``labels``; the text
+    network also learns from ``config.views_per_item`` of each item's ``text_views`` per epoch.
 
     Input is checked up front. The ``monitor``'s ``eval_fn`` runs every ``config.eval_every`` epochs and
     after the last.
     """
     image, text, labels = _check_inputs(image, text, labels, config)
+    views = check_views(text_views, text)
     rng = np.random.default_rng(seed)
     device = torch.device(config.device)
     xs, y = deep.paired_tensors(image, text, labels, device)
@@ -544,7 +592,9 @@ def train_dmsfh(
             lr = config.learning_rate(number - 1)
             deep.set_learning_rate(optimizers.values(), lr)
             target = torch.as_tensor(codes, dtype=torch.float32, device=device)
-            steps = {m: _network_step(m, nets[m], optimizers[m], xs[m], y, memory, target, config, rng) for m in nets}
+            text_rows = _text_rows(xs["text"], views, config.views_per_item, rng)
+            rows = {"image": EpochRows.own(xs["image"]), "text": text_rows}
+            steps = {m: _network_step(m, nets[m], optimizers[m], rows[m], y, memory, target, config, rng) for m in nets}
             new_codes = update_codes(*(memory[m].cpu().double().numpy() for m in ("image", "text")), graph, weight)
             flips = int((new_codes != codes).sum())
             codes = new_codes

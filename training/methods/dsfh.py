@@ -22,7 +22,7 @@ from scipy import linalg, sparse
 from sklearn.cluster import KMeans
 
 from index.codes import to_signs
-from training.methods.base import MODALITIES, TrainedHasher, check_features, check_labels
+from training.methods.base import MODALITIES, TextViews, TrainedHasher, check_features, check_labels, check_views
 from training.methods.kernel import KernelHashFunction, RBFKernelMap
 
 _RANK_TOL = 1e-10  # relative eigenvalue threshold for the rank of G^t U (G^t)ᵀ in the H-step
@@ -40,6 +40,7 @@ class DSFHConfig:
     n_clusters: int = 400  # k of the label K-means
     gamma: float = 1.0  # weight of the cluster-level similarity Lᵀ L (Eq. 3)
     kmeans_n_init: int = 1  # one K-means++ start keeps the clustering under a second at n = 6000, k = 400
+    fit_text_views: bool = True  # fit the text hash function on the items' text views too, when there are any
 
     def __post_init__(self) -> None:
         if self.bits < 1:
@@ -145,9 +146,18 @@ def fit_hash_projection(x: np.ndarray, b: np.ndarray, lam: float) -> np.ndarray:
 
 
 def train_dsfh(
-    image: np.ndarray, text: np.ndarray, labels: np.ndarray, config: DSFHConfig, seed: int = 0
+    image: np.ndarray,
+    text: np.ndarray,
+    labels: np.ndarray,
+    config: DSFHConfig,
+    seed: int = 0,
+    text_views: TextViews | None = None,
 ) -> TrainedHasher:
-    """Train on paired rows of ``image``, ``text`` and multi-hot ``labels``; all input is checked up front."""
+    """Train on paired rows of ``image``, ``text`` and multi-hot ``labels``; all input is checked up front.
+
+    With ``text_views`` (and ``config.fit_text_views``) the text hash function's ridge regression (Eq. 18)
+    also maps every view of an item to that item's code, so that a short query lands where its item's
+    full text does; the codes B and the image hash function do not see them."""
     feats = {"image": check_features("image", image), "text": check_features("text", text)}
     n = feats["image"].shape[0]
     if feats["text"].shape[0] != n:
@@ -160,6 +170,7 @@ def train_dsfh(
     if config.n_clusters > n:
         raise ValueError(f"{config.n_clusters} label clusters requested but only {n} training items")
 
+    views = check_views(text_views, feats["text"]) if config.fit_text_views else None
     r, rng = config.bits, np.random.default_rng(seed)
     kernels, xs = {}, {}
     for m in MODALITIES:
@@ -194,8 +205,12 @@ def train_dsfh(
             }
         )
 
+    targets = {m: (xs[m], b) for m in MODALITIES}
+    if views is not None:
+        view_x = kernels["text"].transform(views.features)
+        targets["text"] = (np.vstack([xs["text"], view_x]), np.vstack([b, b[views.item]]))
     encoders = {
-        m: KernelHashFunction(kernels[m], fit_hash_projection(xs[m], b, config.lam), np.zeros(r)) for m in MODALITIES
+        m: KernelHashFunction(kernels[m], fit_hash_projection(*targets[m], config.lam), np.zeros(r)) for m in MODALITIES
     }
     return TrainedHasher(
         method="dsfh",

@@ -94,7 +94,8 @@ def _dsfh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHa
     image, text, labels = _labelled_train("dsfh", features)
     small = {"n_anchors": min(DSFHConfig.n_anchors, len(image)), "n_clusters": min(DSFHConfig.n_clusters, len(image))}
     config = build_config("dsfh", DSFHConfig, params, {"bits": bits}, **small)  # a small collection: fewer anchors
-    return train_dsfh(image, text, labels, config, seed=seed)
+    views = features.views("train") if config.fit_text_views else None
+    return train_dsfh(image, text, labels, config, seed=seed, text_views=views)
 
 
 def _amsh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
@@ -157,9 +158,9 @@ def _dmsfh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedH
 
     image, text, labels = _labelled_train("dmsfh", features)
     config = build_config("dmsfh", DMSFHConfig, params, {"bits": bits})
-    return train_dmsfh(
-        image, text, labels, config, seed=seed, monitor=Monitor(progress=True, eval_fn=_validation_map(features))
-    )
+    views = features.views("train") if config.views_per_item else None
+    monitor = Monitor(progress=True, eval_fn=_validation_map(features))
+    return train_dmsfh(image, text, labels, config, seed=seed, monitor=monitor, text_views=views)
 
 
 def _mmach(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
