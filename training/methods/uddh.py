@@ -218,14 +218,17 @@ class SameClusterAffinity:
                 block[np.arange(len(rows)), start + np.arange(len(rows))] = 0.0
                 yield rows, g, block
 
-    def product(self, m: np.ndarray) -> np.ndarray:
-        """Ã m for m (n, r)."""
-        m = np.asarray(m, dtype=np.float64)
+    def neighbour_product(self, m: np.ndarray) -> np.ndarray:
+        """D^{-1/2} (A_1 + A_2 − 2I) D^{-1/2} m for m (n, r): the pairs of distinct items only."""
         root = np.sqrt(np.where(self.degree > 0, self.degree, 1.0))[:, None]  # a lone item has no pairs
-        scaled, out = m / root, np.zeros(np.shape(m))
+        scaled, out = np.asarray(m, dtype=np.float64) / root, np.zeros(np.shape(m))
         for rows, g, block in self._blocks():
             out[rows] = block @ scaled[g]
-        return self.self_weight * m + out / root
+        return out / root
+
+    def product(self, m: np.ndarray) -> np.ndarray:
+        """Ã m for m (n, r)."""
+        return self.self_weight * np.asarray(m, dtype=np.float64) + self.neighbour_product(m)
 
 
 def affinity_term(codes: Sequence[np.ndarray], affinity: SameClusterAffinity, weight: float) -> float:
@@ -244,9 +247,20 @@ def specific_objective(
 def update_specific_codes(
     outputs: Sequence[np.ndarray], codes: Sequence[np.ndarray], affinity: SameClusterAffinity, weight: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 22 for image then text: B_i^s = sign(2N̂_i^s + λ Ã B_j^s), each the exact block minimiser."""
-    image = to_signs(2 * np.asarray(outputs[0]) + weight * affinity.product(codes[1]))
-    text = to_signs(2 * np.asarray(outputs[1]) + weight * affinity.product(image))
+    """Eq. 22 for image then text: B_i^s = sign(2N̂_i^s + λ Ã B_j^s), each the exact block minimiser,
+    started from a joint proposal. The self pair ties B_1^s to B_2^s so strongly that one network alone
+    can never flip a bit; the proposal B_1^s = B_2^s = sign(2(N̂_1^s + N̂_2^s) + λ Ã_pairs (B_1^s + B_2^s))
+    (Eq. 9 restricted to equal codes, its pair term linearised at the current codes) lets the two networks
+    move a shared bit together. It is kept only where it lowers Eq. 9, so the step never increases it."""
+    image_out, text_out = (np.asarray(o, dtype=np.float64) for o in outputs)
+    pairs = affinity.neighbour_product(np.asarray(codes[0], np.float64) + np.asarray(codes[1], np.float64))
+    joint = to_signs(2 * (image_out + text_out) + weight * pairs)
+    if specific_objective(outputs, [joint, joint], affinity, weight) < specific_objective(
+        outputs, codes, affinity, weight
+    ):
+        codes = (joint, joint)
+    image = to_signs(2 * image_out + weight * affinity.product(codes[1]))
+    text = to_signs(2 * text_out + weight * affinity.product(image))
     return image, text
 
 
