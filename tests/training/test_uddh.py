@@ -183,22 +183,27 @@ def test_affinity_only_links_items_of_the_same_cluster(specific_problem: dict) -
     np.testing.assert_allclose(graph.product(m), expected @ m, rtol=1e-10, atol=1e-12)
 
 
-def test_an_items_own_code_in_the_other_modality_outweighs_one_network() -> None:
-    """The self pair keeps its Eq. 8 weight: an item alone in its cluster takes its text specific code
-    as image code whatever the image network says (|N̂| < 1), so the two modalities' codes of one item
-    cannot drift apart (they did, to 71 % agreement, when the self pair was normalised with the rest)."""
+def test_one_network_cannot_pull_an_items_specific_codes_apart_but_both_networks_move_them() -> None:
+    """The self pair keeps its Eq. 8 weight (A_1^pp + A_2^pp = 2): an item alone in its cluster keeps its
+    image and text specific codes equal against a confident image network (they drifted to 71 % agreement
+    when the self pair was normalised with the other pairs), while the joint proposal lets the two
+    networks flip a bit together (with the self pair alone, the codes froze at their start)."""
     rng = np.random.default_rng(6)
     n, bits = 12, 8
     graph = SameClusterAffinity([rng.normal(size=(n, 4)), rng.normal(size=(n, 3))], np.arange(n)[:, None])
-    text_codes = random_signs(rng, n, bits)
-    against = -0.99 * text_codes  # a confident image network that disagrees on every bit
-    image, text = update_specific_codes(
-        [against, np.tanh(rng.normal(size=(n, bits)))], [text_codes, text_codes], graph, 1
-    )
-    assert np.array_equal(image, text_codes) and np.array_equal(text, text_codes)
-    # without the coupling, each modality would follow its own network
-    alone, _ = update_specific_codes([against, against], [text_codes, text_codes], graph, 0.0)
-    assert np.array_equal(alone, -text_codes)
+    codes = random_signs(rng, n, bits)
+    against, along = -0.99 * codes, 0.5 * codes
+    # the image network disagrees, the text network agrees more strongly: the pair stays together
+    image, text = update_specific_codes([-0.6 * codes, 0.9 * codes], [codes, codes], graph, 1.0)
+    assert np.array_equal(image, codes) and np.array_equal(text, codes)
+    # the networks' sum decides a shared bit, never one network alone
+    image, text = update_specific_codes([against, along], [codes, codes], graph, 1.0)
+    assert np.array_equal(image, -codes) and np.array_equal(text, -codes)
+    image, text = update_specific_codes([against, against], [codes, codes], graph, 1.0)
+    assert np.array_equal(image, -codes) and np.array_equal(text, -codes)
+    # without the coupling, each modality follows its own network and the item's codes disagree
+    image, text = update_specific_codes([against, along], [codes, codes], graph, 0.0)
+    assert np.array_equal(image, -codes) and np.array_equal(text, codes)
 
 
 def test_eq22_codes_are_signs_and_never_increase_their_objective(specific_problem: dict) -> None:
