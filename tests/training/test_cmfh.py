@@ -4,15 +4,20 @@ minimiser, so the objective never rises; the codes find the shared space; bad se
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from index.bundle import load_bundle
 from index.codes import to_signs
-from tests.support.synthetic import make_synthetic_crossmodal
+from tests.support.synthetic import as_feature_dataset, make_synthetic_crossmodal
+from training.bundle.writer import write_bundle
 from training.evaluation.metrics import evaluate_codes, relevance
+from training.featurize.pipeline import featurize
 from training.methods import cmfh
 from training.methods.cmfh import CMFHConfig, train_cmfh
+from training.methods.registry import TRAINERS
 
 
 def test_the_objective_never_rises_and_is_the_function_the_trainer_records() -> None:
@@ -62,3 +67,13 @@ def test_codes_find_the_shared_space_and_are_seeded() -> None:
 def test_bad_settings_are_refused(fields: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         CMFHConfig(**({"bits": 8} | fields))
+
+
+def test_the_cli_method_writes_a_bundle_whose_codes_equal_the_trainers(tmp_path: Path) -> None:
+    data = make_synthetic_crossmodal(n=200, seed=5)
+    features = featurize(as_feature_dataset(data))
+    hasher = TRAINERS["cmfh"](features, 16, 0, {"iterations": 5})
+    write_bundle(tmp_path / "cmfh", hasher, features, {})
+    bundle = load_bundle(tmp_path / "cmfh")
+    for modality, x in (("image", features.image), ("text", features.text)):
+        assert np.array_equal(bundle.signs(modality, x), to_signs(hasher.encoders[modality].real_codes(x)))
