@@ -31,6 +31,7 @@ FEATURES_HELP = "featurizers of a raw corpus (default: the dataset's own; OpenCl
 class Method(StrEnum):
     lsh = "lsh"
     cca = "cca"
+    cmfh = "cmfh"
     dsfh = "dsfh"
     amsh = "amsh"
     amsh_unpaired = "amsh-unpaired"

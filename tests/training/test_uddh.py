@@ -59,15 +59,17 @@ def random_assignments(rng: np.random.Generator, n: int, k: int, e: int) -> np.n
 # -- Eq. 12: shared codes -------------------------------------------------------------------------------
 
 
-def test_eq12_shared_codes_minimise_eq10_bit_by_bit() -> None:
+@pytest.mark.parametrize("center_weight", [1.0, 0.3, 0.0])
+def test_eq12_shared_codes_minimise_eq10_bit_by_bit(center_weight: float) -> None:
     rng = np.random.default_rng(0)
     n, bits, k = 30, 16, 4
     outputs = [np.tanh(rng.normal(size=(n, bits))) for _ in range(2)]
     centers, assignments = random_signs(rng, k, bits), random_assignments(rng, n, k, 1)
-    codes = update_shared_codes(outputs, centers, assignments)
+    codes = update_shared_codes(outputs, centers, assignments, center_weight)
 
     def eq10(b: np.ndarray) -> float:
-        return sum(float(((o - b) ** 2).sum()) for o in outputs) + kmeans_loss(b, centers, assignments)
+        fit = sum(float(((o - b) ** 2).sum()) for o in outputs)
+        return fit + center_weight * kmeans_loss(b, centers, assignments)
 
     assert codes.dtype == np.int8 and set(np.unique(codes)) <= {-1, 1}
     best = eq10(codes)
@@ -75,6 +77,8 @@ def test_eq12_shared_codes_minimise_eq10_bit_by_bit() -> None:
         flipped = codes.copy()
         flipped[i, j] *= -1
         assert eq10(flipped) >= best
+    if center_weight == 1.0:  # the paper's Eq. 12 as printed
+        assert np.array_equal(codes, update_shared_codes(outputs, centers, assignments))
 
 
 # -- Eq. 16: centers -------------------------------------------------------------------------------------
@@ -172,11 +176,34 @@ def test_affinity_only_links_items_of_the_same_cluster(specific_problem: dict) -
         np.exp(-((f[:, None, :] - f[None, :, :]) ** 2).sum(-1) / s)
         for f, s in zip(feats, graph.two_sigma_sq, strict=True)
     )
-    dense = np.where(same, dense, 0.0)  # Eq. 8: zero across clusters
-    degree = dense.sum(1)
-    normalised = dense / np.sqrt(degree[:, None] * degree[None, :])
+    pairs = np.where(same & ~np.eye(40, dtype=bool), dense, 0.0)  # Eq. 8: zero across clusters
+    degree = pairs.sum(1)
+    expected = 2 * np.eye(40) + pairs / np.sqrt(degree[:, None] * degree[None, :])  # self pairs: A_1^pp + A_2^pp
     m = np.random.default_rng(5).normal(size=(40, 3))
-    np.testing.assert_allclose(graph.product(m), normalised @ m, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(graph.product(m), expected @ m, rtol=1e-10, atol=1e-12)
+
+
+def test_one_network_cannot_pull_an_items_specific_codes_apart_but_both_networks_move_them() -> None:
+    """The self pair keeps its Eq. 8 weight (A_1^pp + A_2^pp = 2): an item alone in its cluster keeps its
+    image and text specific codes equal against a confident image network (they drifted to 71 % agreement
+    when the self pair was normalised with the other pairs), while the joint proposal lets the two
+    networks flip a bit together (with the self pair alone, the codes froze at their start)."""
+    rng = np.random.default_rng(6)
+    n, bits = 12, 8
+    graph = SameClusterAffinity([rng.normal(size=(n, 4)), rng.normal(size=(n, 3))], np.arange(n)[:, None])
+    codes = random_signs(rng, n, bits)
+    against, along = -0.99 * codes, 0.5 * codes
+    # the image network disagrees, the text network agrees more strongly: the pair stays together
+    image, text = update_specific_codes([-0.6 * codes, 0.9 * codes], [codes, codes], graph, 1.0)
+    assert np.array_equal(image, codes) and np.array_equal(text, codes)
+    # the networks' sum decides a shared bit, never one network alone
+    image, text = update_specific_codes([against, along], [codes, codes], graph, 1.0)
+    assert np.array_equal(image, -codes) and np.array_equal(text, -codes)
+    image, text = update_specific_codes([against, against], [codes, codes], graph, 1.0)
+    assert np.array_equal(image, -codes) and np.array_equal(text, -codes)
+    # without the coupling, each modality follows its own network and the item's codes disagree
+    image, text = update_specific_codes([against, along], [codes, codes], graph, 0.0)
+    assert np.array_equal(image, -codes) and np.array_equal(text, codes)
 
 
 def test_eq22_codes_are_signs_and_never_increase_their_objective(specific_problem: dict) -> None:
@@ -376,6 +403,7 @@ def test_more_clusters_than_items_is_refused() -> None:
         ({"shared_bits": 0}, "multiple of 8"),
         ({"top_e": 7}, "top_e"),
         ({"specific_bits": 0}, "specific_bits"),
+        ({"center_weight": -1.0}, "center_weight"),
     ],
 )
 def test_bad_configs_are_refused(fields: dict, message: str) -> None:

@@ -88,6 +88,13 @@ def _cca(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHas
     return train_cca(image, text, bits, seed)
 
 
+def _cmfh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
+    from training.methods.cmfh import CMFHConfig, train_cmfh
+
+    image, text, _ = features.part("train")
+    return train_cmfh(image, text, build_config("cmfh", CMFHConfig, params, {"bits": bits}), seed=seed)
+
+
 def _dsfh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
     from training.methods.dsfh import DSFHConfig, train_dsfh
 
@@ -176,6 +183,7 @@ def _mmach(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedH
 TRAINERS: dict[str, Trainer] = {
     "lsh": _lsh,
     "cca": _cca,
+    "cmfh": _cmfh,
     "dsfh": _dsfh,
     "amsh": _amsh,
     "amsh-unpaired": _amsh_unpaired,

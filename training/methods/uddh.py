@@ -54,6 +54,7 @@ class UDDHConfig:
     text_hidden: tuple[int, ...] = (256,)  # the autoencoder's encoder = the text backbone
     head_hidden: int = 128  # hidden FC layer of every head (N̄ of Eq. 8 for the specific heads)
     affinity_weight: float = 1.0  # λ of the cross-modal affinity term (docs/methods/uddh.md)
+    center_weight: float = 1.0  # μ of μ‖B^c − CH‖² in Eq. 9; the paper's is 1 (0: the ablation in the docs)
     device: str = "cpu"
     torch_threads: int | None = 1  # intra-op threads while training (restored after); None keeps torch's
 
@@ -74,8 +75,8 @@ class UDDHConfig:
         if not (self.image_lr > 0 and self.text_lr > 0 and 0 < self.lr_step_factor <= 1):
             raise ValueError("learning rates must be positive and lr_step_factor in (0, 1]")
         deep.check_torch_threads(self.torch_threads)
-        if self.weight_decay < 0 or self.affinity_weight < 0:
-            raise ValueError("weight_decay and affinity_weight must be non-negative")
+        if min(self.weight_decay, self.affinity_weight, self.center_weight) < 0:
+            raise ValueError("weight_decay, affinity_weight and center_weight must be non-negative")
 
     @property
     def bits(self) -> int:
@@ -164,17 +165,22 @@ def reconstruction_loss(decoded: torch.Tensor, scaled: torch.Tensor) -> torch.Te
 
 
 def update_shared_codes(
-    shared_outputs: Sequence[np.ndarray], centers: np.ndarray, assignments: np.ndarray
+    shared_outputs: Sequence[np.ndarray], centers: np.ndarray, assignments: np.ndarray, center_weight: float = 1.0
 ) -> np.ndarray:
-    """Eq. 12: B^c = sign(C H + Σ_i N̂_i^c), the exact minimiser of Eq. 10; int8 ±1 (n, l^c)."""
-    return to_signs(center_sums(centers, assignments) + sum(np.asarray(o, np.float64) for o in shared_outputs))
+    """Eq. 12: B^c = sign(μ C H + Σ_i N̂_i^c), the exact minimiser of Eq. 10 with its k-means term weighted
+    by μ (the paper's μ = 1); int8 ±1 (n, l^c)."""
+    outputs = sum(np.asarray(o, np.float64) for o in shared_outputs)
+    return to_signs(center_weight * center_sums(centers, assignments) + outputs)
 
 
 class SameClusterAffinity:
-    """Ã = D^{-1/2} (A_1 + A_2) D^{-1/2}, A_i of Eq. 8: RBF on deep features, zero unless H_p = H_q.
+    """Ã = 2I + D^{-1/2} (A_1 + A_2 − 2I) D^{-1/2}, A_i of Eq. 8: RBF on deep features, zero unless H_p = H_q.
 
-    Never n × n: products are computed per group of items with the same centers, in row blocks, so
-    memory is O(block × group) and time O(Σ_groups size²).
+    The self pairs (p = q, A_i^pp = 1 in each modality) tie an item's image code to its own text code
+    and keep their Eq. 8 weight; only the pairs of distinct items, whose number grows with the cluster,
+    are normalised by their degree D (docs/methods/uddh.md, "The coupling term"). Never n × n: products
+    are computed per group of items with the same centers, in row blocks, so memory is O(block × group)
+    and time O(Σ_groups size²).
     """
 
     def __init__(self, features: Sequence[np.ndarray], assignments: np.ndarray) -> None:
@@ -183,6 +189,7 @@ class SameClusterAffinity:
         order = np.argsort(group_of.ravel(), kind="stable")
         self.groups = np.split(order, np.flatnonzero(np.diff(group_of.ravel()[order])) + 1)
         self.two_sigma_sq = [self._mean_pair_sq_distance(f) for f in self.features]
+        self.self_weight = float(len(self.features))  # Σ_i A_i^pp = Σ_i exp(0)
         self.degree = np.zeros(len(assignments))
         for rows, _, block in self._blocks():
             self.degree[rows] = block.sum(1)
@@ -198,7 +205,8 @@ class SameClusterAffinity:
         return mean if mean > 0 else 1.0
 
     def _blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(rows, group, A_1 + A_2 restricted to rows × group) for every row block of every group."""
+        """(rows, group, A_1 + A_2 of distinct items restricted to rows × group) for every row block of
+        every group: the self pairs are zero here (they are ``self_weight``)."""
         for g in self.groups:
             for start in range(0, len(g), _CHUNK):
                 rows = g[start : start + _CHUNK]
@@ -207,15 +215,20 @@ class SameClusterAffinity:
                     fr, fg = f[rows], f[g]
                     sq = (fr * fr).sum(1)[:, None] + (fg * fg).sum(1)[None, :] - 2 * fr @ fg.T
                     block += np.exp(-np.maximum(sq, 0.0) / two_sigma_sq)
+                block[np.arange(len(rows)), start + np.arange(len(rows))] = 0.0
                 yield rows, g, block
 
-    def product(self, m: np.ndarray) -> np.ndarray:
-        """Ã m for m (n, r)."""
-        root = np.sqrt(self.degree)[:, None]
+    def neighbour_product(self, m: np.ndarray) -> np.ndarray:
+        """D^{-1/2} (A_1 + A_2 − 2I) D^{-1/2} m for m (n, r): the pairs of distinct items only."""
+        root = np.sqrt(np.where(self.degree > 0, self.degree, 1.0))[:, None]  # a lone item has no pairs
         scaled, out = np.asarray(m, dtype=np.float64) / root, np.zeros(np.shape(m))
         for rows, g, block in self._blocks():
             out[rows] = block @ scaled[g]
         return out / root
+
+    def product(self, m: np.ndarray) -> np.ndarray:
+        """Ã m for m (n, r)."""
+        return self.self_weight * np.asarray(m, dtype=np.float64) + self.neighbour_product(m)
 
 
 def affinity_term(codes: Sequence[np.ndarray], affinity: SameClusterAffinity, weight: float) -> float:
@@ -234,9 +247,20 @@ def specific_objective(
 def update_specific_codes(
     outputs: Sequence[np.ndarray], codes: Sequence[np.ndarray], affinity: SameClusterAffinity, weight: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 22 for image then text: B_i^s = sign(2N̂_i^s + λ Ã B_j^s), each the exact block minimiser."""
-    image = to_signs(2 * np.asarray(outputs[0]) + weight * affinity.product(codes[1]))
-    text = to_signs(2 * np.asarray(outputs[1]) + weight * affinity.product(image))
+    """Eq. 22 for image then text: B_i^s = sign(2N̂_i^s + λ Ã B_j^s), each the exact block minimiser,
+    started from a joint proposal. The self pair ties B_1^s to B_2^s so strongly that one network alone
+    can never flip a bit; the proposal B_1^s = B_2^s = sign(2(N̂_1^s + N̂_2^s) + λ Ã_pairs (B_1^s + B_2^s))
+    (Eq. 9 restricted to equal codes, its pair term linearised at the current codes) lets the two networks
+    move a shared bit together. It is kept only where it lowers Eq. 9, so the step never increases it."""
+    image_out, text_out = (np.asarray(o, dtype=np.float64) for o in outputs)
+    pairs = affinity.neighbour_product(np.asarray(codes[0], np.float64) + np.asarray(codes[1], np.float64))
+    joint = to_signs(2 * (image_out + text_out) + weight * pairs)
+    if specific_objective(outputs, [joint, joint], affinity, weight) < specific_objective(
+        outputs, codes, affinity, weight
+    ):
+        codes = (joint, joint)
+    image = to_signs(2 * image_out + weight * affinity.product(codes[1]))
+    text = to_signs(2 * text_out + weight * affinity.product(image))
     return image, text
 
 
@@ -336,7 +360,9 @@ def _update_codes(
     outputs: dict[str, _Outputs], codes: _Codes, config: UDDHConfig
 ) -> tuple[_Codes, SameClusterAffinity]:
     """Algorithm 1 steps 3–8 with the networks fixed: Eq. 12, 16, 19 (+ re-seeding), then Eq. 22."""
-    shared = update_shared_codes([outputs[m].shared for m in MODALITIES], codes.centers, codes.assignments)
+    shared = update_shared_codes(
+        [outputs[m].shared for m in MODALITIES], codes.centers, codes.assignments, config.center_weight
+    )
     centers = update_centers(shared, codes.centers, codes.assignments)
     centers, assignments = reseed_empty_clusters(shared, centers, nearest_centers(shared, centers, config.top_e))
     affinity = SameClusterAffinity([outputs[m].feature for m in MODALITIES], assignments)
@@ -352,22 +378,41 @@ def _update_codes(
 def _record(
     outputs: dict[str, _Outputs], old: _Codes, new: _Codes, affinity: SameClusterAffinity, config: UDDHConfig
 ) -> dict:
-    """The Eq. 9 terms (sums over the training set) after an outer iteration, and how much moved."""
+    """The Eq. 9 terms (sums over the training set) after an outer iteration, how much moved, and the
+    diagnostics of docs/methods/uddh.md: how well each network fits the codes it regressed onto, how
+    often an item's image and text specific codes agree, how much of B^c equals its center (collapse
+    onto the k centers) and the mean |bit mean| of the image codes (0: every bit balanced)."""
     terms = {
         f"hash_{m}": float(hash_loss(o.shared, o.specific, new.shared, new.specific[m]).sum())
         for m, o in outputs.items()
     }
     terms["autoencoder"] = outputs["text"].reconstruction
-    terms["kmeans"] = kmeans_loss(new.shared, new.centers, new.assignments)
+    terms["kmeans"] = config.center_weight * kmeans_loss(new.shared, new.centers, new.assignments)
     terms["affinity"] = affinity_term([new.specific[m] for m in MODALITIES], affinity, config.affinity_weight)
     sizes = np.bincount(new.assignments.ravel(), minlength=config.n_clusters)
-    return terms | {
-        "objective": sum(terms.values()),
-        "shared_bit_flips": int((new.shared != old.shared).sum()),
-        "specific_bit_flips": int(sum((new.specific[m] != old.specific[m]).sum() for m in MODALITIES)),
-        "smallest_cluster": int(sizes.min()),
-        "largest_cluster": int(sizes.max()),
+    fit = {
+        f"fit_{m}": float(
+            (to_signs(np.hstack([o.shared, o.specific])) == np.hstack([old.shared, old.specific[m]])).mean()
+        )
+        for m, o in outputs.items()
     }
+    image_codes = np.hstack([new.shared, new.specific["image"]]).astype(np.float64)
+    return (
+        terms
+        | {
+            "objective": sum(terms.values()),
+            "shared_bit_flips": int((new.shared != old.shared).sum()),
+            "specific_bit_flips": int(sum((new.specific[m] != old.specific[m]).sum() for m in MODALITIES)),
+            "smallest_cluster": int(sizes.min()),
+            "largest_cluster": int(sizes.max()),
+        }
+        | fit
+        | {
+            "specific_agreement": float((new.specific["image"] == new.specific["text"]).mean()),
+            "shared_at_center": float((new.shared == new.centers[new.assignments[:, 0]]).mean()),
+            "bit_imbalance": float(np.abs(image_codes.mean(0)).mean()),
+        }
+    )
 
 
 def train_uddh(
