@@ -1,8 +1,10 @@
 """A collection of one's own: a JSON-Lines manifest, one row per item (``docs/collections.md``).
 
 Each row is a JSON object: ``image`` (path relative to the manifest's folder), ``text``, optional
-``labels`` (list of strings), optional ``id`` (default: the image path without its suffix) and optional
-``metadata`` (an object). The trainer (``training.datasets.collection``) and the loader
+``labels`` (list of strings), optional ``short_texts`` (list of strings: the item's title, tags or other
+few-word descriptions, on which training also fits the text hash function so that a short query lands
+where the item's full text does), optional ``id`` (default: the image path without its suffix) and
+optional ``metadata`` (an object). The trainer (``training.datasets.collection``) and the loader
 (``service.collection``) both read a collection here, so this is shared leaf code in ``index``.
 
 A bad row never stops the reading: it is skipped, counted and listed with its reason (bad UTF-8, bad
@@ -23,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 MANIFEST_NAME = "manifest.jsonl"  # the manifest a collection folder is read from
-FIELDS = ("id", "image", "text", "labels", "metadata")
+FIELDS = ("id", "image", "text", "labels", "short_texts", "metadata")
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -41,6 +43,7 @@ class CollectionItem:
     labels: tuple[str, ...]
     metadata: dict
     line: int
+    short_texts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,9 @@ def _item(row: object, line: int, folder: Path) -> CollectionItem | str:
     labels = row.get("labels", [])
     if not isinstance(labels, list) or not all(isinstance(label, str) and label.strip() for label in labels):
         return "labels must be a list of non-empty strings"
+    short_texts = row.get("short_texts", [])
+    if not isinstance(short_texts, list) or not all(isinstance(view, str) for view in short_texts):
+        return "short_texts must be a list of strings"
     metadata = row.get("metadata", {})
     if not isinstance(metadata, dict):
         return "metadata must be a JSON object"
@@ -152,7 +158,8 @@ def _item(row: object, line: int, folder: Path) -> CollectionItem | str:
     problem = image_problem(folder / image)
     if problem:
         return problem
-    return CollectionItem(item_id, image.as_posix(), text.strip(), tuple(dict.fromkeys(labels)), metadata, line)
+    views = tuple(dict.fromkeys(view.strip() for view in short_texts if view.strip() and view.strip() != text.strip()))
+    return CollectionItem(item_id, image.as_posix(), text.strip(), tuple(dict.fromkeys(labels)), metadata, line, views)
 
 
 def read_collection(path: str | Path) -> Collection:

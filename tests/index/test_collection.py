@@ -134,3 +134,20 @@ def test_a_manifest_is_a_jsonl_file_or_a_folder_holding_one(folder: Path, tmp_pa
 )  # fmt: skip
 def test_only_paths_that_stay_inside_the_folder_are_accepted(path, inside: bool) -> None:
     assert (inside_path(path) is not None) == inside
+
+
+def test_short_texts_are_read_without_blanks_repeats_or_the_full_text_and_must_be_strings(folder: Path) -> None:
+    lines = [
+        _row(
+            id="a", image="img/a.png", text="A red apple", short_texts=["apple", " apple ", "", "A red apple", "fruit"]
+        ),
+        _row(id="b", image="img/b.png", text="A banana"),
+        _row(id="c", image="img/c.png", text="A cherry", short_texts="cherry"),
+        _row(id="d", image="img/d.png", text="A date", short_texts=["date", 3]),
+    ]
+    collection = read_collection(_write(folder, lines))
+    assert [item.short_texts for item in collection.items] == [("apple", "fruit"), ()]
+    assert {row.id: row.reason for row in collection.skipped} == {
+        "c": "short_texts must be a list of strings",
+        "d": "short_texts must be a list of strings",
+    }

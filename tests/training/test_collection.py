@@ -65,3 +65,23 @@ def test_a_collection_featurizes_with_the_pretrained_encoders_only() -> None:
     assert features.describe()["image_featurizer"] == "efficientnet-lite0" and features.image.shape == (60, 1280)
     with pytest.raises(ValueError, match="pretrained features only"):
         featurize(dataset, kind="classic")
+
+
+def test_short_texts_become_the_text_views_that_training_fits_and_the_openclipart_export_writes_them(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "png").symlink_to((EXAMPLE / "png").resolve(), target_is_directory=True)
+    rows = [json.loads(line) for line in (EXAMPLE / "manifest.jsonl").read_text().splitlines()]
+    rows[0]["short_texts"] = ["a few words", "tag"]
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dataset = load_collection(tmp_path)
+    views = dict(zip(dataset.ids, dataset.text_views, strict=True))
+    assert views[rows[0]["id"]] == ["a few words", "tag"] and not any(views[r["id"]] for r in rows[1:])
+    assert load_collection(EXAMPLE).text_views == []  # no row has short texts: no views at all
+    from training.datasets.openclipart import export_collection, load_openclipart
+
+    corpus = load_openclipart()
+    some = {corpus.ids[i]: corpus.text_views[i] for i in range(0, len(corpus.ids), 997)}
+    manifest, _ = export_collection(tmp_path / "export", only=set(some))
+    exported = {row["id"]: row.get("short_texts", []) for row in map(json.loads, manifest.read_text().splitlines())}
+    assert exported == some and any(exported.values())

@@ -118,6 +118,7 @@ def load_collection(
         name=str(collection.manifest),
         images=pixels,
         texts=[item.text for item in items],
+        text_views=[list(item.short_texts) for item in items] if any(item.short_texts for item in items) else [],
         labels=labels[:, kept],
         label_names=[name for name, keep in zip(names, kept, strict=True) if keep],
         split=split,

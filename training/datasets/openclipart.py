@@ -217,8 +217,8 @@ def export_collection(
 ) -> tuple[Path, int]:
     """Write OpenClipart as a collection (``index.collection``'s manifest) into ``out``: ``manifest.jsonl``
     and a ``png`` symlink to the installed corpus's images (nothing copied). Rows are the loader's items
-    (``only``: those ids) with their texts and label names, in a seeded random order, so that a collection
-    loaded part way already covers every category. Returns (manifest path, rows)."""
+    (``only``: those ids) with their texts, short texts (title, tags) and label names, in a seeded random
+    order, so that a collection loaded part way already covers every category. Returns (manifest, rows)."""
     dataset = load_openclipart(root=root, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     link, target = out / "png", (root / "png").resolve()
@@ -232,6 +232,7 @@ def export_collection(
             labels = [dataset.label_names[j] for j in dataset.labels[i].nonzero()[0]]
             item = dataset.ids[i]
             row = {"id": item, "image": f"png/{item}.png", "text": dataset.texts[i], "labels": labels}
+            row |= {"short_texts": dataset.text_views[i]} if dataset.text_views[i] else {}
             rows.append(json.dumps(row, ensure_ascii=False))
     manifest = out / "manifest.jsonl"
     tmp = out / "manifest.jsonl.tmp"
