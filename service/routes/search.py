@@ -91,6 +91,12 @@ def _search(rt: Runtime, source: str, target: str, query: TextQuery | ImageQuery
     return run_search(rt, model, source, target, features, query, time.perf_counter() - started, kind)
 
 
+async def _image_search(rt: Runtime, target: str, query: ImageQuery) -> Response:
+    if query.features is not None:
+        return _search(rt, "image", target, query)
+    return await run_in_threadpool(_search, rt, "image", target, query)
+
+
 def _upload_search(rt: Runtime, target: str, image: UploadFile, k: int, probe: str) -> Response:
     started = time.perf_counter()
     model = rt.model
@@ -102,33 +108,33 @@ def _upload_search(rt: Runtime, target: str, image: UploadFile, k: int, probe: s
     return run_search(rt, model, "image", target, features, parsed, time.perf_counter() - started, "raw")
 
 
-# Every search blocks on a Redis round trip (its results' ids and metadata) and, for raw input, on an
-# encoder (1-2 ms for a text, tens for an image), so all of them run on the worker threads, where those
-# waits overlap (onnxruntime and the socket release the GIL), never on the event loop, which would
-# serialise them. The JSON endpoints take the runtime from the request instead of Depends(runtime):
-# FastAPI's solving of a sub-dependency costs ~40 µs a request.
+# Text and feature-vector queries run on the event loop: their CPU (encoding, a scan, one Redis round trip
+# for the results' ids) is a few milliseconds at most, and handing them to a worker thread measured no
+# better at 1 M items (docs/results_pretrained.md, "Speed"); decoding an image takes tens of
+# milliseconds, so it does go to a thread. The JSON endpoints take the runtime from the request instead of
+# Depends(runtime): FastAPI's solving of a sub-dependency costs ~40 µs a request.
 @router.post("/text-to-image", response_model=SearchResponse, responses=ERRORS)
 async def text_to_image(query: TextQuery, request: Request) -> Response:
     """Find images for a text: raw ``text`` (featurized by the model's vocabulary) or ``features``."""
-    return await run_in_threadpool(_search, request.app.state.runtime, "text", "image", query)
+    return _search(request.app.state.runtime, "text", "image", query)
 
 
 @router.post("/text-to-text", response_model=SearchResponse, responses=ERRORS)
 async def text_to_text(query: TextQuery, request: Request) -> Response:
     """Find texts like a text: the same body as ``text-to-image``, searched among the texts."""
-    return await run_in_threadpool(_search, request.app.state.runtime, "text", "text", query)
+    return _search(request.app.state.runtime, "text", "text", query)
 
 
 @router.post("/image-to-text", response_model=SearchResponse, responses=ERRORS)
 async def image_to_text(query: ImageQuery, request: Request) -> Response:
     """Find texts for an image: a base64 image file (``image_base64``) or ``features``."""
-    return await run_in_threadpool(_search, request.app.state.runtime, "image", "text", query)
+    return await _image_search(request.app.state.runtime, "text", query)
 
 
 @router.post("/image-to-image", response_model=SearchResponse, responses=ERRORS)
 async def image_to_image(query: ImageQuery, request: Request) -> Response:
     """Find images like an image: the same body as ``image-to-text``, searched among the images."""
-    return await run_in_threadpool(_search, request.app.state.runtime, "image", "image", query)
+    return await _image_search(request.app.state.runtime, "image", query)
 
 
 UploadedImage = Annotated[UploadFile, File(description="the image file (PNG, JPEG, GIF, …), not empty")]
