@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,15 +59,20 @@ def load_pixels(
     """Decode a file path or raw bytes; raises :class:`ImageDecodeError` on anything undecodable.
 
     ``max_pixels`` rejects an image from its header, before decoding a byte of pixel data (the
-    decompression-bomb guard for untrusted uploads; Pillow's own global limit still applies).
+    decompression-bomb guard for untrusted uploads; Pillow's own global limit still applies). Pillow's
+    bomb *warning* is silenced here, once for every caller: an upload is bounded by ``max_pixels``, and
+    without it the source is a trusted file (a corpus or a collection its owner loads), a few of which
+    are huge; the hard limit still raises.
     """
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
-        with handle, Image.open(handle) as image:
-            if max_pixels is not None and image.width * image.height > max_pixels:
-                raise ImageDecodeError(f"image of {image.width}×{image.height} exceeds {max_pixels} pixels")
-            image.load()
-            return to_pixels(image, size, upscale)
+        with handle, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # set before open, which warns
+            with Image.open(handle) as image:
+                if max_pixels is not None and image.width * image.height > max_pixels:
+                    raise ImageDecodeError(f"image of {image.width}×{image.height} exceeds {max_pixels} pixels")
+                image.load()
+                return to_pixels(image, size, upscale)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         if isinstance(exc, ImageDecodeError):
             raise
