@@ -153,22 +153,33 @@ def _wait_for_chunks(server: RedisServer, bundle, count: int, process: subproces
 N_FAULT = 200_000  # items of the fault tests' file: chunks of 1,000, so a fault lands mid-import
 
 
+def _import_under_way(server: RedisServer, tmp_path: Path, bundle) -> tuple[Path, np.ndarray, subprocess.Popen]:
+    """The fault tests' file, and an importer of it in chunks of 1,000 that has written at least 5."""
+    path, codes = write_codes(tmp_path, N_FAULT)
+    importer = _importer(server, path, 1_000)
+    _wait_for_chunks(server, bundle, 5, importer)
+    return path, codes, importer
+
+
+def _rerun(server: RedisServer, path: Path) -> dict:
+    """The same import run again to its end: its summary."""
+    rerun = _importer(server, path, 1_000)
+    out, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err
+    return json.loads(out)
+
+
 def test_sigkill_of_the_importer_mid_import_then_a_rerun_stores_every_item_once(tmp_path: Path, bundle) -> None:
     server = RedisServer(tmp_path / "redis").start()
     try:
-        path, codes = write_codes(tmp_path, N_FAULT)
-        importer = _importer(server, path, 1_000)
-        _wait_for_chunks(server, bundle, 5, importer)
+        path, codes, importer = _import_under_way(server, tmp_path, bundle)
         os.kill(importer.pid, signal.SIGKILL)
         importer.wait()
         items = assert_whole(server.client(), "faulty", bundle.bundle_id)["image"]
         jobs = server.client().keys(RedisStore(server.client(), "faulty", bundle.bundle_id).progress_key("*"))
         done = server.client().hlen(jobs[0])
         assert 5 <= done < N_FAULT // 1_000 and len(items) == 1_000 * done  # whole chunks only, each marked
-        rerun = _importer(server, path, 1_000)
-        out, err = rerun.communicate(timeout=600)
-        assert rerun.returncode == 0, err
-        summary = json.loads(out)
+        summary = _rerun(server, path)
         assert summary["skipped_chunks"] == done and summary["written_items"] == N_FAULT - 1_000 * done
         assert_imported(server, "faulty", bundle, "codes", codes)
     finally:
@@ -178,18 +189,13 @@ def test_sigkill_of_the_importer_mid_import_then_a_rerun_stores_every_item_once(
 def test_a_redis_outage_stops_the_import_with_a_clear_message_and_a_rerun_completes(tmp_path: Path, bundle) -> None:
     server = RedisServer(tmp_path / "redis").start()
     try:
-        path, codes = write_codes(tmp_path, N_FAULT)
-        importer = _importer(server, path, 1_000)
-        _wait_for_chunks(server, bundle, 5, importer)
+        path, codes, importer = _import_under_way(server, tmp_path, bundle)
         server.stop()  # Redis goes away mid-import
         _, err = importer.communicate(timeout=120)
         assert importer.returncode == 1 and "import stopped: Redis is unreachable" in err, err
         assert "run the same command again to resume" in err
         server.start()  # same port and directory: the AOF is replayed
-        rerun = _importer(server, path, 1_000)
-        out, err = rerun.communicate(timeout=600)
-        assert rerun.returncode == 0, err
-        assert json.loads(out)["skipped_chunks"] >= 5
+        assert _rerun(server, path)["skipped_chunks"] >= 5
         assert_imported(server, "faulty", bundle, "codes", codes)
     finally:
         server.stop()
