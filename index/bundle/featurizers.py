@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from index.bundle.manifest import IMAGE_SIZE, BagOfWordsParams, BagOfWordsSpec, ImageDescriptorParams
 
@@ -73,6 +73,8 @@ def load_pixels(
                     raise ImageDecodeError(f"image of {image.width}×{image.height} exceeds {max_pixels} pixels")
                 image.load()
                 return to_pixels(image, size, upscale)
+    except UnidentifiedImageError as exc:  # its message names the in-memory buffer object, not the input
+        raise ImageDecodeError("not an image format Pillow reads (PNG, JPEG, GIF, WebP, BMP, TIFF, …)") from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         if isinstance(exc, ImageDecodeError):
             raise

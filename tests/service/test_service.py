@@ -218,6 +218,12 @@ def test_a_bad_item_is_rejected_alone_and_nothing_of_it_is_stored(client) -> Non
             422,
             "not a usable image",
         ),
+        (
+            "/v1/search/image-to-text",
+            {"image_base64": base64.b64encode(b"plain text, not a picture").decode()},
+            422,
+            "not a usable image: not an image format Pillow reads (PNG, JPEG, GIF, WebP, BMP, TIFF, …)",
+        ),
         ("/v1/search/text-to-image", {"text": "apple", "extra": 1}, 422, "Extra inputs"),
     ],
 )
