@@ -8,7 +8,8 @@ fitted on them (``python -m index rebucket``, as an operator does at this scale:
 docs/results.md measures retention at 1 M with 1,024 buckets); then ``python -m service`` with
 ``--workers`` worker processes, each of which rebuilds its index from Redis. Load: wrk (``apt-get
 install wrk``), one thread, ``--connections`` connections, on text → image queries given as feature
-vectors, raw text and raw images (base64 JSON), and on ``GET /healthz`` as the framework's own floor
+vectors, raw text (the query items' full texts, and the 1–4 word natural queries people type) and raw
+images (base64 JSON), and on ``GET /healthz`` as the framework's own floor
 (the ratio baseline). Ingestion: items/s through ``POST /v1/items:batch`` with feature vectors,
 batches of 256.
 """
@@ -38,6 +39,7 @@ from index.redis_server import RedisServer, free_port
 from index.store import RedisStore
 from service.settings import DEFAULT_BUNDLE
 from training.datasets.openclipart import DEFAULT_ROOT, load_openclipart
+from training.evaluation.natural_queries import NATURAL_QUERIES
 from training.featurize.pretrained import pretrained_features
 
 LUA = Path(__file__).with_name("wrk_bodies.lua")
@@ -123,6 +125,7 @@ def query_bodies(bundle, corpus, queries: np.ndarray) -> dict[str, tuple[str, li
     return {
         "features": ("text-to-image", [{"features": f.tolist(), "k": 10} for f in features]),
         "raw_text": ("text-to-image", [{"text": t, "k": 10} for t in known]),
+        "raw_short_text": ("text-to-image", [{"text": q, "k": 10} for q in NATURAL_QUERIES]),
         "raw_image": (
             "image-to-text",
             [{"image_base64": base64.b64encode(b).decode(), "k": 10} for b in images],
