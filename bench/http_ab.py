@@ -30,7 +30,8 @@ import json, sys, tempfile
 from pathlib import Path
 import bench.http_bench as hb
 
-items, buckets, probe, workers, bundle_path = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+items, buckets, probe, workers = map(int, sys.argv[1:5])
+bundle_path = sys.argv[5]
 bundle = hb.load_bundle(bundle_path)
 corpus = hb.load_openclipart()
 database = corpus.split.database
