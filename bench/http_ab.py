@@ -51,7 +51,7 @@ with tempfile.TemporaryDirectory() as tmp:
         _, requests = hb.query_bodies(bundle, corpus, corpus.split.query[:200])["features"]
         bodies = Path(tmp) / "features.jsonl"
         bodies.write_text("\\n".join(json.dumps(b) for b in requests))
-        print(json.dumps({"url": url, "bodies": str(bodies), "pid": service.pid}), flush=True)
+        print(json.dumps({"url": url, "bodies": str(bodies)}), flush=True)
         sys.stdin.read()  # serve until the driver closes our stdin
     finally:
         if service is not None:
@@ -67,6 +67,10 @@ class Side:
     process: subprocess.Popen
     url: str
     bodies: Path
+
+    def round(self, seconds: int, connections: int) -> dict:
+        """One wrk round of this side's feature queries."""
+        return run_wrk(f"{self.url}/v1/search/text-to-image", self.bodies, seconds, connections)
 
 
 def start_side(spec: str, items: int, buckets: int, probe: int, workers: int) -> Side:
@@ -116,11 +120,11 @@ def main() -> None:
     sides = [start_side(spec, args.items, args.buckets, args.probe, args.workers) for spec in args.tree]
     try:
         for side in sides:  # warm-up round, not counted
-            run_wrk(f"{side.url}/v1/search/text-to-image", side.bodies, 3, args.connections)
+            side.round(3, args.connections)
         qps: list[list[float]] = [[], []]
         for index in ab_order(args.rounds):
             side = sides[index]
-            row = run_wrk(f"{side.url}/v1/search/text-to-image", side.bodies, args.duration, args.connections)
+            row = side.round(args.duration, args.connections)
             qps[index].append(row["qps"])
             print(f"{side.name}: {json.dumps(row)}", flush=True)
     finally:

@@ -230,7 +230,8 @@ def import_rows(args, server: RedisServer, bundle, tmp: Path) -> dict:
     (tmp / "features.jsonl").write_text("".join(f'{{"id": "f{i}"}}\n' for i in range(features)))
     rows = {"raw_pipeline": {"items_per_s": round(raw_pipeline(server, bundle, codes, ids, metadata, args.chunk))}}
     print("raw Redis pipeline, same keys:", json.dumps(rows["raw_pipeline"]), flush=True)
-    values = [bytes(12) + code.tobytes() for code in codes]  # bucket · label · code, as the records are
+    blank = np.zeros(n, np.int64)  # bucket and label 0: the floor only needs records of the real size
+    values = [row.tobytes() for row in records(blank, codes, blank)]
     rows["redis_cli_pipe"] = {"items_per_s": round(redis_cli_pipe(server, ids, values, metadata, tmp))}
     print("redis-cli --pipe, items and metadata fields only:", json.dumps(rows["redis_cli_pipe"]), flush=True)
     for name, file, modality, count in (

@@ -102,6 +102,10 @@ def child(kind: str, data: Path, redis_url: str | None, probe: int, reloads: int
                  np.load(data / "buckets.npy", mmap_mode="r")[:WARM_UP_ITEMS])  # fmt: skip
     else:
         client = redis.Redis.from_url(redis_url)
+
+        def open_index() -> HashIndex:
+            return HashIndex.open(client, INDEX_NAME, BUNDLE_ID, queries.shape[1] * 8, centers, CENTERS_VERSION)
+
         warm = HashIndex.open(client, WARM_UP_INDEX, BUNDLE_ID, queries.shape[1] * 8, centers, CENTERS_VERSION)
         warm.search("image", queries[:1], K, probe, **({} if filtered_search else {"where": {"category": "c3"}}))
     gc.collect()
@@ -114,7 +118,7 @@ def child(kind: str, data: Path, redis_url: str | None, probe: int, reloads: int
         del codes, buckets
         release_freed_memory()  # as loading an index does: what is left is the lists
     else:
-        index = HashIndex.open(client, INDEX_NAME, BUNDLE_ID, queries.shape[1] * 8, centers, CENTERS_VERSION)
+        index = open_index()
     seconds = time.perf_counter() - started
     gc.collect()
     grown = rss_bytes() - before
@@ -140,7 +144,7 @@ def child(kind: str, data: Path, redis_url: str | None, probe: int, reloads: int
         del index
         gc.collect()
         started = time.perf_counter()
-        index = HashIndex.open(client, INDEX_NAME, BUNDLE_ID, queries.shape[1] * 8, centers, CENTERS_VERSION)
+        index = open_index()
         times.append(round(time.perf_counter() - started, 2))
     report["reload_s_each"] = times
     report["reload_s_median"] = round(float(np.median(times)), 2)

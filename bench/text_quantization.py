@@ -18,7 +18,7 @@ from dataclasses import replace
 from training.datasets import load_dataset
 from training.evaluation.report import evaluate_hasher, summary_row
 from training.featurize.pipeline import featurize
-from training.featurize.pretrained import GRAPHS_DIR, THREADS, PretrainedText, text_features
+from training.featurize.pretrained import GRAPHS_DIR, pretrained_text, text_features
 from training.featurize.pretrained_export import export_text
 from training.methods.registry import TRAINERS
 
@@ -32,14 +32,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from index.bundle.pretrained import TextEncoder
-
     dataset = load_dataset("openclipart", seed=args.seed)
     int8 = featurize(dataset, kind="pretrained")
     if not FP32_GRAPH.is_file():
         export_text(FP32_GRAPH)
-    tokenizer = int8.text_featurizer.tokenizer
-    fp32_text = PretrainedText(FP32_GRAPH, tokenizer, TextEncoder(FP32_GRAPH, tokenizer.read_bytes(), THREADS))
+    fp32_text = pretrained_text(FP32_GRAPH, int8.text_featurizer.tokenizer)
     fp32 = replace(int8, text=text_features(fp32_text, list(dataset.texts)), text_featurizer=fp32_text)
     for name, features in (("int8", int8), ("fp32", fp32)):
         hasher = TRAINERS[args.method](features, args.bits, args.seed, {})

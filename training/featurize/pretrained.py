@@ -105,6 +105,11 @@ def text_features(text: PretrainedText, texts: list[str]) -> np.ndarray:
     return _cached(text_cache_key(text.graph, text.tokenizer, texts), lambda: text.encoder.embed_texts(texts), TEXT_DIM)
 
 
+def pretrained_text(graph: Path, tokenizer: Path) -> PretrainedText:
+    """The text featurizer of a MiniLM graph and its tokenizer, run as training featurizes in bulk."""
+    return PretrainedText(graph, tokenizer, TextEncoder(graph, tokenizer.read_bytes(), THREADS))
+
+
 def pretrained_features(
     dataset: CrossModalDataset, graphs: Path | None = None
 ) -> tuple[np.ndarray, np.ndarray, PretrainedImage, PretrainedText]:
@@ -114,11 +119,7 @@ def pretrained_features(
         raise ValueError(f"{dataset.name}: pretrained features need image files and raw texts")
     folder = featurizer_graphs(graphs or GRAPHS_DIR)
     image = PretrainedImage(folder / IMAGE_GRAPH, ImageEncoder(folder / IMAGE_GRAPH, THREADS))
-    text = PretrainedText(
-        folder / TEXT_GRAPH,
-        folder / TOKENIZER,
-        TextEncoder(folder / TEXT_GRAPH, (folder / TOKENIZER).read_bytes(), THREADS),
-    )
+    text = pretrained_text(folder / TEXT_GRAPH, folder / TOKENIZER)
 
     def image_features() -> np.ndarray:
         from training.featurize.pretrained_corpus import corpus_pixels
