@@ -16,13 +16,15 @@ a temporary directory, with this checkout's built files that git does not hold: 
 and the C scan kernel).
 
 Bulk import: ``--import-items`` random packed codes (.npy) with a JSON-lines sidecar, imported by
-``index.bulk_import.import_files`` (chunks of ``--chunk``); then the same number of text feature vectors
-(.npy, float32), which the import encodes with the bundle; the baseline is a raw redis-py pipeline
-(no transaction, one per chunk) writing the same hashes: items (bucket · label · code), metadata (the
-same JSON texts) and the bucket counts, with everything computed beforehand. Items/s and the ratio to the
-baseline are printed per row and written to ``--out``. A second floor, Redis's own: ``redis-cli --pipe``
-(the mass-insertion client, no Python) writing only the items' and metadata hash fields, 1,000 fields a
-command as the import's script does, the protocol written to a file before the clock starts.
+``index.bulk_import.import_files`` (chunks of ``--chunk``) of ``--baseline-ref``'s tree and of this
+checkout, each timed around that call in a process of its own; then ``--feature-items`` text feature
+vectors (.npy, float32), which the import encodes with the bundle; the baseline is a raw redis-py pipeline
+(no transaction, one per chunk) writing the same hashes: items (bucket · label · code), entries (label →
+id and the same JSON texts) and the bucket counts, with everything computed beforehand. Items/s and the
+ratio to the baseline are printed per row and written to ``--out``. A second floor, Redis's own:
+``redis-cli --pipe`` (the mass-insertion client, no Python) writing only the items' and entries' hash
+fields, one ``HSET`` per hash per chunk as the import does, the protocol written to a file before the
+clock starts.
 """
 
 from __future__ import annotations
@@ -45,7 +47,6 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
-from index.bulk_import import import_files, open_store
 from index.bundle import load_bundle
 from index.centers import route
 from index.redis_server import RedisServer, free_port
@@ -178,13 +179,15 @@ def raw_pipeline(server: RedisServer, bundle, codes: np.ndarray, ids: list[str],
     store = RedisStore(server.client(), "bench-raw", bundle.bundle_id)
     buckets = route(codes, bundle.centers)[:, 0]
     values = [row.tobytes() for row in records(buckets, codes, np.arange(1, len(codes) + 1))]
+    entries = [f"{item}\n{meta}" for item, meta in zip(ids, metadata, strict=True)]
     client = server.client()
     started = time.perf_counter()
     for start in range(0, len(codes), chunk):
         part = slice(start, start + chunk)
         pipe = client.pipeline(transaction=False)
         pipe.hset(store.key("items:image"), mapping=dict(zip(ids[part], values[part], strict=True)))
-        pipe.hset(store.key("meta:image"), mapping=dict(zip(ids[part], metadata[part], strict=True)))
+        labels = range(start + 1, start + 1 + len(entries[part]))
+        pipe.hset(store.key("entries:image"), mapping=dict(zip(labels, entries[part], strict=True)))
         counted = np.bincount(buckets[part])
         for bucket in np.flatnonzero(counted).tolist():
             pipe.hincrby(store.key("counts:image"), bucket, int(counted[bucket]))
@@ -197,15 +200,17 @@ def _resp(*args: bytes) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
 
 
-def redis_cli_pipe(server: RedisServer, ids: list[str], values: list[bytes], metadata: list[str], tmp: Path) -> float:
-    """Items/s of Redis itself writing the items' and metadata fields, fed by ``redis-cli --pipe``."""
-    slice_ = 1000  # fields per HSET, as the upsert script writes them
+def redis_cli_pipe(
+    server: RedisServer, ids: list[str], values: list[bytes], metadata: list[str], chunk: int, tmp: Path
+) -> float:
+    """Items/s of Redis itself writing the items' and entries' fields, fed by ``redis-cli --pipe``."""
     path = tmp / "pipe.resp"
     with path.open("wb") as out:
-        for start in range(0, len(ids), slice_):
-            part = range(start, min(start + slice_, len(ids)))
+        for start in range(0, len(ids), chunk):
+            part = range(start, min(start + chunk, len(ids)))
             out.write(_resp(b"HSET", b"pipe:items", *[x for i in part for x in (ids[i].encode(), values[i])]))
-            out.write(_resp(b"HSET", b"pipe:meta", *[x for i in part for x in (ids[i].encode(), metadata[i].encode())]))
+            entries = [x for i in part for x in (b"%d" % (i + 1), f"{ids[i]}\n{metadata[i]}".encode())]
+            out.write(_resp(b"HSET", b"pipe:entries", *entries))
     started = time.perf_counter()
     with path.open("rb") as stdin:
         subprocess.run(["redis-cli", "-p", str(server.port), "--pipe"], stdin=stdin, check=True, capture_output=True)
@@ -232,25 +237,48 @@ def import_rows(args, server: RedisServer, bundle, tmp: Path) -> dict:
     print("raw Redis pipeline, same keys:", json.dumps(rows["raw_pipeline"]), flush=True)
     blank = np.zeros(n, np.int64)  # bucket and label 0: the floor only needs records of the real size
     values = [row.tobytes() for row in records(blank, codes, blank)]
-    rows["redis_cli_pipe"] = {"items_per_s": round(redis_cli_pipe(server, ids, values, metadata, tmp))}
-    print("redis-cli --pipe, items and metadata fields only:", json.dumps(rows["redis_cli_pipe"]), flush=True)
-    for name, file, modality, count in (
-        ("import_codes", "codes.npy", "image", n),
-        ("import_text_features", "features.npy", "text", features),
-    ):
-        store = open_store(server.client(), f"bench-{name}", bundle)
-        started = time.perf_counter()
-        summary = import_files(store, bundle, modality, [tmp / file], chunk=args.chunk, progress=False)
-        seconds = time.perf_counter() - started
-        assert summary.written_items == count
-        rate = count / seconds
-        rows[name] = {
-            "items_per_s": round(rate),
-            "items": count,
-            "vs_raw_pipeline": round(rate / rows["raw_pipeline"]["items_per_s"], 2),
-        }
+    rows["redis_cli_pipe"] = {"items_per_s": round(redis_cli_pipe(server, ids, values, metadata, args.chunk, tmp))}
+    print("redis-cli --pipe, items and entries fields only:", json.dumps(rows["redis_cli_pipe"]), flush=True)
+    (tmp / "import").mkdir()
+    trees = {"import_codes_before": baseline_tree(args.baseline_ref, tmp / "import"), "import_codes": ROOT}
+    for name, tree in trees.items():  # the same file, the same timed call, from each tree
+        rate = timed_import(tree, server, f"bench-{name}", tmp / "codes.npy", "image", args.chunk, n)
+        rows[name] = {"items_per_s": round(rate), "items": n, "tree": args.baseline_ref if tree != ROOT else "this"}
+        rows[name]["vs_raw_pipeline"] = round(rate / rows["raw_pipeline"]["items_per_s"], 2)
         print(f"bulk import ({name}):", json.dumps(rows[name]), flush=True)
+    rows["import_codes"]["vs_before"] = round(
+        rows["import_codes"]["items_per_s"] / rows["import_codes_before"]["items_per_s"], 2
+    )
+    rate = timed_import(ROOT, server, "bench-import_text_features", tmp / "features.npy", "text", args.chunk, features)
+    rows["import_text_features"] = {"items_per_s": round(rate), "items": features}
+    rows["import_text_features"]["vs_raw_pipeline"] = round(rate / rows["raw_pipeline"]["items_per_s"], 2)
+    print("bulk import (import_text_features):", json.dumps(rows["import_text_features"]), flush=True)
     return rows
+
+
+# Times import_files alone (not the interpreter's start nor the bundle's load), in a process of the tree given.
+_TIMED_IMPORT = """
+import json, sys, time
+from pathlib import Path
+import redis
+from index.bundle import load_bundle
+url, index_name, path, modality, chunk = sys.argv[1:6]
+bundle = load_bundle("models/default")
+store = open_store(redis.Redis.from_url(url), index_name, bundle)
+started = time.perf_counter()
+summary = import_files(store, bundle, modality, [Path(path)], chunk=int(chunk), progress=False)
+print(json.dumps({"seconds": time.perf_counter() - started, "items": summary.written_items}))
+"""
+
+
+def timed_import(tree: Path, server: RedisServer, index_name: str, path: Path, modality: str, chunk: int, n: int):
+    """Items/s of ``import_files`` of ``tree`` (its own process, ``PYTHONPATH`` the tree) into a new index."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    command = [sys.executable, "-c", _TIMED_IMPORT, server.url, index_name, str(path), modality, str(chunk)]
+    done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["items"] == n, result
+    return n / result["seconds"]
 
 
 def main() -> None:

@@ -17,21 +17,22 @@ The entry point another module calls (issue 18's collection loader) is :func:`im
                   total: int | None = None, progress: bool = True) -> ImportSummary
 
 with ``Chunk(key, modality, ids, codes, metadata)``: the chunk's name within the job, one modality, ids,
-packed uint8 codes (n, bits / 8) and metadata dicts, row-aligned. ``store`` is the index's active
-generation (:func:`open_store`).
+packed uint8 codes (n, bits / 8) and metadata (each the JSON text of an object), row-aligned. ``store``
+is the index's active generation (:func:`open_store`).
 
-What a chunk's write guarantees: it is one call of the store's upsert script, so Redis writes every
-item of the chunk (items, metadata, bucket counts), appends the chunk to the change feed as one entry,
-and marks the chunk done in the job's progress hash, all or nothing; the call returns once Redis has it
-(with ``appendfsync always``, in the fsync'd AOF). Running workers follow the feed and apply a chunk as
-they apply a batch of the API; one that falls behind the trimmed feed reloads from Redis, as always.
+What a chunk's write guarantees: it is one ``MULTI``/``EXEC`` transaction checked as the upsert script
+checks a batch (``RedisStore.write_prepared``; the script itself when other writes keep interrupting),
+so Redis writes every item of the chunk (items, entries, bucket counts), appends the chunk to the change
+feed as one entry, and marks the chunk done in the job's progress hash, all or nothing; the call returns
+once Redis has it (with ``appendfsync always``, in the fsync'd AOF). Running workers follow the feed and
+apply a chunk as they apply a batch of the API; one that falls behind the trimmed feed reloads from Redis.
 During an import the feed keeps about :data:`FEED_ITEMS` items' worth of chunks.
 
 Resuming: ids are the key, so writing a chunk again replaces its items (never duplicates them). A re-run
 of the same command skips the chunks its job has marked done: the job is named by the inputs (each
 file's path, size and modification time), the chunk size, the modality and the bundle, and a chunk by
-its file and number. A chunk cut short by a crash or a Redis outage was not written at all (the script
-is atomic) and is written by the re-run. An outage stops the import with a message saying so.
+its file and number. A chunk cut short by a crash or a Redis outage was not written at all (its write is
+atomic) and is written by the re-run. An outage stops the import with a message saying so.
 """
 
 from __future__ import annotations
@@ -44,22 +45,22 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import faiss
+import msgspec
 import numpy as np
-import pydantic_core
 import redis
 from tqdm import tqdm
 
 from index.bundle import Bundle
 from index.centers import CenterIndex
 from index.errors import GenerationMovedError, IndexInputError
-from index.store import ID_MAX_CHARS, ID_PATTERN, MODALITIES, Group, RedisStore
+from index.store import ID_MAX_CHARS, MODALITIES, Group, PreparedChunk, RedisStore
 
 DEFAULT_CHUNK = 10_000  # items per script call: large enough that a call's fixed cost (fsync) is small
 FEED_ITEMS = 1_000_000  # items of import chunks the change feed keeps (entries = FEED_ITEMS / chunk)
 _JOB_HEX = 16  # hex digits of the sha256 naming a job
-_ID = re.compile(ID_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class Chunk:
     modality: str
     ids: Sequence[str]
     codes: np.ndarray  # packed uint8 (n, bits / 8)
-    metadata: Sequence[dict]
+    metadata: Sequence[bytes]  # each item's metadata: the JSON text of an object, stored as it is
 
 
 @dataclass(frozen=True)
@@ -127,34 +128,35 @@ def import_chunks(
     fails (the chunks written so far stay written and marked: a re-run resumes). Chunks are produced,
     checked and routed on a worker thread while Redis writes the previous one."""
     done = store.done_chunks(job) if done is None else done
-    centers = _centers(store)
     written = skipped = items = 0
     with tqdm(total=total, unit="item", unit_scale=True, disable=not progress, desc="import") as bar:
-        for chunk, group in _ahead(_groups(chunks, done, centers)):
-            if group is None:
+        for chunk, prepared in _ahead(_prepared(chunks, done, store)):
+            if prepared is None:
                 skipped += 1
                 continue
-            feed_length = max(1, FEED_ITEMS // len(group.ids))
+            feed_length = max(1, FEED_ITEMS // len(chunk.ids))
             try:
-                store.write_chunk(group, job, chunk.key, feed_length)
+                store.write_prepared(prepared, job, chunk.key, feed_length)
             except GenerationMovedError:  # a re-bucket ended: route with the new centers, write again
                 store = store.at(store.active_generation())
-                centers = _centers(store)
-                group = Group(
-                    group.modality, group.ids, centers.route(chunk.codes, 1)[:, 0], chunk.codes, group.metadata
-                )
+                buckets = _centers(store).route(chunk.codes, 1)[:, 0]
+                group = dataclasses.replace(prepared.group, buckets=buckets)
                 store.write_chunk(group, job, chunk.key, feed_length)
             written += 1
-            items += len(group.ids)
-            bar.update(len(group.ids))
+            items += len(chunk.ids)
+            bar.update(len(chunk.ids))
     return ImportSummary(job, written, skipped, items)
 
 
-def _groups(chunks: Iterable[Chunk], done: set[str], centers: CenterIndex) -> Iterator[tuple[Chunk, Group | None]]:
-    """Each chunk with the group the store writes, checked; None for a chunk done before. Runs on the
-    reading thread: its routing searches use one OpenMP thread (an OpenMP setting is per thread; a
-    team of threads for a 64-center search only contends with Redis and the reader)."""
+def _prepared(
+    chunks: Iterable[Chunk], done: set[str], store: RedisStore
+) -> Iterator[tuple[Chunk, PreparedChunk | None]]:
+    """Each chunk checked, routed and prepared for its write (labels reserved, commands encoded); None
+    for a chunk done before. Runs on the reading thread: its routing searches use one OpenMP thread (an
+    OpenMP setting is per thread; a team of threads for a 64-center search only contends with Redis and
+    the reader)."""
     faiss.omp_set_num_threads(1)
+    centers = _centers(store)
     code_bytes = None
     for chunk in chunks:
         if chunk.key in done:
@@ -165,8 +167,7 @@ def _groups(chunks: Iterable[Chunk], done: set[str], centers: CenterIndex) -> It
         code_bytes = code_bytes or chunk.codes.shape[1]
         _check(chunk, code_bytes)
         buckets = centers.route(chunk.codes, 1)[:, 0]
-        metadata = [pydantic_core.to_json(meta).decode() for meta in chunk.metadata]
-        yield chunk, Group(chunk.modality, chunk.ids, buckets, chunk.codes, metadata)
+        yield chunk, store.prepare(Group(chunk.modality, chunk.ids, buckets, chunk.codes, chunk.metadata))
 
 
 def _centers(store: RedisStore) -> CenterIndex:
@@ -250,34 +251,50 @@ def _codes(bundle: Bundle, modality: str, rows: np.ndarray, where: str) -> np.nd
         raise IndexInputError(f"{where}: {exc}") from exc
 
 
-def _rows(lines: list[bytes], where: str, first_line: int) -> tuple[list[str], list[dict]]:
-    """Ids and metadata of sidecar lines, parsed together; a bad line stops the import, named."""
+class _SidecarRow(msgspec.Struct, forbid_unknown_fields=True):
+    """One sidecar line. Its metadata stays the JSON text it is written as: it is stored as text, so it is
+    neither parsed into Python objects nor written out again (only checked to be an object)."""
+
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX_CHARS)]
+    metadata: msgspec.Raw = msgspec.Raw(b"{}")
+
+
+_SIDECAR = msgspec.json.Decoder(list[_SidecarRow])
+_SIDECAR_LINE = msgspec.json.Decoder(_SidecarRow)
+_WHITESPACE = re.compile(r"\s")  # not in an id (the API's rule)
+
+
+def _rows(lines: list[bytes], where: str, first_line: int) -> tuple[list[str], list[bytes]]:
+    """Ids and metadata (JSON text of an object) of sidecar lines, decoded and checked over the whole
+    chunk at once; only when that finds something wrong is each line checked on its own, so that a bad
+    line stops the import, named."""
     try:
-        parsed = pydantic_core.from_json(b"[" + b",".join(lines) + b"]")
-    except ValueError:
-        parsed = []
-        for number, line in enumerate(lines, first_line):
-            try:
-                parsed.append(pydantic_core.from_json(line))
-            except ValueError as exc:
-                raise IndexInputError(f"{where} line {number}: not JSON: {exc}") from exc
+        rows = _SIDECAR.decode(b"[" + b",".join(lines) + b"]")
+    except msgspec.DecodeError:  # also a ValidationError: some row breaks the rule
+        return _rows_one_by_one(lines, where, first_line)
+    ids, metadata = [row.id for row in rows], [bytes(row.metadata) for row in rows]
+    if _WHITESPACE.search("".join(ids)) or not all(meta.startswith(b"{") for meta in metadata):
+        return _rows_one_by_one(lines, where, first_line)
+    return ids, metadata
+
+
+def _rows_one_by_one(lines: list[bytes], where: str, first_line: int) -> tuple[list[str], list[bytes]]:
+    """:func:`_rows` line by line: the first bad line raises :class:`IndexInputError` naming it."""
     ids, metadata = [], []
-    for number, row in enumerate(parsed, first_line):
-        item = row.get("id") if isinstance(row, dict) else None
-        meta = row.get("metadata", {}) if isinstance(row, dict) else None
-        if (
-            not isinstance(item, str)
-            or not 0 < len(item) <= ID_MAX_CHARS
-            or not _ID.match(item)
-            or not isinstance(meta, dict)
-            or row.keys() - {"id", "metadata"}
-        ):
+    for number, line in enumerate(lines, first_line):
+        try:
+            row = _SIDECAR_LINE.decode(line)
+        except msgspec.ValidationError:
+            row = None
+        except msgspec.DecodeError as exc:
+            raise IndexInputError(f"{where} line {number}: not JSON: {exc}") from exc
+        if row is None or _WHITESPACE.search(row.id) or not bytes(row.metadata).startswith(b"{"):
             raise IndexInputError(
                 f'{where} line {number}: expected {{"id": 1–{ID_MAX_CHARS} characters without whitespace, '
-                f'"metadata": an object}}, got {bytes(lines[number - first_line])[:200]!r}'
+                f'"metadata": an object}}, got {bytes(line)[:200]!r}'
             )
-        ids.append(item)
-        metadata.append(meta)
+        ids.append(row.id)
+        metadata.append(bytes(row.metadata))
     return ids, metadata
 
 

@@ -132,7 +132,7 @@ class Generation:
         applied = store.feed_position()  # read first: every change up to it is in what is read next
         sides = {m: _Side(BucketScan(bits, len(centers))) for m in MODALITIES}
         for modality, side in sides.items():
-            store.complete_label_map(modality)
+            store.upgrade_entries(modality)
             stored = store.codes_in_order(modality)
             if len(stored.labels):
                 side.scan.add(stored.labels, stored.codes, stored.buckets)

@@ -4,10 +4,10 @@ Keys live under ``xmh:{index}:{bundle_id}:`` (two bundles' codes never mix), the
 *generation* ``g{n}:`` (one set of centers and the items bucketed by them); ``…:active`` names the
 generation readers use, and ``…:rebuilding`` is set while a re-bucket copies items into the next one:
 
-- ``items:{modality}``  hash id → bucket (u32 BE) · label (u64 BE) · packed code
-- ``meta:{modality}``   hash id → user metadata (JSON)
-- ``labels:{modality}`` hash label (decimal) → id: what a search resolves its ranked labels with, since a
-  serving process keeps only codes and labels in memory (``docs/memory.md``)
+- ``items:{modality}``   hash id → bucket (u32 BE) · label (u64 BE) · packed code
+- ``entries:{modality}`` hash label (decimal) → id, a newline, the user metadata (JSON): what a search
+  resolves its ranked labels with in one ``HMGET``, since a serving process keeps only codes and labels in
+  memory (``docs/memory.md``); ids hold no whitespace, so the first newline ends the id
 - ``counts:{modality}`` hash bucket → number of items
 - ``centers``           the bucket centers (``.npy`` bytes, no pickle); ``info`` hash: version, bits
 - ``next_label``        counter giving labels in insertion order
@@ -15,11 +15,13 @@ generation readers use, and ``…:rebuilding`` is set while a re-bucket copies i
 
 A write (a batch of one modality or both, or a delete) is one Lua script, which Redis runs atomically:
 it checks every id first (an id held by the other modality fails the whole batch, nothing written; so
-does a rebuild in progress), allocates the batch's labels, writes items, metadata and counts, and
-appends the change to the feed. Every process serving the index applies the feed in order
-(``index.engine``), so they all hold the same items in the same order: label order is feed order. The
-call returns only after Redis has applied it (and, with ``appendfsync always`` as the deploy config
-sets, written it to the AOF), so a returned call is an acknowledged write.
+does a rebuild in progress), allocates the batch's labels, writes items, entries and counts, and
+appends the change to the feed. A bulk import's chunk is the same write as one ``MULTI``/``EXEC``
+transaction of plain commands, checked under ``WATCH`` (:meth:`RedisStore.write_prepared`), with labels
+reserved before it. Every process serving the index applies the feed in order (``index.engine``) and
+keeps each bucket in label order, so they all hold the same items in the same order. A call returns only
+after Redis has applied it (and, with ``appendfsync always`` as the deploy config sets, written it to
+the AOF), so a returned call is an acknowledged write.
 
 The feed keeps about :data:`FEED_LENGTH` entries; a process that falls further behind reloads the
 generation from the hashes, which always hold everything.
@@ -30,10 +32,11 @@ from __future__ import annotations
 import io
 import json
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from string import Template
 
+import hiredis
 import msgpack
 import numpy as np
 import redis
@@ -49,10 +52,10 @@ _READ_CHUNK = 10_000  # labels per lookup when reading a whole modality: few rou
 _SCAN_COUNT = 10_000  # SCAN/HSCAN's per-step hint, for the same reason
 _FEED_READ = 500  # feed entries per XRANGE/XREAD: half a feed, so a catch-up takes a few reads at most
 _LOOKUP_CHUNK = 4000  # labels per HMGET in the lookup script: below Lua's limit on unpacked values (~8000)
+_WATCH_ATTEMPTS = 3  # tries of an import chunk's transaction before it is written by the script instead
 
-# KEYS: items, meta, counts of the image modality; the same of the text modality; the rebuild flag;
-#       next_label; seq; feed; the active-generation key; labels of the image modality, of the text modality;
-#       with a progress field, the progress hash of an import.
+# KEYS: items, entries, counts of the image modality; the same of the text modality; the rebuild flag;
+#       next_label; seq; feed; the active-generation key; with a progress field, the progress hash of an import.
 # ARGV: mode, feed length, progress field ('' for none), generation, then per modality group five arguments: side (0
 #       image, 1 text), ids (a msgpack array), records (one string: a fixed-size record per id), metadata (a
 #       msgpack array of JSON texts), record size. Compact on purpose: a batch is a handful of arguments
@@ -110,7 +113,7 @@ local previous, changed, row = {}, {}, 0
 for _, group in ipairs(groups) do
   local base, size, ids, meta = group.side * 3, group.size, group.ids, group.meta
   local old = hmget(KEYS[base + 1], ids)
-  local delta, values, metas, labelled, dropped = {}, {}, {}, {}, {}
+  local delta, values, entries, dropped = {}, {}, {}, {}
   for i = 1, #ids do
     local value = string.sub(group.records, (i - 1) * size + 1, i * size)
     local label = first + row
@@ -129,19 +132,17 @@ for _, group in ipairs(groups) do
       before = string.sub(old[i], 1, 12)
       dropped[#dropped + 1] = string.format('%d', struct.unpack('>I8', old[i], 5))
     end
-    labelled[2 * i - 1], labelled[2 * i] = string.format('%d', label), ids[i]
+    entries[2 * i - 1], entries[2 * i] = string.format('%d', label), ids[i] .. '\\n' .. meta[i]
     row = row + 1
     previous[row] = before
     values[2 * i - 1], values[2 * i] = ids[i], value
-    metas[2 * i - 1], metas[2 * i] = ids[i], meta[i]
-    changed[row] = {group.side, ids[i], value, meta[i], before}
+    changed[row] = {group.side, ids[i], value, '', before}
   end
   hset(KEYS[base + 1], values)
-  hset(KEYS[base + 2], metas)
   for s = 1, #dropped, SLICE do  -- before the new entries: a copy may write an item's own label again
-    redis.call('HDEL', KEYS[12 + group.side], unpack(dropped, s, math.min(s + SLICE - 1, #dropped)))
+    redis.call('HDEL', KEYS[base + 2], unpack(dropped, s, math.min(s + SLICE - 1, #dropped)))
   end
-  hset(KEYS[12 + group.side], labelled)
+  hset(KEYS[base + 2], entries)
   for bucket, d in pairs(delta) do
     if d ~= 0 then redis.call('HINCRBY', KEYS[base + 3], bucket, d) end
   end
@@ -154,12 +155,12 @@ elseif last > tonumber(redis.call('GET', KEYS[8]) or '0') then
   redis.call('SET', KEYS[8], last)
 end
 if ARGV[3] ~= '' then
-  redis.call('HSET', KEYS[14], ARGV[3], seq)
+  redis.call('HSET', KEYS[12], ARGV[3], seq)
 end
 return {seq, first, cmsgpack.pack(previous)}
 """
 
-# KEYS: items, meta, counts of the item's modality; the rebuild flag; seq; feed; labels of the modality.
+# KEYS: items, entries, counts of the item's modality; the rebuild flag; seq; feed.
 # ARGV: id, side, feed length. Returns {seq, previous}, {0, ''} when the id is absent.
 _DELETE = """
 if redis.call('EXISTS', KEYS[4]) == 1 then
@@ -168,9 +169,8 @@ end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if not old then return {0, ''} end
 redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[2], string.format('%d', struct.unpack('>I8', old, 5)))
 redis.call('HINCRBY', KEYS[3], struct.unpack('>I4', old), -1)
-redis.call('HDEL', KEYS[7], string.format('%d', struct.unpack('>I8', old, 5)))
 local previous = string.sub(old, 1, 12)
 local seq = redis.call('INCR', KEYS[5])
 local changed = {{tonumber(ARGV[2]), ARGV[1], '', '', previous}}
@@ -178,25 +178,23 @@ redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'items', cmsgpa
 return {seq, previous}
 """
 
-# A search's ranked labels → ids and metadata, in one call whatever their number. KEYS: labels, meta of
-# one modality. ARGV: labels. Returns, msgpack'd (one string to decode, not 2k replies): ids (false where a
-# label is gone) and the metadata of the ids found, in order.
-# HMGET takes at most _LOOKUP_CHUNK arguments at a time: Lua's unpack is limited to ~8000 values.
+# An item's stored value and its entry (id, newline, metadata), false where absent. KEYS: items, entries.
+_GET = """
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then return {false, false} end
+return {value, redis.call('HGET', KEYS[2], string.format('%d', struct.unpack('>I8', value, 5)))}
+"""
+
+# A search's ranked labels → their entries (id, newline, metadata), false where a label is gone, in one
+# call whatever their number: HMGET in parts of _LOOKUP_CHUNK (Lua's unpack is limited to ~8000 values),
+# msgpack'd (one string to decode, not 2k replies). KEYS: entries of one modality. ARGV: labels.
 _LOOKUP = Template("""
-local function hmget(key, names)
-  local values = {}
-  for first = 1, #names, $chunk do
-    local part = redis.call('HMGET', key, unpack(names, first, math.min(first + $chunk - 1, #names)))
-    for i = 1, #part do values[first + i - 1] = part[i] end
-  end
-  return values
+local entries = {}
+for first = 1, #ARGV, $chunk do
+  local part = redis.call('HMGET', KEYS[1], unpack(ARGV, first, math.min(first + $chunk - 1, #ARGV)))
+  for i = 1, #part do entries[first + i - 1] = part[i] end
 end
-local ids = hmget(KEYS[1], ARGV)
-local found = {}
-for i = 1, #ARGV do
-  if ids[i] then found[#found + 1] = ids[i] end
-end
-return cmsgpack.pack(ids, hmget(KEYS[2], found))
+return cmsgpack.pack(entries)
 """).substitute(chunk=_LOOKUP_CHUNK)
 
 # One HSCAN step of an items hash, its values concatenated. KEYS: items. ARGV: cursor, count.
@@ -211,14 +209,16 @@ end
 return {page[1], n, table.concat(values)}
 """
 
-# Completing a label map. KEYS: items, labels of one modality. ARGV: label, id, label, id, …
+# Upgrading a generation written before entries existed (ids and metadata were two hashes: ``labels:``
+# label → id, ``meta:`` id → metadata). KEYS: items, entries, the former meta hash. ARGV: label, id, …
 # Writes an entry only where the id still holds that label; returns how many were written.
-_INDEX_LABELS = """
+_UPGRADE_ENTRIES = """
 local written = 0
 for i = 1, #ARGV, 2 do
   local value = redis.call('HGET', KEYS[1], ARGV[i + 1])
   if value and string.format('%d', struct.unpack('>I8', value, 5)) == ARGV[i] then
-    written = written + redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    local meta = redis.call('HGET', KEYS[3], ARGV[i + 1]) or '{}'
+    written = written + redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1] .. '\\n' .. meta)
   end
 end
 return written
@@ -259,7 +259,18 @@ class Group:
     ids: Sequence[str]
     buckets: np.ndarray
     codes: np.ndarray  # packed uint8
-    metadata: Sequence[str]  # JSON text
+    metadata: Sequence[str | bytes]  # JSON text
+
+
+@dataclass(frozen=True)
+class PreparedChunk:
+    """An import chunk ready for :meth:`RedisStore.write_prepared`: its labels reserved and its writes
+    encoded as Redis commands, ahead of the call (on the importer's reading thread)."""
+
+    group: Group
+    values: bytes  # the items' stored values, fixed-size, concatenated in row order
+    commands: list[bytes]  # HSET of the items, HSET of the entries, encoded (RESP)
+    counts: dict[int, int]  # items per bucket
 
 
 @dataclass(frozen=True)
@@ -322,12 +333,33 @@ def _changed(side: int, item: bytes, value: bytes, _metadata: bytes, previous: b
     return ChangedItem(MODALITIES[side], item.decode(), now, _header(previous))
 
 
-def _decode_feed(entries: list) -> list[Change]:
-    """Feed entries as returned by XRANGE/XREAD: (id ``<seq>-0``, {items: msgpack}) → changes."""
+def _split(entry: bytes) -> tuple[str, str]:
+    """An ``entries:`` value → (id, metadata JSON text)."""
+    item, _, meta = entry.partition(b"\n")
+    return item.decode(), meta.decode()
+
+
+def _chunk_changes(side: int, ids: list[bytes], values: bytes, width: int, befores: list[bytes]) -> list[ChangedItem]:
+    """An import chunk's feed entry (columns: ids, the values as one string, the replaced headers or none
+    when every item is new) as changes."""
+    befores = befores or [b""] * len(ids)
     return [
-        Change(int(entry_id.split(b"-")[0]), [_changed(*row) for row in msgpack.unpackb(fields[b"items"], raw=True)])
-        for entry_id, fields in entries
+        _changed(side, item, values[row * width : (row + 1) * width], b"", before)
+        for row, (item, before) in enumerate(zip(ids, befores, strict=True))
     ]
+
+
+def _decode_feed(entries: list) -> list[Change]:
+    """Feed entries as returned by XRANGE/XREAD: (id ``<seq>-0``, {items: msgpack rows} or, from an
+    import, {chunk: msgpack columns}) → changes."""
+    changes = []
+    for entry_id, fields in entries:
+        if b"chunk" in fields:
+            items = _chunk_changes(*msgpack.unpackb(fields[b"chunk"], raw=True))
+        else:
+            items = [_changed(*row) for row in msgpack.unpackb(fields[b"items"], raw=True)]
+        changes.append(Change(int(entry_id.split(b"-")[0]), items))
+    return changes
 
 
 def records(buckets: np.ndarray, codes: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
@@ -337,6 +369,22 @@ def records(buckets: np.ndarray, codes: np.ndarray, labels: np.ndarray | None = 
         parts.append(np.asarray(labels, dtype=">u8").reshape(-1, 1).view(np.uint8))
     parts.append(np.asarray(codes, dtype=np.uint8).reshape(len(parts[0]), -1))
     return np.concatenate(parts, axis=1)
+
+
+def _as_bytes(texts: Sequence[str | bytes]) -> Iterator[bytes]:
+    return (text.encode() if isinstance(text, str) else text for text in texts)
+
+
+def _lua_msgpack(values: list) -> bytes:
+    """msgpack that Redis's Lua ``cmsgpack`` reads: bytes as its raw strings (it knows no *bin* type)."""
+    return msgpack.packb(values, use_bin_type=False)
+
+
+def _interleave(names: Sequence, values: Sequence) -> list:
+    """name, value, name, value, …: a hash write's arguments."""
+    pairs: list = [None] * (2 * len(names))
+    pairs[0::2], pairs[1::2] = names, values
+    return pairs
 
 
 def _arguments(group: Group) -> tuple[int, Sequence[str], np.ndarray, Sequence[str]]:
@@ -357,7 +405,8 @@ class RedisStore:
         self._modalities = client.register_script(_MODALITIES)
         self._lookup = client.register_script(_LOOKUP)
         self._scan_values = client.register_script(_SCAN_VALUES)
-        self._index_labels = client.register_script(_INDEX_LABELS)
+        self._get = client.register_script(_GET)
+        self._upgrade_entries = client.register_script(_UPGRADE_ENTRIES)
 
     def at(self, generation: int) -> RedisStore:
         """The same index and bundle, another generation."""
@@ -407,16 +456,9 @@ class RedisStore:
 
     def _keys(self) -> list[str]:
         """The upsert script's KEYS, without the progress hash."""
-        keys = [self.key(f"{kind}:{m}") for m in MODALITIES for kind in ("items", "meta", "counts")]
-        return [
-            *keys,
-            self.rebuild_key,
-            self.key("next_label"),
-            self.key("seq"),
-            self.key("feed"),
-            self.base + "active",
-            *(self.key(f"labels:{m}") for m in MODALITIES),
-        ]
+        keys = [self.key(f"{kind}:{m}") for m in MODALITIES for kind in ("items", "entries", "counts")]
+        state = [self.rebuild_key, self.key("next_label"), self.key("seq"), self.key("feed"), self.base + "active"]
+        return keys + state
 
     def progress_key(self, job: str) -> str:
         """The hash of an import's done chunks (chunk number → the feed entry that wrote it). Under the
@@ -438,7 +480,7 @@ class RedisStore:
         args.append(self.generation)
         for side, ids, records, metadata in groups:
             if len(ids):
-                args += [side, msgpack.packb(list(ids)), records.tobytes(), msgpack.packb(list(metadata))]
+                args += [side, msgpack.packb(list(ids)), records.tobytes(), _lua_msgpack(list(metadata))]
                 args.append(records.shape[1])
         seq, first, previous = self._call(self._upsert, keys=keys, args=args)
         return seq, first, msgpack.unpackb(previous, raw=True)
@@ -464,6 +506,99 @@ class RedisStore:
         Returns the chunk's feed entry number; no :class:`Change` is built (nobody here applies it)."""
         return self._upsert_call("write", [_arguments(group)], progress=(job, chunk), feed_length=feed_length)[0]
 
+    def prepare(self, group: Group) -> PreparedChunk:
+        """Reserve a chunk's labels (one ``INCRBY``: labels a crash leaves unused are never given again)
+        and encode its writes. Labels then increase in the order chunks are prepared, which a concurrent
+        batch may interleave with; a serving process keeps each bucket in label order either way."""
+        n = len(group.ids)
+        first = int(self._call(self.client.incrby, self.key("next_label"), n)) - n + 1
+        stored = records(group.buckets, group.codes, np.arange(first, first + n))
+        width, blob = stored.shape[1], stored.tobytes()
+        values = [blob[start : start + width] for start in range(0, n * width, width)]  # one per hash field
+        described = zip(group.ids, _as_bytes(group.metadata), strict=True)
+        entries = [b"%s\n%s" % (item.encode(), meta) for item, meta in described]
+        items, names = _interleave(group.ids, values), _interleave(range(first, first + n), entries)
+        commands = [
+            hiredis.pack_command(("HSET", self.key(f"items:{group.modality}"), *items)),
+            hiredis.pack_command(("HSET", self.key(f"entries:{group.modality}"), *names)),
+        ]
+        buckets, counts = np.unique(group.buckets, return_counts=True)
+        return PreparedChunk(group, blob, commands, dict(zip(buckets.tolist(), counts.tolist(), strict=True)))
+
+    def write_prepared(self, prepared: PreparedChunk, job: str, chunk: str, feed_length: int) -> int:
+        """:meth:`write_chunk` at the speed of plain commands: one ``MULTI``/``EXEC`` transaction writes
+        the chunk's items, entries, counts, feed entry and progress mark, all or nothing (Redis applies a
+        transaction at once and, from its AOF, restores none of one cut short), after the script's checks
+        (re-bucket, generation, ids of the other modality, replaced items) made under ``WATCH``. A write
+        by anyone else in between aborts it; after :data:`_WATCH_ATTEMPTS` aborts the chunk is written by
+        the script. Returns the chunk's feed entry number."""
+        for _ in range(_WATCH_ATTEMPTS):
+            seq = self._call(self._transaction, prepared, job, chunk, feed_length)
+            if seq is not None:
+                return seq
+        return self.write_chunk(prepared.group, job, chunk, feed_length)
+
+    def _transaction(self, prepared: PreparedChunk, job: str, chunk: str, feed_length: int) -> int | None:
+        """One try of :meth:`write_prepared` on a connection of its own (a watch is per connection);
+        None when a watched key changed. The connection is dropped on any failure, watch and all."""
+        group, side = prepared.group, MODALITIES.index(prepared.group.modality)
+        entries_key, counts_key = self.key(f"entries:{group.modality}"), self.key(f"counts:{group.modality}")
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            seq, held = self._watch(conn, group.ids)
+            conflict = next((i for i, value in enumerate(held[1 - side]) if value is not None), None)
+            if conflict is not None:
+                raise redis.ResponseError(f"CONFLICT {group.ids[conflict]}")
+            counts, befores, dropped = dict(prepared.counts), [], []
+            if any(value is not None for value in held[side]):  # replaced items: counts, entries, feed
+                befores = [old[: _HEADER.size] if old is not None else b"" for old in held[side]]
+                for old in filter(None, held[side]):
+                    bucket, label = _HEADER.unpack(old[: _HEADER.size])
+                    counts[bucket] = counts.get(bucket, 0) - 1
+                    dropped.append(label)
+            width = len(prepared.values) // len(group.ids)
+            feed = msgpack.packb((side, group.ids, prepared.values, width, befores))
+            seq += 1
+            commands = [hiredis.pack_command(("MULTI",))]
+            if dropped:  # before the new entries, as in the script
+                commands.append(hiredis.pack_command(("HDEL", entries_key, *dropped)))
+            commands += prepared.commands
+            commands += [hiredis.pack_command(("HINCRBY", counts_key, b, d)) for b, d in counts.items() if d]
+            commands += [
+                hiredis.pack_command(("SET", self.key("seq"), seq)),
+                hiredis.pack_command(("XADD", self.key("feed"), "MAXLEN", "~", feed_length, f"{seq}-0", "chunk", feed)),
+                hiredis.pack_command(("HSET", self.progress_key(job), chunk, seq)),
+                hiredis.pack_command(("EXEC",)),
+            ]
+            conn.send_packed_command(commands)
+            replies = [conn.read_response() for _ in commands]
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+        if replies[-1] is None:
+            return None
+        failed = [reply for reply in replies[-1] if isinstance(reply, redis.ResponseError)]
+        if failed:
+            raise failed[0]
+        return seq
+
+    def _watch(self, conn: redis.connection.Connection, ids: Sequence[str]) -> tuple[int, list[list]]:
+        """``WATCH`` what a chunk's write depends on, then read it in one round trip: the feed position and
+        each id's stored value under each modality (None where absent). Refused as the script refuses."""
+        state = [self.rebuild_key, self.base + "active", self.key("seq")]
+        items = [self.key(f"items:{modality}") for modality in MODALITIES]
+        commands = [("WATCH", *state, *items), ("MGET", *state)] + [("HMGET", key, *ids) for key in items]
+        conn.send_packed_command([hiredis.pack_command(command) for command in commands])
+        _, (rebuilding, active, seq), *held = [conn.read_response() for _ in commands]
+        if rebuilding is not None:
+            raise redis.ResponseError("REBUILDING")
+        if active is None or int(active) != self.generation:
+            raise redis.ResponseError("GENERATION")
+        return int(seq or 0), held
+
     def copy(
         self,
         modality: str,
@@ -482,8 +617,8 @@ class RedisStore:
 
     def delete(self, modality: str, item: str) -> Change | None:
         """Delete an item and append that to the feed; None when it was absent."""
-        keys = [self.key(f"items:{modality}"), self.key(f"meta:{modality}"), self.key(f"counts:{modality}")]
-        keys += [self.rebuild_key, self.key("seq"), self.key("feed"), self.key(f"labels:{modality}")]
+        keys = [self.key(f"{kind}:{modality}") for kind in ("items", "entries", "counts")]
+        keys += [self.rebuild_key, self.key("seq"), self.key("feed")]
         seq, previous = self._call(self._delete, keys=keys, args=[item, MODALITIES.index(modality), FEED_LENGTH])
         if not seq:
             return None
@@ -529,25 +664,20 @@ class RedisStore:
         return self.modalities_of([item])[item]
 
     def get(self, modality: str, item: str) -> StoredItem | None:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hget(self.key(f"items:{modality}"), item)
-        pipe.hget(self.key(f"meta:{modality}"), item)
-        value, meta = self._call(pipe.execute)
-        if value is None:
+        keys = [self.key(f"items:{modality}"), self.key(f"entries:{modality}")]
+        value, entry = self._call(self._get, keys=keys, args=[item])
+        if not value:
             return None
         bucket, label = _HEADER.unpack(value[: _HEADER.size])
-        return StoredItem(item, modality, bucket, label, value[_HEADER.size :], json.loads(meta or "{}"))
+        return StoredItem(item, modality, bucket, label, value[_HEADER.size :], json.loads(_split(entry)[1]))
 
     def lookup(self, modality: str, labels: Sequence[int]) -> list[tuple[str, str] | None]:
         """(id, metadata JSON text) of each label, None for a label no longer stored (replaced or deleted
         since it was ranked): what a search resolves its ranked labels with, in one round trip."""
         if not len(labels):
             return []
-        keys = [self.key(f"labels:{modality}"), self.key(f"meta:{modality}")]
-        packed = self._call(self._lookup, keys=keys, args=[int(label) for label in labels])
-        ids, metadata = msgpack.Unpacker(io.BytesIO(packed), raw=True)
-        described = iter(metadata)
-        return [(item.decode(), (next(described) or b"{}").decode()) if item else None for item in ids]
+        packed = self._call(self._lookup, keys=[self.key(f"entries:{modality}")], args=[int(label) for label in labels])
+        return [_split(entry) if entry else None for entry in msgpack.unpackb(packed, raw=True)]
 
     def codes_in_order(self, modality: str) -> StoredCodes:
         """Every item's label, bucket and code, in label (insertion) order: all a serving process loads.
@@ -581,7 +711,7 @@ class RedisStore:
             for entry in self.lookup(modality, codes.labels[start : start + _READ_CHUNK].tolist())
         ]
         if None in described:
-            raise StoreUnavailableError(f"{self.prefix}labels:{modality} does not name every stored item")
+            raise StoreUnavailableError(f"{self.prefix}entries:{modality} does not name every stored item")
         return StoredItems(
             [item for item, _ in described],
             codes.labels,
@@ -590,24 +720,30 @@ class RedisStore:
             [meta for _, meta in described],
         )
 
-    def complete_label_map(self, modality: str) -> int:
-        """Give every stored item its ``labels:`` entry when the map is incomplete (a store written before
-        the map existed); returns how many entries were written. An entry is written only if the item
-        still holds that label, so a write racing this leaves no stale entry."""
+    def upgrade_entries(self, modality: str) -> int:
+        """Give every stored item its ``entries:`` entry when a generation was written before entries
+        existed (by the layout of ids and metadata in two hashes, or before any label map), then drop the
+        former hashes; returns how many entries were written. An entry is written only if the item still
+        holds that label, so a write racing this leaves no stale entry."""
+        keys = [self.key(f"items:{modality}"), self.key(f"entries:{modality}"), self.key(f"meta:{modality}")]
+        former = [keys[2], self.key(f"labels:{modality}")]
         pipe = self.client.pipeline(transaction=True)
-        pipe.hlen(self.key(f"items:{modality}"))
-        pipe.hlen(self.key(f"labels:{modality}"))
-        if len(set(self._call(pipe.execute))) == 1:
+        pipe.hlen(keys[0])
+        pipe.hlen(keys[1])
+        pipe.exists(*former)
+        items, entries, old_layout = self._call(pipe.execute)
+        if items == entries and not old_layout:
             return 0
         written, cursor = 0, 0
-        keys = [self.key(f"items:{modality}"), self.key(f"labels:{modality}")]
         while True:
             cursor, page = self._call(self.client.hscan, keys[0], cursor, count=_SCAN_COUNT)
             pairs = [part for item, value in page.items() for part in (_HEADER.unpack(value[: _HEADER.size])[1], item)]
             for start in range(0, len(pairs), 2 * _LOOKUP_CHUNK):
-                written += self._call(self._index_labels, keys=keys, args=pairs[start : start + 2 * _LOOKUP_CHUNK])
+                written += self._call(self._upgrade_entries, keys=keys, args=pairs[start : start + 2 * _LOOKUP_CHUNK])
             if cursor == 0:
-                return written
+                break
+        self._call(self.client.unlink, *former)
+        return written
 
     def counts(self, modality: str) -> dict[int, int]:
         raw = self._call(self.client.hgetall, self.key(f"counts:{modality}"))

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+import pydantic_core
 
 from index.bulk_import import Chunk, import_chunks
 from index.bundle import Bundle
@@ -62,7 +63,7 @@ def write_chunk(index: HashIndex, modality: str, ids: list[str], codes: np.ndarr
     chunk of the bulk importer (job ``collection:<modality>``, chunk named by its ids; resuming is by id,
     so the job's done-list is not read), then apply it to ``index`` from the change feed."""
     key = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:CHUNK_KEY_HEX]
-    chunk = Chunk(key, modality, ids, codes, metadata)
+    chunk = Chunk(key, modality, ids, codes, [pydantic_core.to_json(meta) for meta in metadata])
     import_chunks(index.store, f"collection:{modality}", [chunk], done=set(), progress=False)
     index.catch_up()
 

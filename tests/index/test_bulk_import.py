@@ -18,8 +18,8 @@ import pytest
 from index.bulk_import import Chunk, import_chunks, import_files, open_store
 from index.bundle import load_bundle
 from index.centers import route
-from index.engine import HashIndex
-from index.errors import IndexInputError
+from index.engine import HashIndex, Item
+from index.errors import IndexInputError, ModalityConflictError, StoreUnavailableError
 from index.redis_server import RedisServer
 from index.store import RedisStore
 from tests.support.stored import assert_whole
@@ -99,6 +99,7 @@ def test_a_rerun_skips_the_chunks_done_and_a_changed_file_is_written_again_once(
     ("line", "message"),
     [
         ('{"id": "has space"}', "line 3: expected"),
+        ('{"id": "ends-in-a-newline\\n"}', "line 3: expected"),
         ('{"id": "x", "metadata": [1]}', "line 3: expected"),
         ('{"id": "x", "extra": 1}', "line 3: expected"),
         ("{not json", "line 3: not JSON"),
@@ -125,9 +126,65 @@ def test_mismatched_inputs_are_refused_with_the_reason(redis_server, tmp_path: P
     np.save(path, np.zeros((1, 7), np.uint8))
     with pytest.raises(IndexInputError, match=r"expected packed codes, uint8 \(n, 8\)"):
         import_files(store, bundle, "image", [path], progress=False)
-    chunk = Chunk("0", "image", ["a", "a"], np.zeros((2, 8), np.uint8), [{}, {}])
+    chunk = Chunk("0", "image", ["a", "a"], np.zeros((2, 8), np.uint8), [b"{}", b"{}"])
     with pytest.raises(IndexInputError, match="an id appears twice"):
         import_chunks(store, "job", [chunk], progress=False)
+
+
+def _chunk(key: str, prefix: str, n: int, seed: int) -> Chunk:
+    codes = np.random.default_rng(seed).integers(0, 256, (n, 8), dtype=np.uint8)
+    return Chunk(key, "image", [f"{prefix}/{i}" for i in range(n)], codes, [b'{"i": %d}' % i for i in range(n)])
+
+
+def test_a_chunk_holding_an_id_of_the_other_modality_is_refused_whole(redis_server, bundle) -> None:
+    index = HashIndex.open(redis_server.client(), "import-conflict", bundle.bundle_id, bundle.bits, bundle.centers, "v")
+    index.add([Item("taken/3", "text", np.zeros(8, np.uint8))])
+    store = open_store(redis_server.client(), "import-conflict", bundle)
+    with pytest.raises(ModalityConflictError, match="taken/3"):
+        import_chunks(store, "job", [_chunk("0", "taken", 10, 0)], progress=False)
+    assert assert_whole(redis_server.client(), "import-conflict", bundle.bundle_id)["image"] == {}
+    assert store.done_chunks("job") == set()
+
+
+def test_a_chunk_is_refused_while_the_index_is_re_bucketed(redis_server, bundle) -> None:
+    store = open_store(redis_server.client(), "import-rebucket", bundle)
+    redis_server.client().set(store.rebuild_key, 1)
+    with pytest.raises(StoreUnavailableError, match="re-bucketed"):
+        import_chunks(store, "job", [_chunk("0", "c", 10, 0)], progress=False)
+    assert assert_whole(redis_server.client(), "import-rebucket", bundle.bundle_id)["image"] == {}
+
+
+@pytest.mark.parametrize("interruptions", [1, 99], ids=["once-then-its-transaction", "always-then-the-script"])
+def test_a_write_between_a_chunks_checks_and_its_commit_is_never_overwritten(redis_server, bundle, interruptions):
+    """Another process writing the very ids of a chunk after the chunk's checks aborts its transaction;
+    the chunk is checked again (those ids are now replacements) and written whole, by the script when
+    writes keep interrupting. Every item ends stored once, as the chunk wrote it."""
+    name = f"import-race-{interruptions}"
+    other = HashIndex.open(redis_server.client(), name, bundle.bundle_id, bundle.bits, bundle.centers, "v")
+    store = open_store(redis_server.client(), name, bundle)
+    checks = store._watch
+    calls = []
+
+    def interrupted(conn, ids):
+        found = checks(conn, ids)
+        calls.append(len(calls))
+        if len(calls) <= interruptions:
+            other.add([Item(ids[len(calls)], "image", np.zeros(8, np.uint8), {"by": "other"})])
+        return found
+
+    store._watch = interrupted
+    chunk = _chunk("0", "race", 50, 1)
+    summary = import_chunks(store, "job", [chunk], progress=False)
+    assert summary.written_items == 50 and len(calls) == min(interruptions + 1, 3)
+    items = assert_whole(redis_server.client(), name, bundle.bundle_id)["image"]
+    assert {item: (stored.code, stored.metadata) for item, stored in items.items()} == {
+        item: (code.tobytes(), json.loads(meta))
+        for item, code, meta in zip(chunk.ids, chunk.codes, chunk.metadata, strict=True)
+    }
+    other.catch_up()  # the process that wrote in between follows the chunk's feed entry
+    assert other.stats()["items"]["image"] == 50
+    [top] = other.search("image", chunk.codes[[1]], k=1, probe=None)
+    assert (top[0].id, top[0].distance, top[0].metadata) == ("race/1", 0, {"i": 1})
 
 
 def _importer(server: RedisServer, path: Path, chunk: int) -> subprocess.Popen:

@@ -259,17 +259,29 @@ def test_an_item_replaced_or_deleted_after_ranking_is_left_out_and_k_still_fille
     assert reader.search("image", codes[:1], k=5) == writer.search("image", codes[:1], k=5)
 
 
-def test_a_store_written_before_the_label_map_existed_is_completed_at_load(redis_server) -> None:
+@pytest.mark.parametrize("label_map", [True, False], ids=["ids-and-metadata-hashes", "before-any-label-map"])
+def test_a_store_of_the_former_layout_is_upgraded_at_load(redis_server, label_map: bool) -> None:
+    """Before entries, a generation kept metadata by id (``meta:``) and, later, ids by label (``labels:``):
+    loading it writes every item's entry, drops those hashes and answers as before."""
     name = uuid.uuid4().hex
     first = _open(redis_server, name=name)
     codes = _codes(120, 19)
     first.add(_items("i", "image", codes[:60]) + _items("t", "text", codes[60:]))
     queries = _codes(4, 20)
     before = {m: first.search(m, queries, k=20) for m in ("image", "text")}
-    first.store.client.delete(first.store.key("labels:image"), first.store.key("labels:text"))
+    client, store = first.store.client, first.store
+    for modality in ("image", "text"):
+        entries = client.hgetall(store.key(f"entries:{modality}"))
+        named = {label: entry.partition(b"\n") for label, entry in entries.items()}
+        client.hset(store.key(f"meta:{modality}"), mapping={item: meta for item, _, meta in named.values()})
+        if label_map:
+            client.hset(store.key(f"labels:{modality}"), mapping={label: e[0] for label, e in named.items()})
+        client.delete(store.key(f"entries:{modality}"))
     second = _open(redis_server, name=name)
     assert {m: second.search(m, queries, k=20) for m in ("image", "text")} == before
-    assert second.store.complete_label_map("image") == 0  # complete now: nothing more to write
+    assert second.get("t7").metadata == {"n": 7}
+    assert not client.exists(*(store.key(f"{kind}:{m}") for kind in ("meta", "labels") for m in ("image", "text")))
+    assert second.store.upgrade_entries("image") == 0  # complete now: nothing more to write
 
 
 def test_a_loaded_index_keeps_no_python_object_per_item(redis_server) -> None:

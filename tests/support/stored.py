@@ -1,6 +1,6 @@
 """What an index holds in Redis, read straight from its hashes, and the invariants of a whole write: every
-item has its metadata, the bucket counts equal the items per bucket, and no label is given twice (an item
-written once per id, none half-written)."""
+item has its entry (id and metadata under its label), the bucket counts equal the items per bucket, and no
+label is given twice (an item written once per id, none half-written)."""
 
 from __future__ import annotations
 
@@ -29,12 +29,15 @@ def stored_items(client: redis.Redis, index_name: str, bundle_id: str, modality:
     store = RedisStore(client, index_name, bundle_id)
     store = store.at(store.active_generation())
     values = client.hgetall(store.key(f"items:{modality}"))
-    metadata = client.hgetall(store.key(f"meta:{modality}"))
+    entries = {
+        int(label): entry.partition(b"\n") for label, entry in client.hgetall(store.key(f"entries:{modality}")).items()
+    }
     items = {}
     for item, value in values.items():
         bucket, label = _HEADER.unpack(value[: _HEADER.size])
-        meta = metadata.get(item)
-        items[item.decode()] = Stored(bucket, label, value[_HEADER.size :], None if meta is None else json.loads(meta))
+        named, _, meta = entries.get(label, (None, None, None))
+        metadata = json.loads(meta) if named == item else None
+        items[item.decode()] = Stored(bucket, label, value[_HEADER.size :], metadata)
     return items
 
 
@@ -45,8 +48,8 @@ def assert_whole(client: redis.Redis, index_name: str, bundle_id: str) -> dict[s
     items = {m: stored_items(client, index_name, bundle_id, m) for m in MODALITIES}
     labels: list[int] = []
     for modality, found in items.items():
-        assert client.hlen(store.key(f"meta:{modality}")) == len(found), f"{modality}: metadata without an item"
-        assert all(item.metadata is not None for item in found.values()), f"{modality}: an item without metadata"
+        assert client.hlen(store.key(f"entries:{modality}")) == len(found), f"{modality}: an entry without an item"
+        assert all(item.metadata is not None for item in found.values()), f"{modality}: an item without its entry"
         members = Counter(item.bucket for item in found.values())
         counts = {bucket: count for bucket, count in store.counts(modality).items() if count}
         assert counts == dict(members), f"{modality}: bucket counts differ from the items per bucket"
