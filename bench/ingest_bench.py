@@ -66,7 +66,7 @@ def baseline_tree(ref: str, directory: Path) -> Path:
     tree = directory / "baseline"
     tree.mkdir()
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(tree, filter="data")
+        tar.extractall(tree, filter="tar")  # "data" refuses the absolute link examples/clipart/png
     for pattern in BUILT:
         for built in ROOT.glob(pattern):
             shutil.copy2(built, tree / built.relative_to(ROOT))
@@ -261,6 +261,7 @@ _TIMED_IMPORT = """
 import json, sys, time
 from pathlib import Path
 import redis
+from index.bulk_import import import_files, open_store
 from index.bundle import load_bundle
 url, index_name, path, modality, chunk = sys.argv[1:6]
 bundle = load_bundle("models/default")
