@@ -10,7 +10,7 @@ generation readers use, and ``…:rebuilding`` is set while a re-bucket copies i
   memory (``docs/memory.md``); ids hold no whitespace, so the first newline ends the id
 - ``counts:{modality}`` hash bucket → number of items
 - ``centers``           the bucket centers (``.npy`` bytes, no pickle); ``info`` hash: version, bits
-- ``next_label``        counter giving labels in insertion order
+- ``next_label``        counter giving labels (a batch's by its script, an import chunk's reserved ahead)
 - ``seq`` and ``feed``  the change feed: a stream with one entry per write, id ``<seq>-0``
 
 A write (a batch of one modality or both, or a delete) is one Lua script, which Redis runs atomically:
