@@ -151,10 +151,10 @@ def import_chunks(
 def _prepared(
     chunks: Iterable[Chunk], done: set[str], store: RedisStore
 ) -> Iterator[tuple[Chunk, PreparedChunk | None]]:
-    """Each chunk checked, routed and prepared for its write (labels reserved, commands encoded); None
-    for a chunk done before. Runs on the reading thread: its routing searches use one OpenMP thread (an
-    OpenMP setting is per thread; a team of threads for a 64-center search only contends with Redis and
-    the reader)."""
+    """Each chunk checked, routed and prepared for its write (labels reserved, commands encoded) in the
+    active generation; None for a chunk done before. Runs on the reading thread: its routing searches use
+    one OpenMP thread (an OpenMP setting is per thread; a team of threads for a 64-center search only
+    contends with Redis and the reader)."""
     faiss.omp_set_num_threads(1)
     centers = _centers(store)
     code_bytes = None
@@ -166,6 +166,10 @@ def _prepared(
             continue
         code_bytes = code_bytes or chunk.codes.shape[1]
         _check(chunk, code_bytes)
+        active = store.active_generation()
+        if active is not None and active != store.generation:  # a re-bucket ended: its keys and centers
+            store = store.at(active)
+            centers = _centers(store)
         buckets = centers.route(chunk.codes, 1)[:, 0]
         yield chunk, store.prepare(Group(chunk.modality, chunk.ids, buckets, chunk.codes, chunk.metadata))
 

@@ -268,6 +268,7 @@ class PreparedChunk:
     encoded as Redis commands, ahead of the call (on the importer's reading thread)."""
 
     group: Group
+    generation: int  # the generation whose keys and centers it was prepared for
     values: bytes  # the items' stored values, fixed-size, concatenated in row order
     commands: list[bytes]  # HSET of the items, HSET of the entries, encoded (RESP)
     counts: dict[int, int]  # items per bucket
@@ -523,7 +524,8 @@ class RedisStore:
             hiredis.pack_command(("HSET", self.key(f"entries:{group.modality}"), *names)),
         ]
         buckets, counts = np.unique(group.buckets, return_counts=True)
-        return PreparedChunk(group, blob, commands, dict(zip(buckets.tolist(), counts.tolist(), strict=True)))
+        counted = dict(zip(buckets.tolist(), counts.tolist(), strict=True))
+        return PreparedChunk(group, self.generation, blob, commands, counted)
 
     def write_prepared(self, prepared: PreparedChunk, job: str, chunk: str, feed_length: int) -> int:
         """:meth:`write_chunk` at the speed of plain commands: one ``MULTI``/``EXEC`` transaction writes
@@ -531,7 +533,11 @@ class RedisStore:
         transaction at once and, from its AOF, restores none of one cut short), after the script's checks
         (re-bucket, generation, ids of the other modality, replaced items) made under ``WATCH``. A write
         by anyone else in between aborts it; after :data:`_WATCH_ATTEMPTS` aborts the chunk is written by
-        the script. Returns the chunk's feed entry number."""
+        the script. A chunk prepared for another generation is refused (:class:`GenerationMovedError`), as
+        one prepared for this generation once it is no longer the active one. Returns the chunk's feed
+        entry number."""
+        if prepared.generation != self.generation:
+            raise GenerationMovedError(f"chunk prepared for generation {prepared.generation}, not {self.generation}")
         for _ in range(_WATCH_ATTEMPTS):
             seq = self._call(self._transaction, prepared, job, chunk, feed_length)
             if seq is not None:

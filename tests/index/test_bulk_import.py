@@ -19,9 +19,10 @@ from index.bulk_import import Chunk, import_chunks, import_files, open_store
 from index.bundle import load_bundle
 from index.centers import route
 from index.engine import HashIndex, Item
-from index.errors import IndexInputError, ModalityConflictError, StoreUnavailableError
+from index.errors import GenerationMovedError, IndexInputError, ModalityConflictError, StoreUnavailableError
+from index.rebuild import rebucket
 from index.redis_server import RedisServer
-from index.store import RedisStore
+from index.store import Group, RedisStore
 from tests.support.stored import assert_whole
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,6 +186,48 @@ def test_a_write_between_a_chunks_checks_and_its_commit_is_never_overwritten(red
     assert other.stats()["items"]["image"] == 50
     [top] = other.search("image", chunk.codes[[1]], k=1, probe=None)
     assert (top[0].id, top[0].distance, top[0].metadata) == ("race/1", 0, {"i": 1})
+
+
+def test_an_import_goes_on_in_the_generation_a_re_bucket_made_routing_by_its_centers(redis_server, bundle):
+    """A re-bucket ending mid-import: the chunks after it are routed with the new centers and written to
+    the new generation, whole, and the chunks before it were carried over by the re-bucket."""
+    name = "import-moved"
+    client = redis_server.client()
+    store = open_store(client, name, bundle)
+
+    def chunks():
+        yield _chunk("0", "a", 50, 0)
+        yield _chunk("1", "b", 50, 1)
+        while "1" not in store.done_chunks("job"):  # b written (the reader runs a chunk ahead of the writes)
+            time.sleep(0.01)
+        rebucket(RedisStore(client, name, bundle.bundle_id), bundle.bits, 16)
+        yield _chunk("2", "c", 50, 2)
+        yield _chunk("3", "d", 50, 3)
+
+    assert import_chunks(store, "job", chunks(), progress=False).written_items == 200
+    items = assert_whole(client, name, bundle.bundle_id)["image"]
+    assert len(items) == 200 and store.active_generation() == 1
+    centers = store.at(1).load_centers()[0]
+    for prefix, seed in (("c", 2), ("d", 3)):
+        codes = _chunk("", prefix, 50, seed).codes
+        assert [items[f"{prefix}/{i}"].bucket for i in range(50)] == route(codes, centers)[:, 0].tolist()
+
+
+def test_a_chunk_prepared_for_a_generation_is_written_to_no_other(redis_server, bundle) -> None:
+    """Its commands name its generation's keys: once a re-bucket has moved the index on, the chunk is
+    refused by the old generation's store and by the new one's alike, and nothing of it is written."""
+    name = "import-prepared-moved"
+    client = redis_server.client()
+    store = open_store(client, name, bundle)
+    import_chunks(store, "job", [_chunk("0", "a", 50, 0)], progress=False)
+    chunk = _chunk("1", "b", 50, 1)
+    buckets = route(chunk.codes, store.load_centers()[0])[:, 0]
+    prepared = store.prepare(Group("image", chunk.ids, buckets, chunk.codes, chunk.metadata))
+    rebucket(RedisStore(client, name, bundle.bundle_id), bundle.bits, 16)
+    for writer in (store, store.at(store.active_generation())):
+        with pytest.raises(GenerationMovedError):
+            writer.write_prepared(prepared, "job", chunk.key, 100)
+    assert set(assert_whole(client, name, bundle.bundle_id)["image"]) == {f"a/{i}" for i in range(50)}
 
 
 def _importer(server: RedisServer, path: Path, chunk: int) -> subprocess.Popen:
