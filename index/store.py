@@ -709,7 +709,9 @@ class RedisStore:
 
     def items_in_order(self, modality: str) -> StoredItems:
         """Every item of a modality in label (insertion) order, with its id and metadata JSON text: the
-        re-bucket's source (writes are refused while it reads, so codes and label map agree)."""
+        re-bucket's source (writes are refused while it reads, so codes and entries agree). A generation
+        of the former layout is upgraded first."""
+        self.upgrade_entries(modality)
         codes = self.codes_in_order(modality)
         described = [
             entry

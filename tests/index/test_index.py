@@ -259,6 +259,21 @@ def test_an_item_replaced_or_deleted_after_ranking_is_left_out_and_k_still_fille
     assert reader.search("image", codes[:1], k=5) == writer.search("image", codes[:1], k=5)
 
 
+def _to_former_layout(index: HashIndex, label_map: bool) -> None:
+    """Rewrite a generation as earlier versions kept it: metadata by id (``meta:``) and, unless
+    ``label_map`` is false (the oldest layout), ids by label (``labels:``); no entries."""
+    client, store = index.store.client, index.store
+    for modality in ("image", "text"):
+        entries = client.hgetall(store.key(f"entries:{modality}"))
+        if not entries:
+            continue
+        named = {label: entry.partition(b"\n") for label, entry in entries.items()}
+        client.hset(store.key(f"meta:{modality}"), mapping={item: meta for item, _, meta in named.values()})
+        if label_map:
+            client.hset(store.key(f"labels:{modality}"), mapping={label: e[0] for label, e in named.items()})
+        client.delete(store.key(f"entries:{modality}"))
+
+
 @pytest.mark.parametrize("label_map", [True, False], ids=["ids-and-metadata-hashes", "before-any-label-map"])
 def test_a_store_of_the_former_layout_is_upgraded_at_load(redis_server, label_map: bool) -> None:
     """Before entries, a generation kept metadata by id (``meta:``) and, later, ids by label (``labels:``):
@@ -269,19 +284,23 @@ def test_a_store_of_the_former_layout_is_upgraded_at_load(redis_server, label_ma
     first.add(_items("i", "image", codes[:60]) + _items("t", "text", codes[60:]))
     queries = _codes(4, 20)
     before = {m: first.search(m, queries, k=20) for m in ("image", "text")}
-    client, store = first.store.client, first.store
-    for modality in ("image", "text"):
-        entries = client.hgetall(store.key(f"entries:{modality}"))
-        named = {label: entry.partition(b"\n") for label, entry in entries.items()}
-        client.hset(store.key(f"meta:{modality}"), mapping={item: meta for item, _, meta in named.values()})
-        if label_map:
-            client.hset(store.key(f"labels:{modality}"), mapping={label: e[0] for label, e in named.items()})
-        client.delete(store.key(f"entries:{modality}"))
+    _to_former_layout(first, label_map)
     second = _open(redis_server, name=name)
     assert {m: second.search(m, queries, k=20) for m in ("image", "text")} == before
     assert second.get("t7").metadata == {"n": 7}
-    assert not client.exists(*(store.key(f"{kind}:{m}") for kind in ("meta", "labels") for m in ("image", "text")))
+    former = [first.store.key(f"{kind}:{m}") for kind in ("meta", "labels") for m in ("image", "text")]
+    assert not first.store.client.exists(*former)
     assert second.store.upgrade_entries("image") == 0  # complete now: nothing more to write
+
+
+def test_a_store_of_the_former_layout_is_upgraded_by_a_re_bucket_too(redis_server) -> None:
+    name = uuid.uuid4().hex
+    first = _open(redis_server, name=name)
+    first.add(_items("i", "image", _codes(120, 19)))
+    _to_former_layout(first, label_map=True)
+    rebucket(RedisStore(redis_server.client(), name, "bundle1"), BITS, 4)  # before any process loads it
+    second = _open(redis_server, name=name)
+    assert second.stats()["items"]["image"] == 120 and second.get("i7").metadata == {"n": 7}
 
 
 def test_a_loaded_index_keeps_no_python_object_per_item(redis_server) -> None:
