@@ -52,6 +52,7 @@ _READ_CHUNK = 10_000  # labels per lookup when reading a whole modality: few rou
 _SCAN_COUNT = 10_000  # SCAN/HSCAN's per-step hint, for the same reason
 _FEED_READ = 500  # feed entries per XRANGE/XREAD: half a feed, so a catch-up takes a few reads at most
 _LOOKUP_CHUNK = 4000  # labels per HMGET in the lookup script: below Lua's limit on unpacked values (~8000)
+_PACK_SLICE = 1000  # hash fields per encoded HSET: short holds of the interpreter lock
 _WATCH_ATTEMPTS = 3  # tries of an import chunk's transaction before it is written by the script instead
 
 # KEYS: items, entries, counts of the image modality; the same of the text modality; the rebuild flag;
@@ -270,7 +271,7 @@ class PreparedChunk:
     group: Group
     generation: int  # the generation whose keys and centers it was prepared for
     values: bytes  # the items' stored values, fixed-size, concatenated in row order
-    commands: list[bytes]  # HSET of the items, HSET of the entries, encoded (RESP)
+    commands: list[bytes]  # HSETs of the items, then of the entries, encoded (RESP)
     counts: dict[int, int]  # items per bucket
 
 
@@ -519,9 +520,11 @@ class RedisStore:
         described = zip(group.ids, _as_bytes(group.metadata), strict=True)
         entries = [b"%s\n%s" % (item.encode(), meta) for item, meta in described]
         items, names = _interleave(group.ids, values), _interleave(range(first, first + n), entries)
+        step = 2 * _PACK_SLICE
         commands = [
-            hiredis.pack_command(("HSET", self.key(f"items:{group.modality}"), *items)),
-            hiredis.pack_command(("HSET", self.key(f"entries:{group.modality}"), *names)),
+            hiredis.pack_command(("HSET", self.key(f"{kind}:{group.modality}"), *pairs[start : start + step]))
+            for kind, pairs in (("items", items), ("entries", names))
+            for start in range(0, len(pairs), step)
         ]
         buckets, counts = np.unique(group.buckets, return_counts=True)
         counted = dict(zip(buckets.tolist(), counts.tolist(), strict=True))
