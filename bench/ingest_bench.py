@@ -50,7 +50,7 @@ import numpy as np
 from index.bundle import load_bundle
 from index.centers import route
 from index.redis_server import RedisServer, free_port
-from index.store import RedisStore, records
+from index.store import RedisStore, entry, records
 from service.settings import DEFAULT_BUNDLE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +179,7 @@ def raw_pipeline(server: RedisServer, bundle, codes: np.ndarray, ids: list[str],
     store = RedisStore(server.client(), "bench-raw", bundle.bundle_id)
     buckets = route(codes, bundle.centers)[:, 0]
     values = [row.tobytes() for row in records(buckets, codes, np.arange(1, len(codes) + 1))]
-    entries = [f"{item}\n{meta}" for item, meta in zip(ids, metadata, strict=True)]
+    entries = [entry(item, meta) for item, meta in zip(ids, metadata, strict=True)]
     client = server.client()
     started = time.perf_counter()
     for start in range(0, len(codes), chunk):
@@ -209,7 +209,7 @@ def redis_cli_pipe(
         for start in range(0, len(ids), chunk):
             part = range(start, min(start + chunk, len(ids)))
             out.write(_resp(b"HSET", b"pipe:items", *[x for i in part for x in (ids[i].encode(), values[i])]))
-            entries = [x for i in part for x in (b"%d" % (i + 1), f"{ids[i]}\n{metadata[i]}".encode())]
+            entries = [x for i in part for x in (b"%d" % (i + 1), entry(ids[i], metadata[i]))]
             out.write(_resp(b"HSET", b"pipe:entries", *entries))
     started = time.perf_counter()
     with path.open("rb") as stdin:

@@ -56,7 +56,7 @@ from tqdm import tqdm
 from index.bundle import Bundle
 from index.centers import CenterIndex
 from index.errors import GenerationMovedError, IndexInputError
-from index.store import ID_MAX_CHARS, MODALITIES, Group, PreparedChunk, RedisStore
+from index.store import ID_MAX_CHARS, ID_PATTERN, MODALITIES, Group, PreparedChunk, RedisStore
 
 DEFAULT_CHUNK = 10_000  # items per script call: large enough that a call's fixed cost (fsync) is small
 FEED_ITEMS = 1_000_000  # items of import chunks the change feed keeps (entries = FEED_ITEMS / chunk)
@@ -265,7 +265,13 @@ class _SidecarRow(msgspec.Struct, forbid_unknown_fields=True):
 
 _SIDECAR = msgspec.json.Decoder(list[_SidecarRow])
 _SIDECAR_LINE = msgspec.json.Decoder(_SidecarRow)
-_WHITESPACE = re.compile(r"\s")  # not in an id (the API's rule)
+_ID = re.compile(ID_PATTERN)  # the API's rule for an id: no whitespace
+
+
+def _follow_the_rule(ids: list[str], metadata: list[bytes]) -> bool:
+    """What the decoder does not check: no id holds whitespace (one match over them all), every
+    metadata is an object."""
+    return _ID.fullmatch("".join(ids)) is not None and all(meta.startswith(b"{") for meta in metadata)
 
 
 def _rows(lines: list[bytes], where: str, first_line: int) -> tuple[list[str], list[bytes]]:
@@ -277,7 +283,7 @@ def _rows(lines: list[bytes], where: str, first_line: int) -> tuple[list[str], l
     except msgspec.DecodeError:  # also a ValidationError: some row breaks the rule
         return _rows_one_by_one(lines, where, first_line)
     ids, metadata = [row.id for row in rows], [bytes(row.metadata) for row in rows]
-    if _WHITESPACE.search("".join(ids)) or not all(meta.startswith(b"{") for meta in metadata):
+    if not _follow_the_rule(ids, metadata):
         return _rows_one_by_one(lines, where, first_line)
     return ids, metadata
 
@@ -292,7 +298,7 @@ def _rows_one_by_one(lines: list[bytes], where: str, first_line: int) -> tuple[l
             row = None
         except msgspec.DecodeError as exc:
             raise IndexInputError(f"{where} line {number}: not JSON: {exc}") from exc
-        if row is None or _WHITESPACE.search(row.id) or not bytes(row.metadata).startswith(b"{"):
+        if row is None or not _follow_the_rule([row.id], [bytes(row.metadata)]):
             raise IndexInputError(
                 f'{where} line {number}: expected {{"id": 1–{ID_MAX_CHARS} characters without whitespace, '
                 f'"metadata": an object}}, got {bytes(line)[:200]!r}'

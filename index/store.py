@@ -32,7 +32,7 @@ from __future__ import annotations
 import io
 import json
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from string import Template
 
@@ -373,8 +373,9 @@ def records(buckets: np.ndarray, codes: np.ndarray, labels: np.ndarray | None = 
     return np.concatenate(parts, axis=1)
 
 
-def _as_bytes(texts: Sequence[str | bytes]) -> Iterator[bytes]:
-    return (text.encode() if isinstance(text, str) else text for text in texts)
+def entry(item: str, metadata: str | bytes) -> bytes:
+    """An ``entries:`` value: the id, a newline, the metadata JSON text (the inverse of :func:`_split`)."""
+    return b"%s\n%s" % (item.encode(), metadata.encode() if isinstance(metadata, str) else metadata)
 
 
 def _lua_msgpack(values: list) -> bytes:
@@ -517,8 +518,7 @@ class RedisStore:
         stored = records(group.buckets, group.codes, np.arange(first, first + n))
         width, blob = stored.shape[1], stored.tobytes()
         values = [blob[start : start + width] for start in range(0, n * width, width)]  # one per hash field
-        described = zip(group.ids, _as_bytes(group.metadata), strict=True)
-        entries = [b"%s\n%s" % (item.encode(), meta) for item, meta in described]
+        entries = [entry(item, meta) for item, meta in zip(group.ids, group.metadata, strict=True)]
         items, names = _interleave(group.ids, values), _interleave(range(first, first + n), entries)
         step = 2 * _PACK_SLICE
         commands = [
