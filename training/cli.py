@@ -23,7 +23,7 @@ class Features(StrEnum):
 
 DATASET_HELP = (
     "openclipart, a collection manifest (.jsonl, or a folder with manifest.jsonl), a .mat path, "
-    "or a name under ../shared/data"
+    "or a benchmark name under data/ (wikipedia, wikipedia-tfidf) or ../shared/data"
 )
 FEATURES_HELP = "featurizers of a raw corpus (default: the dataset's own; OpenClipart: pretrained)"
 

@@ -3,6 +3,7 @@ label layouts, and the Wikipedia benchmark (the real files)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,9 +15,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from training.cli import app
-from training.datasets import SHARED_DATA, DatasetNotFoundError, load_dataset, seeded_split
+from training.datasets import DatasetNotFoundError, load_dataset, seeded_split
 from training.datasets import openclipart as oc
 from training.datasets.matfile import load_mat
+from training.datasets.wikipedia import WIKIPEDIA_DIR
 from training.evaluation.metrics import relevance
 
 REAL_CORPUS = Path("/usr/share/openclipart")
@@ -226,14 +228,31 @@ def test_dcmh_labels_shared_by_every_item_are_refused(tmp_path: Path) -> None:
         load_dataset(str(tmp_path / "toy"), n_query=5)
 
 
-# -- the Wikipedia benchmark (the real files; always present in CI at ../shared/data/) ----------------------
+# -- the Wikipedia benchmark (the real files, shipped in the repository's data/wikipedia/) ------------------
+
+
+WIKIPEDIA_SHA256 = {
+    "raw_features.mat": "047ebad02c14b97d53b191fd42180ebb9b0e255dbb2f70c6fe4092110b4c9853",
+    "wiki_data.mat": "618dda68117816abb1264ca8dcf4350a547467d856ff6581d3d874bbf757dfc0",
+    "trainset_txt_img_cat.list": "ca19aec01dd94a839abec1c4de2d35baf4ad53275ab0e5ee31bc76bcae4b67da",
+    "testset_txt_img_cat.list": "ec3123ee31cc89dd95fbeb23eb73b2ecfd1d8909bba863723471aad99408c1eb",
+}
+
+
+@pytest.mark.shipped_data
+def test_the_shipped_wikipedia_files_are_the_benchmarks_own_and_name_their_source() -> None:
+    for name, digest in WIKIPEDIA_SHA256.items():
+        assert hashlib.sha256((WIKIPEDIA_DIR / name).read_bytes()).hexdigest() == digest, name
+    readme = (WIKIPEDIA_DIR / "README.md").read_text()
+    assert "Rasiwasia" in readme and "@inproceedings" in readme
 
 
 def _list_categories(name: str) -> np.ndarray:
-    lines = (SHARED_DATA / "wikipedia" / name).read_text().split("\n")
+    lines = (WIKIPEDIA_DIR / name).read_text().split("\n")
     return np.array([int(line.split("\t")[2]) for line in lines if line.strip()])
 
 
+@pytest.mark.shipped_data
 @pytest.mark.parametrize(("name", "text_dim"), [("wikipedia", 10), ("wikipedia-tfidf", 1000)])
 def test_wikipedia_loads_by_name_with_the_papers_split(name: str, text_dim: int) -> None:
     data = load_dataset(name)
@@ -250,12 +269,14 @@ def test_wikipedia_loads_by_name_with_the_papers_split(name: str, text_dim: int)
     assert 0.1 < prior < 0.15
 
 
+@pytest.mark.shipped_data
 def test_wikipedia_tfidf_keeps_the_images_and_labels_of_the_lda_variant() -> None:
     lda, tfidf = load_dataset("wikipedia"), load_dataset("wikipedia-tfidf")
     assert np.array_equal(lda.images, tfidf.images) and np.array_equal(lda.labels, tfidf.labels)
     assert (tfidf.texts >= 0).all() and 0 < (tfidf.texts > 0).mean() < 0.2  # sparse tf-idf rows
 
 
+@pytest.mark.shipped_data
 def test_training_on_wikipedia_by_name_gives_real_metrics(tmp_path: Path) -> None:
     """One short supervised run through the CLI: the metrics are far above the ~0.11 label prior and
     below 1.0 (with the index column read as one shared label, every metric used to be 1.0)."""

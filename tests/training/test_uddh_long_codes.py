@@ -83,6 +83,7 @@ def test_training_runs_at_code_lengths_beyond_the_text_dimension(
     assert i2t["mAP"] > prior + 0.1
 
 
+@pytest.mark.shipped_data
 def test_uddh_trains_64_bits_on_the_wikipedia_benchmark() -> None:
     """The issue's case, on the real files: 64 bits on 128-d SIFT images and 10-d LDA texts."""
     data = load_dataset("wikipedia")

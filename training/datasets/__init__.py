@@ -3,8 +3,8 @@
 ``spec`` is ``openclipart`` (the product corpus), ``wikipedia`` / ``wikipedia-tfidf`` (the Wikipedia
 benchmark with LDA or tf-idf texts, :mod:`training.datasets.wikipedia`), a collection of one's own (a
 ``.jsonl`` manifest or a folder holding ``manifest.jsonl``, :mod:`training.datasets.collection`), a path
-to a ``.mat`` benchmark file or DCMH prefix, or the name of one found in ``../shared/data/`` (e.g.
-``mirflickr25k``).
+to a ``.mat`` benchmark file or DCMH prefix, or the name of one found in the repository's ``data/`` or in
+``../shared/data/`` (e.g. ``mirflickr25k``).
 """
 
 from __future__ import annotations
@@ -12,19 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from index.collection import CollectionError, is_collection
-from training.datasets.base import SHARED_DATA, CrossModalDataset, DatasetNotFoundError, Split, seeded_split
+from training.datasets.base import BENCHMARK_DIRS, CrossModalDataset, DatasetNotFoundError, Split, seeded_split
 from training.datasets.collection import load_collection
 from training.datasets.matfile import load_mat
 from training.datasets.openclipart import load_openclipart
 from training.datasets.wikipedia import WIKIPEDIA_TEXTS, load_wikipedia
 
-__all__ = ["SHARED_DATA", "CrossModalDataset", "DatasetNotFoundError", "Split", "load_dataset", "seeded_split"]
+__all__ = ["BENCHMARK_DIRS", "CrossModalDataset", "DatasetNotFoundError", "Split", "load_dataset", "seeded_split"]
 
 
 def _find_shared(name: str) -> Path | None:
-    for candidate in (SHARED_DATA / f"{name}.mat", SHARED_DATA / name):
-        if candidate.is_file() or Path(f"{candidate}-lall.mat").is_file():
-            return candidate
+    for folder in BENCHMARK_DIRS:
+        for candidate in (folder / f"{name}.mat", folder / name):
+            if candidate.is_file() or Path(f"{candidate}-lall.mat").is_file():
+                return candidate
     return None
 
 
@@ -49,6 +50,6 @@ def load_dataset(spec: str, seed: int = 0, n_query: int | None = None) -> CrossM
         raise DatasetNotFoundError(
             f"unknown dataset {spec!r}: use 'openclipart', a collection manifest (.jsonl, or a folder holding "
             "manifest.jsonl), a path to a .mat file (or DCMH prefix), "
-            f"or a dataset name present in {SHARED_DATA}"
+            f"or a dataset name present in {' or '.join(map(str, BENCHMARK_DIRS))}"
         )
     return load_mat(shared, **split_args)

@@ -7,8 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-# Benchmark files live beside the checkouts, in ../shared/data/ relative to the repository root.
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+_ROOT = Path(__file__).resolve().parents[2]
+# Benchmark files the project ships (the Wikipedia benchmark): tests and training read them from the checkout.
+REPO_DATA = _ROOT / "data"
+# Larger benchmarks by name, when a folder ../shared/data/ lies beside the checkout (never needed by tests).
+SHARED_DATA = _ROOT.parent / "shared" / "data"
+BENCHMARK_DIRS = (REPO_DATA, SHARED_DATA)
 
 
 class DatasetNotFoundError(FileNotFoundError):

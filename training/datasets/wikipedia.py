@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from training.datasets.base import SHARED_DATA, CrossModalDataset, DatasetNotFoundError
+from training.datasets.base import REPO_DATA, CrossModalDataset, DatasetNotFoundError
 from training.datasets.matfile import load_mat, read_arrays, sample_rows
 
-WIKIPEDIA_DIR = SHARED_DATA / "wikipedia"
+WIKIPEDIA_DIR = REPO_DATA / "wikipedia"  # shipped in the repository, with its source and citation
 # Dataset name → the text feature arrays (training part, test part) of raw_features.mat; None: LDA.
 WIKIPEDIA_TEXTS: dict[str, tuple[str, str] | None] = {
     "wikipedia": None,
