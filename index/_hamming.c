@@ -28,11 +28,13 @@ static inline int distance(const uint8_t *a, const uint8_t *b, Py_ssize_t code_s
     return d;
 }
 
-/* One query; counts has bits + 1 slots, store (bits + 1) * k. Writes k distances and ids, -1 past the end. */
+/* One query; counts has bits + 1 slots, store and where (bits + 1) * k. Writes k distances and ids, -1 past
+ * the end, and, when out_codes is not NULL, the k codes (zeros past the end), for a re-ranker. */
 static void scan_query(const uint8_t *restrict query, const int64_t *restrict probes, Py_ssize_t n_probes,
                        const int64_t *restrict code_ptrs, const int64_t *restrict id_ptrs,
                        const int64_t *restrict sizes, Py_ssize_t code_size, Py_ssize_t k, int *restrict counts,
-                       int64_t *restrict store, int32_t *restrict out_d, int64_t *restrict out_id) {
+                       int64_t *restrict store, const uint8_t **restrict where, int32_t *restrict out_d,
+                       int64_t *restrict out_id, uint8_t *restrict out_codes) {
     const int bits = (int)(code_size * 8);
     memset(counts, 0, sizeof(int) * (size_t)(bits + 1));
     int threshold = bits + 1; /* codes at distance >= threshold are rejected */
@@ -50,6 +52,7 @@ static void scan_query(const uint8_t *restrict query, const int64_t *restrict pr
                 memcpy(&c, codes + 8 * j, 8);
                 const int d = __builtin_popcountll(c ^ q);
                 if (d < threshold) {
+                    where[(Py_ssize_t)d * k + counts[d]] = codes + 8 * j;
                     store[(Py_ssize_t)d * k + counts[d]++] = ids[j];
                     if (++below >= k) {
                         do below -= counts[--threshold];
@@ -61,6 +64,7 @@ static void scan_query(const uint8_t *restrict query, const int64_t *restrict pr
             for (int64_t j = 0; j < size; j++) {
                 const int d = distance(codes + code_size * j, query, code_size);
                 if (d < threshold) {
+                    where[(Py_ssize_t)d * k + counts[d]] = codes + code_size * j;
                     store[(Py_ssize_t)d * k + counts[d]++] = ids[j];
                     if (++below >= k) {
                         do below -= counts[--threshold];
@@ -75,10 +79,12 @@ static void scan_query(const uint8_t *restrict query, const int64_t *restrict pr
         for (int i = 0; i < counts[d] && got < k; i++, got++) {
             out_d[got] = d;
             out_id[got] = store[(Py_ssize_t)d * k + i];
+            if (out_codes) memcpy(out_codes + got * code_size, where[(Py_ssize_t)d * k + i], (size_t)code_size);
         }
     for (; got < k; got++) {
         out_d[got] = -1;
         out_id[got] = -1;
+        if (out_codes) memset(out_codes + got * code_size, 0, (size_t)code_size);
     }
 }
 
@@ -91,20 +97,23 @@ static int check(Py_buffer *buffer, Py_ssize_t expected, const char *name) {
 }
 
 PyDoc_STRVAR(topk_doc,
-             "topk(queries, probes, code_ptrs, id_ptrs, sizes, code_size, k, out_distances, out_ids)\n\n"
+             "topk(queries, probes, code_ptrs, id_ptrs, sizes, code_size, k, out_distances, out_ids[, out_codes])\n\n"
              "Top k of each query over its probed lists. queries: uint8 (nq, code_size); probes: int64 (nq, p);\n"
              "code_ptrs, id_ptrs, sizes: int64 per list (addresses of its codes and int64 ids, its length);\n"
-             "out_distances: int32 (nq, k) and out_ids: int64 (nq, k), written.");
+             "out_distances: int32 (nq, k) and out_ids: int64 (nq, k), written; out_codes, optional: uint8\n"
+             "(nq, k, code_size), the results' codes (zeros past the end), for a re-ranker.");
 
 static PyObject *topk(PyObject *self, PyObject *args) {
     Py_buffer queries, probes, code_ptrs, id_ptrs, sizes, out_d, out_id;
+    Py_buffer out_codes = {.buf = NULL, .obj = NULL, .len = 0};
     Py_ssize_t code_size, k;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*nnw*w*", &queries, &probes, &code_ptrs, &id_ptrs, &sizes, &code_size, &k,
-                          &out_d, &out_id))
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*nnw*w*|w*", &queries, &probes, &code_ptrs, &id_ptrs, &sizes, &code_size,
+                          &k, &out_d, &out_id, &out_codes))
         return NULL;
     PyObject *result = NULL;
     int *counts = NULL;
     int64_t *store = NULL;
+    const uint8_t **where = NULL;
     if (code_size < 1 || k < 1 || queries.len % code_size) {
         PyErr_SetString(PyExc_ValueError, "code_size and k must be positive and queries whole codes");
         goto done;
@@ -122,7 +131,8 @@ static PyObject *topk(PyObject *self, PyObject *args) {
     }
     const Py_ssize_t n_probes = probes.len / 8 / nq;
     if (!check(&code_ptrs, 8 * n_lists, "code_ptrs") || !check(&id_ptrs, 8 * n_lists, "id_ptrs") ||
-        !check(&out_d, 4 * nq * k, "out_distances") || !check(&out_id, 8 * nq * k, "out_ids"))
+        !check(&out_d, 4 * nq * k, "out_distances") || !check(&out_id, 8 * nq * k, "out_ids") ||
+        (out_codes.buf && !check(&out_codes, nq * k * code_size, "out_codes")))
         goto done;
     const int64_t *probe = (const int64_t *)probes.buf;
     for (Py_ssize_t i = 0; i < nq * n_probes; i++)
@@ -133,7 +143,8 @@ static PyObject *topk(PyObject *self, PyObject *args) {
     const Py_ssize_t bits = code_size * 8;
     counts = malloc(sizeof(int) * (size_t)(bits + 1));
     store = malloc(sizeof(int64_t) * (size_t)((bits + 1) * k));
-    if (!counts || !store) {
+    where = malloc(sizeof(uint8_t *) * (size_t)((bits + 1) * k));
+    if (!counts || !store || !where) {
         PyErr_NoMemory();
         goto done;
     }
@@ -141,13 +152,15 @@ static PyObject *topk(PyObject *self, PyObject *args) {
     for (Py_ssize_t q = 0; q < nq; q++)
         scan_query((const uint8_t *)queries.buf + q * code_size, probe + q * n_probes, n_probes,
                    (const int64_t *)code_ptrs.buf, (const int64_t *)id_ptrs.buf, (const int64_t *)sizes.buf, code_size,
-                   k, counts, store, (int32_t *)out_d.buf + q * k, (int64_t *)out_id.buf + q * k);
+                   k, counts, store, where, (int32_t *)out_d.buf + q * k, (int64_t *)out_id.buf + q * k,
+                   out_codes.buf ? (uint8_t *)out_codes.buf + q * k * code_size : NULL);
     Py_END_ALLOW_THREADS;
     result = Py_None;
     Py_INCREF(result);
 done:
     free(counts);
     free(store);
+    free(where);
     PyBuffer_Release(&queries);
     PyBuffer_Release(&probes);
     PyBuffer_Release(&code_ptrs);
@@ -155,6 +168,7 @@ done:
     PyBuffer_Release(&sizes);
     PyBuffer_Release(&out_d);
     PyBuffer_Release(&out_id);
+    if (out_codes.obj) PyBuffer_Release(&out_codes);
     return result;
 }
 

@@ -61,22 +61,66 @@ def route(packed: np.ndarray, centers: np.ndarray, probe: int = 1) -> np.ndarray
 
 
 def fit_centers(
-    signs: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 20
+    signs: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 20, balance: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """k binary centers (k, bits) int8 and each code's assignment, by alternating minimisation."""
+    """k binary centers (k, bits) int8 and each code's assignment, by alternating minimisation.
+
+    ``balance`` (e.g. 1.5): while fitting, a center takes at most ``balance × n / k`` codes, the nearest
+    ones, and the rest go to their next nearest center with room (:func:`capacity_assignment`), so that
+    no center is fitted to a crowd; the returned assignment is still each code's nearest center, as the
+    index routes."""
     signs = np.asarray(signs, dtype=np.int8)
     if not 0 < k <= len(signs):
         raise ValueError(f"cannot fit {k} centers on {len(signs)} codes")
+    if balance is not None and balance < 1:
+        raise ValueError(f"balance must be at least 1 (a center's share over the mean), got {balance}")
     centers = signs[rng.choice(len(signs), size=k, replace=False)].copy()
-    assignment = nearest_centers(signs, centers)[:, 0]
+    capacity = None if balance is None else int(np.ceil(balance * len(signs) / k))
+
+    def assign(centers: np.ndarray) -> np.ndarray:
+        return (
+            nearest_centers(signs, centers)[:, 0] if capacity is None else capacity_assignment(signs, centers, capacity)
+        )
+
+    assignment = assign(centers)
     for _ in range(iterations):
         centers = update_centers(signs, centers, assignment[:, None])
         centers, _ = reseed_empty_clusters(signs, centers, nearest_centers(signs, centers))
-        new_assignment = nearest_centers(signs, centers)[:, 0]
+        new_assignment = assign(centers)
         if np.array_equal(new_assignment, assignment):
             break
         assignment = new_assignment
-    return centers, assignment
+    return centers, nearest_centers(signs, centers)[:, 0]
+
+
+CAPACITY_CHOICES = 16  # centers a code may try, nearest first, before it stays with its nearest anyway
+
+
+def capacity_assignment(signs: np.ndarray, centers: np.ndarray, capacity: int) -> np.ndarray:
+    """Each code's center when no center takes more than ``capacity`` codes: in rounds, every code not yet
+    placed asks its next nearest center, which keeps the nearest askers (ties by code index) while it has
+    room. A code refused by its ``CAPACITY_CHOICES`` nearest centers stays with its nearest."""
+    signs = np.asarray(signs, dtype=np.int8)
+    choices = nearest_centers(signs, centers, min(CAPACITY_CHOICES, len(centers)))
+    n, top = choices.shape
+    bits = signs.shape[1]
+    assignment = np.full(n, -1, dtype=np.int64)
+    room = np.full(len(centers), capacity, dtype=np.int64)
+    for round_ in range(top):
+        asking = np.flatnonzero(assignment < 0)
+        if not len(asking):
+            break
+        wanted = choices[asking, round_]
+        distance = (bits - (signs[asking].astype(np.int32) * centers[wanted].astype(np.int32)).sum(1)) // 2
+        order = np.lexsort((asking, distance, wanted))  # per center, nearest askers first
+        wanted, asking = wanted[order], asking[order]
+        first = np.searchsorted(wanted, wanted, side="left")
+        place = np.arange(len(wanted)) - first < room[wanted]
+        assignment[asking[place]] = wanted[place]
+        np.subtract.at(room, wanted[place], 1)
+    left = assignment < 0
+    assignment[left] = choices[left, 0]
+    return assignment
 
 
 def center_sums(centers: np.ndarray, assignments: np.ndarray) -> np.ndarray:

@@ -48,6 +48,7 @@ import redis
 from index.centers import CenterIndex
 from index.errors import FeedGapError, IndexInputError, ItemNotFoundError, StoreUnavailableError
 from index.memory import release_freed_memory
+from index.rerank import MAX_CANDIDATES, rerank
 from index.scan import BucketScan
 from index.store import MODALITIES, Change, Group, RedisStore, StoredItem
 
@@ -80,12 +81,14 @@ class Item:
 @dataclass(frozen=True)
 class Hit:
     """One search result: the item's id, the Hamming distance between the query code and the item's code,
-    the semantic bucket the item lives in, and the item's metadata. The API's responses serialise it as is."""
+    the semantic bucket the item lives in, the item's metadata, and, when the bundle declares a re-ranker,
+    the score it ranked by (``index.rerank``; None without one). The API's responses serialise it as is."""
 
     id: str
     distance: int
     bucket: int
     metadata: dict
+    score: float | None = None
 
 
 @dataclass
@@ -161,7 +164,7 @@ class Generation:
 class HashIndex:
     """Items of both modalities under one bundle's code space, searchable across modalities."""
 
-    def __init__(self, bits: int, generation: Generation) -> None:
+    def __init__(self, bits: int, generation: Generation, rerank_candidates: int | None = None) -> None:
         if bits % 8:
             raise ValueError(f"code length {bits} is not a multiple of 8")
         head_bits = generation.centers.centers.shape[1]
@@ -169,6 +172,7 @@ class HashIndex:
             raise ValueError(f"head of {head_bits} bits must be a multiple of 8 and at most {bits}")
         self.bits = bits
         self.head_bytes = head_bits // 8
+        self.rerank_candidates = rerank_candidates  # None: Hamming order only (the bundle has no re-ranker)
         self.generation = generation
         self._apply_lock = threading.Lock()  # one applier of the feed at a time
         self._memory_lock = threading.Lock()  # an applier changing the scans vs. a search reading them
@@ -176,12 +180,20 @@ class HashIndex:
 
     @classmethod
     def open(
-        cls, client: redis.Redis, index_name: str, bundle_id: str, bits: int, centers: np.ndarray, centers_version: str
+        cls,
+        client: redis.Redis,
+        index_name: str,
+        bundle_id: str,
+        bits: int,
+        centers: np.ndarray,
+        centers_version: str,
+        rerank_candidates: int | None = None,
     ) -> HashIndex:
         """Attach to Redis and load the active generation; a new index starts generation 0 with these
-        centers (a re-bucketed one keeps the centers it was re-bucketed with)."""
+        centers (a re-bucketed one keeps the centers it was re-bucketed with). ``rerank_candidates``: the
+        bundle's re-ranker takes this many Hamming candidates (and the rest of their last tie group)."""
         store = RedisStore(client, index_name, bundle_id).open_active(centers, centers_version)
-        return cls(bits, Generation.load(store, bits))
+        return cls(bits, Generation.load(store, bits), rerank_candidates)
 
     def start_following(self, refresh_seconds: float) -> None:
         """Keep this index current on a thread of its own until :meth:`close`: apply other processes'
@@ -356,11 +368,19 @@ class HashIndex:
         return stored
 
     def search(
-        self, target: str, codes: np.ndarray, k: int, probe: int | None = None, where: Mapping | None = None
+        self,
+        target: str,
+        codes: np.ndarray,
+        k: int,
+        probe: int | None = None,
+        where: Mapping | None = None,
+        query_real: np.ndarray | None = None,
     ) -> list[list[Hit]]:
         """Top k items of modality ``target`` for each packed query code; ``probe=None`` scans all
         buckets (exact). Ranked by Hamming distance; ties by the bucket's rank in the query's route (the
-        semantically nearer bucket first), then insertion order. ``where``: keep only items whose
+        semantically nearer bucket first), then insertion order. With ``query_real`` (the queries' real
+        codes, before the sign) and a re-ranker, the Hamming candidates are re-ranked by the asymmetric
+        score (``index.rerank``), which breaks ties by a real score. ``where``: keep only items whose
         metadata has these exact key/value pairs.
 
         Ranks in memory, then resolves the ranked labels to ids and metadata from Redis, one round trip
@@ -381,16 +401,18 @@ class HashIndex:
         known: dict[int, tuple[str, dict] | None] = {}  # label → (id, metadata), None once gone
         results: list[list[Hit]] = [[] for _ in codes]
         pending, fetch = list(range(len(codes))), k * FILTER_OVERFETCH if wanted else k
+        real = None if query_real is None or self.rerank_candidates is None else np.asarray(query_real, np.float32)
         while pending:
-            with self._memory_lock:
-                distances, labels, buckets = side.scan.search(codes[pending], probes[pending], fetch)
+            distances, labels, buckets, scores = self._rank(side, codes[pending], probes[pending], fetch,
+                                                            None if real is None else real[pending])  # fmt: skip
             unknown = [label for label in dict.fromkeys(labels[labels >= 0].tolist()) if label not in known]
             for label, found in zip(unknown, self._lookup(generation, target, unknown), strict=True):
                 known[label] = None if found is None else (found[0], json.loads(found[1]))
             still, needed = [], []
-            for query, dr, lr, br in zip(pending, distances.tolist(), labels.tolist(), buckets.tolist(), strict=True):
-                ranked = [(known[label], d, b) for d, label, b in zip(dr, lr, br, strict=True) if label >= 0]
-                hits = [Hit(f[0], d, b, f[1]) for f, d, b in ranked if f is not None and _matches(f[1], wanted)]
+            rows = zip(pending, distances.tolist(), labels.tolist(), buckets.tolist(), scores.tolist(), strict=True)
+            for query, dr, lr, br, sr in rows:
+                ranked = [(known[label], d, b, s) for d, label, b, s in zip(dr, lr, br, sr, strict=True) if label >= 0]
+                hits = [Hit(f[0], d, b, f[1], s) for f, d, b, s in ranked if f is not None and _matches(f[1], wanted)]
                 if len(hits) >= k or len(ranked) < fetch:
                     results[query] = hits[:k]
                 else:
@@ -398,6 +420,30 @@ class HashIndex:
                     needed.append(-(-FILTER_MARGIN * k * fetch // len(hits)) if hits else fetch * FILTER_OVERFETCH)
             pending, fetch = still, max(needed, default=fetch)
         return results
+
+    def _rank(
+        self, side: _Side, codes: np.ndarray, probes: np.ndarray, fetch: int, real: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Each query's candidates in ranked order: (distances, labels, buckets, scores), −1 (scores None)
+        past the end. Without a real code: the scan's top ``fetch`` in Hamming order. With one: the top
+        max(fetch, candidates) and the rest of their last tie group, found by scanning twice as many
+        until the last tie group ends inside the scan, re-ranked by the asymmetric score."""
+        if real is None:
+            with self._memory_lock:
+                distances, labels, buckets = side.scan.search(codes, probes, fetch)
+            return distances, labels, buckets, np.full(labels.shape, None, dtype=object)
+        cut = max(fetch, self.rerank_candidates)
+        width = 2 * cut
+        while True:
+            with self._memory_lock:
+                distances, labels, buckets, found = side.scan.search(codes, probes, width, with_codes=True)
+            bound, last = distances[:, cut - 1], distances[:, -1]
+            if ((bound < 0) | (last < 0) | (last > bound)).all() or width >= max(MAX_CANDIDATES, 2 * cut):
+                break
+            width *= 2
+        ranked = rerank(distances, labels, buckets, found, real, cut)
+        scores = np.where(ranked.labels >= 0, ranked.scores.astype(np.float64).astype(object), None)
+        return ranked.distances, ranked.labels, ranked.buckets, scores
 
     @staticmethod
     def _lookup(generation: Generation, target: str, labels: list[int]) -> list[tuple[str, str] | None]:

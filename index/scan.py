@@ -136,14 +136,20 @@ class BucketScan:
         self._lists.add_entries(bucket, len(ids), faiss.swig_ptr(ids), faiss.swig_ptr(codes))
         self._ivf.ntotal -= size - len(ids)
 
-    def search(self, queries: np.ndarray, probes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, probes: np.ndarray, k: int, with_codes: bool = False
+    ) -> tuple[np.ndarray, ...]:
         """Top k of each query over its probed buckets (``probes``: (nq, p), nearest first): distances
-        (int32), labels (int64) and the bucket each came from, all −1 past the end of the results."""
+        (int32), labels (int64) and the bucket each came from, all −1 past the end of the results; with
+        ``with_codes``, also the results' packed codes (nq, k, bytes), zeros past the end, for a re-ranker."""
         queries = np.ascontiguousarray(queries, dtype=np.uint8)
         probes = np.ascontiguousarray(probes, dtype=np.int64)
         distances = np.empty((len(queries), k), dtype=np.int32)
         ids = np.empty((len(queries), k), dtype=np.int64)
         code_size = self._ivf.code_size
-        _hamming.topk(queries, probes, self._code_ptrs, self._id_ptrs, self._sizes, code_size, k, distances, ids)
+        lists = (queries, probes, self._code_ptrs, self._id_ptrs, self._sizes, code_size, k, distances, ids)
+        codes = np.empty((len(queries), k, code_size), dtype=np.uint8) if with_codes else None
+        _hamming.topk(*lists, *(() if codes is None else (codes,)))
         # Past the end the kernel writes -1, which the arithmetic shift keeps; the mask would not.
-        return distances, ids >> _BUCKET_BITS, np.where(ids >= 0, ids & _BUCKET_MASK, -1)
+        found = (distances, ids >> _BUCKET_BITS, np.where(ids >= 0, ids & _BUCKET_MASK, -1))
+        return found if codes is None else (*found, codes)

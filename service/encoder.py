@@ -14,6 +14,7 @@ import numpy as np
 
 from index.bundle import Bundle
 from index.bundle.featurizers import ImageDecodeError
+from index.codes import pack_signs, to_signs
 
 FLOAT32_BYTES = 4  # a binary feature vector's bytes per number
 
@@ -109,3 +110,11 @@ class Encoder:
 
     def packed(self, modality: str, features: np.ndarray) -> np.ndarray:
         return self.bundle.packed_codes(modality, features)
+
+    def query_codes(self, modality: str, features: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(packed codes, real codes) of queries: the real codes (the hash function's output before the sign)
+        only when the bundle declares a re-ranker, which scores candidates with them; one graph run."""
+        if self.bundle.manifest.reranker is None:
+            return self.packed(modality, features), None
+        real = self.bundle.real_codes(modality, features)
+        return pack_signs(to_signs(real)), real

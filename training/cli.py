@@ -38,6 +38,7 @@ class Method(StrEnum):
     uddh = "uddh"
     dmsfh = "dmsfh"
     mmach = "mmach"
+    contrastive = "contrastive"
 
 
 def _fail(message: str) -> typer.Exit:
@@ -298,6 +299,37 @@ def semantic_index(
                 }
             )
     typer.echo(markdown_table(rows))
+
+
+@app.command("instance")
+def instance(
+    bundle: Annotated[list[Path], typer.Option(help="a bundle to compare; repeat for several (one run, one table)")],
+    dataset: Annotated[str | None, typer.Option(help=DATASET_HELP + " (default: the first bundle's)")] = None,
+    seed: int = 0,
+) -> None:
+    """Instance-level retrieval, as served: does a held-out item's text find its own image (t2i) and its image
+    its own text (i2t)? R@1/5/10/50 and the median rank (ties in expectation), recall counting any item with
+    the identical text as a hit, category P@10, against all items and against the held-out items only; then
+    how well each bundle's codes tell items apart (distinct codes, tie group at the pair, bucket sizes)."""
+    from index.bundle import load_bundle
+    from training.datasets import load_dataset
+    from training.evaluation.instance import bundle_code_statistics, bundle_instance_table, text_groups
+    from training.featurize.pipeline import bundle_features_kind, featurize
+
+    models = [load_bundle(path) for path in bundle]
+    data = load_dataset(dataset or models[0].manifest.training.dataset, seed=seed)
+    groups = text_groups(list(data.texts)) if data.text_kind == "raw" else np.arange(len(data.labels))
+    features = {}
+    rows, statistics = [], []
+    for path, model in zip(bundle, models, strict=True):
+        kind = bundle_features_kind(model.manifest)
+        features.setdefault(kind, featurize(data, kind=kind))
+        name = f"{path} ({model.method} {model.bits})"
+        rows += bundle_instance_table(model, features[kind], groups, name)
+        statistics.append(bundle_code_statistics(model, features[kind], name))
+    typer.echo(markdown_table(rows))
+    typer.echo("")
+    typer.echo(markdown_table(statistics))
 
 
 @app.command("natural-queries")

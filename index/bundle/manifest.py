@@ -132,6 +132,14 @@ class SemanticIndex(_Strict):
     source: str = Field(description="the method's learned head, or centers fitted on the training codes")
 
 
+class Reranker(_Strict):
+    """The index's third step (``index/rerank.py``): the Hamming scan's top ``candidates`` (and the rest of
+    their last tie group) re-ordered by the query's real code against each candidate's ±1 code."""
+
+    kind: Literal["asymmetric-code"] = "asymmetric-code"
+    candidates: PositiveInt = 100
+
+
 class TrainingInfo(_Strict):
     dataset: str
     fingerprint: Sha256 = Field(description="sha256 over the training part's features and labels")
@@ -148,6 +156,7 @@ class Manifest(_Strict):
     modalities: Modalities
     code_bits: PositiveInt
     semantic_index: SemanticIndex
+    reranker: Reranker | None = Field(default=None, description="absent: results in Hamming order")
     files: dict[str, Sha256] = Field(description="sha256 of every other file of the bundle")
     bundle_id: str
     method: str

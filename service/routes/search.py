@@ -50,14 +50,16 @@ def run_search(
     if options.k > rt.settings.max_k:
         raise HTTPException(422, f"k must be at most {rt.settings.max_k}")
     started = time.perf_counter()
-    code = model.encoder.packed(source, features)
+    code, real = model.encoder.query_codes(source, features)
     encode_seconds += time.perf_counter() - started
     if options.probe == "all":
         probe = None
     else:  # the index refuses a probe outside its buckets
         probe = min(rt.settings.default_probe, model.index.n_buckets) if options.probe is None else options.probe
     started = time.perf_counter()
-    [hits] = model.index.search(target, code, options.k, probe, options.filter.metadata if options.filter else None)
+    [hits] = model.index.search(
+        target, code, options.k, probe, options.filter.metadata if options.filter else None, query_real=real
+    )
     search_seconds = time.perf_counter() - started
     rt.metrics.encode.labels(source, kind).observe(encode_seconds)
     rt.metrics.search.labels(target).observe(search_seconds)

@@ -75,7 +75,8 @@ def test_manifest_describes_what_serving_needs(raw_bundle) -> None:
     assert manifest.modalities.image.featurizer.onnx == "image_featurizer.onnx"
     assert set(manifest.files) == {"image.onnx", "text.onnx", "image_featurizer.onnx", "centers.npy"}
     assert len(manifest.training.fingerprint) == 64
-    assert manifest.semantic_index.source == "fitted on training codes"
+    assert manifest.semantic_index.source == "fitted on training codes, balanced (at most 1.5x the mean)"
+    assert manifest.reranker is not None and manifest.reranker.kind == "asymmetric-code"  # ties by a real score
 
 
 def test_packed_codes_use_faiss_bit_order(raw_bundle) -> None:

@@ -320,3 +320,38 @@ def test_a_loaded_index_keeps_no_python_object_per_item(redis_server) -> None:
     assert loaded.stats()["items"]["text"] == n
     # A label → (id, metadata) dict kept ~270 B per item; what is left is fixed costs (centers, scripts).
     assert kept / n < 8, f"{kept / n:.1f} B per item kept in Python"
+
+
+def test_with_a_reranker_the_full_probe_equals_brute_force_asymmetric_order_over_whole_tie_groups(redis_server) -> None:
+    centers, _ = fit_centers(unpack_signs(_codes(500, 99), BITS), 8, np.random.default_rng(0))
+    index = HashIndex.open(redis_server.client(), uuid.uuid4().hex, "bundle1", BITS, centers, "v1", rerank_candidates=5)
+    codes = _codes(400, 5)
+    index.add(_items("t", "text", codes))
+    real = np.random.default_rng(6).normal(size=(20, BITS)).astype(np.float32)
+    queries = pack_signs(to_signs(real))
+    signs = unpack_signs(codes, BITS).astype(np.float32)
+    distances = hamming_distances(to_signs(real), signs.astype(np.int8))
+    hits = index.search("text", queries, k=5, query_real=real)
+    for q, row in enumerate(hits):
+        bound = np.sort(distances[q])[4]  # the 5 candidates reach this distance; its whole tie group is in
+        candidates = np.flatnonzero(distances[q] <= bound)
+        scores = real[q] @ signs[candidates].T
+        expected = candidates[np.argsort(-scores, kind="stable")][:5]
+        assert [h.id for h in row] == [f"t{i}" for i in expected]
+        assert [h.score for h in row] == pytest.approx(sorted(scores, reverse=True)[:5], rel=1e-5)
+    assert all(h.score is None for h in index.search("text", queries, k=5)[0])  # no real code: Hamming order
+
+
+def test_balanced_centers_spread_a_skewed_corpus_over_the_buckets() -> None:
+    """Clusters of very uneven sizes (one holds half the codes): plain k-means gives the big one a single
+    center, the capacity-bounded fit several, so its codes spread over more buckets at serving."""
+    rng = np.random.default_rng(0)
+    sizes = [600, 200, 100, 100, 50, 50, 25, 25, 25, 25]
+    prototypes = np.where(rng.random((len(sizes), 32)) < 0.5, -1, 1)
+    parts = [prototypes[i] * np.where(rng.random((n, 32)) < 0.2, -1, 1) for i, n in enumerate(sizes)]
+    signs = np.concatenate(parts).astype(np.int8)
+    plain = np.bincount(fit_centers(signs, 16, np.random.default_rng(1))[1], minlength=16)
+    centers, assignment = fit_centers(signs, 16, np.random.default_rng(1), balance=1.5)
+    balanced = np.bincount(assignment, minlength=16)
+    assert assignment.tolist() == nearest_centers(signs, centers)[:, 0].tolist()  # served: the nearest center
+    assert balanced.max() < 0.7 * plain.max()

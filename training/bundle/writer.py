@@ -23,6 +23,7 @@ from index.bundle.manifest import (
     MiniLMSpec,
     Modalities,
     Precomputed,
+    Reranker,
     SemanticIndex,
     TextFeaturizerSpec,
     TrainingInfo,
@@ -40,6 +41,10 @@ IMAGE_FEATURIZER_FILE = "image_featurizer.onnx"
 IMAGE_PRETRAINED_FILE = "featurizer_efficientnet_lite0.onnx"
 TEXT_PRETRAINED_FILE = "featurizer_minilm_l6_v2.int8.onnx"
 TOKENIZER_FILE = "featurizer_minilm_tokenizer.json"
+# Fitted centers: while fitting, no center takes more than this share over the mean (index.centers).
+BUCKET_BALANCE = 1.5
+# Every bundle written declares the asymmetric re-ranker: ties are broken by a real score, never by storage order.
+DEFAULT_RERANKER = Reranker()
 
 
 def _sha256(path: Path) -> str:
@@ -94,12 +99,17 @@ def _semantic_index(hasher: TrainedHasher, features: FeatureSet, n_buckets: int)
     image, text, _ = features.part("train")
     codes = np.concatenate([to_signs(hasher.encoders["image"].real_codes(image)),
                             to_signs(hasher.encoders["text"].real_codes(text))])  # fmt: skip
-    centers, _ = fit_centers(codes, min(n_buckets, len(codes)), np.random.default_rng(0))
-    return centers, hasher.bits, "fitted on training codes"
+    centers, _ = fit_centers(codes, min(n_buckets, len(codes)), np.random.default_rng(0), balance=BUCKET_BALANCE)
+    return centers, hasher.bits, f"fitted on training codes, balanced (at most {BUCKET_BALANCE}x the mean)"
 
 
 def write_bundle(
-    out: Path, hasher: TrainedHasher, features: FeatureSet, metrics: dict, n_buckets: int = 64
+    out: Path,
+    hasher: TrainedHasher,
+    features: FeatureSet,
+    metrics: dict,
+    n_buckets: int = 64,
+    reranker: Reranker | None = DEFAULT_RERANKER,
 ) -> Manifest:
     """Write the bundle atomically (temporary directory, then rename) and return its manifest.
 
@@ -141,6 +151,7 @@ def write_bundle(
             created_at=datetime.now(UTC).replace(microsecond=0),
             modalities=Modalities(**modalities),
             semantic_index=SemanticIndex(head_bits=head_bits, centers="centers.npy", k=len(centers), source=source),
+            reranker=reranker,
             training=TrainingInfo(
                 dataset=features.dataset,
                 fingerprint=training_fingerprint(features),

@@ -122,11 +122,11 @@ def pretrained_features(
     text = pretrained_text(folder / TEXT_GRAPH, folder / TOKENIZER)
 
     def image_features() -> np.ndarray:
-        from training.featurize.pretrained_corpus import corpus_pixels
+        from training.featurize.pretrained_corpus import embed_corpus_images
 
         if dataset.pixels_key is not None:
             return image.encoder.embed_pixels(dataset.images)
-        return image.encoder.embed_pixels(corpus_pixels(dataset.ids, image.encoder.size, dataset.image_root))
+        return embed_corpus_images(dataset.ids, image.encoder, dataset.image_root)
 
     image_matrix = _cached(image_cache_key(image.graph, dataset), image_features, IMAGE_DIM)
     return image_matrix, text_features(text, list(dataset.texts)), image, text

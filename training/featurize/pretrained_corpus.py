@@ -1,9 +1,8 @@
 """Featurize the whole OpenClipart corpus with the pretrained ONNX encoders and cache the matrices as ``.npy``.
 
 The pixels go through :func:`index.bundle.pretrained.image_pixels`, the preprocessing the service uses,
-so cached and served features agree. Decoding (some PNGs have 1e8 pixels) runs in a process pool; the
-decoded blocks are kept in ``var/cache`` so that trying another graph on the same pixels costs only
-inference.
+so cached and served features agree. Decoding (some PNGs have 1e8 pixels) runs in a process pool, a chunk
+at a time, each chunk embedded as it comes: only features are kept (``var/cache/pretrained-features``).
 
 ``python -m training.featurize.pretrained_corpus GRAPHS OUT --variant fp32`` writes
 ``OUT/image_<variant>.npy``, ``OUT/text_<variant>.npy`` and ``OUT/items.json`` (the item ids, in row order).
@@ -11,7 +10,6 @@ inference.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -21,9 +19,8 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from index.bundle.pretrained import IMAGE_SIZE, ImageEncoder, TextEncoder, image_pixels
-from training.datasets.base import save_npy_atomically
-from training.datasets.openclipart import CACHE_DIR, DEFAULT_ROOT, load_openclipart
+from index.bundle.pretrained import IMAGE_DIM, ImageEncoder, TextEncoder, image_pixels
+from training.datasets.openclipart import DEFAULT_ROOT, load_openclipart
 
 
 def _decode(args: tuple[str, int]) -> np.ndarray:
@@ -31,17 +28,22 @@ def _decode(args: tuple[str, int]) -> np.ndarray:
     return image_pixels(path, size)  # the corpus is trusted: no pixel bound beyond Pillow's own
 
 
-def corpus_pixels(ids: list[str], size: int = IMAGE_SIZE, root: Path = DEFAULT_ROOT, workers: int = 2) -> np.ndarray:
-    """(n, 3, size, size) uint8 of the items ``ids``, decoded once and then read from the cache."""
-    key = hashlib.sha256(f"{root.resolve()}|{size}|upscale|{'|'.join(ids)}".encode()).hexdigest()[:12]
-    path = CACHE_DIR / f"pretrained-pixels-{key}.npy"
-    if path.is_file():
-        return np.load(path, mmap_mode="r")
-    jobs = [(str(root / "png" / f"{item}.png"), size) for item in ids]
+STREAM_CHUNK = 512  # images decoded and held at once: 77 MB of pixels at 224 × 224, never the whole corpus
+
+
+def embed_corpus_images(
+    ids: list[str], encoder: ImageEncoder, root: Path = DEFAULT_ROOT, workers: int = 2
+) -> np.ndarray:
+    """(n, 1280) features of the items ``ids``: decoded in a process pool chunk by chunk and embedded as
+    they come, so no pixel block of the whole corpus (1 GB at 224 × 224) is kept in memory or on disk;
+    the features themselves are what callers cache."""
+    jobs = [(str(root / "png" / f"{item}.png"), encoder.size) for item in ids]
+    parts = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        pixels = np.stack(list(pool.map(_decode, jobs, chunksize=16)))
-    save_npy_atomically(path, pixels)
-    return pixels
+        for start in range(0, len(jobs), STREAM_CHUNK):
+            pixels = np.stack(list(pool.map(_decode, jobs[start : start + STREAM_CHUNK], chunksize=16)))
+            parts.append(encoder.embed_pixels(pixels))
+    return np.concatenate(parts) if parts else np.zeros((0, IMAGE_DIM), np.float32)
 
 
 def main(
@@ -57,11 +59,8 @@ def main(
     text_encoder = TextEncoder(graphs / f"text{suffix}.onnx", (graphs / "tokenizer.json").read_bytes(), threads)
     timings = {}
     started = time.perf_counter()
-    pixels = corpus_pixels(dataset.ids, image_encoder.size)
-    timings["decode_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    image = image_encoder.embed_pixels(pixels)
-    timings["image_s"] = time.perf_counter() - started
+    image = embed_corpus_images(dataset.ids, image_encoder)
+    timings["decode_and_image_s"] = time.perf_counter() - started
     started = time.perf_counter()
     text = text_encoder.embed_texts(list(dataset.texts))
     timings["text_s"] = time.perf_counter() - started

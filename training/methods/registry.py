@@ -180,6 +180,19 @@ def _mmach(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedH
     )
 
 
+def _contrastive(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
+    """Contrastive instance hashing; items whose text features are identical (identical texts, which
+    OpenClipart repeats) are each other's positives, not negatives."""
+    from training.methods.contrastive import ContrastiveConfig, train_contrastive
+
+    image, text, labels = _labelled_train("contrastive", features)
+    config = build_config("contrastive", ContrastiveConfig, params, {"bits": bits})
+    _, groups = np.unique(text, axis=0, return_inverse=True)
+    views = features.views("train") if config.view_weight else None
+    monitor = Monitor(progress=True)
+    return train_contrastive(image, text, labels, config, seed, groups.ravel(), views, monitor)
+
+
 TRAINERS: dict[str, Trainer] = {
     "lsh": _lsh,
     "cca": _cca,
@@ -190,4 +203,5 @@ TRAINERS: dict[str, Trainer] = {
     "uddh": _uddh,
     "dmsfh": _dmsfh,
     "mmach": _mmach,
+    "contrastive": _contrastive,
 }

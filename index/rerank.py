@@ -1,0 +1,65 @@
+"""The third step of a search: the Hamming scan's candidates re-ranked by an asymmetric score.
+
+A code has only bits + 1 distances, so many items tie with a query; their order would otherwise be
+storage order. The query's real-valued code ``q`` (the hash function's output before the sign, which
+the service has anyway) scores each candidate's stored ±1 code ``b`` by ``q · b``: a Hamming distance
+in which each bit weighs as much as the query is sure of it. Nothing more is stored per item.
+
+Candidates are the scan's top ``candidates``, extended to every code at the last distance they reach,
+so a tie group is never cut by storage order (up to ``MAX_CANDIDATES``, past which the rest of a huge
+tie group is left out: a model with such groups is degenerate, and ``/metrics`` shows it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_CANDIDATES = 4096
+
+
+def asymmetric_scores(query_real: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """(nq, c) float32 scores ``q · b`` of each query's real code (nq, bits) against its candidates'
+    packed codes (nq, c, bits / 8)."""
+    nq, _, code_size = codes.shape
+    bits = code_size * 8
+    assert query_real.shape == (nq, bits), (query_real.shape, codes.shape)
+    signs = np.unpackbits(codes, axis=2, count=bits, bitorder="little").astype(np.float32) * 2 - 1
+    return np.einsum("qcb,qb->qc", signs, np.asarray(query_real, dtype=np.float32))
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """A re-ranked result list per query: distances, labels and buckets as the scan gives them (−1 past
+    the end) and each result's score (NaN past the end), best first."""
+
+    distances: np.ndarray
+    labels: np.ndarray
+    buckets: np.ndarray
+    scores: np.ndarray
+
+
+def within_tie_groups(distances: np.ndarray, cut: int) -> np.ndarray:
+    """(nq, n) bool: results at or below the distance of each query's result ``cut − 1`` (all valid
+    results when a query has fewer), i.e. the first ``cut`` results and the rest of their last tie group."""
+    bound = np.where(distances[:, cut - 1] >= 0, distances[:, cut - 1], np.iinfo(np.int32).max)
+    return (distances >= 0) & (distances <= bound[:, None])
+
+
+def rerank(
+    distances: np.ndarray, labels: np.ndarray, buckets: np.ndarray, codes: np.ndarray, query_real: np.ndarray, cut: int
+) -> Ranked:
+    """Order each query's first ``cut`` results and the rest of their last tie group by score (best first;
+    equal scores keep the scan's order); the other results are dropped."""
+    keep = within_tie_groups(distances, cut)
+    scores = np.where(keep, asymmetric_scores(query_real, codes), -np.inf)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    take = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
+    kept = take(keep)
+    return Ranked(
+        np.where(kept, take(distances), -1),
+        np.where(kept, take(labels), -1),
+        np.where(kept, take(buckets), -1),
+        np.where(kept, take(scores), np.nan).astype(np.float32),
+    )

@@ -1,0 +1,208 @@
+"""Instance-level retrieval metrics: does a query find *its own* pair, not only items of its category?
+
+A query's targets are database items (its own pair; with duplicate-aware matching, every item whose text
+is identical to the pair's). A ranking is a score per database item, higher first: ``−Hamming distance``
+for codes, the re-ranker's score for a re-ranked list. Scores tie (a 64-bit code has 65 distances), so
+each rank is reported three ways: *expected* (tied items in uniformly random order, in closed form),
+*optimistic* (targets first among ties) and *pessimistic* (targets last). With r targets among the t
+items tied at the best target score and ``before`` items scored higher, the first target's expected
+rank is ``before + (t + 1) / (r + 1)``, and it lies within the top K with probability
+``1 − C(t − r, m) / C(t, m)``, ``m = K − before`` the top-K slots left to the tie group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from index.bundle import Bundle
+from index.centers import route
+from index.codes import pack_signs
+from index.rerank import within_tie_groups
+from training.featurize.pipeline import FeatureSet
+
+RECALL_AT = (1, 5, 10, 50)
+_BLOCK = 256  # queries per block: memory O(block × database)
+
+
+def first_target_ranks(scores: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+    """Per query (rows of ``scores``, (nq, nd), higher first) and its target mask (same shape): ``before``
+    (items scored above the best target), ``tied`` (items at that score, targets included) and
+    ``targets_tied`` (targets at that score). A query without a target gets −1 in all three."""
+    assert scores.shape == targets.shape and targets.dtype == bool, (scores.shape, targets.shape)
+    has = targets.any(axis=1)
+    best = np.where(targets, scores, -np.inf).max(axis=1, initial=-np.inf)[:, None]
+    before = (scores > best).sum(axis=1)
+    tied = (scores == best).sum(axis=1)
+    targets_tied = (targets & (scores == best)).sum(axis=1)
+    return {key: np.where(has, value, -1) for key, value in
+            (("before", before), ("tied", tied), ("targets_tied", targets_tied))}  # fmt: skip
+
+
+def _hit_probability(before: np.ndarray, tied: np.ndarray, r: np.ndarray, k: int) -> np.ndarray:
+    """P(first target within the top k) with the tie group in random order: 1 − C(t−r, m) / C(t, m)."""
+    m = np.clip(k - before, 0, tied)
+    miss = np.ones(len(before))
+    for i in range(k):  # product over the m slots: (t − r − i) / (t − i)
+        active = i < m
+        miss = np.where(active, miss * np.clip(tied - r - i, 0, None) / np.maximum(tied - i, 1), miss)
+    return np.where(m > 0, 1.0 - miss, 0.0)
+
+
+def recall_table(ranks: dict[str, np.ndarray], recall_at: Sequence[int] = RECALL_AT) -> dict[str, float]:
+    """R@K expected, optimistic and pessimistic, and the median expected rank (1 = first), over queries
+    that have a target."""
+    keep = ranks["before"] >= 0
+    before, tied, r = (ranks[key][keep].astype(np.float64) for key in ("before", "tied", "targets_tied"))
+    table: dict[str, float] = {"queries": int(keep.sum())}
+    for k in recall_at:
+        table[f"R@{k}"] = float(_hit_probability(before, tied, r, k).mean())
+        table[f"R@{k}_optimistic"] = float((before + 1 <= k).mean())
+        table[f"R@{k}_pessimistic"] = float((before + tied - r + 1 <= k).mean())
+    table["median_rank"] = float(np.median(before + (tied + 1) / (r + 1)))
+    return table
+
+
+def instance_recall(score_fn, n_queries: int, targets_fn, recall_at: Sequence[int] = RECALL_AT) -> dict[str, float]:
+    """:func:`recall_table` of a ranking given block-wise: ``score_fn(rows)`` → (len(rows), nd) scores,
+    ``targets_fn(rows)`` → the same shape of bool targets."""
+    parts: dict[str, list[np.ndarray]] = {"before": [], "tied": [], "targets_tied": []}
+    for start in range(0, n_queries, _BLOCK):
+        rows = np.arange(start, min(start + _BLOCK, n_queries))
+        block = first_target_ranks(np.asarray(score_fn(rows)), np.asarray(targets_fn(rows), dtype=bool))
+        for key, value in block.items():
+            parts[key].append(value)
+    return recall_table({key: np.concatenate(value) for key, value in parts.items()}, recall_at)
+
+
+def pair_targets(query_items: np.ndarray, database_items: np.ndarray):
+    """Targets = the query's own item in the database (matched by item number)."""
+    query_items, database_items = np.asarray(query_items), np.asarray(database_items)
+
+    def targets(rows: np.ndarray) -> np.ndarray:
+        return query_items[rows][:, None] == database_items[None, :]
+
+    return targets
+
+
+def duplicate_targets(query_groups: np.ndarray, database_groups: np.ndarray):
+    """Targets = every database item in the query pair's duplicate group (e.g. identical texts)."""
+    return pair_targets(query_groups, database_groups)
+
+
+def text_groups(texts: Sequence[str]) -> np.ndarray:
+    """Group number per item: items with identical text share one (OpenClipart repeats texts a lot)."""
+    numbers: dict[str, int] = {}
+    return np.array([numbers.setdefault(text, len(numbers)) for text in texts], dtype=np.int64)
+
+
+def code_statistics(database_signs: np.ndarray, query_signs: np.ndarray, pairs: np.ndarray) -> dict[str, float]:
+    """How much a code tells items apart: distinct codes, and the mean number of database items at the
+    distance between a query and its own pair (``pairs[q]`` its row in the database, −1 if absent)."""
+    database_signs = np.asarray(database_signs, dtype=np.int8)
+    packed = np.packbits(database_signs > 0, axis=1)
+    distinct = len({row.tobytes() for row in packed})
+    keep = pairs >= 0
+    q = np.asarray(query_signs, np.float32)[keep]
+    db = np.asarray(database_signs, np.float32)
+    bits = db.shape[1]
+    group_sizes = []
+    for start in range(0, len(q), _BLOCK):
+        block = q[start : start + _BLOCK]
+        distances = np.rint((bits - block @ db.T) / 2)
+        own = distances[np.arange(len(block)), pairs[keep][start : start + _BLOCK]]
+        group_sizes.append((distances == own[:, None]).sum(axis=1))
+    tie = np.concatenate(group_sizes) if group_sizes else np.zeros(0)
+    return {
+        "distinct_codes": distinct,
+        "items": len(database_signs),
+        "distinct_per_item": distinct / max(len(database_signs), 1),
+        "mean_tie_group_at_pair": float(tie.mean()) if len(tie) else 0.0,
+    }
+
+
+# -- the served ranking of a bundle, and its table --------------------------------------------------------------
+
+_RERANKED = 1e6  # a re-ranked candidate's score offset: every candidate ranks above every other item
+
+
+def served_scores(query_real: np.ndarray, database_signs: np.ndarray, candidates: int | None):
+    """``score_fn(rows)`` ranking the database as the index serves it with every bucket probed: Hamming
+    order (score −distance), or, with a re-ranker of ``candidates``, the top ``candidates`` and the rest of
+    their last tie group first, ordered by the asymmetric score (``index.rerank``), then the others."""
+    db = np.asarray(database_signs, dtype=np.float32)
+    bits = db.shape[1]
+    real = np.asarray(query_real, dtype=np.float32)
+
+    def scores(rows: np.ndarray) -> np.ndarray:
+        distances = np.rint((bits - np.sign(real[rows]) @ db.T) / 2).astype(np.int32)
+        if candidates is None:
+            return -distances.astype(np.float64)
+        sorted_distances = np.sort(distances, axis=1)
+        keep_sorted = within_tie_groups(sorted_distances, min(candidates, db.shape[0]))
+        bound = np.where(keep_sorted, sorted_distances, -1).max(axis=1)
+        keep = distances <= bound[:, None]
+        asym = real[rows] @ db.T  # index.rerank.asymmetric_scores against the whole database at once
+        return np.where(keep, _RERANKED + asym, -distances.astype(np.float64))
+
+    return scores
+
+
+def category_precision(scores: np.ndarray, relevant: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Per query, P@k by label (relevant: shares a label), ties in seeded random order."""
+    order = np.lexsort((rng.random(scores.shape), -scores), axis=1)[:, :k]
+    return np.take_along_axis(relevant, order, axis=1).mean(axis=1)
+
+
+def instance_table(
+    real: dict[str, np.ndarray],
+    labels: np.ndarray,
+    query: np.ndarray,
+    groups: np.ndarray,
+    candidates: int | None,
+    name: str,
+) -> list[dict]:
+    """Rows (direction × database) of instance recall, duplicate-aware recall and category P@10 for held-out
+    ``query`` items against (a) all items and (b) the held-out items only, ranked as served. ``real``: each
+    modality's real codes of every item; ``groups``: duplicate groups (identical texts)."""
+    from training.evaluation.metrics import relevance  # the label rule of every category metric
+
+    signs = {m: np.where(r > 0, 1, -1).astype(np.int8) for m, r in real.items()}
+    rows = []
+    for database_name, database in (("all", np.arange(len(labels))), ("held-out", np.asarray(query))):
+        for direction, (source, target) in (("t2i", ("text", "image")), ("i2t", ("image", "text"))):
+            score_fn = served_scores(real[source][query], signs[target][database], candidates)
+            own = instance_recall(score_fn, len(query), pair_targets(query, database))
+            duplicates = instance_recall(score_fn, len(query), duplicate_targets(groups[query], groups[database]))
+            relevant = relevance(labels[query], labels[database])
+            rng = np.random.default_rng(0)
+            precision = np.concatenate([category_precision(score_fn(np.arange(s, min(s + _BLOCK, len(query)))),
+                                                           relevant[s : s + _BLOCK], 10, rng)
+                                        for s in range(0, len(query), _BLOCK)]).mean()  # fmt: skip
+            rows.append(
+                {"bundle": name, "direction": direction, "database": database_name}
+                | {key: round(own[key], 4) for key in ("R@1", "R@5", "R@10", "R@50", "median_rank")}
+                | {"R@10 (same text)": round(duplicates["R@10"], 4), "category P@10": round(float(precision), 4)}
+            )
+    return rows
+
+
+def bundle_instance_table(bundle: Bundle, features: FeatureSet, groups: np.ndarray, name: str) -> list[dict]:
+    """:func:`instance_table` of a bundle's own graphs (the codes it serves) and its declared re-ranker."""
+    real = {m: bundle.real_codes(m, getattr(features, m)) for m in ("image", "text")}
+    reranker = bundle.manifest.reranker
+    candidates = None if reranker is None else reranker.candidates
+    return instance_table(real, features.labels, features.split.query, groups, candidates, name)
+
+
+def bundle_code_statistics(bundle: Bundle, features: FeatureSet, name: str) -> dict:
+    """Distinct image codes, the mean tie group at a held-out text's own image, and the image buckets' sizes
+    (every item routed to its nearest center, as the index does)."""
+    signs = {m: bundle.signs(m, getattr(features, m)) for m in ("image", "text")}
+    query = features.split.query
+    statistics = code_statistics(signs["image"], signs["text"][query], np.asarray(query))
+    sizes = np.bincount(route(pack_signs(signs["image"]), bundle.centers)[:, 0], minlength=len(bundle.centers))
+    return {"bundle": name} | {k: round(v, 4) if isinstance(v, float) else v for k, v in statistics.items()} | {
+        "buckets": len(sizes), "largest bucket / mean": round(float(sizes.max() / sizes.mean()), 2),
+        "empty buckets": int((sizes == 0).sum())}  # fmt: skip
