@@ -3,9 +3,11 @@
 Each row is a JSON object: ``image`` (path relative to the manifest's folder), ``text``, optional
 ``labels`` (list of strings), optional ``short_texts`` (list of strings: the item's title, tags or other
 few-word descriptions, on which training also fits the text hash function so that a short query lands
-where the item's full text does), optional ``id`` (default: the image path without its suffix) and
-optional ``metadata`` (an object). The trainer (``training.datasets.collection``) and the loader
-(``service.collection``) both read a collection here, so this is shared leaf code in ``index``.
+where the item's full text does), optional ``id`` (default: the image path without its suffix),
+optional ``metadata`` (an object) and optional ``split`` (``train``, ``query`` or ``database``: a dataset's
+own split, which the trainer keeps; the loader loads every row whatever its split). The trainer
+(``training.datasets.collection``) and the loader (``service.collection``) both read a collection here,
+so this is shared leaf code in ``index``.
 
 A bad row never stops the reading: it is skipped, counted and listed with its reason (bad UTF-8, bad
 JSON, not an object, an unknown or mistyped field, empty text, an image path leaving the folder, a
@@ -25,7 +27,8 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 MANIFEST_NAME = "manifest.jsonl"  # the manifest a collection folder is read from
-FIELDS = ("id", "image", "text", "labels", "short_texts", "metadata")
+FIELDS = ("id", "image", "text", "labels", "short_texts", "metadata", "split")
+SPLITS = ("train", "query", "database")  # values of the optional ``split`` field
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -44,6 +47,7 @@ class CollectionItem:
     metadata: dict
     line: int
     short_texts: tuple[str, ...] = ()
+    split: str | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,14 @@ def image_problem(path: Path) -> str | None:
     return None
 
 
+def _json_problem(exc: json.JSONDecodeError) -> str:
+    """The reason for a line that is no JSON, as a sentence: ``json`` words its messages to precede its own
+    ": line 1 column 62 (char 61)" ("Unterminated string starting at"), so the trailing "at" is dropped
+    before the column is added."""
+    message = exc.msg.removesuffix(" at")
+    return f"bad JSON: {message[:1].lower()}{message[1:]} at column {exc.colno}"
+
+
 def _text_field(row: dict, name: str) -> str | None:
     value = row.get(name)
     return value if isinstance(value, str) else None
@@ -152,6 +164,9 @@ def _item(row: object, line: int, folder: Path) -> CollectionItem | str:
     metadata = row.get("metadata", {})
     if not isinstance(metadata, dict):
         return "metadata must be a JSON object"
+    split = row.get("split")
+    if "split" in row and split not in SPLITS:
+        return f"split must be one of: {', '.join(SPLITS)} (got {json.dumps(split, ensure_ascii=False)})"
     item_id = row.get("id", image.with_suffix("").as_posix())
     if not isinstance(item_id, str) or not item_id.strip():
         return "id must be a non-empty string"
@@ -159,7 +174,8 @@ def _item(row: object, line: int, folder: Path) -> CollectionItem | str:
     if problem:
         return problem
     views = tuple(dict.fromkeys(view.strip() for view in short_texts if view.strip() and view.strip() != text.strip()))
-    return CollectionItem(item_id, image.as_posix(), text.strip(), tuple(dict.fromkeys(labels)), metadata, line, views)
+    labels = tuple(dict.fromkeys(labels))
+    return CollectionItem(item_id, image.as_posix(), text.strip(), labels, metadata, line, views, split)
 
 
 def read_collection(path: str | Path) -> Collection:
@@ -174,10 +190,10 @@ def read_collection(path: str | Path) -> Collection:
         try:
             row = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
-            skipped.append(SkippedRow(line, None, f"bad UTF-8: {exc.reason} at byte {exc.start}"))
+            skipped.append(SkippedRow(line, None, f"bad UTF-8: {exc.reason} at byte {exc.start + 1} of the line"))
             continue
         except json.JSONDecodeError as exc:
-            skipped.append(SkippedRow(line, None, f"bad JSON: {exc.msg} at column {exc.colno}"))
+            skipped.append(SkippedRow(line, None, _json_problem(exc)))
             continue
         named = _text_field(row, "id") if isinstance(row, dict) else None
         item = _item(row, line, manifest.parent)

@@ -14,7 +14,8 @@ multiprocess mode).
 into the index the service started on that bundle reads (``REDIS_URL``, else the embedded Redis of
 ``XMHASH_DATA_DIR``; ``XMHASH_INDEX_NAME``), with a progress bar; run again after an interruption, it
 writes only what is missing. It prints the report as JSON: items written, found stored, rows skipped
-with their reasons.
+with their reasons. Stopped by Ctrl-C or SIGTERM (``kill``, a container stopping), it prints the report
+so far (``"interrupted": true``) and says to run it again.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import logging.config
 import os
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -108,16 +110,24 @@ def main() -> None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM taken as Ctrl-C: a killed load reports what it wrote and says how to resume, as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 def load_collection(args: argparse.Namespace) -> int:
-    """``python -m service load``: the exit status (0 loaded, 2 nothing to load, 130 interrupted)."""
+    """``python -m service load``: the exit status (0 loaded, 2 nothing to load, 130 interrupted by Ctrl-C
+    or SIGTERM)."""
     import redis
     from tqdm import tqdm
 
     from index.bundle import BundleError, load_bundle
     from index.collection import CollectionError, read_collection
     from index.engine import HashIndex
-    from service.collection import Loader
+    from service.collection import Loader, LoadInterrupted
     from service.thumbnails import CollectionNameTaken
+
+    signal.signal(signal.SIGTERM, _interrupt)
 
     overrides = {"index_name": args.index} if args.index else {}
     settings = Settings(**overrides)
@@ -142,15 +152,20 @@ def load_collection(args: argparse.Namespace) -> int:
     except CollectionNameTaken as exc:
         print(f"error: {exc} (--name)", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, LoadInterrupted):
+            _print_report(settings.index_name, bundle.bundle_id, exc.report.as_json() | {"interrupted": True})
         print("interrupted: run the same command again to load the rest", file=sys.stderr)
         return 130
     finally:
         if server is not None:
             server.stop()
-    print(json.dumps({"index": settings.index_name, "bundle": bundle.bundle_id, **report.as_json()}, indent=2,
-                     ensure_ascii=False))  # fmt: skip
+    _print_report(settings.index_name, bundle.bundle_id, report.as_json())
     return 0
+
+
+def _print_report(index: str, bundle: str, report: dict) -> None:
+    print(json.dumps({"index": index, "bundle": bundle, **report}, indent=2, ensure_ascii=False), flush=True)
 
 
 def _worker_environment(settings: Settings) -> dict[str, str]:

@@ -8,8 +8,9 @@ in Redis (``service.thumbnails``), so the search page shows the images' thumbnai
 
 Resumable: ids are the key. Each chunk first asks the index which of its ids are stored and featurizes
 only the others, so a second run after an interruption writes exactly what is missing, and a run over
-a complete collection writes nothing. Rows the reader skips, and images that do not decode, are
-reported with their reasons and never stop the load.
+a complete collection writes nothing. An interrupted load raises :class:`LoadInterrupted`, a
+``KeyboardInterrupt`` carrying the report so far, so the command line can still print it. Rows the
+reader skips, and images that do not decode, are reported with their reasons and never stop the load.
 
 Every write goes through :func:`write_chunk` (one modality's ids, packed codes and metadata): the bulk
 importer's atomic chunk write (``index.bulk_import``, the path of ``python -m index import``), whose
@@ -56,6 +57,15 @@ class LoadReport:
             "skipped": len(self.skipped),
             "skipped_rows": [{"line": s.line, "id": s.id, "reason": s.reason} for s in self.skipped],
         }
+
+
+class LoadInterrupted(KeyboardInterrupt):
+    """A load stopped by an interrupt (Ctrl-C, or SIGTERM turned into one), with its report so far: every
+    chunk it counts as written is stored."""
+
+    def __init__(self, report: LoadReport) -> None:
+        super().__init__("load interrupted")
+        self.report = report
 
 
 def write_chunk(index: HashIndex, modality: str, ids: list[str], codes: np.ndarray, metadata: list[dict]) -> None:
@@ -105,13 +115,17 @@ class Loader:
     def load(
         self, collection: Collection, name: str, on_chunk: Callable[[int, LoadReport], None] | None = None
     ) -> LoadReport:
-        """Load every row not stored yet; ``on_chunk(rows done, report so far)`` after each chunk."""
+        """Load every row not stored yet; ``on_chunk(rows done, report so far)`` after each chunk. An
+        interrupt raises :class:`LoadInterrupted` with the report so far."""
         thumbnails.register_collection(self.client, self.index_name, name, collection.folder)
         report = LoadReport(skipped=list(collection.skipped))
-        for start in range(0, len(collection.items), CHUNK):
-            self._chunk(collection, name, collection.items[start : start + CHUNK], report)
-            if on_chunk is not None:
-                on_chunk(min(start + CHUNK, len(collection.items)), report)
+        try:
+            for start in range(0, len(collection.items), CHUNK):
+                self._chunk(collection, name, collection.items[start : start + CHUNK], report)
+                if on_chunk is not None:
+                    on_chunk(min(start + CHUNK, len(collection.items)), report)
+        except KeyboardInterrupt as exc:
+            raise LoadInterrupted(report) from exc
         return report
 
     def _missing(self, modality: str, items: list[CollectionItem], report: LoadReport) -> list[CollectionItem]:

@@ -60,7 +60,7 @@ def datasets(
 
     try:
         dataset = load_dataset(name, seed=seed)
-    except DatasetNotFoundError as exc:
+    except (DatasetNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     summary = dataset.summary()
     if stats:
@@ -98,6 +98,17 @@ def _report_skipped(dataset, out: Path) -> None:
 SKIPPED_SHOWN = 20  # skipped rows printed on the terminal; the file lists them all
 
 
+def _report_split(dataset) -> None:
+    """The split's sizes before the long featurizing starts, so a wrong split is seen at once."""
+    sizes = dataset.split.sizes()
+    source = dataset.stats.get("split_from")
+    typer.echo(
+        f"split: {sizes['train']} train, {sizes['query']} query, {sizes['database']} database "
+        f"(train items are in the database too){f'; {source}' if source else ''}",
+        err=True,
+    )
+
+
 @app.command()
 def train(
     dataset: Annotated[str, typer.Option(help=DATASET_HELP)],
@@ -123,10 +134,9 @@ def train(
     params = _parse_params(param or [])
     try:
         data = load_dataset(dataset, seed=seed)
+        _report_split(data)
         features = featurize(data, kind=features_kind)
-    except DatasetNotFoundError as exc:
-        raise _fail(str(exc)) from exc
-    except ValueError as exc:
+    except (DatasetNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     _report_skipped(data, out)
     labelled = bool(data.labels.any())

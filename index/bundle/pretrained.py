@@ -10,7 +10,7 @@ L2-normalises → 384-d. The graphs are built by ``training.featurize.pretrained
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ TEXT_INPUTS = ("input_ids", "attention_mask")
 TEXT_BATCH = 1
 # sentence-transformers' max_seq_length for this model; the saved tokenizer.json's 128 is only its padding.
 MAX_TOKENS = 256
+Progress = Callable[[int], object]  # told the rows each graph run did (a progress bar's update)
 
 
 def image_pixels(source: str | Path | bytes, size: int = IMAGE_SIZE, max_pixels: int | None = None) -> np.ndarray:
@@ -69,11 +70,16 @@ class ImageEncoder:
             blocks.append(block)
         return np.stack(blocks) if blocks else np.zeros((0, 3, self.size, self.size), np.uint8)
 
-    def embed_pixels(self, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
-        """(n, 3, size, size) uint8 → (n, 1280) float32, ``batch`` images per graph run."""
+    def embed_pixels(self, pixels: np.ndarray, batch: int = 32, progress: Progress | None = None) -> np.ndarray:
+        """(n, 3, size, size) uint8 → (n, 1280) float32, ``batch`` images per graph run; ``progress(rows)``
+        after each run (training's bulk featurizing takes minutes and shows a bar)."""
         if len(pixels) == 0:
             return np.zeros((0, IMAGE_DIM), np.float32)
-        parts = [self.session.run(None, {IMAGE_INPUT: pixels[i : i + batch]})[0] for i in range(0, len(pixels), batch)]
+        parts = []
+        for start in range(0, len(pixels), batch):
+            parts.append(self.session.run(None, {IMAGE_INPUT: pixels[start : start + batch]})[0])
+            if progress is not None:
+                progress(len(parts[-1]))
         return np.concatenate(parts).astype(np.float32, copy=False)
 
     def embed_images(self, sources: Sequence[np.ndarray | bytes | str | Path], batch: int = 32) -> np.ndarray:
@@ -99,8 +105,10 @@ class TextEncoder:
         """The graph's inputs for ``texts``: token ids and attention mask, (n, longest) int64, zero-padded."""
         return _padded([e.ids for e in self.tokenizer.encode_batch(list(texts))])
 
-    def embed_texts(self, texts: Sequence[str], batch: int = TEXT_BATCH) -> np.ndarray:
-        """Texts → (n, 384) float32 of L2 norm 1.
+    def embed_texts(
+        self, texts: Sequence[str], batch: int = TEXT_BATCH, progress: Progress | None = None
+    ) -> np.ndarray:
+        """Texts → (n, 384) float32 of L2 norm 1; ``progress(rows)`` after each graph run.
 
         Texts are batched in order of length so that little of each batch is padding; rows come back in
         the order given. The default is one text per run: with the int8 graph the result then depends on
@@ -112,6 +120,8 @@ class TextEncoder:
         for start in range(0, len(ids), batch):
             rows = order[start : start + batch]
             features[rows] = self.session.run(None, _padded([ids[r] for r in rows]))[0]
+            if progress is not None:
+                progress(len(rows))
         return features
 
 

@@ -151,3 +151,42 @@ def test_short_texts_are_read_without_blanks_repeats_or_the_full_text_and_must_b
         "c": "short_texts must be a list of strings",
         "d": "short_texts must be a list of strings",
     }
+
+
+def test_a_row_may_carry_its_split_and_a_split_that_is_not_train_query_or_database_is_skipped(folder: Path) -> None:
+    lines = [
+        _row(id="a", image="img/a.png", text="x", split="train"),
+        _row(id="b", image="img/b.png", text="x", split="query"),
+        _row(id="c", image="img/c.png", text="x", split="database"),
+        _row(id="d", image="img/d.png", text="x"),
+        _row(id="test", image="img/a.png", text="x", split="test"),
+        _row(id="upper", image="img/a.png", text="x", split="Train"),
+        _row(id="null", image="img/a.png", text="x", split=None),
+        _row(id="list", image="img/a.png", text="x", split=["train"]),
+    ]
+    collection = read_collection(_write(folder, lines))
+    assert [(item.id, item.split) for item in collection.items] == [
+        ("a", "train"), ("b", "query"), ("c", "database"), ("d", None)
+    ]  # fmt: skip
+    assert {row.id: row.reason for row in collection.skipped} == {
+        "test": 'split must be one of: train, query, database (got "test")',
+        "upper": 'split must be one of: train, query, database (got "Train")',
+        "null": "split must be one of: train, query, database (got null)",
+        "list": 'split must be one of: train, query, database (got ["train"])',
+    }
+
+
+def test_a_line_that_is_no_json_is_skipped_with_a_reason_that_reads_as_a_sentence(folder: Path) -> None:
+    lines = [
+        b'{"id": "a", "image": "img/a.png", "text": "no closing quote}',
+        b'{"id": "b", "image": "img/b.png", "text": "x"} trailing',
+        b'{"id": "c", "image": "img/c.png", "text": "x",}',
+        b'{"id": "d", "image": "img/d.png", "text": "caf\xe9"}',
+    ]
+    collection = read_collection(_write(folder, lines))
+    assert [row.reason for row in collection.skipped] == [
+        "bad JSON: unterminated string starting at column 43",  # where the string's quote is
+        "bad JSON: extra data at column 48",
+        "bad JSON: expecting property name enclosed in double quotes at column 47",
+        "bad UTF-8: invalid continuation byte at byte 47 of the line",  # the Latin-1 é
+    ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from training.featurize.pretrained_export import (
     export_text,
     load_minilm,
     minilm_tokenizer_json,
+    quantize,
     sha256,
 )
 
@@ -48,11 +51,33 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def test_export_is_byte_identical_from_run_to_run(graphs: Path, tmp_path: Path) -> None:
-    export_image(tmp_path / "image.onnx")
-    export_text(tmp_path / "text.onnx")
+def test_export_is_byte_identical_from_run_to_run_and_warns_nothing(graphs: Path, tmp_path: Path) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_image(tmp_path / "image.onnx")
+        export_text(tmp_path / "text.onnx")
+    # What a user would see (Python hides DeprecationWarnings raised outside __main__): nothing, the
+    # exporter's constant-folding notice being silenced.
+    assert [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)] == []
     for name in ("image.onnx", "text.onnx"):
         assert sha256(tmp_path / name) == sha256(graphs / name), name
+
+
+def test_quantising_logs_no_pre_processing_advice(graphs: Path, tmp_path: Path, caplog) -> None:
+    with caplog.at_level(logging.INFO):
+        quantize(graphs / "text.onnx", tmp_path / "text.int8.onnx")
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert (tmp_path / "text.int8.onnx").stat().st_size < (graphs / "text.onnx").stat().st_size / 3
+
+
+def test_bulk_featurizing_reports_the_rows_of_each_graph_run(
+    text_encoder: TextEncoder, image_encoder: ImageEncoder
+) -> None:
+    runs: dict[str, list[int]] = {"image": [], "text": []}
+    pixels = np.zeros((5, 3, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    image_encoder.embed_pixels(pixels, batch=2, progress=runs["image"].append)
+    text_encoder.embed_texts(SENTENCES, batch=3, progress=runs["text"].append)
+    assert runs == {"image": [2, 2, 1], "text": [3, 1]}
 
 
 def test_padding_does_not_change_a_sentence_embedding(text_encoder: TextEncoder) -> None:

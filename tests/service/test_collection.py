@@ -1,11 +1,17 @@
 """Loading a collection into an index (``service.collection``, ``python -m service load``): every good row
-once as an image item and a text item with its metadata, bad rows reported with their reasons, and a
-run after an interruption writes exactly what is missing without featurizing anything twice."""
+once as an image item and a text item with its metadata (whatever its split), bad rows reported with
+their reasons, and a run after an interruption (Ctrl-C or SIGTERM, which reports and hints alike) writes
+exactly what is missing without featurizing anything twice."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import struct
+import subprocess
+import sys
+import time
 import uuid
 import zlib
 from pathlib import Path
@@ -164,3 +170,54 @@ def test_an_id_another_writer_stored_under_the_other_modality_is_reported_not_ov
     assert report.written == {"image": 3, "text": 4}
     assert "img:banana is stored as a text item" in _reasons(report)[2]
     assert index.get("img:banana").metadata == {"owner": "someone else"}
+
+
+def test_the_loader_loads_every_row_whatever_its_split(redis_server, bundle, collection_folder: Path) -> None:
+    manifest = collection_folder / "manifest.jsonl"
+    rows = manifest.read_bytes().split(b"\n")
+    for line, part in enumerate(("train", "query", "database", "query")):
+        rows[line] = json.dumps(json.loads(rows[line]) | {"split": part}).encode()
+    manifest.write_bytes(b"\n".join(rows))
+    loader, index = _loader(redis_server, bundle)
+    report = loader.load(read_collection(collection_folder), "mine")
+    assert report.written == {"image": 4, "text": 4} and index.stats()["items"] == {"image": 4, "text": 4}
+
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "clipart"
+
+
+def _stderr_until(process: subprocess.Popen, wanted: bytes, seconds: float) -> bytes:
+    """What ``process`` wrote to stderr until ``wanted`` appeared in it (a progress bar writes no newline)."""
+    seen, deadline = b"", time.monotonic() + seconds
+    while wanted not in seen:
+        assert time.monotonic() < deadline and process.poll() is None, seen.decode(errors="replace")
+        seen += os.read(process.stderr.fileno(), 4096)
+    return seen
+
+
+def test_a_load_stopped_by_sigterm_reports_what_it_wrote_and_says_to_run_it_again(
+    redis_server, bundle, tmp_path: Path
+) -> None:
+    """A real ``python -m service load`` sent SIGTERM once its first chunk is stored: like Ctrl-C, it
+    prints the report so far and the hint, exits 130, and the index holds what the report says."""
+    (tmp_path / "png").symlink_to((EXAMPLE / "png").resolve(), target_is_directory=True)
+    rows = [json.loads(line) for line in (EXAMPLE / "manifest.jsonl").read_text().splitlines()]
+    copies = [row | {"id": f"{row['id']}-{copy}"} for copy in range(4) for row in rows]  # 240 rows, 4 chunks
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(row) + "\n" for row in copies))
+    name = uuid.uuid4().hex
+    command = [sys.executable, "-m", "service", "load", str(tmp_path), "--bundle", str(DEFAULT_BUNDLE)]
+    command += ["--redis-url", redis_server.url, "--index", name]
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        _stderr_until(process, f"{loading.CHUNK}/{len(copies)}".encode(), seconds=120)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr.decode(errors="replace")
+    assert "interrupted: run the same command again to load the rest" in stderr.decode()
+    report = json.loads(stdout)
+    assert report["interrupted"] is True and report["index"] == name
+    assert loading.CHUNK <= report["written"]["image"] < len(copies)
+    client = redis.Redis.from_url(redis_server.url)
+    index = HashIndex.open(client, name, bundle.bundle_id, bundle.bits, bundle.centers, bundle.centers_version)
+    assert index.stats()["items"] == report["written"]

@@ -30,8 +30,9 @@ def _find_shared(name: str) -> Path | None:
 
 
 def load_dataset(spec: str, seed: int = 0, n_query: int | None = None) -> CrossModalDataset:
-    """Load a dataset by name or path with its seeded standard split (Wikipedia and pre-split ``.mat``
-    files keep their own fixed split: ``seed`` and ``n_query`` do not apply to them)."""
+    """Load a dataset by name or path with its seeded standard split (Wikipedia, pre-split ``.mat`` files
+    and collections whose rows carry ``split`` keep their own fixed split: ``seed`` and ``n_query`` do
+    not apply to them)."""
     split_args = {"seed": seed} | ({"n_query": n_query} if n_query else {})
     if spec == "openclipart":
         return load_openclipart(**split_args)

@@ -2,10 +2,10 @@
 
 Rows are ordered by id and split with :func:`seeded_split`, so the split depends on the seed and the ids
 alone, not on the manifest's row order: OpenClipart exported to a manifest (``python -m training
-export-collection``) gets the built-in loader's split. Labels are the manifest's label strings, multi-hot,
-less those no training item has (they cannot be learned and make no database item relevant); a
-collection without any label is unlabelled (``labels`` has no column): unsupervised methods train on
-it and no metric is computed.
+export-collection``) gets the built-in loader's split. A manifest whose rows carry ``split`` keeps its own
+split instead (:func:`manifest_split`). Labels are the manifest's label strings, multi-hot, less those no
+training item has (they cannot be learned and make no database item relevant); a collection without any
+label is unlabelled (``labels`` has no column): unsupervised methods train on it and no metric is computed.
 
 The images are decoded once at the pretrained image encoder's size (the preprocessing serving runs,
 ``index.bundle.pretrained.image_pixels``) by a process pool into a memory-mapped cache under
@@ -28,13 +28,14 @@ from tqdm import tqdm
 from index.bundle.featurizers import ImageDecodeError
 from index.bundle.pretrained import IMAGE_SIZE, image_pixels
 from index.collection import Collection, CollectionItem, SkippedRow, read_collection
-from training.datasets.base import CrossModalDataset, seeded_split
+from training.datasets.base import CrossModalDataset, Split, seeded_split
 from training.datasets.openclipart import CACHE_DIR
 
 MAX_QUERIES = 1000  # the query set: a fifth of the items, at most this many (OpenClipart's 1,000)
 QUERY_SHARE = 5
 PIXELS_VERSION = "upscale-v1"  # index.bundle.pretrained.image_pixels's preprocessing; bump when it changes
 _DECODE_CHUNK = 16  # images per task sent to a decoding process
+UNMARKED_SHOWN = 5  # lines named when rows lack the split the others have
 
 
 def default_queries(n: int) -> int:
@@ -84,6 +85,35 @@ def decoded_pixels(files: list[Path], key: str, workers: int) -> tuple[np.ndarra
     return pixels, {int(position): reason for position, reason in record["failures"].items()}
 
 
+def manifest_split(items: list[CollectionItem]) -> Split | None:
+    """The split the rows' ``split`` fields give, laid out as :func:`seeded_split` lays its own: ``query``
+    rows are the queries, ``train`` and ``database`` rows together the retrieval database, and ``train``
+    rows alone the training set. None when no row has a ``split`` (the seeded split applies).
+
+    Some rows with a ``split`` and some without is a ValueError, as is a split without queries or without
+    training items: an unmarked row is most likely one added later, and putting it in any part silently
+    could train on a held-out item or score on a training one."""
+    parts = [item.split for item in items]
+    if not any(parts):
+        return None
+    unmarked = sorted(item.line for item in items if item.split is None)
+    if unmarked:
+        lines = ", ".join(map(str, unmarked[:UNMARKED_SHOWN])) + (", …" if len(unmarked) > UNMARKED_SHOWN else "")
+        raise ValueError(
+            f"{len(unmarked)} of {len(items)} rows have no split (line {lines}) while the others have one: "
+            "give every row a split (train, query or database), or none for the seeded split"
+        )
+
+    def rows(*names: str) -> np.ndarray:
+        return np.array([i for i, part in enumerate(parts) if part in names], dtype=np.int64)
+
+    split = Split(query=rows("query"), database=rows("train", "database"), train=rows("train"))
+    if not len(split.query) or not len(split.train):
+        sizes = ", ".join(f"{count} {name}" for name, count in split.sizes().items())
+        raise ValueError(f"the manifest's split has {sizes}: it needs query rows and train rows")
+    return split
+
+
 def _labels(items: list[CollectionItem]) -> tuple[np.ndarray, list[str]]:
     names = sorted({label for item in items for label in item.labels})
     column = {name: j for j, name in enumerate(names)}
@@ -96,7 +126,8 @@ def _labels(items: list[CollectionItem]) -> tuple[np.ndarray, list[str]]:
 def load_collection(
     path: str | Path, n_query: int | None = None, seed: int = 0, workers: int | None = None
 ) -> CrossModalDataset:
-    """A collection with decoded pixels, raw texts, its labels (maybe none) and a seeded split by id."""
+    """A collection with decoded pixels, raw texts, its labels (maybe none) and its split: the manifest's
+    own when its rows have one (``n_query`` and ``seed`` then do not apply), else seeded by id."""
     collection: Collection = read_collection(path)
     ordered = sorted(collection.items, key=lambda item: item.id)
     files = [collection.image_file(item) for item in ordered]
@@ -107,7 +138,9 @@ def load_collection(
         collection.skipped.append(SkippedRow(item.line, item.id, reason))
     items = [item for position, item in enumerate(ordered) if position not in failures]
     labels, names = _labels(items)
-    split = seeded_split(len(items), n_query or default_queries(len(items)), None, seed)
+    split = manifest_split(items)
+    split_from = "the manifest's split field" if split is not None else f"seeded by id, seed {seed}"
+    split = split or seeded_split(len(items), n_query or default_queries(len(items)), None, seed)
     # A label no training item has cannot be learned, and makes no database item relevant: dropped.
     kept = labels[split.train].any(axis=0)
     return CrossModalDataset(
@@ -125,6 +158,7 @@ def load_collection(
         features_available=("pretrained",),
         pixels_key=f"{key}-{len(items)}",
         stats={
+            "split_from": split_from,
             "skipped": len(collection.skipped),
             "labels_without_training_items": [name for name, keep in zip(names, kept, strict=True) if not keep],
             "skipped_rows": collection.report()["skipped_rows"],

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from index.bundle.pretrained import IMAGE_DIM, TEXT_BATCH, TEXT_DIM, ImageEncoder, TextEncoder
 from training.datasets.base import CrossModalDataset, save_npy_atomically
@@ -34,15 +35,24 @@ THREADS = 2  # training featurizes in bulk; the result does not depend on it (ch
 
 
 def build_featurizer_files(out: Path) -> dict[str, str]:
-    """Build the featurizer files a bundle carries into ``out``; returns ``{name: sha256}``."""
+    """Build the featurizer files a bundle carries into ``out``, with a bar over the steps (the first
+    training run waits for it); returns ``{name: sha256}``."""
     from training.featurize.pretrained_export import export_image, export_text, minilm_tokenizer_json, quantize
 
     out.mkdir(parents=True, exist_ok=True)
-    export_image(out / IMAGE_GRAPH)
-    export_text(out / "text.fp32.onnx.tmp")
-    quantize(out / "text.fp32.onnx.tmp", out / TEXT_GRAPH)
-    (out / "text.fp32.onnx.tmp").unlink()
-    (out / TOKENIZER).write_bytes(minilm_tokenizer_json())
+    fp32_text = out / "text.fp32.onnx.tmp"
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("image graph", lambda: export_image(out / IMAGE_GRAPH)),
+        ("text graph", lambda: export_text(fp32_text)),
+        ("int8 text graph", lambda: quantize(fp32_text, out / TEXT_GRAPH)),
+        ("tokenizer", lambda: (out / TOKENIZER).write_bytes(minilm_tokenizer_json())),
+    ]
+    with tqdm(total=len(steps), desc="building the featurizer graphs", unit="step") as bar:
+        for name, step in steps:
+            bar.set_postfix_str(name)
+            step()
+            bar.update()
+    fp32_text.unlink()
     return {name: sha256_file(out / name) for name in FEATURIZER_FILES}
 
 
@@ -102,7 +112,12 @@ def _cached(key: str, compute: Callable[[], np.ndarray], dim: int) -> np.ndarray
 
 def text_features(text: PretrainedText, texts: list[str]) -> np.ndarray:
     """(n, 384) features of ``texts``, one text per graph run as the service runs them, cached."""
-    return _cached(text_cache_key(text.graph, text.tokenizer, texts), lambda: text.encoder.embed_texts(texts), TEXT_DIM)
+
+    def compute() -> np.ndarray:
+        with tqdm(total=len(texts), desc="text features", unit="text") as bar:
+            return text.encoder.embed_texts(texts, progress=bar.update)
+
+    return _cached(text_cache_key(text.graph, text.tokenizer, texts), compute, TEXT_DIM)
 
 
 def pretrained_text(graph: Path, tokenizer: Path) -> PretrainedText:
@@ -124,9 +139,10 @@ def pretrained_features(
     def image_features() -> np.ndarray:
         from training.featurize.pretrained_corpus import embed_corpus_images
 
-        if dataset.pixels_key is not None:
-            return image.encoder.embed_pixels(dataset.images)
-        return embed_corpus_images(dataset.ids, image.encoder, dataset.image_root)
+        with tqdm(total=len(dataset.ids), desc="image features", unit="image") as bar:
+            if dataset.pixels_key is not None:
+                return image.encoder.embed_pixels(dataset.images, progress=bar.update)
+            return embed_corpus_images(dataset.ids, image.encoder, dataset.image_root, progress=bar.update)
 
     image_matrix = _cached(image_cache_key(image.graph, dataset), image_features, IMAGE_DIM)
     return image_matrix, text_features(text, list(dataset.texts)), image, text

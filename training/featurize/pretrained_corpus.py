@@ -19,7 +19,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from index.bundle.pretrained import IMAGE_DIM, ImageEncoder, TextEncoder, image_pixels
+from index.bundle.pretrained import IMAGE_DIM, ImageEncoder, Progress, TextEncoder, image_pixels
 from training.datasets.openclipart import DEFAULT_ROOT, load_openclipart
 
 
@@ -32,7 +32,7 @@ STREAM_CHUNK = 512  # images decoded and held at once: 77 MB of pixels at 224 ×
 
 
 def embed_corpus_images(
-    ids: list[str], encoder: ImageEncoder, root: Path = DEFAULT_ROOT, workers: int = 2
+    ids: list[str], encoder: ImageEncoder, root: Path = DEFAULT_ROOT, workers: int = 2, progress: Progress | None = None
 ) -> np.ndarray:
     """(n, 1280) features of the items ``ids``: decoded in a process pool chunk by chunk and embedded as
     they come, so no pixel block of the whole corpus (1 GB at 224 × 224) is kept in memory or on disk;
@@ -42,7 +42,7 @@ def embed_corpus_images(
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(jobs), STREAM_CHUNK):
             pixels = np.stack(list(pool.map(_decode, jobs[start : start + STREAM_CHUNK], chunksize=16)))
-            parts.append(encoder.embed_pixels(pixels))
+            parts.append(encoder.embed_pixels(pixels, progress=progress))
     return np.concatenate(parts) if parts else np.zeros((0, IMAGE_DIM), np.float32)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg, sparse
 from sklearn.cluster import KMeans
+from tqdm import tqdm
 
 from index.codes import to_signs
 from training.methods.base import MODALITIES, TextViews, TrainedHasher, check_features, check_labels, check_views
@@ -152,12 +153,15 @@ def train_dsfh(
     config: DSFHConfig,
     seed: int = 0,
     text_views: TextViews | None = None,
+    progress: bool = False,
 ) -> TrainedHasher:
     """Train on paired rows of ``image``, ``text`` and multi-hot ``labels``; all input is checked up front.
 
     With ``text_views`` (and ``config.fit_text_views``) the text hash function's ridge regression (Eq. 18)
     also maps every view of an item to that item's code, so that a short query lands where its item's
-    full text does; the codes B and the image hash function do not see them."""
+    full text does; the codes B and the image hash function do not see them. ``progress`` shows a bar
+    over the steps (kernel features, label clusters, each iteration, hash functions): at OpenClipart's size
+    (timed on random features of its shape) the two before the iterations take 10 of 27 s, the last 4."""
     feats = {"image": check_features("image", image), "text": check_features("text", text)}
     n = feats["image"].shape[0]
     if feats["text"].shape[0] != n:
@@ -171,13 +175,16 @@ def train_dsfh(
         raise ValueError(f"{config.n_clusters} label clusters requested but only {n} training items")
 
     views = check_views(text_views, feats["text"]) if config.fit_text_views else None
+    bar = tqdm(total=config.iterations + 3, desc=f"dsfh {config.bits} bits", unit="step", disable=not progress)
     r, rng = config.bits, np.random.default_rng(seed)
     kernels, xs = {}, {}
     for m in MODALITIES:
         kernels[m], xs[m] = RBFKernelMap.fit_transform(feats[m], config.n_anchors, rng)
     x_sq = {m: float((xs[m] ** 2).sum()) for m in MODALITIES}
+    bar.update()
     semantics = fuse_semantics(y, config.n_clusters, config.gamma, seed, config.kmeans_n_init)
     s_sq = semantics.sq_norm()
+    bar.update()
 
     b = rng.choice([-1.0, 1.0], size=(n, r))
     hs = {m: solve_orthogonal_balanced(rng.standard_normal((n, r)), rng) for m in MODALITIES}
@@ -204,6 +211,7 @@ def train_dsfh(
                 "bit_flips": flips,
             }
         )
+        bar.update()
 
     targets = {m: (xs[m], b) for m in MODALITIES}
     if views is not None:
@@ -212,6 +220,8 @@ def train_dsfh(
     encoders = {
         m: KernelHashFunction(kernels[m], fit_hash_projection(*targets[m], config.lam), np.zeros(r)) for m in MODALITIES
     }
+    bar.update()
+    bar.close()
     return TrainedHasher(
         method="dsfh",
         bits=r,

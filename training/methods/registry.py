@@ -102,7 +102,7 @@ def _dsfh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHa
     small = {"n_anchors": min(DSFHConfig.n_anchors, len(image)), "n_clusters": min(DSFHConfig.n_clusters, len(image))}
     config = build_config("dsfh", DSFHConfig, params, {"bits": bits}, **small)  # a small collection: fewer anchors
     views = features.views("train") if config.fit_text_views else None
-    return train_dsfh(image, text, labels, config, seed=seed, text_views=views)
+    return train_dsfh(image, text, labels, config, seed=seed, text_views=views, progress=True)
 
 
 def _amsh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
