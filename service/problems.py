@@ -2,7 +2,8 @@
 
 A client reads the same members whatever went wrong: ``type`` (``about:blank``: the status says it all),
 ``title`` (the status's phrase), ``status``, ``detail`` (what was wrong with this request, one line) and,
-for a request that does not match its schema, ``errors``: each field's path (``loc``), message and kind.
+for a request that does not match its schema, ``errors``: each field's path (``loc``), message and kind
+(an extension member, as RFC 9457 allows; ``/readyz``'s 503 adds its own, ``bundle`` and ``redis``).
 The service's own refusals (an ``HTTPException`` or an exception of the index), FastAPI's validation
 errors, the router's 404 and 405, a body over the size limit and an unexpected 500 all go through
 :func:`problem`; ``service/contract.py`` declares the shape for every error response of the OpenAPI
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,14 +36,12 @@ STATUS_OF = {
 }
 
 
-def problem(status: int, detail: str, errors: list[dict] | None = None, headers: Mapping | None = None) -> Response:
+def problem(status: int, detail: str, headers: Mapping | None = None, **extensions: Any) -> Response:
     """The problem-details response, in UTF-8. A ``detail`` or a field name may hold a lone surrogate (from
     a ``\\ud800`` escape of the request), which UTF-8 cannot carry: it is written as that same JSON escape
     (it can only stand inside a JSON string)."""
     body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status, "detail": detail}
-    if errors is not None:
-        body["errors"] = errors
-    content = json.dumps(body, ensure_ascii=False).encode("utf-8", "backslashreplace")
+    content = json.dumps(body | extensions, ensure_ascii=False).encode("utf-8", "backslashreplace")
     return Response(content, status, headers=headers, media_type=MEDIA_TYPE)
 
 
@@ -65,7 +65,7 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> Res
     """A 422 naming each field. The input pydantic echoes is left out: it may be megabytes of base64,
     or a NaN literal JSON cannot carry back (a 500 the API fuzzer once found)."""
     errors = [{"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]} for error in exc.errors()]
-    return problem(422, summary(errors), errors)
+    return problem(422, summary(errors), errors=errors)
 
 
 def _leaf_routes(routes: list) -> Iterator:

@@ -81,6 +81,13 @@ def test_the_routers_404_and_405_and_an_oversized_body_are_problems_too(client) 
     assert problem_of(unreadable, 400)["detail"]
 
 
+def test_not_ready_is_a_503_problem_that_still_names_the_bundle_and_redis(client, monkeypatch) -> None:
+    monkeypatch.setattr(client.app.state.runtime.index, "ping", lambda: False)
+    body = problem_of(client.get("/readyz"), 503)
+    assert body["detail"] == "Redis is unreachable" and body["redis"] == "unreachable"
+    assert body["bundle"] == client.app.state.runtime.bundle.bundle_id
+
+
 def test_an_unexpected_failure_is_a_500_problem_that_tells_nothing_of_the_exception(redis_server, monkeypatch) -> None:
     with TestClient(create_app(_settings(redis_server)), raise_server_exceptions=False) as client:
         monkeypatch.setattr(client.app.state.runtime.index, "stats", lambda: 1 / 0)
