@@ -239,7 +239,7 @@ def test_more_like_this_searches_both_modalities_with_the_stored_code_and_leaves
 def test_more_like_this_rejects_bad_queries_with_a_4xx(client, body, status, message) -> None:
     _ingest(client, _image("img:a", features=[0.5] * 1280))
     reply = client.post("/v1/search/similar", json=body)
-    assert reply.status_code == status and message in str(reply.json()["detail"])
+    assert reply.status_code == status and message in reply.json()["detail"]
 
 
 def test_same_modality_search_takes_the_cross_modal_bodies_and_finds_the_query_itself_first(client) -> None:
