@@ -1,26 +1,17 @@
-"""The FastAPI application: routes, error mapping, metrics middleware, offline docs, CORS."""
+"""The FastAPI application: routes, errors as problem details (``service.problems``), metrics middleware,
+offline docs, CORS."""
 
 from __future__ import annotations
 
-import json
-import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, nullcontext
 
-from fastapi import HTTPException, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exception_handlers import http_exception_handler
-from fastapi.exceptions import RequestValidationError
+from fastapi import HTTPException
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
-from index.errors import IndexInputError, ItemNotFoundError, ModalityConflictError, StoreUnavailableError
-from service import contract
-from service.encoder import EncodeError
+from service import contract, problems
 from service.routes import items, models, page, search, similar, system, thumbnails
 from service.runtime import Runtime
 from service.settings import Settings
@@ -30,10 +21,6 @@ DESCRIPTION = """Search images with text and text with images through learned bi
 A query is encoded by the model bundle's hash function, routed to its nearest semantic buckets
 (binary centers, Hamming distance over the head bits), and ranked by Hamming distance inside them.
 Write endpoints need the `X-API-Key` header."""
-
-
-def _error(status: int, detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status)
 
 
 def create_app(settings: Settings | None = None) -> FastAPIOffline:
@@ -55,43 +42,13 @@ def create_app(settings: Settings | None = None) -> FastAPIOffline:
 
     app.add_middleware(ObserveMiddleware, max_request_bytes=settings.max_request_bytes)
 
-    handlers = {
-        EncodeError: 422,
-        IndexInputError: 422,
-        ModalityConflictError: 409,
-        ItemNotFoundError: 404,
-        StoreUnavailableError: 503,
-    }
-    for exception, status in handlers.items():
-        app.add_exception_handler(exception, _handler(status))
-    app.add_exception_handler(RequestValidationError, _invalid_request)
+    problems.install(app)
     for router in (search.router, similar.router, items.router, thumbnails.router, system.router, models.router):
         app.include_router(router)
     app.include_router(page.router)
     app.mount("/static", page.static_files(), name="static")
-    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.openapi = lambda: contract.openapi(app, settings)
     return app
-
-
-def _leaf_routes(routes: list) -> Iterator:
-    """Every route, those of included routers too (FastAPI wraps each in one with an ``original_router``)."""
-    for route in routes:
-        included = getattr(route, "original_router", None)
-        yield from _leaf_routes(included.routes) if included is not None else [route]
-
-
-async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    """FastAPI's answer, except that a 405 lists in ``Allow`` the methods of every route of the path:
-    Starlette names only those of the first route it matched (GET of ``/v1/items/{id}``, not DELETE)."""
-    if exc.status_code == 405:
-        allowed = set()
-        for route in _leaf_routes(request.app.router.routes):
-            match, _ = route.matches({**request.scope, "method": "GET"})
-            if match != Match.NONE and getattr(route, "methods", None):
-                allowed |= route.methods
-        exc = StarletteHTTPException(405, exc.detail, headers={"Allow": ", ".join(sorted(allowed))})
-    return await http_exception_handler(request, exc)
 
 
 class ObserveMiddleware:
@@ -109,7 +66,8 @@ class ObserveMiddleware:
             return
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_request_bytes:
-            await _error(413, f"request body larger than {self.max_request_bytes} bytes")(scope, receive, send)
+            too_large = problems.problem(413, f"request body larger than {self.max_request_bytes} bytes")
+            await too_large(scope, receive, send)
             return
         started = time.perf_counter()
         status, received = 500, 0
@@ -137,30 +95,3 @@ class ObserveMiddleware:
                 route = scope.get("route")
                 path = route.path if route is not None else "unmatched"
                 runtime.metrics.requests.labels(path, scope["method"], status).observe(time.perf_counter() - started)
-
-
-def _encodable(value):
-    """An echoed input made JSON-encodable: non-finite floats (a NaN or Infinity literal) as strings."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {key: _encodable(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_encodable(item) for item in value]
-    return value
-
-
-async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
-    """FastAPI's 422 body, rendered as ASCII JSON with its echoed inputs made encodable: the default
-    handler fails to render a NaN literal or a lone surrogate escape (``"\\ud800"``) of the request, a 500
-    found by the API fuzzer (tests/service/test_fuzz_api.py)."""
-    body = json.dumps({"detail": _encodable(jsonable_encoder(exc.errors()))}, ensure_ascii=True, allow_nan=False)
-    return Response(body, status_code=422, media_type="application/json")
-
-
-def _handler(status: int):
-    async def handle(request: Request, exc: Exception) -> JSONResponse:
-        detail = f"no item with id {exc.args[0]!r}" if isinstance(exc, ItemNotFoundError) else str(exc)
-        return _error(status, detail)
-
-    return handle

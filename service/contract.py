@@ -4,9 +4,15 @@ it never sends a request the server then rejects.
 FastAPI's schema states what the pydantic models state. The rest depends on the running service and is
 added here: ``k`` at most ``max_k``, a batch of at most ``max_batch_items`` items, ``probe`` at most the
 served model's buckets, feature vectors of the served bundle's exact length in float32's range, raw text
-within ``max_text_chars`` and not blank, an upload not empty, the formats below, and the 400 FastAPI
-answers to a body it cannot read. The document is rebuilt when the served model changes (hot swap),
-since its buckets and dimensions are part of it.
+within ``max_text_chars`` and not blank, an image in base64 not empty and in base64's alphabet, an upload
+not empty, the formats below, the 400 FastAPI answers to a body it cannot read, the 413 of a body over
+``max_request_bytes``, and the one shape of every error response: problem details (``service.problems``).
+The document is rebuilt when the served model changes (hot swap), since its buckets and dimensions are
+part of it.
+
+What no keyword of OpenAPI can state, and a client therefore learns only from a 422: that the bytes of an
+image decode as an image (PNG, JPEG, …, within ``max_image_pixels``), and, for a bag-of-words bundle, that
+a text holds a word of its vocabulary (docs/api_contract.md).
 """
 
 from __future__ import annotations
@@ -15,17 +21,20 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from service.schemas import BinaryItemIn, ItemIn
+from service import problems
+from service.schemas import BinaryItemIn, ItemIn, Problem
 from service.settings import Settings
 
 FLOAT32_MAX = 3.4028234663852886e38
 QUERY_MODALITY = {"TextQuery": "text", "ImageQuery": "image"}
 # Formats naming what JSON Schema cannot state: a decodable image file (base64, or the upload's bytes) and
-# a text with a word of the model's vocabulary (when its featurizer has one). A client, and the suite's
-# fuzzer (tests/service/test_contract.py), generate such values for them.
+# a text with a word of the model's vocabulary (when its featurizer has one). A client that generates
+# requests from the document gives values for them.
 IMAGE_BASE64_FORMAT = "image-base64"
 IMAGE_FILE_FORMAT = "binary"
 VOCABULARY_TEXT_FORMAT = "vocabulary-text"
+BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"  # padded, no line breaks
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 
 
 def _probe_values(n_buckets: int) -> str:
@@ -62,21 +71,39 @@ def _model_limits(
             if vocabulary:
                 properties["text"]["format"] = VOCABULARY_TEXT_FORMAT
         if "image_base64" in properties:
-            properties["image_base64"]["format"] = IMAGE_BASE64_FORMAT
+            properties["image_base64"].update(minLength=1, pattern=BASE64, format=IMAGE_BASE64_FORMAT)
         if "contentMediaType" in properties.get("image", {}):  # an uploaded file
             properties["image"].update(minLength=1, format=IMAGE_FILE_FORMAT)
     for model in (ItemIn, BinaryItemIn):
         components[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
 
 
-def _unreadable_bodies(schema: dict) -> None:
-    """The 400 FastAPI itself answers, before any route runs, to a body it cannot read at all (JSON that
-    is not UTF-8, broken multipart): found by the API fuzzer (tests/service/test_fuzz_api.py)."""
-    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+def _body_errors(schema: dict, settings: Settings) -> None:
+    """The errors of any request body, answered before a route runs: the 400 FastAPI answers to a body
+    it cannot read at all (JSON that is not UTF-8, broken multipart: found by the API fuzzer,
+    tests/service/test_fuzz_api.py), and the 413 of one over ``max_request_bytes``."""
     for operations in schema["paths"].values():
         for operation in operations.values():
             if "requestBody" in operation:
-                operation["responses"].setdefault("400", {"description": "unreadable body", "content": error})
+                operation["responses"].setdefault("400", {"description": "unreadable body"})
+                too_large = f"request body larger than {settings.max_request_bytes} bytes"
+                operation["responses"].setdefault("413", {"description": too_large})
+
+
+def _problem_responses(schema: dict) -> None:
+    """Every error response as problem details: FastAPI documents its 422 with its own body
+    (``HTTPValidationError``), and the routes name only their statuses' meaning."""
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            for status, response in operation["responses"].items():
+                if status[0] in "45":
+                    response["content"] = {problems.MEDIA_TYPE: {"schema": PROBLEM_REF}}
+    components = schema["components"]["schemas"]
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    del problem["properties"]["errors"]["default"]  # optional, never null
+    components.update(problem.pop("$defs"), Problem=problem)
 
 
 def openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
@@ -95,7 +122,8 @@ def openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
     if app.openapi_schema is None or app.state.openapi_key != key:
         app.openapi_schema = None
         schema = FastAPI.openapi(app)
-        _unreadable_bodies(schema)
+        _body_errors(schema, settings)
+        _problem_responses(schema)
         _model_limits(schema, settings, dims, n_buckets, vocabulary)
         app.state.openapi_key = key
     return app.openapi_schema

@@ -20,6 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 from index.engine import MODALITIES, Item
 from service import thumbnails
 from service.encoder import EncodeError, Encoder
+from service.problems import summary
 from service.runtime import Model, Runtime
 from service.schemas import BatchResponse, BinaryItemIn, ItemIn, ItemResult
 
@@ -34,22 +35,6 @@ class Prepared:
     metadata: dict
 
 
-def _validation_message(exc: ValidationError) -> str:
-    """Pydantic's errors, one line per field and message: 384 bad list entries read as one line with a
-    count and the first position, not as 384 lines."""
-    grouped: dict[tuple[str, str], list[str]] = {}
-    for error in exc.errors():
-        where = ".".join(map(str, error["loc"])) or "item"
-        field = ".".join(str(part) for part in error["loc"] if not isinstance(part, int)) or "item"
-        grouped.setdefault((field, error["msg"]), []).append(where)
-    return "; ".join(
-        f"{places[0]}: {message}"
-        if len(places) == 1
-        else f"{field}: {message} ({len(places)} entries, first {places[0]})"
-        for (field, message), places in grouped.items()
-    )
-
-
 def _validated(raw_items: list[dict], model: type[ItemIn]) -> list[ItemIn | str]:
     """Each item validated, or its problem: the whole batch in one call; when some item fails, each item
     on its own, so that every bad one gets its own message and the others still go through."""
@@ -62,7 +47,7 @@ def _validated(raw_items: list[dict], model: type[ItemIn]) -> list[ItemIn | str]
         try:
             validated.append(model.model_validate(raw))
         except ValidationError as exc:
-            validated.append(_validation_message(exc))
+            validated.append(summary(exc.errors()))
     return validated
 
 

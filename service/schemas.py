@@ -165,5 +165,24 @@ class StoredItemOut(BaseModel):
     metadata: dict
 
 
-class ErrorBody(BaseModel):
-    detail: str | list = Field(examples=["give exactly one of 'text' or 'features'"])
+class FieldError(BaseModel):
+    """One part of a request that does not match its schema."""
+
+    loc: list[str | int] = Field(
+        description="where: 'body', 'query', 'path' or 'header', then the field names and list positions",
+        examples=[["body", "k"]],
+    )
+    msg: str = Field(examples=["Input should be greater than or equal to 1"])
+    type: str = Field(description="pydantic's error kind", examples=["greater_than_equal"])
+
+
+class Problem(BaseModel):
+    """Every error response (4xx, 5xx): RFC 9457 problem details, media type ``application/problem+json``."""
+
+    type: Literal["about:blank"] = Field(description="the status says what kind of problem it is")
+    title: str = Field(description="the status's phrase", examples=["Unprocessable Entity"])
+    status: int = Field(ge=400, le=599, examples=[422])
+    detail: str = Field(description="what was wrong with this request", examples=["k must be at most 100"])
+    errors: list[FieldError] = Field(
+        default=None, description="only when the request does not match its schema: each field's problem"
+    )

@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from index.bundle.featurizers import PILLOW_MAX_PIXELS
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = ROOT / "models" / "default"
 ENV_PREFIX = "XMHASH_"
@@ -70,7 +72,13 @@ class Settings(BaseSettings):
     )
     max_text_chars: int = Field(default=4000, ge=1, description="longest raw text, query or item")
     max_image_bytes: int = Field(default=8 * 1024 * 1024, ge=1, description="largest image file (8 MiB)")
-    max_image_pixels: int = Field(default=50_000_000, ge=1, description="decompression-bomb guard")
+    max_image_pixels: int = Field(
+        default=50_000_000,
+        ge=1,
+        le=PILLOW_MAX_PIXELS,
+        description=f"decompression-bomb guard: an image of more pixels is refused before decoding (at most "
+        f"{PILLOW_MAX_PIXELS}, Pillow's own limit)",
+    )
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1, description="largest request body (64 MiB)")
     cors_origins: list[str] = Field(default=[], description="CORS is off unless origins are listed (a JSON list)")
     access_log: bool = Field(default=True, description="one log line per request (Prometheus counts them anyway)")

@@ -30,6 +30,7 @@ from index.bundle.manifest import IMAGE_SIZE, BagOfWordsParams, BagOfWordsSpec, 
 TOKEN_PATTERN = r"(?u)\b[^\W\d_]{2,}\b"  # alphabetic tokens of ≥ 2 letters
 _TOKEN = re.compile(TOKEN_PATTERN)
 _IMAGE_BATCH = 256  # pixel blocks per descriptor run: bounds the graph's intermediate buffers
+PILLOW_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS  # Pillow refuses to open a larger image, whatever its caller allows
 
 
 class ImageDecodeError(ValueError):
@@ -59,10 +60,11 @@ def load_pixels(
     """Decode a file path or raw bytes; raises :class:`ImageDecodeError` on anything undecodable.
 
     ``max_pixels`` rejects an image from its header, before decoding a byte of pixel data (the
-    decompression-bomb guard for untrusted uploads; Pillow's own global limit still applies). Pillow's
-    bomb *warning* is silenced here, once for every caller: an upload is bounded by ``max_pixels``, and
-    without it the source is a trusted file (a corpus or a collection its owner loads), a few of which
-    are huge; the hard limit still raises.
+    decompression-bomb guard for untrusted uploads), and is the limit its error names, also for an image
+    beyond Pillow's own hard limit (:data:`PILLOW_MAX_PIXELS`, which Pillow checks first, on opening).
+    Pillow's bomb *warning* is silenced here, once for every caller: an upload is bounded by
+    ``max_pixels``, and without it the source is a trusted file (a corpus or a collection its owner
+    loads), a few of which are huge; the hard limit still raises.
     """
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
@@ -70,12 +72,17 @@ def load_pixels(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # set before open, which warns
             with Image.open(handle) as image:
                 if max_pixels is not None and image.width * image.height > max_pixels:
-                    raise ImageDecodeError(f"image of {image.width}×{image.height} exceeds {max_pixels} pixels")
+                    shape = f"{image.width}×{image.height}"
+                    raise ImageDecodeError(f"image of {shape} pixels exceeds the limit of {max_pixels} pixels")
                 image.load()
                 return to_pixels(image, size, upscale)
     except UnidentifiedImageError as exc:  # its message names the in-memory buffer object, not the input
         raise ImageDecodeError("not an image format Pillow reads (PNG, JPEG, GIF, WebP, BMP, TIFF, …)") from exc
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        if max_pixels is not None:  # beyond Pillow's limit, so beyond the caller's, which may be no higher
+            raise ImageDecodeError(f"image exceeds the limit of {max_pixels} pixels") from exc
+        raise ImageDecodeError(f"cannot decode image: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, ImageDecodeError):
             raise
         raise ImageDecodeError(f"cannot decode image: {exc}") from exc

@@ -11,15 +11,14 @@ from service.ingest import ingest_batch
 from service.routes.deps import require_writer, runtime
 from service.routes.fast_json import BODY_FORMAT, MSGPACK, FastJSONRoute, MsgpackRoute
 from service.runtime import Runtime
-from service.schemas import BatchRequest, BatchResponse, ErrorBody, StoredItemOut
+from service.schemas import BatchRequest, BatchResponse, StoredItemOut
 
 router = APIRouter(prefix="/v1/items", tags=["items"], route_class=FastJSONRoute)
 
 WRITE_ERRORS = {
-    403: {"model": ErrorBody, "description": "missing or wrong X-API-Key"},
-    409: {"model": ErrorBody, "description": "an id is stored under the other modality (raced in)"},
-    413: {"model": ErrorBody, "description": "more items than the batch limit"},
-    503: {"model": ErrorBody, "description": "Redis unavailable: nothing was stored"},
+    403: {"description": "missing or wrong X-API-Key"},
+    409: {"description": "an id is stored under the other modality (raced in)"},
+    503: {"description": "Redis unavailable: nothing was stored"},
 }
 
 
@@ -38,7 +37,7 @@ def batch(request: BatchRequest, http: Request, rt: Annotated[Runtime, Depends(r
     feature vector may be a bin of float32 little-endian numbers (``BinaryItemIn``): about four times
     less to send and nothing to parse per number (docs/ingestion.md)."""
     if len(request.items) > rt.settings.max_batch_items:
-        raise HTTPException(413, f"a batch holds at most {rt.settings.max_batch_items} items")
+        raise HTTPException(422, f"a batch holds at most {rt.settings.max_batch_items} items")
     result = ingest_batch(rt, request.items, binary=http.scope.get(BODY_FORMAT) == "msgpack")
     # The JSON FastAPI would send for ``response_model=BatchResponse`` (the docs keep that model), serialised
     # once: returned as a model, FastAPI would validate its thousand results again first.
@@ -50,7 +49,7 @@ router.add_api_route(
     batch,
     methods=["POST"],
     response_model=BatchResponse,
-    responses=WRITE_ERRORS,
+    responses={**WRITE_ERRORS, 422: {"description": "not a batch, or more items than max_batch_items"}},
     dependencies=[Depends(require_writer)],
     openapi_extra=MSGPACK_BODY,
     route_class_override=MsgpackRoute,
@@ -60,7 +59,7 @@ router.add_api_route(
 @router.get(
     "/{item_id:path}",
     response_model=StoredItemOut,
-    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody, "description": "Redis unavailable"}},
+    responses={404: {"description": "no item with this id"}, 503: {"description": "Redis unavailable"}},
 )
 def get_item(item_id: str, rt: Annotated[Runtime, Depends(runtime)]) -> StoredItemOut:
     """An item as stored: modality, bucket, packed code and metadata."""
@@ -77,7 +76,7 @@ def get_item(item_id: str, rt: Annotated[Runtime, Depends(runtime)]) -> StoredIt
 @router.delete(
     "/{item_id:path}",
     status_code=204,
-    responses={404: {"model": ErrorBody}, **WRITE_ERRORS},
+    responses={404: {"description": "no item with this id"}, **WRITE_ERRORS},
     dependencies=[Depends(require_writer)],
 )
 def delete_item(item_id: str, rt: Annotated[Runtime, Depends(runtime)]) -> None:

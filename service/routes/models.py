@@ -21,7 +21,6 @@ from index.bundle.manifest import MODALITIES
 from index.errors import IndexInputError
 from service.routes.deps import require_writer, runtime
 from service.runtime import Runtime
-from service.schemas import ErrorBody
 
 router = APIRouter(tags=["system"])
 
@@ -78,10 +77,10 @@ class SwapResponse(BaseModel):
     "/v1/models:swap",
     response_model=SwapResponse,
     responses={
-        403: {"model": ErrorBody, "description": "missing or wrong X-API-Key"},
-        404: {"model": ErrorBody, "description": "no bundle directory of this name in the models directory"},
-        422: {"model": ErrorBody, "description": "bad name, or the bundle refused to load: the old model serves"},
-        503: {"model": ErrorBody, "description": "Redis unavailable: the old model serves"},
+        403: {"description": "missing or wrong X-API-Key"},
+        404: {"description": "no bundle directory of this name in the models directory"},
+        422: {"description": "bad name, or the bundle refused to load: the old model serves"},
+        503: {"description": "Redis unavailable: the old model serves"},
     },
     dependencies=[Depends(require_writer)],
 )

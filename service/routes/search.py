@@ -22,16 +22,13 @@ from fastapi.concurrency import run_in_threadpool
 from service.routes.deps import runtime
 from service.routes.fast_json import FastJSONRoute
 from service.runtime import Model, Runtime
-from service.schemas import ErrorBody, ImageQuery, SearchOptions, SearchResponse, TextQuery, Timing
+from service.schemas import ImageQuery, SearchOptions, SearchResponse, TextQuery, Timing
 
 router = APIRouter(prefix="/v1/search", tags=["search"], route_class=FastJSONRoute)
 
 ERRORS = {
-    422: {
-        "model": ErrorBody,
-        "description": "invalid query: bad input, empty text, undecodable image, k/probe",
-    },
-    503: {"model": ErrorBody, "description": "Redis unavailable: results' ids and metadata are read from it"},
+    422: {"description": "invalid query: bad input, empty text, undecodable image, k/probe"},
+    503: {"description": "Redis unavailable: results' ids and metadata are read from it"},
 }
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.routes.deps import runtime
 from service.runtime import Runtime
-from service.schemas import ErrorBody, Hit, ItemId, Modality, Probe, SearchResponse, Timing
+from service.schemas import Hit, ItemId, Modality, Probe, SearchResponse, Timing
 
 router = APIRouter(prefix="/v1/search", tags=["search"])
 
@@ -35,9 +35,9 @@ class SimilarQuery(BaseModel):
     "/similar",
     response_model=SearchResponse,
     responses={
-        404: {"model": ErrorBody, "description": "no item with this id"},
-        422: {"model": ErrorBody, "description": "invalid k or probe"},
-        503: {"model": ErrorBody, "description": "Redis unavailable: results' ids and metadata are read from it"},
+        404: {"description": "no item with this id"},
+        422: {"description": "invalid k or probe"},
+        503: {"description": "Redis unavailable: results' ids and metadata are read from it"},
     },
 )
 def similar(query: SimilarQuery, rt: Annotated[Runtime, Depends(runtime)]) -> SearchResponse:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service import demo
+from service import demo, problems
 from service.routes.deps import runtime
 from service.runtime import Runtime
 
@@ -21,15 +20,18 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "Redis unreachable"}})
-def readyz(rt: Annotated[Runtime, Depends(runtime)]) -> JSONResponse:
+@router.get(
+    "/readyz",
+    response_model=None,
+    responses={503: {"description": "Redis unreachable (problem details with members bundle and redis)"}},
+)
+def readyz(rt: Annotated[Runtime, Depends(runtime)]) -> dict | Response:
     """Readiness: the bundle is loaded and Redis answers. ``demo_corpus`` is the demo corpus's ingestion
-    (state, items done / total per modality); the service answers queries while it runs."""
-    redis_ok = rt.index.ping()
-    body = {"bundle": rt.bundle.bundle_id, "redis": "ok" if redis_ok else "unreachable"}
-    if redis_ok:
-        body["demo_corpus"] = demo.progress(rt)
-    return JSONResponse(body, status_code=200 if redis_ok else 503)
+    (state, items done / total per modality); the service answers queries while it runs. Not ready: a 503
+    problem that says the same (``bundle``, ``redis``)."""
+    if not rt.index.ping():
+        return problems.problem(503, "Redis is unreachable", bundle=rt.bundle.bundle_id, redis="unreachable")
+    return {"bundle": rt.bundle.bundle_id, "redis": "ok", "demo_corpus": demo.progress(rt)}
 
 
 @router.get("/metrics", response_class=Response)

@@ -10,7 +10,6 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Response
 from service import thumbnails
 from service.routes.deps import runtime
 from service.runtime import Runtime
-from service.schemas import ErrorBody
 
 router = APIRouter(tags=["items"])
 MAX_AGE_SECONDS = 300  # a re-ingested item shows its new picture within this; the ETag saves the bytes meanwhile
@@ -26,8 +25,8 @@ MAX_AGE_SECONDS = 300  # a re-ingested item shows its new picture within this; t
             "image ingested as features only",
         },
         304: {"description": "unchanged since the ETag sent in If-None-Match"},
-        404: {"model": ErrorBody, "description": "unknown id, a text item, or no reachable collection file"},
-        503: {"model": ErrorBody, "description": "Redis unavailable"},
+        404: {"description": "unknown id, a text item, or no reachable collection file"},
+        503: {"description": "Redis unavailable"},
     },
 )
 def thumbnail(

@@ -1,6 +1,8 @@
 // The search page: plain JS against the service's own REST API (no library, no build step).
 // Two panels, images and texts, each showing the answers of one query; "load more" asks the same query
-// again with a larger k (up to the server's max_k) and appends what was not shown yet.
+// again with a larger k (up to the server's max_k) and appends what was not shown yet. The query is in
+// the URL (?q=<text>, ?similar=<id>), so a search can be linked and reloaded, and back/forward step
+// through the searches made.
 "use strict";
 
 const PAGE = 12;
@@ -20,13 +22,8 @@ function panel(id, render) {
 }
 const panels = { image: panel("images", imageCard), text: panel("texts", textRow) };
 
-// Every API error reaches the page as the API words it ({"detail": …}), with its status.
-function describe(status, body) {
-  const detail = body && body.detail;
-  if (typeof detail === "string") return `${status}: ${detail}`;
-  if (Array.isArray(detail)) return `${status}: ` + detail.map((d) => `${(d.loc || []).join(".")}: ${d.msg}`).join("; ");
-  return `${status}: the service gave no reason`;
-}
+// Every API error is problem details (RFC 9457): the page shows its status and detail as the API words them.
+const describe = (status, body) => `${status}: ${(body && body.detail) || "the service gave no reason"}`;
 
 async function api(path, options) {
   let response;
@@ -51,13 +48,18 @@ function showError(message) {
 
 const titleOf = (hit) => String(hit.metadata.title || hit.metadata.text || hit.id);
 const ms = (value) => `${value < 10 ? value.toFixed(2) : value.toFixed(0)} ms`;
-const thumbnailURL = (id) => "/v1/thumbnails/" + id.split("/").map(encodeURIComponent).join("/");
+const itemURL = (prefix, id) => prefix + id.split("/").map(encodeURIComponent).join("/");
+const thumbnailURL = (id) => itemURL("/v1/thumbnails/", id);
 
 function moreButton(hit, modality) {
   const button = element("button", "like", "More like this");
   button.type = "button";
   button.setAttribute("aria-label", `More like “${titleOf(hit)}”`);
-  button.addEventListener("click", () => moreLikeThis(hit, modality));
+  button.addEventListener("click", () => {
+    remember({ similar: hit.id });
+    moreLikeThis(hit, modality);
+    $("#query").focus();
+  });
   return button;
 }
 
@@ -85,6 +87,7 @@ let generation = 0;
 function show(title, picture, searches) {
   generation += 1;
   showError("");
+  document.title = title ? `${title} · xmhash` : "xmhash search";
   const heading = $("#query");
   heading.replaceChildren(element("span", "", title));
   if (picture) {
@@ -146,11 +149,41 @@ function searchImage(file) {
 }
 
 // More like this: the item's stored code is the query, against its own modality and the other one.
-function moreLikeThis(hit, modality) {
-  const similar = (target) => (k) => postJSON("/v1/search/similar", { id: hit.id, target, k });
-  const picture = modality === "image" ? thumbnailURL(hit.id) : null;
-  show(`More like “${titleOf(hit)}”`, picture, { image: similar("image"), text: similar("text") });
-  $("#query").focus();
+function moreLikeThis(item, modality) {
+  const similar = (target) => (k) => postJSON("/v1/search/similar", { id: item.id, target, k });
+  const picture = modality === "image" ? thumbnailURL(item.id) : null;
+  show(`More like “${titleOf(item)}”`, picture, { image: similar("image"), text: similar("text") });
+}
+
+// More like a stored item known by its id alone (a link): its modality and title are read first.
+async function similarTo(id) {
+  const asked = generation;
+  try {
+    const item = await api(itemURL("/v1/items/", id));
+    if (asked === generation) moreLikeThis(item, item.modality);
+  } catch (error) {
+    if (asked !== generation) return;
+    show(`More like “${id}”`, null, {});
+    showError(error.message);
+  }
+}
+
+// A new search becomes a history entry (none when the URL already says it: the same search again).
+function remember(params) {
+  const query = new URLSearchParams(params).toString();
+  if (query !== new URLSearchParams(location.search).toString()) {
+    history.pushState(null, "", location.pathname + (query ? `?${query}` : ""));
+  }
+}
+
+// The search the URL names (on load, and on back/forward); none: an empty page.
+function searchFromURL() {
+  const params = new URLSearchParams(location.search);
+  const text = (params.get("q") || "").trim();
+  $("#text").value = text;
+  if (text) searchText(text);
+  else if (params.get("similar")) similarTo(params.get("similar"));
+  else show("", null, {});
 }
 
 async function describeModel() {
@@ -177,8 +210,8 @@ async function followCorpus() {
   const busy = corpus && ["pending", "preparing", "ingesting"].includes(corpus.state);
   line.hidden = !busy && !(corpus && corpus.state === "unavailable");
   if (busy) {
-    const counts = corpus.total ? `: ${corpus.done.toLocaleString()} / ${corpus.total.toLocaleString()} items` : "";
-    line.textContent = `Demo corpus ${corpus.state}${counts} (searches answer from what is in already)`;
+    const counts = corpus.total ? `: ${corpus.done.toLocaleString()} of ${corpus.total.toLocaleString()} items` : "";
+    line.textContent = `Demo corpus loading${counts}. Until it is complete, searches find only what is in already.`;
     setTimeout(followCorpus, 2000);
   } else if (corpus && corpus.state === "unavailable") {
     line.textContent = "The demo corpus is not installed: the index holds only what was ingested.";
@@ -189,12 +222,20 @@ async function followCorpus() {
 $("#text-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const text = $("#text").value.trim();
-  if (text) searchText(text);
+  if (!text) return;
+  remember({ q: text });
+  searchText(text);
 });
+
+// An uploaded image cannot be put in a URL: the page's URL names no search while it shows one.
+function searchUpload(file) {
+  remember({});
+  searchImage(file);
+}
 
 const input = $("#image");
 input.addEventListener("change", () => {
-  if (input.files.length) searchImage(input.files[0]);
+  if (input.files.length) searchUpload(input.files[0]);
   input.value = "";
 });
 const drop = $("#drop");
@@ -206,7 +247,9 @@ drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (event) => {
   event.preventDefault();
   drop.classList.remove("over");
-  if (event.dataTransfer.files.length) searchImage(event.dataTransfer.files[0]);
+  if (event.dataTransfer.files.length) searchUpload(event.dataTransfer.files[0]);
 });
 for (const p of Object.values(panels)) p.more.addEventListener("click", () => load(p));
+window.addEventListener("popstate", searchFromURL);
+searchFromURL();
 followCorpus();

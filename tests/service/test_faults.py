@@ -31,8 +31,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
+from pydantic import ValidationError
 
 from index.bundle import load_bundle
+from index.bundle.featurizers import PILLOW_MAX_PIXELS
 from index.redis_server import RedisServer
 from index.store import RedisStore
 from service.app import create_app
@@ -561,6 +563,36 @@ def test_image_size_limits_and_decompression_bombs_are_refused_before_decoding(r
         assert too_big.status_code == 422 and "larger than 50000 bytes" in too_big.text
         fine = client.post("/v1/search/image-to-text/upload", files={"image": ("ok.png", _png((32, 32)))})
         assert fine.status_code == 200 and set(decoded) == {(32, 32)}  # and a real image is decoded
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "limit", "message"),
+    [
+        (10_000, 10_000, 50_000_000, "image of 10000×10000 pixels exceeds the limit of 50000000 pixels"),
+        (20_000, 20_000, 50_000_000, "image exceeds the limit of 50000000 pixels"),  # beyond Pillow's own limit too
+        (20_000, 20_000, 1_000_000, "image exceeds the limit of 1000000 pixels"),
+    ],
+)
+def test_an_image_over_the_pixel_limit_is_refused_naming_the_configured_limit(
+    redis_server, width, height, limit, message
+) -> None:
+    """The configured ``max_image_pixels`` is the limit applied and named, also for an image Pillow itself
+    refuses to open (4·10⁸ pixels: Pillow's error would name its own limit, 178956970)."""
+    bomb = _png_header_only(width, height)
+    item = {"id": "big", "modality": "image", "image_base64": base64.b64encode(bomb).decode()}
+    with _app(redis_server, max_image_pixels=limit) as client:
+        upload = client.post("/v1/search/image-to-image/upload", files={"image": ("big.png", bomb)})
+        as_json = client.post("/v1/search/image-to-image", json={"image_base64": item["image_base64"]})
+        ingest = client.post("/v1/items:batch", json={"items": [item]}, headers={"X-API-Key": "secret-key"})
+    for reply in (upload, as_json):
+        assert reply.status_code == 422 and reply.json()["detail"] == f"not a usable image: {message}"
+    assert ingest.json()["results"][0]["error"] == f"not a usable image: {message}"
+
+
+def test_the_pixel_limit_cannot_be_set_above_what_pillow_opens() -> None:
+    assert Settings(max_image_pixels=PILLOW_MAX_PIXELS).max_image_pixels == 178_956_970
+    with pytest.raises(ValidationError, match="less than or equal to 178956970"):
+        Settings(max_image_pixels=PILLOW_MAX_PIXELS + 1)
 
 
 FORBIDDEN_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "marshal", "shelve", "joblib"}

@@ -83,6 +83,16 @@ def test_the_page_and_its_assets_are_local_small_and_told_the_k_limit(client) ->
     assert client.get("/static/%2e%2e/settings.py").status_code == 404
 
 
+def test_the_page_has_an_icon_also_where_browsers_and_tools_look_by_default(client) -> None:
+    assert '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">' in client.get("/").text
+    linked, default = client.get("/static/favicon.svg"), client.get("/favicon.ico")
+    for reply in (linked, default):
+        assert reply.status_code == 200 and reply.headers["content-type"].startswith("image/svg+xml")
+    assert default.content == linked.content and len(default.content) < 1_000  # one small icon
+    assert b"href" not in default.content  # nothing from elsewhere
+    assert "max-age" in default.headers["cache-control"]
+
+
 def test_an_uploaded_image_keeps_a_small_thumbnail_replaced_and_dropped_with_the_item(client) -> None:
     png = (CORPUS / "png" / f"{APPLE}.png").read_bytes()
     _ingest(client, _image("img:up", image_base64=_b64(png)))
@@ -229,7 +239,7 @@ def test_more_like_this_searches_both_modalities_with_the_stored_code_and_leaves
 def test_more_like_this_rejects_bad_queries_with_a_4xx(client, body, status, message) -> None:
     _ingest(client, _image("img:a", features=[0.5] * 1280))
     reply = client.post("/v1/search/similar", json=body)
-    assert reply.status_code == status and message in str(reply.json()["detail"])
+    assert reply.status_code == status and message in reply.json()["detail"]
 
 
 def test_same_modality_search_takes_the_cross_modal_bodies_and_finds_the_query_itself_first(client) -> None:

@@ -130,7 +130,8 @@ def test_a_feature_search_is_recorded_in_the_metrics(client, bundle: Bundle) -> 
 )
 def test_unusable_feature_vectors_are_a_422_naming_the_problem(client, features: str, message: str) -> None:
     response = client.post(SEARCH, content=f'{{"features": {features}}}', headers=KEY)
-    assert response.status_code == 422 and response.json() == {"detail": message}
+    assert response.status_code == 422 and response.headers["content-type"] == "application/problem+json"
+    assert response.json() == {"type": "about:blank", "title": "Unprocessable Entity", "status": 422, "detail": message}
 
 
 def test_the_docs_still_describe_the_search_bodies(client) -> None:
