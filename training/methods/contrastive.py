@@ -54,11 +54,18 @@ class ContrastiveConfig:
     label_weight: float = 1.0
     quantization_weight: float = 0.1
     view_weight: float = 0.5  # the image ↔ text-view InfoNCE, beside the image ↔ full-text one
+    # > 0: the first head_bits bits are a semantic head (UDDH's idea, supervised here): the label term reads
+    # them alone, and a cross-modal InfoNCE whose positives are the items sharing a label pulls them together;
+    # the instance term still reads the whole code. 0: the label term reads the whole code.
+    head_bits: int = 0
+    semantic_weight: float = 1.0
     torch_threads: int | None = 1
 
     def __post_init__(self) -> None:
         if self.bits <= 0 or self.bits % 8:
             raise ValueError(f"code length must be a positive multiple of 8, got {self.bits}")
+        if self.head_bits % 8 or not 0 <= self.head_bits < self.bits:
+            raise ValueError(f"head_bits must be a multiple of 8 below bits ({self.bits}), got {self.head_bits}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         check_torch_threads(self.torch_threads)
@@ -146,7 +153,8 @@ def train_contrastive(
             )
             for m, x in (("image", image), ("text", text))
         }
-        classifier = nn.Linear(config.bits, labels.shape[1])
+        head = config.head_bits or config.bits  # the bits the label term reads
+        classifier = nn.Linear(head, labels.shape[1])
         parameters = [p for net in nets.values() for p in net.parameters()] + list(classifier.parameters())
         optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
         schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -160,17 +168,25 @@ def train_contrastive(
         def epoch(i: int) -> dict:
             for net in nets.values():
                 net.train()
-            totals = {"instance": 0.0, "label": 0.0, "quantization": 0.0, "views": 0.0}
+            totals = {"instance": 0.0, "label": 0.0, "semantic": 0.0, "quantization": 0.0, "views": 0.0}
             batches = 0
             for rows in minibatches(rng, n, config.batch_size, torch.device("cpu"), even=True):
                 codes = {m: nets[m](xs[m][rows]) for m in MODALITIES}
                 positives = group_t[rows][:, None] == group_t[rows][None, :]
                 instance = multi_positive_infonce(codes["image"], codes["text"], positives, config.temperature)
                 label = sum(
-                    functional.binary_cross_entropy_with_logits(classifier(codes[m]), y[rows]) for m in MODALITIES
+                    functional.binary_cross_entropy_with_logits(classifier(codes[m][:, :head]), y[rows])
+                    for m in MODALITIES
                 )
+                semantic = torch.zeros(())
+                if config.head_bits:
+                    sharing = (y[rows] @ y[rows].T) > 0
+                    semantic = multi_positive_infonce(
+                        codes["image"][:, :head], codes["text"][:, :head], sharing, config.temperature
+                    )
                 quantization = sum(((codes[m].abs() - 1) ** 2).mean() for m in MODALITIES)
-                loss = instance + config.label_weight * label + config.quantization_weight * quantization
+                loss = instance + config.label_weight * label + config.semantic_weight * semantic
+                loss = loss + config.quantization_weight * quantization
                 views = torch.zeros(())
                 picked = view_index.pick(rng, rows.numpy()) if view_index is not None else None
                 if picked is not None:
@@ -181,13 +197,15 @@ def train_contrastive(
                     views = multi_positive_infonce(
                         image_codes, view_codes, same[:, None] == same[None, :], config.temperature
                     )
-                    views = views + functional.binary_cross_entropy_with_logits(classifier(view_codes), y[rows][items])
+                    views = views + functional.binary_cross_entropy_with_logits(
+                        classifier(view_codes[:, :head]), y[rows][items]
+                    )
                     loss = loss + config.view_weight * views
                 descend(optimizer, loss)
                 schedule.step()
                 batches += 1
-                for key, value in (("instance", instance), ("label", label), ("quantization", quantization),
-                                   ("views", views)):  # fmt: skip
+                for key, value in (("instance", instance), ("label", label), ("semantic", semantic),
+                                   ("quantization", quantization), ("views", views)):  # fmt: skip
                     totals[key] += float(value.detach())
             record = {"epoch": i, "iteration": i} | {k: v / batches for k, v in totals.items()}
             record["objective"] = record["instance"] + config.label_weight * record["label"]
