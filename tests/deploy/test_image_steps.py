@@ -1,0 +1,157 @@
+"""The container image starts and answers: deploy/Dockerfile's final stage performed on this machine,
+step by step as the file writes them (tests/support/image_steps.py), with no container runtime.
+
+A fresh virtual environment gets the project installed as the image installs it (``pip install`` of a
+copy of the build context, not editable: the scan kernel compiled into site-packages), the files land
+where the image's COPY lines put them, and the image's CMD starts in its WORKDIR with its ENV, as its
+USER when the test runs as root (so a path that user cannot read or write fails here as in the image).
+The service then talks to a private redis-server, as the compose file's service talks to its Redis.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from index.redis_server import RedisServer, free_port
+from tests.support import image_steps
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+API_KEY = "image-smoke-test"
+READY_SECONDS = 120  # loading the featurizer graphs on a busy two-core machine
+STOP_SECONDS = 10
+CLIPART = Path("/usr/share/openclipart/png")  # Debian's openclipart-png (deploy/bootstrap.sh)
+# An image and a text of the same thing, three times: the pretrained bundle ranks each one's partner first.
+PAIRS = {
+    "apple": ("food/fruit/an_apple_01.png", "a red apple"),
+    "bicycle": ("transportation/vehicles/bicycle_01.png", "a bicycle to ride"),
+    "note": ("recreation/music/musical_note_nicu_bucule_01.png", "a musical note"),
+}
+
+
+@dataclass
+class Started:
+    url: str
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def image() -> Iterator[image_steps.Image]:
+    root = Path(tempfile.mkdtemp(prefix="xmhash-image-"))
+    root.chmod(0o755)  # as an image's /: every user may reach what the steps put there
+    try:
+        built = image_steps.build(DOCKERFILE, ROOT, root)
+        yield built
+        size = subprocess.run(["du", "-sh", str(built.venv)], capture_output=True, text=True).stdout.split()[0]
+        print(f"\nimage steps: {json.dumps(built.timings, indent=1)}\nserving environment: {size}")
+    finally:
+        shutil.rmtree(root)
+
+
+@pytest.fixture(scope="module")
+def service(image: image_steps.Image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
+    redis = RedisServer(tmp_path_factory.mktemp("image-redis")).start()
+    port = free_port()
+    overrides = {
+        "REDIS_URL": redis.url,
+        "XMHASH_API_KEY": API_KEY,
+        "XMHASH_DEMO_CORPUS": "false",
+        "XMHASH_HOST": "127.0.0.1",  # the image binds every interface of its container; here, loopback only
+        "XMHASH_PORT": str(port),
+    }
+    log = image.root / "service.log"
+    started = time.perf_counter()
+    process = image.start(overrides, log)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_until_ready(url, process, log)
+        image.timings["start_to_readyz_200_s"] = round(time.perf_counter() - started, 2)
+        yield Started(url, log)
+    finally:
+        _stop(process)
+        redis.stop()
+
+
+def _wait_until_ready(url: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + READY_SECONDS
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the service exited ({process.returncode}):\n{log.read_text()[-4000:]}"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"/readyz did not answer 200 within {READY_SECONDS} s:\n{log.read_text()[-4000:]}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM to the service's own session (uvicorn and any workers), as ``docker stop`` sends it."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _python(image: image_steps.Image, code: str) -> str:
+    """What ``python -c code`` prints in the image: its working directory, ENV and user."""
+    done = image.run(["python", "-c", code], {})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip()
+
+
+def test_the_image_runs_as_an_unprivileged_user(image: image_steps.Image) -> None:
+    assert image.user not in ("root", "0")
+
+
+def test_the_serving_environment_has_the_base_dependencies_only(image: image_steps.Image) -> None:
+    code = "import importlib.util as u; print([m for m in ('torch', 'sklearn', 'training') if u.find_spec(m)])"
+    assert _python(image, code) == "[]"
+
+
+def test_the_service_runs_from_the_installed_package_with_its_compiled_kernel(image: image_steps.Image) -> None:
+    """A source tree in the working directory would shadow the installed package (and its kernel)."""
+    where = _python(image, "import index._hamming, service; print(index.__file__); print(service.__file__)")
+    site_packages = image.venv / "lib"
+    assert all(Path(path).is_relative_to(site_packages) for path in where.splitlines()), where
+
+
+def test_the_settings_find_the_bundle_verified_whole_and_the_folder_a_swap_loads_from(image: image_steps.Image) -> None:
+    """load_bundle checks every file of the manifest by sha256, the featurizer graphs the builder made included."""
+    code = "from index.bundle import load_bundle; from service.settings import Settings; s = Settings(); "
+    code += "print(load_bundle(s.bundle_path).bundle_id, s.bundle_path.parent == s.models_dir)"
+    manifest = json.loads((ROOT / "models" / "default" / "manifest.json").read_text())
+    assert _python(image, code) == f"{manifest['bundle_id']} True"
+
+
+def test_the_started_image_answers_a_batch_write_a_text_query_and_an_image_upload(service: Started) -> None:
+    encoded = {name: base64.b64encode((CLIPART / file).read_bytes()).decode() for name, (file, _) in PAIRS.items()}
+    items = [{"id": f"img/{name}", "modality": "image", "image_base64": data} for name, data in encoded.items()]
+    items += [{"id": f"txt/{name}", "modality": "text", "text": text} for name, (_, text) in PAIRS.items()]
+    with httpx.Client(base_url=service.url, timeout=30) as client:
+        assert client.post("/v1/items:batch", json={"items": items}).status_code == 403  # no key, no write
+        written = client.post("/v1/items:batch", json={"items": items}, headers={"X-API-Key": API_KEY})
+        assert written.status_code == 200 and written.json()["stored"] == len(items), written.text
+
+        for name, (file, text) in PAIRS.items():
+            found = client.post("/v1/search/text-to-image", json={"text": text, "k": 3, "probe": "all"})
+            assert found.status_code == 200 and found.json()["results"][0]["id"] == f"img/{name}", found.text
+            upload = {"image": (Path(file).name, (CLIPART / file).read_bytes(), "image/png")}
+            found = client.post("/v1/search/image-to-text/upload", files=upload, data={"k": "3", "probe": "all"})
+            assert found.status_code == 200 and found.json()["results"][0]["id"] == f"txt/{name}", found.text
