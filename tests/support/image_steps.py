@@ -8,8 +8,9 @@ image's ``/``.
 - ``RUN apt-get … install PKG…``: the operating system's packages, which this machine must already have
   (deploy/bootstrap.sh installs them); checked with dpkg, not installed.
 - Any other ``RUN``: its ``&&``-joined commands, run in the (rebased) working directory, ``pip`` and
-  ``python`` being the environment's. An absolute path in one is refused: it would reach this machine's
-  ``/``, not the image's.
+  ``python`` being the environment's, pip resolving from the local wheels of the base set
+  (``tests.support.wheelhouse``) rather than downloading them. An absolute path in one is refused: it
+  would reach this machine's ``/``, not the image's.
 - ``COPY``: from the build context (the checkout less what ``.dockerignore`` excludes), or, with
   ``--from=STAGE``, from what that builder stage leaves in its working directory, which is the checkout's
   same path: deploy/bootstrap.sh runs the builder's command (``python -m training featurizers
@@ -31,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support import build_context
+from tests.support import build_context, wheelhouse
 from tests.support.dockerfile import Copy, Instruction, Stage, parse, parse_copy, parse_env, stage_named
 
 _BASE_PYTHON = re.compile(r"^python:(\d+\.\d+)")
@@ -52,6 +53,7 @@ class Image:
     user: str
     workdir: Path = field(init=False)
     env: dict[str, str] = field(default_factory=dict)
+    pip_env: dict[str, str] = field(default_factory=dict)  # how the RUN steps' pip finds packages
     timings: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -115,6 +117,9 @@ def build(dockerfile: Path, context: Path, root: Path) -> Image:
     started = time.perf_counter()
     subprocess.run([str(_interpreter(final.base, image)), "-m", "venv", "--without-pip", str(image.venv)], check=True)
     image.timings["venv_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    image.pip_env = wheelhouse.offline(wheelhouse.wheelhouse(context, image.python))
+    image.timings["wheelhouse_s"] = time.perf_counter() - started
     patterns = build_context.read_patterns(context)
     for instruction in final.instructions:
         _perform(instruction, image, stages, context, patterns)
@@ -176,8 +181,8 @@ def _run(arguments: str, image: Image) -> None:
         else:
             commands[-1].append(word)
     for command in commands:
-        done = subprocess.run(image.argv(command), cwd=image.workdir, capture_output=True, text=True,
-                              timeout=_INSTALL_SECONDS)  # fmt: skip
+        done = subprocess.run(image.argv(command), cwd=image.workdir, env=os.environ | image.pip_env,
+                              capture_output=True, text=True, timeout=_INSTALL_SECONDS)  # fmt: skip
         assert done.returncode == 0, f"RUN {shlex.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
 
