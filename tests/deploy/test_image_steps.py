@@ -5,7 +5,8 @@ A fresh virtual environment gets the project installed as the image installs it 
 copy of the build context, not editable: the scan kernel compiled into site-packages), the files land
 where the image's COPY lines put them, and the image's CMD starts in its WORKDIR with its ENV, as its
 USER when the test runs as root (so a path that user cannot read or write fails here as in the image).
-The service then talks to a private redis-server, as the compose file's service talks to its Redis.
+It gets the environment docker-compose.yml gives it (two worker processes, an API key), but a private
+redis-server on loopback for the compose file's Redis.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ import pytest
 
 from index.redis_server import RedisServer, free_port
 from tests.support import image_steps
+from tests.support.compose import config
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
-API_KEY = "image-smoke-test"
 READY_SECONDS = 120  # loading the featurizer graphs on a busy two-core machine
 STOP_SECONDS = 10
 CLIPART = Path("/usr/share/openclipart/png")  # Debian's openclipart-png (deploy/bootstrap.sh)
@@ -45,7 +46,7 @@ PAIRS = {
 @dataclass
 class Started:
     url: str
-    log: Path
+    api_key: str
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +67,8 @@ def service(image: image_steps.Image, tmp_path_factory: pytest.TempPathFactory) 
     redis = RedisServer(tmp_path_factory.mktemp("image-redis")).start()
     port = free_port()
     overrides = {
+        **config(ROOT / "docker-compose.yml")["services"]["service"]["environment"],  # its workers, its API key
         "REDIS_URL": redis.url,
-        "XMHASH_API_KEY": API_KEY,
-        "XMHASH_DEMO_CORPUS": "false",
         "XMHASH_HOST": "127.0.0.1",  # the image binds every interface of its container; here, loopback only
         "XMHASH_PORT": str(port),
     }
@@ -79,7 +79,7 @@ def service(image: image_steps.Image, tmp_path_factory: pytest.TempPathFactory) 
         url = f"http://127.0.0.1:{port}"
         _wait_until_ready(url, process, log)
         image.timings["start_to_readyz_200_s"] = round(time.perf_counter() - started, 2)
-        yield Started(url, log)
+        yield Started(url, overrides["XMHASH_API_KEY"])
     finally:
         _stop(process)
         redis.stop()
@@ -146,7 +146,7 @@ def test_the_started_image_answers_a_batch_write_a_text_query_and_an_image_uploa
     items += [{"id": f"txt/{name}", "modality": "text", "text": text} for name, (_, text) in PAIRS.items()]
     with httpx.Client(base_url=service.url, timeout=30) as client:
         assert client.post("/v1/items:batch", json={"items": items}).status_code == 403  # no key, no write
-        written = client.post("/v1/items:batch", json={"items": items}, headers={"X-API-Key": API_KEY})
+        written = client.post("/v1/items:batch", json={"items": items}, headers={"X-API-Key": service.api_key})
         assert written.status_code == 200 and written.json()["stored"] == len(items), written.text
 
         for name, (file, text) in PAIRS.items():

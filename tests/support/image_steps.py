@@ -116,10 +116,10 @@ def build(dockerfile: Path, context: Path, root: Path) -> Image:
     image = Image(root, root / "venv", final, final.user())
     started = time.perf_counter()
     subprocess.run([str(_interpreter(final.base, image)), "-m", "venv", "--without-pip", str(image.venv)], check=True)
-    image.timings["venv_s"] = time.perf_counter() - started
+    image.timings["venv_s"] = round(time.perf_counter() - started, 2)
     started = time.perf_counter()
     image.pip_env = wheelhouse.offline(wheelhouse.wheelhouse(context, image.python))
-    image.timings["wheelhouse_s"] = time.perf_counter() - started
+    image.timings["wheelhouse_s"] = round(time.perf_counter() - started, 2)
     patterns = build_context.read_patterns(context)
     for instruction in final.instructions:
         _perform(instruction, image, stages, context, patterns)
@@ -136,7 +136,7 @@ def _perform(instruction: Instruction, image: Image, stages: list[Stage], contex
     elif keyword == "RUN":
         started = time.perf_counter()
         _run(arguments, image)
-        image.timings[f"RUN {arguments}"] = time.perf_counter() - started
+        image.timings[f"RUN {arguments}"] = round(time.perf_counter() - started, 2)
     elif keyword == "ENV":
         values = parse_env(instruction)
         image.env.update({k: str(image.path(v)) if v.startswith("/") else v for k, v in values.items()})
