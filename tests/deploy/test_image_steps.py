@@ -11,36 +11,25 @@ redis-server on loopback for the compose file's Redis.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from index.redis_server import RedisServer, free_port
-from tests.support import image_steps
-from tests.support.compose import config
+from tests.support import image_scenario, image_steps
+from tests.support.compose import service_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
-READY_SECONDS = 120  # loading the featurizer graphs on a busy two-core machine
 STOP_SECONDS = 10
-CLIPART = Path("/usr/share/openclipart/png")  # Debian's openclipart-png (deploy/bootstrap.sh)
-# An image and a text of the same thing, three times: the pretrained bundle ranks each one's partner first.
-PAIRS = {
-    "apple": ("food/fruit/an_apple_01.png", "a red apple"),
-    "bicycle": ("transportation/vehicles/bicycle_01.png", "a bicycle to ride"),
-    "note": ("recreation/music/musical_note_nicu_bucule_01.png", "a musical note"),
-}
 
 
 @dataclass
@@ -67,35 +56,24 @@ def service(image: image_steps.Image, tmp_path_factory: pytest.TempPathFactory) 
     redis = RedisServer(tmp_path_factory.mktemp("image-redis")).start()
     port = free_port()
     overrides = {
-        **config(ROOT / "docker-compose.yml")["services"]["service"]["environment"],  # its workers, its API key
+        **service_environment(ROOT / "docker-compose.yml", "service"),  # its workers, its API key
         "REDIS_URL": redis.url,
         "XMHASH_HOST": "127.0.0.1",  # the image binds every interface of its container; here, loopback only
         "XMHASH_PORT": str(port),
     }
     log = image.root / "service.log"
-    started = time.perf_counter()
     process = image.start(overrides, log)
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_until_ready(url, process, log)
-        image.timings["start_to_readyz_200_s"] = round(time.perf_counter() - started, 2)
+
+        def exited() -> str | None:
+            return None if process.poll() is None else f"the service exited:\n{log.read_text()[-4000:]}"
+
+        image.timings["start_to_readyz_200_s"] = round(image_scenario.wait_until_ready(url, exited), 2)
         yield Started(url, overrides["XMHASH_API_KEY"])
     finally:
         _stop(process)
         redis.stop()
-
-
-def _wait_until_ready(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + READY_SECONDS
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"the service exited ({process.returncode}):\n{log.read_text()[-4000:]}"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"/readyz did not answer 200 within {READY_SECONDS} s:\n{log.read_text()[-4000:]}")
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -141,17 +119,4 @@ def test_the_settings_find_the_bundle_verified_whole_and_the_folder_a_swap_loads
 
 
 def test_the_started_image_answers_a_batch_write_a_text_query_and_an_image_upload(service: Started) -> None:
-    encoded = {name: base64.b64encode((CLIPART / file).read_bytes()).decode() for name, (file, _) in PAIRS.items()}
-    items = [{"id": f"img/{name}", "modality": "image", "image_base64": data} for name, data in encoded.items()]
-    items += [{"id": f"txt/{name}", "modality": "text", "text": text} for name, (_, text) in PAIRS.items()]
-    with httpx.Client(base_url=service.url, timeout=30) as client:
-        assert client.post("/v1/items:batch", json={"items": items}).status_code == 403  # no key, no write
-        written = client.post("/v1/items:batch", json={"items": items}, headers={"X-API-Key": service.api_key})
-        assert written.status_code == 200 and written.json()["stored"] == len(items), written.text
-
-        for name, (file, text) in PAIRS.items():
-            found = client.post("/v1/search/text-to-image", json={"text": text, "k": 3, "probe": "all"})
-            assert found.status_code == 200 and found.json()["results"][0]["id"] == f"img/{name}", found.text
-            upload = {"image": (Path(file).name, (CLIPART / file).read_bytes(), "image/png")}
-            found = client.post("/v1/search/image-to-text/upload", files=upload, data={"k": "3", "probe": "all"})
-            assert found.status_code == 200 and found.json()["results"][0]["id"] == f"txt/{name}", found.text
+    image_scenario.answers_a_batch_write_a_text_query_and_an_image_upload(service.url, service.api_key)

@@ -33,3 +33,8 @@ def config(path: Path) -> dict:
     result = run_config(path, REQUIRED)
     assert result.returncode == 0, f"{path}: {result.stderr}"
     return yaml.safe_load(result.stdout)
+
+
+def service_environment(path: Path, service: str) -> dict[str, str]:
+    """The environment ``path`` gives ``service`` (the required variables at their stand-ins)."""
+    return {name: str(value) for name, value in config(path)["services"][service]["environment"].items()}
