@@ -121,6 +121,9 @@ def build(dockerfile: Path, context: Path, root: Path) -> Image:
     image.pip_env = wheelhouse.offline(wheelhouse.wheelhouse(context, image.python))
     image.timings["wheelhouse_s"] = round(time.perf_counter() - started, 2)
     patterns = build_context.read_patterns(context)
+    keywords = [instruction.keyword for instruction in final.instructions]
+    if "USER" in keywords and "RUN" in keywords[keywords.index("USER") :]:
+        raise UnsupportedStep("RUN after USER: the steps here run as the caller, the image's as that user")
     for instruction in final.instructions:
         _perform(instruction, image, stages, context, patterns)
     return image
