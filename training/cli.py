@@ -166,24 +166,29 @@ def train(
     typer.echo(markdown_table(rows))
 
 
+EXPORT_HELP = "the corpus to export: openclipart, or tuxpaint (the stamps of Debian's tuxpaint-stamps-default)"
+
+
 @app.command("export-collection")
 def export_collection(
-    name: Annotated[str, typer.Argument(help="the corpus to export: openclipart")],
-    out: Annotated[Path, typer.Argument(help="folder for manifest.jsonl and the png symlink")],
+    name: Annotated[str, typer.Argument(help=EXPORT_HELP)],
+    out: Annotated[Path, typer.Argument(help="folder for manifest.jsonl and the symlink to the images")],
     seed: int = 0,
 ) -> None:
-    """Write a built-in corpus as a collection (docs/collections.md): manifest.jsonl and a symlink to its
-    installed images, nothing copied; train on it and load it like any collection."""
+    """Write a corpus installed on this machine as a collection (docs/collections.md): manifest.jsonl and a
+    symlink to its images, nothing copied; train on it and load it like any collection."""
     from training.datasets import DatasetNotFoundError
     from training.datasets.openclipart import export_collection as export_openclipart
+    from training.datasets.tuxpaint import export_collection as export_tuxpaint
 
-    if name != "openclipart":
-        raise _fail(f"unknown corpus {name!r}: only openclipart can be exported")
+    exporters = {"openclipart": export_openclipart, "tuxpaint": export_tuxpaint}
+    if name not in exporters:
+        raise _fail(f"unknown corpus {name!r}: one of {', '.join(exporters)} can be exported")
     try:
-        manifest, rows = export_openclipart(out, seed=seed)
+        manifest, counts = exporters[name](out, seed=seed)
     except DatasetNotFoundError as exc:
         raise _fail(str(exc)) from exc
-    typer.echo(f"{manifest}: {rows} items")
+    typer.echo(f"{manifest}: " + ", ".join(f"{count} {what}" for what, count in counts.items()))
 
 
 def _parse_params(items: list[str]) -> dict:

@@ -36,8 +36,8 @@ def export_small_demo(out: Path) -> Path:
     fruit = [i for i in database if dataset.ids[i].startswith("food/fruit/")][:FRUIT]
     rest = np.setdiff1d(database, fruit)
     chosen = np.concatenate([fruit, np.random.default_rng(0).choice(rest, OTHERS, replace=False)])
-    manifest, rows = openclipart.export_collection(out, only={dataset.ids[i] for i in chosen})
-    assert rows == FRUIT + OTHERS
+    manifest, counts = openclipart.export_collection(out, only={dataset.ids[i] for i in chosen})
+    assert counts["items"] == FRUIT + OTHERS
     return manifest
 
 

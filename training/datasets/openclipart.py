@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from index.bundle.featurizers import IMAGE_SIZE, ImageDecodeError, load_pixels
 from training.datasets.base import CrossModalDataset, DatasetNotFoundError, seeded_split
+from training.datasets.export import link_images, write_manifest
 
 DEFAULT_ROOT = Path(os.environ.get("OPENCLIPART_ROOT", "/usr/share/openclipart"))
 CACHE_DIR = Path(os.environ.get("XMHASH_CACHE", Path(__file__).resolve().parents[2] / "var" / "cache"))
@@ -210,28 +211,17 @@ def load_openclipart(
 
 def export_collection(
     out: Path, root: Path = DEFAULT_ROOT, only: set[str] | None = None, seed: int = 0
-) -> tuple[Path, int]:
+) -> tuple[Path, dict[str, int]]:
     """Write OpenClipart as a collection (``index.collection``'s manifest) into ``out``: ``manifest.jsonl``
     and a ``png`` symlink to the installed corpus's images (nothing copied). Rows are the loader's items
     (``only``: those ids) with their texts, short texts (title, tags) and label names, in a seeded random
-    order, so that a collection loaded part way already covers every category. Returns (manifest, rows)."""
+    order (``training.datasets.export``). Returns the manifest and its counts ({"items": rows})."""
     dataset = load_openclipart(root=root, seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
-    link, target = out / "png", (root / "png").resolve()
-    if link.is_symlink() and link.resolve() != target:
-        link.unlink()
-    if not link.is_symlink():
-        link.symlink_to(target, target_is_directory=True)
+    link_images(out, "png", root / "png")
     rows = []
-    for i in np.random.default_rng(seed).permutation(len(dataset)):
-        if only is None or dataset.ids[i] in only:
+    for i, item in enumerate(dataset.ids):
+        if only is None or item in only:
             labels = [dataset.label_names[j] for j in dataset.labels[i].nonzero()[0]]
-            item = dataset.ids[i]
             row = {"id": item, "image": f"png/{item}.png", "text": dataset.texts[i], "labels": labels}
-            row |= {"short_texts": dataset.text_views[i]} if dataset.text_views[i] else {}
-            rows.append(json.dumps(row, ensure_ascii=False))
-    manifest = out / "manifest.jsonl"
-    tmp = out / "manifest.jsonl.tmp"
-    tmp.write_text("".join(f"{row}\n" for row in rows), encoding="utf-8")
-    tmp.replace(manifest)
-    return manifest, len(rows)
+            rows.append(row | ({"short_texts": dataset.text_views[i]} if dataset.text_views[i] else {}))
+    return write_manifest(out, rows, seed), {"items": len(rows)}
