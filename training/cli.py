@@ -39,6 +39,7 @@ class Method(StrEnum):
     dmsfh = "dmsfh"
     mmach = "mmach"
     contrastive = "contrastive"
+    dsfh_instance = "dsfh-instance"
 
 
 def _fail(message: str) -> typer.Exit:
@@ -161,12 +162,23 @@ def train(
         plot_history(hasher.history, f"{method.value} {length} bits: training", run / "history.png")
         row = summary_row(method.value, length, metrics) | {"train_seconds": round(seconds, 2)}
         manifest = write_bundle(run / "bundle", hasher, features, row)
-        rows.append(row | {"bundle_id": manifest.bundle_id})
+        instance = _instance_summary(run / "bundle", features, data) if labelled and data.text_kind == "raw" else {}
+        rows.append(row | instance | {"bundle_id": manifest.bundle_id})
     (out / "summary.json").write_text(json.dumps(rows, indent=2))
     typer.echo(markdown_table(rows))
 
 
 EXPORT_HELP = "the corpus to export: openclipart, or tuxpaint (the stamps of Debian's tuxpaint-stamps-default)"
+
+
+def _instance_summary(bundle: Path, features, data) -> dict:
+    """R@10 of a held-out item's own pair against all items, both ways, as the written bundle serves it
+    (``python -m training instance`` gives the whole table)."""
+    from index.bundle import load_bundle
+    from training.evaluation.instance import bundle_instance_table, text_groups
+
+    table = bundle_instance_table(load_bundle(bundle), features, text_groups(list(data.texts)), str(bundle))
+    return {f"{row['direction']}_R@10": row["R@10"] for row in table if row["database"] == "all"}
 
 
 @app.command("export-collection")

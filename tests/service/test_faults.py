@@ -350,7 +350,7 @@ def test_a_refused_swap_is_a_422_and_the_previous_model_keeps_serving(swap_servi
 def test_swap_needs_the_api_key(swap_service) -> None:
     assert swap(swap_service, "linear32", key=None).status == 403
     assert swap(swap_service, "linear32", key="wrong").status == 403
-    assert swap_service.call("GET", "/v1/models").body["method"] == "dsfh"
+    assert swap_service.call("GET", "/v1/models").body["method"] == "dsfh-instance"
 
 
 def test_swap_serves_the_new_bundle_with_its_own_index_and_back(swap_service, bundle) -> None:

@@ -6,6 +6,7 @@ computed by the serving runtime; the parity test below is what makes that cache 
 
 from __future__ import annotations
 
+import re
 import uuid
 import warnings
 from pathlib import Path
@@ -123,3 +124,47 @@ def test_held_out_query_images_find_texts_of_their_categories(service, corpus) -
         hits = [hit["metadata"]["row"] for hit in response.json()["results"]]
         precision.append(float((dataset.labels[hits] @ dataset.labels[i] > 0).mean()))
     assert np.mean(precision) >= 0.8, f"mean P@10 {np.mean(precision):.3f}"
+
+
+@pytest.fixture(scope="module")
+def demo_service(redis_server, corpus):
+    """The default bundle over HTTP with the whole demo corpus, ids as the demo loader writes them
+    (``img:<id>``, ``txt:<id>``), ingested through the batch endpoint from the cached features."""
+    dataset, features = corpus
+    settings = Settings(redis_url=redis_server.url, bundle_path=DEFAULT_BUNDLE, index_name=uuid.uuid4().hex,
+                        api_key="test-key", demo_corpus=False)  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        for start in range(0, len(dataset.ids), BATCH // 2):
+            items = [
+                {"id": f"{prefix}:{dataset.ids[i]}", "modality": m, "features": x[i].tolist(),
+                 "metadata": {"title": dataset.texts[i][:80]}}
+                for i in range(start, min(start + BATCH // 2, len(dataset.ids)))
+                for prefix, m, x in (("img", "image", features.image), ("txt", "text", features.text))
+            ]  # fmt: skip
+            response = client.post("/v1/items:batch", json={"items": items}, headers=KEY)
+            assert response.status_code == 200 and response.json()["rejected"] == 0, response.text
+        yield client
+
+
+def _names(hit: dict, thing: str) -> bool:
+    """The hit is the thing: its file name has the word (``apple_core``, not ``pineapple``) or its title does."""
+    pattern = rf"(?<![a-z]){thing}s?(?![a-z])"
+    return bool(re.search(pattern, hit["id"].lower()) or re.search(pattern, hit["metadata"]["title"].lower()))
+
+
+@pytest.mark.parametrize(("query", "thing"), [("red apple", "apple"), ("guitar", "guitar")])
+def test_a_query_naming_an_object_finds_that_object_in_its_top_three(demo_service, query: str, thing: str) -> None:
+    """The category alone is not enough: among the fruit (or the instruments), the thing named comes first."""
+    response = demo_service.post("/v1/search/text-to-image", json={"text": query, "k": 3})
+    assert response.status_code == 200, response.text
+    hits = response.json()["results"]
+    assert any(_names(hit, thing) for hit in hits), [hit["id"] for hit in hits]
+    assert all(hit["score"] is not None for hit in hits)  # ranked by the re-ranker's real score, not storage order
+
+
+def test_more_like_an_apple_returns_apples_first(demo_service) -> None:
+    query = {"id": "img:food/fruit/an_apple_01", "target": "image", "k": 3}
+    response = demo_service.post("/v1/search/similar", json=query)
+    assert response.status_code == 200, response.text
+    hits = response.json()["results"]
+    assert all(_names(hit, "apple") for hit in hits), [hit["id"] for hit in hits]

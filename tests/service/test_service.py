@@ -254,7 +254,7 @@ def test_health_readiness_models_and_metrics(client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json()["redis"] == "ok"
     models = client.get("/v1/models").json()
-    assert models["method"] == "dsfh" and models["code_bits"] == 64 and models["inputs"]["image"]["raw_input"]
+    assert models["method"] == "dsfh-instance" and models["code_bits"] == 128 and models["inputs"]["image"]["raw_input"]
     client.post("/v1/search/text-to-image", json={"text": "apple"})
     metrics = client.get("/metrics").text
     assert 'xmhash_request_seconds_count{method="POST",route="/v1/search/text-to-image",status="200"}' in metrics

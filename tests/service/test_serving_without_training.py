@@ -76,8 +76,8 @@ def test_the_service_starts_and_answers_without_torch_or_training_code(tmp_path:
         back = service.call("POST", "/v1/search/image-to-text", {"image_base64": _png(), "k": 5, "probe": "all"})
         assert back.status == 200 and [hit["id"] for hit in back.body["results"]] == ["txt/apple"], back.body
         models = service.call("GET", "/v1/models")
-        assert models.status == 200 and models.body["method"] == "dsfh" and models.body["code_bits"] == 64
-        assert models.body["semantic_index"]["head_bits"] == 64 and models.body["index"]["items"] == {
+        assert models.status == 200 and models.body["method"] == "dsfh-instance" and models.body["code_bits"] == 128
+        assert models.body["semantic_index"]["head_bits"] == 128 and models.body["index"]["items"] == {
             "image": 1, "text": 1
         }  # fmt: skip
         assert "is not installed in a serving-only environment" not in service.output()

@@ -193,6 +193,20 @@ def _contrastive(features: FeatureSet, bits: int, seed: int, params: dict) -> Tr
     return train_contrastive(image, text, labels, config, seed, groups.ravel(), views, monitor)
 
 
+def _dsfh_instance(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
+    """DSFH's code as the head, a contrastive instance code as the tail (identical texts are positives)."""
+    from training.methods.dsfh import DSFHConfig
+    from training.methods.dsfh_instance import DSFHInstanceConfig, train_dsfh_instance
+
+    image, text, labels = _labelled_train("dsfh-instance", features)
+    small = {"n_anchors": min(DSFHConfig.n_anchors, len(image)), "n_clusters": min(DSFHConfig.n_clusters, len(image))}
+    config = build_config("dsfh-instance", DSFHInstanceConfig, params, {"bits": bits}, dsfh=small)
+    _, groups = np.unique(text, axis=0, return_inverse=True)
+    views = features.views("train")
+    monitor = Monitor(progress=True)
+    return train_dsfh_instance(image, text, labels, config, seed, groups.ravel(), views, monitor)
+
+
 TRAINERS: dict[str, Trainer] = {
     "lsh": _lsh,
     "cca": _cca,
@@ -204,4 +218,5 @@ TRAINERS: dict[str, Trainer] = {
     "dmsfh": _dmsfh,
     "mmach": _mmach,
     "contrastive": _contrastive,
+    "dsfh-instance": _dsfh_instance,
 }
