@@ -95,7 +95,9 @@ class SearchResponse(BaseModel):
     """The search routes build it with ``model_construct`` from the index's own hits (one hit type, no
     copy, no validation of what the index returned) and serialise it once."""
 
-    results: list[Hit] = Field(description="ranked by Hamming distance, nearest first")
+    results: list[Hit] = Field(
+        description="by Hamming distance, nearest first; with the model's re-ranker, by its score, highest first"
+    )
     k: int
     probe: int | Literal["all"]
     bundle_id: str

@@ -16,6 +16,12 @@ function element(tag, className, text) {
   return node;
 }
 
+// What a result was ranked by: the Hamming distance, and the re-ranker's score when the model has one.
+function rankedBy(hit) {
+  const score = hit.score === null || hit.score === undefined ? "" : ` · score ${hit.score.toFixed(2)}`;
+  return `distance ${hit.distance}${score}`;
+}
+
 function panel(id, render) {
   const root = document.getElementById(id);
   return { root, render, list: $("ol", root), more: $(".more", root), timing: $(".timing", root), note: $(".note", root) };
@@ -68,7 +74,7 @@ function imageCard(hit) {
   const image = element("img");
   Object.assign(image, { src: thumbnailURL(hit.id), alt: titleOf(hit), loading: "lazy", width: 160, height: 160 });
   image.addEventListener("error", () => image.replaceWith(element("div", "missing", "no picture")));
-  const meta = element("p", "meta", `distance ${hit.distance} · bucket ${hit.bucket}`);
+  const meta = element("p", "meta", `${rankedBy(hit)} · bucket ${hit.bucket}`);
   card.append(image, element("p", "title", titleOf(hit)), meta, moreButton(hit, "image"));
   return card;
 }
@@ -76,7 +82,7 @@ function imageCard(hit) {
 function textRow(hit) {
   const row = element("li", "text");
   const labels = (hit.metadata.labels || []).join(", ");
-  const meta = element("p", "meta", `distance ${hit.distance} · bucket ${hit.bucket}${labels ? " · " + labels : ""}`);
+  const meta = element("p", "meta", `${rankedBy(hit)} · bucket ${hit.bucket}${labels ? " · " + labels : ""}`);
   row.append(element("p", "title", titleOf(hit)), meta, moreButton(hit, "text"));
   return row;
 }

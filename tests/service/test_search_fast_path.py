@@ -97,9 +97,9 @@ def test_a_feature_search_answers_exactly_the_search_response_json(client, bundl
     assert set(body["timing"]) == {"encode_ms", "search_ms", "total_ms"}
     assert body["timing"]["total_ms"] == pytest.approx(body["timing"]["encode_ms"] + body["timing"]["search_ms"])
     assert len(body["results"]) == 12
-    assert all(set(hit) == {"id", "distance", "bucket", "metadata"} for hit in body["results"])
-    distances = [hit["distance"] for hit in body["results"]]
-    assert distances == sorted(distances)
+    assert all(set(hit) == {"id", "distance", "bucket", "metadata", "score"} for hit in body["results"])
+    scores = [hit["score"] for hit in body["results"]]  # the default bundle's re-ranker orders them
+    assert scores == sorted(scores, reverse=True)
     odd = {hit["id"]: hit["metadata"]["odd"] for hit in body["results"]}
     assert odd == {f"img:{i}": None if i % 4 < 3 else 0.5 for i in range(12)}  # non-finite floats as null
     assert {hit["metadata"]["name"] for hit in body["results"]} == {"é"}
