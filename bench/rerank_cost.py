@@ -144,7 +144,7 @@ def main() -> None:
     from training.bundle.writer import BUCKET_BALANCE
 
     with tempfile.TemporaryDirectory() as tmp:
-        baseline = baseline_bundle(args.baseline_bundle, Path(tmp) / "baseline")
+        baseline = baseline_bundle(args.baseline_bundle, Path(tmp) / "baseline-bundle")
         rows = [side("baseline", baseline, args, None, Path(tmp)),
                 side("this tree", ROOT / "models" / "default", args, BUCKET_BALANCE, Path(tmp))]  # fmt: skip
     before, after = rows

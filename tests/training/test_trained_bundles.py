@@ -29,6 +29,8 @@ def openclipart() -> FeatureSet:
 SHORT_UDDH = {"outer_iterations": 2, "epochs_per_iteration": 1}
 SHORT_DMSFH = {"epochs": 1}
 SHORT_MMACH = {"epochs": 1, "label_warmup_epochs": 0}
+SHORT_CONTRASTIVE = {"epochs": 1}
+SHORT_DSFH_INSTANCE = {"head_bits": 16, "contrastive": SHORT_CONTRASTIVE}
 
 
 @pytest.mark.parametrize(
@@ -40,6 +42,8 @@ SHORT_MMACH = {"epochs": 1, "label_warmup_epochs": 0}
         ("uddh", SHORT_UDDH),
         ("dmsfh", SHORT_DMSFH),
         ("mmach", SHORT_MMACH),
+        ("contrastive", SHORT_CONTRASTIVE),
+        ("dsfh-instance", SHORT_DSFH_INSTANCE),
     ],
 )
 def test_onnx_codes_equal_the_trainers_codes_on_the_whole_query_set(
