@@ -19,14 +19,20 @@ import numpy as np
 MAX_CANDIDATES = 4096
 
 
+# Every byte value's eight bits as ±1, in FAISS's bit order (bit j of a byte is its 2^j bit).
+_BYTE_SIGNS = (((np.arange(256)[:, None] >> np.arange(8)) & 1) * 2 - 1).astype(np.float32)
+
+
 def asymmetric_scores(query_real: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """(nq, c) float32 scores ``q · b`` of each query's real code (nq, bits) against its candidates'
-    packed codes (nq, c, bits / 8)."""
+    packed codes (nq, c, bits / 8). By table: for each byte of the code, the query's partial score of all
+    256 byte values, then one lookup per candidate byte (no unpacking of the candidates)."""
     nq, _, code_size = codes.shape
-    bits = code_size * 8
-    assert query_real.shape == (nq, bits), (query_real.shape, codes.shape)
-    signs = np.unpackbits(codes, axis=2, count=bits, bitorder="little").astype(np.float32) * 2 - 1
-    return np.einsum("qcb,qb->qc", signs, np.asarray(query_real, dtype=np.float32))
+    assert query_real.shape == (nq, code_size * 8), (query_real.shape, codes.shape)
+    q = np.asarray(query_real, dtype=np.float32).reshape(nq, code_size, 8)
+    tables = np.einsum("qbj,vj->qbv", q, _BYTE_SIGNS)  # (nq, code_size, 256)
+    picked = np.take_along_axis(tables[:, None], codes[..., None].astype(np.intp), axis=3)[..., 0]
+    return picked.sum(axis=2)
 
 
 @dataclass(frozen=True)
