@@ -427,7 +427,8 @@ class HashIndex:
         """Each query's candidates in ranked order: (distances, labels, buckets, scores), −1 (scores None)
         past the end. Without a real code: the scan's top ``fetch`` in Hamming order. With one: the top
         max(fetch, candidates) and the rest of their last tie group, found by scanning twice as many
-        until the last tie group ends inside the scan, re-ranked by the asymmetric score."""
+        until the last tie group ends inside the scan, re-ranked by the asymmetric score, of which the
+        best ``fetch`` are returned."""
         if real is None:
             with self._memory_lock:
                 distances, labels, buckets = side.scan.search(codes, probes, fetch)
@@ -442,8 +443,9 @@ class HashIndex:
                 break
             width *= 2
         ranked = rerank(distances, labels, buckets, found, real, cut)
-        scores = np.where(ranked.labels >= 0, ranked.scores.astype(np.float64).astype(object), None)
-        return ranked.distances, ranked.labels, ranked.buckets, scores
+        top = slice(0, fetch)  # only these are resolved in Redis: the candidates' ids are never all read
+        scores = np.where(ranked.labels[:, top] >= 0, ranked.scores[:, top].astype(np.float64).astype(object), None)
+        return ranked.distances[:, top], ranked.labels[:, top], ranked.buckets[:, top], scores
 
     @staticmethod
     def _lookup(generation: Generation, target: str, labels: list[int]) -> list[tuple[str, str] | None]:
