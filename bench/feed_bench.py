@@ -68,7 +68,7 @@ def _feed_memory(url: str, batches: int, size: int = 256) -> dict:
     for b in range(batches):
         codes = rng.integers(0, 256, size=(size, BITS // 8), dtype=np.uint8)
         index.add([Item(f"m{b}-{i}", "text", codes[i], {"title": "clip art"}) for i in range(size)])
-    client, key = redis.Redis.from_url(url), index.store.key("feed")
+    client, key = redis.Redis.from_url(url), index.store.keys.feed
     entries, used = client.xlen(key), client.memory_usage(key, samples=0)
     return {"batches": batches, "batch_size": size, "feed_entries": entries, "feed_bytes": used,
             "feed_bytes_per_item": round(used / (entries * size), 1)}  # fmt: skip

@@ -11,7 +11,7 @@ generation made by a re-bucket (``index.rebuild``) completely before swapping th
 reader never sees a half-built index.
 
 Every process serving an index holds it in memory and keeps it current by applying Redis's change
-feed (``index.store``) in order: its own writes as soon as Redis acknowledges them (so a write is
+feed (``index.change_feed``) in order: its own writes as soon as Redis acknowledges them (so a write is
 searchable in the process that made it when the call returns) and other processes' writes as
 :meth:`HashIndex.follow` or :meth:`HashIndex.catch_up` read them (a service lets the index do that on
 a thread it owns: :meth:`HashIndex.start_following`, stopped by :meth:`HashIndex.close`). Labels are
@@ -46,11 +46,14 @@ import numpy as np
 import redis
 
 from index.centers import CenterIndex
+from index.change_feed import Change
 from index.errors import FeedGapError, IndexInputError, ItemNotFoundError, StoreUnavailableError
+from index.layout_upgrade import upgrade_entries
 from index.memory import release_freed_memory
 from index.rerank import MAX_CANDIDATES, rerank
 from index.scan import BucketScan
-from index.store import MODALITIES, Change, Group, RedisStore, StoredItem
+from index.store import Group, RedisStore, StoredItem
+from index.stored_values import MODALITIES
 
 log = logging.getLogger("xmhash.index")
 _LOAD_ATTEMPTS = 3  # loads a burst of writes may outrun before the error surfaces (each retry starts afresh)
@@ -124,23 +127,23 @@ class Generation:
                 if attempt == _LOAD_ATTEMPTS:
                     raise
                 attempt += 1
-                log.warning("index: writes outran loading %s; loading again", store.prefix)
+                log.warning("index: writes outran loading %s; loading again", store.keys.prefix)
 
     @classmethod
     def _load(cls, store: RedisStore, bits: int) -> Generation:
         stored = store.load_centers()
         if stored is None:
-            raise IndexInputError(f"generation {store.generation} of {store.base} has no centers")
+            raise IndexInputError(f"generation {store.generation} of {store.bundle_keys.base} has no centers")
         centers, version = stored
-        applied = store.feed_position()  # read first: every change up to it is in what is read next
+        applied = store.feed.position()  # read first: every change up to it is in what is read next
         sides = {m: _Side(BucketScan(bits, len(centers))) for m in MODALITIES}
         for modality, side in sides.items():
-            store.upgrade_entries(modality)
+            upgrade_entries(store.client, store.keys, modality)
             stored = store.codes_in_order(modality)
             if len(stored.labels):
                 side.scan.add(stored.labels, stored.codes, stored.buckets)
         generation = cls(store, CenterIndex(centers), version, sides, applied)
-        for change in store.changes_after(applied):
+        for change in store.feed.after(applied):
             generation.apply(change)
         return generation
 
@@ -261,7 +264,7 @@ class HashIndex:
         """Wait up to ``block_ms`` for changes not yet applied here and apply them; returns how many.
         A service calls this in a loop on a thread of its own."""
         generation = self.generation
-        changes = generation.store.wait_for_changes(generation.applied, block_ms)
+        changes = generation.store.feed.wait(generation.applied, block_ms)
         with self._apply_lock:
             if not changes or self.generation.store.generation != generation.store.generation:
                 return 0
@@ -278,9 +281,9 @@ class HashIndex:
             return 0
         try:
             if not pending:
-                pending = generation.store.changes_after(generation.applied)
+                pending = generation.store.feed.after(generation.applied)
             elif pending[0].seq != generation.applied + 1:
-                pending = generation.store.changes_after(generation.applied, until=pending[-1].seq)
+                pending = generation.store.feed.after(generation.applied, until=pending[-1].seq)
         except FeedGapError:
             log.warning("index: changes after %d left the feed before they were applied; reloading", generation.applied)
             self.generation = Generation.load(generation.store, self.bits)

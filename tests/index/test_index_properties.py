@@ -22,7 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from index.codes import unpack_signs
 from index.engine import HashIndex, Item
 from index.errors import IndexInputError, ItemNotFoundError, ModalityConflictError
-from index.store import MODALITIES
+from index.stored_values import MODALITIES
 
 BITS = 16
 N_BUCKETS = 5
