@@ -78,6 +78,7 @@ def child(kind: str, data: Path, redis_url: str | None, probe: int, reloads: int
 
     import redis
 
+    from index.code_space import CodeSpace
     from index.engine import HashIndex
     from index.scan import BucketScan
 
@@ -104,9 +105,13 @@ def child(kind: str, data: Path, redis_url: str | None, probe: int, reloads: int
         client = redis.Redis.from_url(redis_url)
 
         def open_index() -> HashIndex:
-            return HashIndex.open(client, INDEX_NAME, BUNDLE_ID, queries.shape[1] * 8, centers, CENTERS_VERSION)
+            return HashIndex.open(
+                client, INDEX_NAME, CodeSpace(BUNDLE_ID, queries.shape[1] * 8, centers, CENTERS_VERSION)
+            )
 
-        warm = HashIndex.open(client, WARM_UP_INDEX, BUNDLE_ID, queries.shape[1] * 8, centers, CENTERS_VERSION)
+        warm = HashIndex.open(
+            client, WARM_UP_INDEX, CodeSpace(BUNDLE_ID, queries.shape[1] * 8, centers, CENTERS_VERSION)
+        )
         warm.search("image", queries[:1], K, probe, **({} if filtered_search else {"where": {"category": "c3"}}))
     gc.collect()
     before = rss_bytes()

@@ -47,6 +47,7 @@ import redis
 
 from index.centers import CenterIndex
 from index.change_feed import Change
+from index.code_space import CodeSpace
 from index.errors import FeedGapError, IndexInputError, ItemNotFoundError, StoreUnavailableError
 from index.layout_upgrade import upgrade_entries
 from index.memory import release_freed_memory
@@ -167,36 +168,29 @@ class Generation:
 class HashIndex:
     """Items of both modalities under one bundle's code space, searchable across modalities."""
 
-    def __init__(self, bits: int, generation: Generation, rerank_candidates: int | None = None) -> None:
-        if bits % 8:
-            raise ValueError(f"code length {bits} is not a multiple of 8")
-        head_bits = generation.centers.centers.shape[1]
-        if head_bits % 8 or head_bits > bits:
-            raise ValueError(f"head of {head_bits} bits must be a multiple of 8 and at most {bits}")
-        self.bits = bits
-        self.head_bytes = head_bits // 8
-        self.rerank_candidates = rerank_candidates  # None: Hamming order only (the bundle has no re-ranker)
+    def __init__(self, space: CodeSpace, generation: Generation) -> None:
+        self.space = space
+        self.head_bytes = space.head_bits // 8
         self.generation = generation
         self._apply_lock = threading.Lock()  # one applier of the feed at a time
         self._memory_lock = threading.Lock()  # an applier changing the scans vs. a search reading them
         self._closing = threading.Event()
 
+    @property
+    def bits(self) -> int:
+        return self.space.bits
+
+    @property
+    def rerank_candidates(self) -> int | None:
+        """Hamming candidates the bundle's re-ranker takes; None: Hamming order only (no re-ranker)."""
+        return self.space.rerank_candidates
+
     @classmethod
-    def open(
-        cls,
-        client: redis.Redis,
-        index_name: str,
-        bundle_id: str,
-        bits: int,
-        centers: np.ndarray,
-        centers_version: str,
-        rerank_candidates: int | None = None,
-    ) -> HashIndex:
-        """Attach to Redis and load the active generation; a new index starts generation 0 with these
-        centers (a re-bucketed one keeps the centers it was re-bucketed with). ``rerank_candidates``: the
-        bundle's re-ranker takes this many Hamming candidates (and the rest of their last tie group)."""
-        store = RedisStore(client, index_name, bundle_id).open_active(centers, centers_version)
-        return cls(bits, Generation.load(store, bits), rerank_candidates)
+    def open(cls, client: redis.Redis, index_name: str, space: CodeSpace) -> HashIndex:
+        """Attach to Redis and load the active generation of ``space``'s index; a new index starts
+        generation 0 with its centers (a re-bucketed one keeps the centers it was re-bucketed with)."""
+        store = RedisStore(client, index_name, space.bundle_id).open_active(space.centers, space.centers_version)
+        return cls(space, Generation.load(store, space.bits))
 
     def start_following(self, refresh_seconds: float) -> None:
         """Keep this index current on a thread of its own until :meth:`close`: apply other processes'

@@ -61,16 +61,7 @@ class Model:
         following its change feed."""
         bundle = load_bundle(path, threads=1)
         encoder = Encoder(bundle, settings.max_text_chars, settings.max_image_bytes, settings.max_image_pixels)
-        reranker = bundle.manifest.reranker
-        index = HashIndex.open(
-            client,
-            settings.index_name,
-            bundle.bundle_id,
-            bundle.bits,
-            bundle.centers,
-            bundle.centers_version,
-            None if reranker is None else reranker.candidates,
-        )
+        index = HashIndex.open(client, settings.index_name, bundle.code_space)
         index.start_following(settings.refresh_seconds)
         return cls(path.resolve(), bundle, encoder, index)
 

@@ -11,6 +11,8 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from index.codes import check_code_bits
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
@@ -109,6 +111,14 @@ def _report_split(dataset) -> None:
     )
 
 
+def _code_lengths(lengths: list[int]) -> list[int]:
+    """``--bits`` checked where the length is born, not when the bundle it makes is loaded."""
+    try:
+        return [check_code_bits(length) for length in lengths]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
 @app.command()
 def train(
     dataset: Annotated[str, typer.Option(help=DATASET_HELP)],
@@ -116,7 +126,9 @@ def train(
     method: Annotated[
         Method | None, typer.Option(help="hashing method (default: dsfh when the dataset has labels, else uddh)")
     ] = None,
-    bits: Annotated[list[int], typer.Option(help="code length; repeat for several")] = [64],  # noqa: B006
+    bits: Annotated[
+        list[int], typer.Option(help="code length, a multiple of 8; repeat for several", callback=_code_lengths)
+    ] = [64],  # noqa: B006
     param: Annotated[
         list[str] | None, typer.Option(help="config override KEY=VALUE (a number or text); repeatable")
     ] = None,

@@ -19,6 +19,7 @@ from index import import_transaction
 from index.bulk_import import Chunk, import_chunks, import_files, open_store
 from index.bundle import load_bundle
 from index.centers import route
+from index.code_space import CodeSpace
 from index.engine import HashIndex, Item
 from index.errors import GenerationMovedError, IndexInputError, ModalityConflictError, StoreUnavailableError
 from index.import_transaction import done_chunks, prepare, write_prepared
@@ -60,7 +61,9 @@ def assert_imported(server: RedisServer, index_name: str, bundle, name: str, cod
 
 
 def test_codes_are_imported_in_chunks_that_a_running_index_follows(redis_server, tmp_path: Path, bundle) -> None:
-    index = HashIndex.open(redis_server.client(), "import-follow", bundle.bundle_id, bundle.bits, bundle.centers, "v")
+    index = HashIndex.open(
+        redis_server.client(), "import-follow", CodeSpace(bundle.bundle_id, bundle.bits, bundle.centers, "v")
+    )
     path, codes = write_codes(tmp_path, 2_500)
     store = open_store(redis_server.client(), "import-follow", bundle)
     summary = import_files(store, bundle, "image", [path], chunk=1_000, progress=False)
@@ -140,7 +143,9 @@ def _chunk(key: str, prefix: str, n: int, seed: int) -> Chunk:
 
 
 def test_a_chunk_holding_an_id_of_the_other_modality_is_refused_whole(redis_server, bundle) -> None:
-    index = HashIndex.open(redis_server.client(), "import-conflict", bundle.bundle_id, bundle.bits, bundle.centers, "v")
+    index = HashIndex.open(
+        redis_server.client(), "import-conflict", CodeSpace(bundle.bundle_id, bundle.bits, bundle.centers, "v")
+    )
     index.add([Item("taken/3", "text", np.zeros(8, np.uint8))])
     store = open_store(redis_server.client(), "import-conflict", bundle)
     with pytest.raises(ModalityConflictError, match="taken/3"):
@@ -165,7 +170,7 @@ def test_a_write_between_a_chunks_checks_and_its_commit_is_never_overwritten(
     the chunk is checked again (those ids are now replacements) and written whole, by the script when
     writes keep interrupting. Every item ends stored once, as the chunk wrote it."""
     name = f"import-race-{interruptions}"
-    other = HashIndex.open(redis_server.client(), name, bundle.bundle_id, bundle.bits, bundle.centers, "v")
+    other = HashIndex.open(redis_server.client(), name, CodeSpace(bundle.bundle_id, bundle.bits, bundle.centers, "v"))
     store = open_store(redis_server.client(), name, bundle)
     checks = import_transaction._watch
     calls = []

@@ -14,6 +14,7 @@ import pytest
 
 import index.store
 from index.centers import fit_centers
+from index.code_space import CodeSpace
 from index.codes import pack_signs, to_signs, unpack_signs
 from index.engine import HashIndex, Item
 from index.stored_values import MODALITIES
@@ -25,7 +26,7 @@ CODES = pack_signs(to_signs(np.random.default_rng(3).normal(size=(40, BITS))))  
 def _open(redis_server, name: str) -> HashIndex:
     rng = np.random.default_rng(0)
     centers, _ = fit_centers(unpack_signs(CODES, BITS), 4, rng)
-    return HashIndex.open(redis_server.client(), name, "bundle", BITS, centers, "v1")
+    return HashIndex.open(redis_server.client(), name, CodeSpace("bundle", BITS, centers, "v1"))
 
 
 def _answers(index: HashIndex) -> list:

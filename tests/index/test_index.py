@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from index.centers import fit_centers, nearest_centers
+from index.code_space import CodeSpace
 from index.codes import hamming_distances, pack_signs, to_signs, unpack_signs
 from index.engine import HashIndex, Item
 from index.errors import IndexInputError, ItemNotFoundError, ModalityConflictError, StoreUnavailableError
@@ -26,7 +27,7 @@ def _codes(n: int, seed: int, bits: int = BITS) -> np.ndarray:
 
 def _open(redis_server, n_buckets: int = 8, bits: int = BITS, name: str | None = None) -> HashIndex:
     centers, _ = fit_centers(unpack_signs(_codes(500, 99, bits), bits), n_buckets, np.random.default_rng(0))
-    return HashIndex.open(redis_server.client(), name or uuid.uuid4().hex, "bundle1", bits, centers, "v1")
+    return HashIndex.open(redis_server.client(), name or uuid.uuid4().hex, CodeSpace("bundle1", bits, centers, "v1"))
 
 
 def _items(prefix: str, modality: str, codes: np.ndarray) -> list[Item]:
@@ -328,7 +329,7 @@ def test_a_loaded_index_keeps_no_python_object_per_item(redis_server) -> None:
 
 def test_with_a_reranker_the_full_probe_equals_brute_force_asymmetric_order_over_whole_tie_groups(redis_server) -> None:
     centers, _ = fit_centers(unpack_signs(_codes(500, 99), BITS), 8, np.random.default_rng(0))
-    index = HashIndex.open(redis_server.client(), uuid.uuid4().hex, "bundle1", BITS, centers, "v1", rerank_candidates=5)
+    index = HashIndex.open(redis_server.client(), uuid.uuid4().hex, CodeSpace("bundle1", BITS, centers, "v1", 5))
     codes = _codes(400, 5)
     index.add(_items("t", "text", codes))
     real = np.random.default_rng(6).normal(size=(20, BITS)).astype(np.float32)
