@@ -215,7 +215,7 @@ def fill(client, data: Path, index_name: str = INDEX_NAME, n: int | None = None)
         metadata = [json.dumps({"title": "clip art", "category": f"c{i % CATEGORIES}"}) for i in range(start, stop)]
         store.copy("image", ids, buckets[start:stop], np.arange(start + 1, stop + 1), codes[start:stop], metadata)
     n = len(codes)
-    entries = client.memory_usage(store.keys.entries("image"), samples=0) or 0
+    entries = client.memory_usage(store.keys.entries["image"], samples=0) or 0
     return {"redis_bytes_per_item": round((client.info("memory")["used_memory"] - base) / n, 1),
             "of_which_entries": round(entries / n, 1)}  # fmt: skip
 

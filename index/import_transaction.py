@@ -81,7 +81,7 @@ def prepare(store: RedisStore, group: Group) -> PreparedChunk:
     step = 2 * SLICE
     commands = [
         hiredis.pack_command(("HSET", key, *pairs[start : start + step]))
-        for key, pairs in ((store.keys.items(group.modality), items), (store.keys.entries(group.modality), names))
+        for key, pairs in ((store.keys.items[group.modality], items), (store.keys.entries[group.modality], names))
         for start in range(0, len(pairs), step)
     ]
     buckets, counts = np.unique(group.buckets, return_counts=True)
@@ -125,10 +125,10 @@ def _transaction(store: RedisStore, prepared: PreparedChunk, job: str, chunk: st
         seq += 1
         commands = [hiredis.pack_command(("MULTI",))]
         if dropped:  # before the new entries, as in the script
-            commands.append(hiredis.pack_command(("HDEL", keys.entries(group.modality), *dropped)))
+            commands.append(hiredis.pack_command(("HDEL", keys.entries[group.modality], *dropped)))
         commands += prepared.commands
         commands += [
-            hiredis.pack_command(("HINCRBY", keys.counts(group.modality), b, d)) for b, d in counts.items() if d
+            hiredis.pack_command(("HINCRBY", keys.counts[group.modality], b, d)) for b, d in counts.items() if d
         ]
         commands += [
             hiredis.pack_command(("SET", keys.seq, seq)),
@@ -155,7 +155,7 @@ def _watch(conn: redis.connection.Connection, store: RedisStore, side: int, ids:
     """``WATCH`` what a chunk's write depends on, then check it with :data:`_CHECK` in the same round
     trip: the feed position and each id's stored value under its own modality (b'' where absent)."""
     state = [store.bundle_keys.rebuilding, store.bundle_keys.active, store.keys.seq]
-    items = [store.keys.items(modality) for modality in MODALITIES]
+    items = [store.keys.items[modality] for modality in MODALITIES]
     check = ("EVAL", _CHECK, len(state) + len(items), *state, *items, store.generation, side, msgpack.packb(list(ids)))
     commands = [("WATCH", *state, *items), check]
     conn.send_packed_command([hiredis.pack_command(command) for command in commands])

@@ -33,8 +33,8 @@ def upgrade_entries(client: redis.Redis, keys: GenerationKeys, modality: str) ->
     """Give every stored item of ``modality`` its ``entries:`` entry where some lack one, then drop the
     former hashes; returns how many entries were written. An entry is written only if the item still
     holds that label, so a write racing this leaves no stale entry."""
-    script_keys = [keys.items(modality), keys.entries(modality), keys.former_meta(modality)]
-    former = [keys.former_meta(modality), keys.former_labels(modality)]
+    script_keys = [keys.items[modality], keys.entries[modality], keys.former_meta[modality]]
+    former = [keys.former_meta[modality], keys.former_labels[modality]]
     pipe = client.pipeline(transaction=True)
     pipe.hlen(script_keys[0])
     pipe.hlen(script_keys[1])

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from index.stored_values import MODALITIES
+
 
 @dataclass(frozen=True)
 class IndexKeys:
@@ -28,7 +30,7 @@ class IndexKeys:
         return f"xmh:{self.index_name}:"
 
     def bundle(self, bundle_id: str) -> BundleKeys:
-        return BundleKeys(f"{self.prefix}{bundle_id}:")
+        return BundleKeys.under(f"{self.prefix}{bundle_id}:")
 
     def run(self, run_id: str, name: str) -> str:
         """A key shared by the worker processes of one run of the service."""
@@ -44,70 +46,47 @@ class IndexKeys:
 
 @dataclass(frozen=True)
 class BundleKeys:
-    """The keys of one index under one bundle; ``base`` ends with a colon."""
+    """The keys of one index under one bundle; ``base`` ends with a colon. ``import_progress(job)``: an
+    import's done chunks (chunk → the feed entry that wrote it), under the bundle, not the generation, since
+    a re-bucket copies a done chunk's items, so it stays done."""
 
     base: str
+    active: str
+    rebuilding: str
+    demo_corpus: str
 
-    @property
-    def active(self) -> str:
-        return self.base + "active"
-
-    @property
-    def rebuilding(self) -> str:
-        return self.base + "rebuilding"
-
-    @property
-    def demo_corpus(self) -> str:
-        return self.base + "demo-corpus"
+    @classmethod
+    def under(cls, base: str) -> BundleKeys:
+        return cls(base, *(base + name for name in ("active", "rebuilding", "demo-corpus")))
 
     def import_progress(self, job: str) -> str:
-        """An import's done chunks (chunk → the feed entry that wrote it). Under the bundle, not the
-        generation: a re-bucket copies a done chunk's items, so it stays done."""
         return f"{self.base}import:{job}"
 
     def generation(self, number: int) -> GenerationKeys:
-        return GenerationKeys(f"{self.base}g{number}:")
+        return GenerationKeys.under(f"{self.base}g{number}:")
 
 
 @dataclass(frozen=True)
 class GenerationKeys:
-    """The keys of one generation; ``prefix`` ends with a colon (every key of it starts with it)."""
+    """The keys of one generation; ``prefix`` ends with a colon (every key of it starts with it). The hashes
+    of each modality are by modality name; ``former_meta``/``former_labels`` are the former layout's
+    (``index.layout_upgrade``)."""
 
     prefix: str
+    items: dict[str, str]
+    entries: dict[str, str]
+    counts: dict[str, str]
+    former_meta: dict[str, str]
+    former_labels: dict[str, str]
+    centers: str
+    info: str
+    next_label: str
+    seq: str
+    feed: str
 
-    def items(self, modality: str) -> str:
-        return f"{self.prefix}items:{modality}"
-
-    def entries(self, modality: str) -> str:
-        return f"{self.prefix}entries:{modality}"
-
-    def counts(self, modality: str) -> str:
-        return f"{self.prefix}counts:{modality}"
-
-    def former_meta(self, modality: str) -> str:
-        """The former layout's id → metadata hash (``index.layout_upgrade``)."""
-        return f"{self.prefix}meta:{modality}"
-
-    def former_labels(self, modality: str) -> str:
-        """The former layout's label → id hash (``index.layout_upgrade``)."""
-        return f"{self.prefix}labels:{modality}"
-
-    @property
-    def centers(self) -> str:
-        return self.prefix + "centers"
-
-    @property
-    def info(self) -> str:
-        return self.prefix + "info"
-
-    @property
-    def next_label(self) -> str:
-        return self.prefix + "next_label"
-
-    @property
-    def seq(self) -> str:
-        return self.prefix + "seq"
-
-    @property
-    def feed(self) -> str:
-        return self.prefix + "feed"
+    @classmethod
+    def under(cls, prefix: str) -> GenerationKeys:
+        hashes = [
+            {m: f"{prefix}{kind}:{m}" for m in MODALITIES} for kind in ("items", "entries", "counts", "meta", "labels")
+        ]
+        return cls(prefix, *hashes, *(prefix + name for name in ("centers", "info", "next_label", "seq", "feed")))

@@ -347,7 +347,7 @@ class RedisStore:
     def _upsert_keys(self) -> list[str]:
         """The upsert script's KEYS, without the progress hash."""
         keys = self.keys
-        items = [name for m in MODALITIES for name in (keys.items(m), keys.entries(m), keys.counts(m))]
+        items = [name for m in MODALITIES for name in (keys.items[m], keys.entries[m], keys.counts[m])]
         state = [self.bundle_keys.rebuilding, keys.next_label, keys.seq, keys.feed, self.bundle_keys.active]
         return items + state
 
@@ -406,7 +406,7 @@ class RedisStore:
 
     def delete(self, modality: str, item: str) -> Change | None:
         """Delete an item and append that to the feed; None when it was absent."""
-        keys = [self.keys.items(modality), self.keys.entries(modality), self.keys.counts(modality)]
+        keys = [self.keys.items[modality], self.keys.entries[modality], self.keys.counts[modality]]
         keys += [self.bundle_keys.rebuilding, self.keys.seq, self.keys.feed]
         seq, previous = self._delete(self.client, keys, [item, MODALITIES.index(modality), FEED_LENGTH])
         if not seq:
@@ -418,7 +418,7 @@ class RedisStore:
         one byte per id (a batch's thousand ids are one string to parse, not two thousand replies)."""
         if not items:
             return {}
-        keys = [self.keys.items(modality) for modality in MODALITIES]
+        keys = [self.keys.items[modality] for modality in MODALITIES]
         found = self._modalities(self.client, keys, [msgpack.packb(list(items))])
         return {item: _STORED_AS[side] for item, side in zip(items, found, strict=True)}
 
@@ -426,7 +426,7 @@ class RedisStore:
         return self.modalities_of([item])[item]
 
     def get(self, modality: str, item: str) -> StoredItem | None:
-        value, entry = self._get(self.client, [self.keys.items(modality), self.keys.entries(modality)], [item])
+        value, entry = self._get(self.client, [self.keys.items[modality], self.keys.entries[modality]], [item])
         if not value:
             return None
         bucket, label = HEADER.unpack(value[: HEADER.size])
@@ -437,7 +437,7 @@ class RedisStore:
         since it was ranked): what a search resolves its ranked labels with, in one round trip."""
         if not len(labels):
             return []
-        packed = self._lookup(self.client, [self.keys.entries(modality)], [int(label) for label in labels])
+        packed = self._lookup(self.client, [self.keys.entries[modality]], [int(label) for label in labels])
         return [split_entry(entry) if entry else None for entry in msgpack.unpackb(packed, raw=True)]
 
     def codes_in_order(self, modality: str) -> StoredCodes:
@@ -448,7 +448,7 @@ class RedisStore:
         records are kept once per label."""
         cursor, pages = 0, []
         while True:
-            cursor, count, blob = self._scan_values(self.client, [self.keys.items(modality)], [cursor, _SCAN_COUNT])
+            cursor, count, blob = self._scan_values(self.client, [self.keys.items[modality]], [cursor, _SCAN_COUNT])
             if count:
                 width = len(blob) // count
                 pages.append(np.frombuffer(blob, dtype=record_dtype(width)))
@@ -473,7 +473,7 @@ class RedisStore:
             for entry in self.lookup(modality, codes.labels[start : start + _READ_CHUNK].tolist())
         ]
         if None in described:
-            raise StoreUnavailableError(f"{self.keys.entries(modality)} does not name every stored item")
+            raise StoreUnavailableError(f"{self.keys.entries[modality]} does not name every stored item")
         return StoredItems(
             [item for item, _ in described],
             codes.labels,
@@ -483,7 +483,7 @@ class RedisStore:
         )
 
     def counts(self, modality: str) -> dict[int, int]:
-        raw = call(self.client.hgetall, self.keys.counts(modality))
+        raw = call(self.client.hgetall, self.keys.counts[modality])
         return {int(b): int(c) for b, c in raw.items()}
 
     def save_centers(self, centers: np.ndarray, version: str) -> None:

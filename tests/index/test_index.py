@@ -267,14 +267,14 @@ def _to_former_layout(index: HashIndex, label_map: bool) -> None:
     ``label_map`` is false (the oldest layout), ids by label (``labels:``); no entries."""
     client, store = index.store.client, index.store
     for modality in ("image", "text"):
-        entries = client.hgetall(store.keys.entries(modality))
+        entries = client.hgetall(store.keys.entries[modality])
         if not entries:
             continue
         named = {label: entry.partition(b"\n") for label, entry in entries.items()}
-        client.hset(store.keys.former_meta(modality), mapping={item: meta for item, _, meta in named.values()})
+        client.hset(store.keys.former_meta[modality], mapping={item: meta for item, _, meta in named.values()})
         if label_map:
-            client.hset(store.keys.former_labels(modality), mapping={label: e[0] for label, e in named.items()})
-        client.delete(store.keys.entries(modality))
+            client.hset(store.keys.former_labels[modality], mapping={label: e[0] for label, e in named.items()})
+        client.delete(store.keys.entries[modality])
 
 
 @pytest.mark.parametrize("label_map", [True, False], ids=["ids-and-metadata-hashes", "before-any-label-map"])
@@ -292,7 +292,7 @@ def test_a_store_of_the_former_layout_is_upgraded_at_load(redis_server, label_ma
     assert {m: second.search(m, queries, k=20) for m in ("image", "text")} == before
     assert second.get("t7").metadata == {"n": 7}
     former = [
-        name(m) for name in (first.store.keys.former_meta, first.store.keys.former_labels) for m in ("image", "text")
+        names[m] for names in (first.store.keys.former_meta, first.store.keys.former_labels) for m in ("image", "text")
     ]
     assert not first.store.client.exists(*former)
     assert upgrade_entries(second.store.client, second.store.keys, "image") == 0  # complete now: nothing more to write
