@@ -27,7 +27,7 @@ from training.evaluation.metrics import evaluate_scores
 from training.evaluation.report import DIRECTIONS, evaluate_directions
 from training.featurize.pipeline import FeatureSet, featurize
 from training.methods.base import TrainedHasher
-from training.methods.registry import TRAINERS
+from training.registry import TRAINERS
 
 
 def load_features(dataset: str, cache: Path | None, seed: int = 0) -> FeatureSet:

@@ -28,7 +28,7 @@ from bench.dense_baseline import load_features, load_real, real_parts
 from bench.index_bench import build, routed_search
 from index.codes import pack_signs, to_signs
 from training.evaluation.metrics import average_precision_at, relevance
-from training.methods.registry import TRAINERS
+from training.registry import TRAINERS
 
 
 def rss_bytes() -> int:

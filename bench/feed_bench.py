@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from index.centers import fit_centers
+from index.code_space import CodeSpace
 from index.engine import HashIndex, Item
 from index.redis_server import RedisServer
 from index.store import FEED_LENGTH
@@ -37,7 +38,7 @@ def _open(url: str) -> HashIndex:
 
     rng = np.random.default_rng(0)
     centers, _ = fit_centers(np.where(rng.random((1000, BITS)) < 0.5, -1, 1).astype(np.int8), 64, rng)
-    return HashIndex.open(redis.Redis.from_url(url), "feed", "bench", BITS, centers, "v1")
+    return HashIndex.open(redis.Redis.from_url(url), "feed", CodeSpace("bench", BITS, centers, "v1"))
 
 
 def _write(url: str, writes: int, out: mp.Queue) -> None:
@@ -68,7 +69,7 @@ def _feed_memory(url: str, batches: int, size: int = 256) -> dict:
     for b in range(batches):
         codes = rng.integers(0, 256, size=(size, BITS // 8), dtype=np.uint8)
         index.add([Item(f"m{b}-{i}", "text", codes[i], {"title": "clip art"}) for i in range(size)])
-    client, key = redis.Redis.from_url(url), index.store.key("feed")
+    client, key = redis.Redis.from_url(url), index.store.keys.feed
     entries, used = client.xlen(key), client.memory_usage(key, samples=0)
     return {"batches": batches, "batch_size": size, "feed_entries": entries, "feed_bytes": used,
             "feed_bytes_per_item": round(used / (entries * size), 1)}  # fmt: skip

@@ -50,7 +50,8 @@ import numpy as np
 from index.bundle import load_bundle
 from index.centers import route
 from index.redis_server import RedisServer, free_port
-from index.store import RedisStore, entry, records
+from index.store import RedisStore
+from index.stored_values import entry, records
 from service.settings import DEFAULT_BUNDLE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,12 +186,12 @@ def raw_pipeline(server: RedisServer, bundle, codes: np.ndarray, ids: list[str],
     for start in range(0, len(codes), chunk):
         part = slice(start, start + chunk)
         pipe = client.pipeline(transaction=False)
-        pipe.hset(store.key("items:image"), mapping=dict(zip(ids[part], values[part], strict=True)))
+        pipe.hset(store.keys.items["image"], mapping=dict(zip(ids[part], values[part], strict=True)))
         labels = range(start + 1, start + 1 + len(entries[part]))
-        pipe.hset(store.key("entries:image"), mapping=dict(zip(labels, entries[part], strict=True)))
+        pipe.hset(store.keys.entries["image"], mapping=dict(zip(labels, entries[part], strict=True)))
         counted = np.bincount(buckets[part])
         for bucket in np.flatnonzero(counted).tolist():
-            pipe.hincrby(store.key("counts:image"), bucket, int(counted[bucket]))
+            pipe.hincrby(store.keys.counts["image"], bucket, int(counted[bucket]))
         pipe.execute()
     return len(codes) / (time.perf_counter() - started)
 

@@ -20,7 +20,7 @@ from training.datasets import load_dataset
 from training.evaluation.instance import instance_recall, pair_targets
 from training.evaluation.metrics import relevance
 from training.featurize.pipeline import featurize
-from training.methods.registry import TRAINERS
+from training.registry import TRAINERS
 
 
 def main() -> None:

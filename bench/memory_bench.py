@@ -78,6 +78,7 @@ def child(kind: str, data: Path, redis_url: str | None, probe: int, reloads: int
 
     import redis
 
+    from index.code_space import CodeSpace
     from index.engine import HashIndex
     from index.scan import BucketScan
 
@@ -104,9 +105,13 @@ def child(kind: str, data: Path, redis_url: str | None, probe: int, reloads: int
         client = redis.Redis.from_url(redis_url)
 
         def open_index() -> HashIndex:
-            return HashIndex.open(client, INDEX_NAME, BUNDLE_ID, queries.shape[1] * 8, centers, CENTERS_VERSION)
+            return HashIndex.open(
+                client, INDEX_NAME, CodeSpace(BUNDLE_ID, queries.shape[1] * 8, centers, CENTERS_VERSION)
+            )
 
-        warm = HashIndex.open(client, WARM_UP_INDEX, BUNDLE_ID, queries.shape[1] * 8, centers, CENTERS_VERSION)
+        warm = HashIndex.open(
+            client, WARM_UP_INDEX, CodeSpace(BUNDLE_ID, queries.shape[1] * 8, centers, CENTERS_VERSION)
+        )
         warm.search("image", queries[:1], K, probe, **({} if filtered_search else {"where": {"category": "c3"}}))
     gc.collect()
     before = rss_bytes()
@@ -210,7 +215,7 @@ def fill(client, data: Path, index_name: str = INDEX_NAME, n: int | None = None)
         metadata = [json.dumps({"title": "clip art", "category": f"c{i % CATEGORIES}"}) for i in range(start, stop)]
         store.copy("image", ids, buckets[start:stop], np.arange(start + 1, stop + 1), codes[start:stop], metadata)
     n = len(codes)
-    entries = client.memory_usage(store.key("entries:image"), samples=0) or 0
+    entries = client.memory_usage(store.keys.entries["image"], samples=0) or 0
     return {"redis_bytes_per_item": round((client.info("memory")["used_memory"] - base) / n, 1),
             "of_which_entries": round(entries / n, 1)}  # fmt: skip
 

@@ -80,18 +80,20 @@ def child(data: Path, redis_url: str, probe: int, candidates: int | None) -> dic
     import redis
 
     from bench.memory_bench import WARM_UP, _percentiles
+    from index.code_space import CodeSpace
     from index.engine import HashIndex
 
     centers, queries = np.load(data / "centers.npy"), np.load(data / "queries.npy")
     real = np.load(data / "queries_real.npy") if candidates else None
     bits = queries.shape[1] * 8
     client = redis.Redis.from_url(redis_url)
-    warm = HashIndex.open(client, WARM_UP_INDEX, BUNDLE_ID, bits, centers, CENTERS_VERSION, candidates)
+    space = CodeSpace(BUNDLE_ID, bits, centers, CENTERS_VERSION, candidates)
+    warm = HashIndex.open(client, WARM_UP_INDEX, space)
     warm.search("image", queries[:1], K, probe, query_real=None if real is None else real[:1])
     gc.collect()
     before = rss_bytes()
     started = time.perf_counter()
-    index = HashIndex.open(client, INDEX_NAME, BUNDLE_ID, bits, centers, CENTERS_VERSION, candidates)
+    index = HashIndex.open(client, INDEX_NAME, space)
     seconds = time.perf_counter() - started
     gc.collect()
     n = int(np.load(data / "buckets.npy", mmap_mode="r").shape[0])

@@ -243,7 +243,7 @@ def main() -> int:
             samples.append((soak_seconds, rss_kib(service.pid), sum(items_now.values())))
             store = RedisStore(redis.client(), INDEX, json.loads(setup.request("GET", "/v1/models")[1])["bundle_id"])
             store = store.at(store.active_generation())
-            in_redis = {m: store.client.hlen(store.key(f"items:{m}")) for m in ("image", "text")}
+            in_redis = {m: store.client.hlen(store.keys.items[m]) for m in ("image", "text")}
         finally:
             service.terminate()
             service.wait(30)

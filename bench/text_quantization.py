@@ -20,7 +20,7 @@ from training.evaluation.report import evaluate_hasher, summary_row
 from training.featurize.pipeline import featurize
 from training.featurize.pretrained import GRAPHS_DIR, pretrained_text, text_features
 from training.featurize.pretrained_export import export_text
-from training.methods.registry import TRAINERS
+from training.registry import TRAINERS
 
 FP32_GRAPH = GRAPHS_DIR / "text.fp32.onnx"
 

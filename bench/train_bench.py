@@ -22,7 +22,7 @@ import tracemalloc
 def measure(method: str, bits: int, seed: int) -> dict:
     from training.datasets import load_dataset
     from training.featurize.pipeline import featurize
-    from training.methods.registry import TRAINERS
+    from training.registry import TRAINERS
 
     features = featurize(load_dataset("openclipart", seed=seed))
     tracemalloc.start()

@@ -50,7 +50,7 @@ def main() -> None:
         summary = rebucket(RedisStore(client, args.index, bundle.bundle_id), bundle.bits, args.buckets, args.seed)
         print(json.dumps(summary, indent=2))
         return
-    index = HashIndex.open(client, args.index, bundle.bundle_id, bundle.bits, bundle.centers, bundle.centers_version)
+    index = HashIndex.open(client, args.index, bundle.code_space)
     stats = index.stats()
     stats["bucket_sizes"] = {m: {"min": min(s), "max": max(s)} for m, s in stats["bucket_sizes"].items()}
     print(json.dumps(stats, indent=2))

@@ -21,7 +21,7 @@ packed uint8 codes (n, bits / 8) and metadata (each the JSON text of an object),
 is the index's active generation (:func:`open_store`).
 
 What a chunk's write guarantees: it is one ``MULTI``/``EXEC`` transaction checked as the upsert script
-checks a batch (``RedisStore.write_prepared``; the script itself when other writes keep interrupting),
+checks a batch (``index.import_transaction``; the script itself when other writes keep interrupting),
 so Redis writes every item of the chunk (items, entries, bucket counts), appends the chunk to the change
 feed as one entry, and marks the chunk done in the job's progress hash, all or nothing; the call returns
 once Redis has it (with ``appendfsync always``, in the fsync'd AOF). Running workers follow the feed and
@@ -56,7 +56,10 @@ from tqdm import tqdm
 from index.bundle import Bundle
 from index.centers import CenterIndex
 from index.errors import GenerationMovedError, IndexInputError
-from index.store import ID_MAX_CHARS, ID_PATTERN, MODALITIES, Group, PreparedChunk, RedisStore
+from index.import_transaction import PreparedChunk, done_chunks, prepare, write_prepared
+from index.item_ids import ID_MAX_CHARS, ID_PATTERN
+from index.store import Group, RedisStore
+from index.stored_values import MODALITIES
 
 DEFAULT_CHUNK = 10_000  # items per script call: large enough that a call's fixed cost (fsync) is small
 FEED_ITEMS = 1_000_000  # items of import chunks the change feed keeps (entries = FEED_ITEMS / chunk)
@@ -127,7 +130,7 @@ def import_chunks(
     ``total``: items to write, for the progress bar. Raises :class:`StoreUnavailableError` when Redis
     fails (the chunks written so far stay written and marked: a re-run resumes). Chunks are produced,
     checked and routed on a worker thread while Redis writes the previous one."""
-    done = store.done_chunks(job) if done is None else done
+    done = done_chunks(store, job) if done is None else done
     written = skipped = items = 0
     with tqdm(total=total, unit="item", unit_scale=True, disable=not progress, desc="import") as bar:
         for chunk, prepared in _ahead(_prepared(chunks, done, store)):
@@ -136,7 +139,7 @@ def import_chunks(
                 continue
             feed_length = max(1, FEED_ITEMS // len(chunk.ids))
             try:
-                store.write_prepared(prepared, job, chunk.key, feed_length)
+                write_prepared(store, prepared, job, chunk.key, feed_length)
             except GenerationMovedError:  # a re-bucket ended: route with the new centers, write again
                 store = store.at(store.active_generation())
                 buckets = _centers(store).route(chunk.codes, 1)[:, 0]
@@ -171,13 +174,13 @@ def _prepared(
             store = store.at(active)
             centers = _centers(store)
         buckets = centers.route(chunk.codes, 1)[:, 0]
-        yield chunk, store.prepare(Group(chunk.modality, chunk.ids, buckets, chunk.codes, chunk.metadata))
+        yield chunk, prepare(store, Group(chunk.modality, chunk.ids, buckets, chunk.codes, chunk.metadata))
 
 
 def _centers(store: RedisStore) -> CenterIndex:
     stored = store.load_centers()
     if stored is None:
-        raise IndexInputError(f"generation {store.generation} of {store.base} has no centers")
+        raise IndexInputError(f"generation {store.generation} of {store.bundle_keys.base} has no centers")
     return CenterIndex(stored[0])
 
 
@@ -343,7 +346,7 @@ def import_files(
         raise IndexInputError(f"unknown modality {modality!r}; expected one of {list(MODALITIES)}")
     inputs = sources(files, sidecar)
     job = job_name(bundle, modality, chunk, inputs)
-    done = store.done_chunks(job)
+    done = done_chunks(store, job)
     keys = chunk_keys(inputs, chunk)
     total = sum(n for key, n in keys.items() if key not in done)
     summary = import_chunks(

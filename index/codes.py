@@ -10,6 +10,15 @@ from __future__ import annotations
 import numpy as np
 
 
+def check_code_bits(bits: int, what: str = "code length") -> int:
+    """``bits``, when it is a length codes can have: a positive multiple of 8, since packed codes are whole
+    bytes (FAISS's binary layout); else a ValueError naming ``what``. The one statement of the rule, checked
+    where a length is born (``train --bits``, the manifest, :class:`index.code_space.CodeSpace`)."""
+    if bits <= 0 or bits % 8:
+        raise ValueError(f"{what} must be a positive multiple of 8, got {bits}")
+    return bits
+
+
 def to_signs(real: np.ndarray) -> np.ndarray:
     """Real-valued codes → {−1, +1} as int8."""
     return np.where(np.asarray(real) > 0, 1, -1).astype(np.int8)

@@ -11,7 +11,7 @@ generation made by a re-bucket (``index.rebuild``) completely before swapping th
 reader never sees a half-built index.
 
 Every process serving an index holds it in memory and keeps it current by applying Redis's change
-feed (``index.store``) in order: its own writes as soon as Redis acknowledges them (so a write is
+feed (``index.change_feed``) in order: its own writes as soon as Redis acknowledges them (so a write is
 searchable in the process that made it when the call returns) and other processes' writes as
 :meth:`HashIndex.follow` or :meth:`HashIndex.catch_up` read them (a service lets the index do that on
 a thread it owns: :meth:`HashIndex.start_following`, stopped by :meth:`HashIndex.close`). Labels are
@@ -46,11 +46,15 @@ import numpy as np
 import redis
 
 from index.centers import CenterIndex
+from index.change_feed import Change
+from index.code_space import CodeSpace
 from index.errors import FeedGapError, IndexInputError, ItemNotFoundError, StoreUnavailableError
+from index.layout_upgrade import upgrade_entries
 from index.memory import release_freed_memory
 from index.rerank import MAX_CANDIDATES, rerank
 from index.scan import BucketScan
-from index.store import MODALITIES, Change, Group, RedisStore, StoredItem
+from index.store import Group, RedisStore, StoredItem
+from index.stored_values import MODALITIES
 
 log = logging.getLogger("xmhash.index")
 _LOAD_ATTEMPTS = 3  # loads a burst of writes may outrun before the error surfaces (each retry starts afresh)
@@ -124,23 +128,23 @@ class Generation:
                 if attempt == _LOAD_ATTEMPTS:
                     raise
                 attempt += 1
-                log.warning("index: writes outran loading %s; loading again", store.prefix)
+                log.warning("index: writes outran loading %s; loading again", store.keys.prefix)
 
     @classmethod
     def _load(cls, store: RedisStore, bits: int) -> Generation:
         stored = store.load_centers()
         if stored is None:
-            raise IndexInputError(f"generation {store.generation} of {store.base} has no centers")
+            raise IndexInputError(f"generation {store.generation} of {store.bundle_keys.base} has no centers")
         centers, version = stored
-        applied = store.feed_position()  # read first: every change up to it is in what is read next
+        applied = store.feed.position()  # read first: every change up to it is in what is read next
         sides = {m: _Side(BucketScan(bits, len(centers))) for m in MODALITIES}
         for modality, side in sides.items():
-            store.upgrade_entries(modality)
+            upgrade_entries(store.client, store.keys, modality)
             stored = store.codes_in_order(modality)
             if len(stored.labels):
                 side.scan.add(stored.labels, stored.codes, stored.buckets)
         generation = cls(store, CenterIndex(centers), version, sides, applied)
-        for change in store.changes_after(applied):
+        for change in store.feed.after(applied):
             generation.apply(change)
         return generation
 
@@ -164,36 +168,29 @@ class Generation:
 class HashIndex:
     """Items of both modalities under one bundle's code space, searchable across modalities."""
 
-    def __init__(self, bits: int, generation: Generation, rerank_candidates: int | None = None) -> None:
-        if bits % 8:
-            raise ValueError(f"code length {bits} is not a multiple of 8")
-        head_bits = generation.centers.centers.shape[1]
-        if head_bits % 8 or head_bits > bits:
-            raise ValueError(f"head of {head_bits} bits must be a multiple of 8 and at most {bits}")
-        self.bits = bits
-        self.head_bytes = head_bits // 8
-        self.rerank_candidates = rerank_candidates  # None: Hamming order only (the bundle has no re-ranker)
+    def __init__(self, space: CodeSpace, generation: Generation) -> None:
+        self.space = space
+        self.head_bytes = space.head_bits // 8
         self.generation = generation
         self._apply_lock = threading.Lock()  # one applier of the feed at a time
         self._memory_lock = threading.Lock()  # an applier changing the scans vs. a search reading them
         self._closing = threading.Event()
 
+    @property
+    def bits(self) -> int:
+        return self.space.bits
+
+    @property
+    def rerank_candidates(self) -> int | None:
+        """Hamming candidates the bundle's re-ranker takes; None: Hamming order only (no re-ranker)."""
+        return self.space.rerank_candidates
+
     @classmethod
-    def open(
-        cls,
-        client: redis.Redis,
-        index_name: str,
-        bundle_id: str,
-        bits: int,
-        centers: np.ndarray,
-        centers_version: str,
-        rerank_candidates: int | None = None,
-    ) -> HashIndex:
-        """Attach to Redis and load the active generation; a new index starts generation 0 with these
-        centers (a re-bucketed one keeps the centers it was re-bucketed with). ``rerank_candidates``: the
-        bundle's re-ranker takes this many Hamming candidates (and the rest of their last tie group)."""
-        store = RedisStore(client, index_name, bundle_id).open_active(centers, centers_version)
-        return cls(bits, Generation.load(store, bits), rerank_candidates)
+    def open(cls, client: redis.Redis, index_name: str, space: CodeSpace) -> HashIndex:
+        """Attach to Redis and load the active generation of ``space``'s index; a new index starts
+        generation 0 with its centers (a re-bucketed one keeps the centers it was re-bucketed with)."""
+        store = RedisStore(client, index_name, space.bundle_id).open_active(space.centers, space.centers_version)
+        return cls(space, Generation.load(store, space.bits))
 
     def start_following(self, refresh_seconds: float) -> None:
         """Keep this index current on a thread of its own until :meth:`close`: apply other processes'
@@ -261,7 +258,7 @@ class HashIndex:
         """Wait up to ``block_ms`` for changes not yet applied here and apply them; returns how many.
         A service calls this in a loop on a thread of its own."""
         generation = self.generation
-        changes = generation.store.wait_for_changes(generation.applied, block_ms)
+        changes = generation.store.feed.wait(generation.applied, block_ms)
         with self._apply_lock:
             if not changes or self.generation.store.generation != generation.store.generation:
                 return 0
@@ -278,9 +275,9 @@ class HashIndex:
             return 0
         try:
             if not pending:
-                pending = generation.store.changes_after(generation.applied)
+                pending = generation.store.feed.after(generation.applied)
             elif pending[0].seq != generation.applied + 1:
-                pending = generation.store.changes_after(generation.applied, until=pending[-1].seq)
+                pending = generation.store.feed.after(generation.applied, until=pending[-1].seq)
         except FeedGapError:
             log.warning("index: changes after %d left the feed before they were applied; reloading", generation.applied)
             self.generation = Generation.load(generation.store, self.bits)

@@ -20,7 +20,8 @@ import numpy as np
 
 from index.centers import fit_centers, head_signs, route
 from index.errors import StoreUnavailableError
-from index.store import MODALITIES, RedisStore
+from index.store import RedisStore
+from index.stored_values import MODALITIES
 
 _BATCH = 2000  # items per copy script: each runs atomically, so a batch bounds how long Redis is blocked
 _LOCK_SECONDS = 3600  # the rebuild flag expires after this, so a crashed re-bucket cannot block writes forever
@@ -32,14 +33,14 @@ def rebucket(store: RedisStore, bits: int, k: int, seed: int = 0, sample: int = 
     """Re-bucket the active generation of ``store``'s index into ``k`` buckets; returns a summary."""
     active = store.active_generation()
     if active is None:
-        raise ValueError(f"no index at {store.base}")
-    if not store.client.set(store.rebuild_key, 1, nx=True, ex=_LOCK_SECONDS):
+        raise ValueError(f"no index at {store.bundle_keys.base}")
+    if not store.client.set(store.bundle_keys.rebuilding, 1, nx=True, ex=_LOCK_SECONDS):
         raise StoreUnavailableError("another re-bucket of this index is running")
     try:
         old = store.at(active)
         stored = old.load_centers()
         if stored is None:
-            raise ValueError(f"generation {active} of {store.base} has no centers")
+            raise ValueError(f"generation {active} of {store.bundle_keys.base} has no centers")
         head_bits = stored[0].shape[1]
         items = {m: old.items_in_order(m) for m in MODALITIES}
         heads = np.concatenate([head_signs(stored.codes, head_bits) for stored in items.values() if len(stored.codes)])
@@ -69,4 +70,4 @@ def rebucket(store: RedisStore, bits: int, k: int, seed: int = 0, sample: int = 
         return {"generation": active + 1, "buckets": k, "centers_version": version,
                 "items": {m: len(stored.ids) for m, stored in items.items()}}  # fmt: skip
     finally:
-        store.client.delete(store.rebuild_key)
+        store.client.delete(store.bundle_keys.rebuilding)

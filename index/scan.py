@@ -36,8 +36,6 @@ class BucketScan:
     """The items of one modality, split into buckets, scanned by Hamming distance within probed buckets."""
 
     def __init__(self, bits: int, n_buckets: int) -> None:
-        if bits % 8:
-            raise ValueError(f"code length {bits} is not a multiple of 8")
         if not 0 < n_buckets <= _BUCKET_MASK + 1:
             raise ValueError(f"between 1 and {_BUCKET_MASK + 1} buckets, got {n_buckets}")
         self.bits = bits

@@ -142,9 +142,7 @@ def load_collection(args: argparse.Namespace) -> int:
         url, server = embedded_redis(settings.data_dir)
     client = redis.Redis.from_url(url)
     try:
-        index = HashIndex.open(
-            client, settings.index_name, bundle.bundle_id, bundle.bits, bundle.centers, bundle.centers_version
-        )
+        index = HashIndex.open(client, settings.index_name, bundle.code_space)
         loader = Loader(bundle, index, client, settings.index_name, settings.max_image_pixels, os.cpu_count() or 1)
         name = args.name or collection.folder.name
         with tqdm(total=len(collection.items), desc=f"loading {collection.manifest.name}", unit="item") as bar:

@@ -18,6 +18,7 @@ import threading
 import time
 
 from index.collection import CollectionError, read_collection
+from index.redis_keys import IndexKeys
 from service.collection import Loader, LoadReport
 from service.runtime import Runtime
 
@@ -27,7 +28,7 @@ DEMO_NAME = "demo"  # the demo collection's name in the index's collection regis
 
 def _progress_key(runtime: Runtime) -> str:
     """Per index and bundle: items are namespaced by bundle, so a new bundle starts its own corpus."""
-    return f"xmh:{runtime.settings.index_name}:{runtime.bundle.bundle_id}:demo-corpus"
+    return IndexKeys(runtime.settings.index_name).bundle(runtime.bundle.bundle_id).demo_corpus
 
 
 def progress(runtime: Runtime) -> dict:

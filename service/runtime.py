@@ -13,7 +13,7 @@ One service run may be several worker processes (``XMHASH_WORKERS``), each a Run
 in memory. Each model's index follows the change feed on a thread of its own (other workers' writes, a
 re-bucketed generation: ``HashIndex.start_following``); the runtime's own thread follows a swap made
 through another worker, which records the bundle serving this run in Redis
-(``xmh:{index}:run:{run_id}:bundle``).
+(``index.redis_keys``: ``xmh:{index}:run:{run_id}:bundle``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import redis
 from index.bundle import Bundle, BundleError, load_bundle
 from index.engine import HashIndex
 from index.errors import IndexInputError, StoreUnavailableError
+from index.redis_keys import IndexKeys
 from service.encoder import Encoder
 from service.metrics import Metrics
 from service.settings import Settings
@@ -60,23 +61,14 @@ class Model:
         following its change feed."""
         bundle = load_bundle(path, threads=1)
         encoder = Encoder(bundle, settings.max_text_chars, settings.max_image_bytes, settings.max_image_pixels)
-        reranker = bundle.manifest.reranker
-        index = HashIndex.open(
-            client,
-            settings.index_name,
-            bundle.bundle_id,
-            bundle.bits,
-            bundle.centers,
-            bundle.centers_version,
-            None if reranker is None else reranker.candidates,
-        )
+        index = HashIndex.open(client, settings.index_name, bundle.code_space)
         index.start_following(settings.refresh_seconds)
         return cls(path.resolve(), bundle, encoder, index)
 
 
 def _run_key(settings: Settings, name: str) -> str:
     """A key shared by the worker processes of one run of the service."""
-    return f"xmh:{settings.index_name}:run:{settings.run_id}:{name}"
+    return IndexKeys(settings.index_name).run(settings.run_id, name)
 
 
 _PINNED: ContextVar[tuple[Runtime, Model] | None] = ContextVar("xmhash_pinned_model", default=None)

@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from index.engine import Hit
-from index.store import ID_MAX_CHARS, ID_PATTERN
+from index.item_ids import ID_MAX_CHARS, ID_PATTERN
 
 Modality = Literal["image", "text"]
 # A 2×2 red PNG: the image example of the docs, one that a client can send as it is.

@@ -36,6 +36,7 @@ from PIL import Image
 from index.bundle.featurizers import ImageDecodeError, load_pixels
 from index.collection import inside_path
 from index.errors import StoreUnavailableError
+from index.redis_keys import IndexKeys
 from service.runtime import Runtime
 
 SIZE = 160  # px: a grid cell is ~150 CSS px, so sharp at 1x and still a few KB per item in Redis
@@ -83,11 +84,11 @@ def exceeds(path: Path, max_pixels: int) -> bool:
 
 def _key(index_name: str, item_id: str) -> str:
     """Per index name, not per bundle: a thumbnail shows the image, whatever model hashes it."""
-    return f"xmh:{index_name}:thumb:{item_id}"
+    return IndexKeys(index_name).thumbnail(item_id)
 
 
 def _collections_key(index_name: str) -> str:
-    return f"xmh:{index_name}:collections"
+    return IndexKeys(index_name).collections
 
 
 def _redis(call, *args):

@@ -1,4 +1,5 @@
-"""Imports run one way: ``service → index`` and ``training → index``; ``index`` imports neither.
+"""Imports run one way: ``service → index`` and ``training → index``; ``index`` imports neither; inside each
+package, from higher layers to lower ones (:data:`LAYERS`), without a cycle.
 
 The shared contract (binary codes, binary k-means, the bundle manifest, reader and serving featurizers)
 lives in ``index``, so serving never needs training code (nor torch). The import graph is read from the
@@ -174,3 +175,83 @@ def test_importing_the_service_app_loads_no_training_module() -> None:
         [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]", result.stdout
+
+
+# Inside each package, layers from the bottom up: a module imports only modules of its own layer or below
+# (and no cycle runs through its own layer: ``test_no_import_cycle_between_the_modules_of_a_package``). A
+# module is placed by the longest name of a layer that contains it, so a new module must be placed here.
+LAYERS: dict[str, list[set[str]]] = {
+    "index": [
+        {"index", "index.codes", "index.errors", "index.item_ids", "index.memory", "index.redis_keys",
+         "index.stored_values", "index.rerank", "index.collection", "index.redis_server"},
+        {"index.centers", "index.code_space", "index.bundle", "index.scan", "index.redis_calls"},
+        {"index.change_feed", "index.layout_upgrade"},
+        {"index.store"},
+        {"index.import_transaction", "index.rebuild", "index.engine"},
+        {"index.bulk_import"},
+        {"index.__main__"},
+    ],
+    "service": [
+        {"service", "service.settings", "service.metrics", "service.schemas", "service.encoder", "service.embedded",
+         "service.routes", "service.routes.fast_json"},
+        {"service.runtime", "service.contract"},
+        {"service.thumbnails"},
+        {"service.collection", "service.ingest"},
+        {"service.demo", "service.routes.deps"},
+        {"service.routes.items", "service.routes.models", "service.routes.page", "service.routes.search",
+         "service.routes.similar", "service.routes.system", "service.routes.thumbnails"},
+        {"service.app", "service.__main__"},
+    ],
+    "training": [
+        {"training", "training.datasets"},
+        {"training.methods"},
+        {"training.featurize"},
+        {"training.evaluation", "training.bundle"},
+        {"training.registry"},
+        {"training.cli", "training.__main__"},
+    ],
+}  # fmt: skip
+
+
+def layer_of(module: str, layers: list[set[str]]) -> int | None:
+    """The layer of the longest layer name that is ``module`` or a package above it; None when none is."""
+    found = [(len(name), rank) for rank, names in enumerate(layers) for name in names
+             if module == name or module.startswith(name + ".")]  # fmt: skip
+    return max(found)[1] if found else None
+
+
+def _module_graph(imports: dict[str, set[str]], package: str) -> dict[str, set[str]]:
+    """Module → the modules of the same package it imports (``from a import b`` names module ``a.b`` when
+    that is a module, else ``a``)."""
+    modules = {m for m in imports if _top(m) == package}
+    graph = {}
+    for module in modules:
+        named = {n if n in modules else n.rpartition(".")[0] for n in imports[module] if _top(n) == package}
+        graph[module] = (named & modules) - {module}
+    return graph
+
+
+def test_the_layer_check_places_modules_by_their_longest_layer_name() -> None:
+    layers = [{"p", "p.low"}, {"p.high"}]
+    assert [layer_of(m, layers) for m in ("p", "p.low.x", "p.high", "p.high.y", "q")] == [0, 0, 1, 1, None]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_imports_inside_a_package_run_from_higher_layers_to_lower_ones(package: str) -> None:
+    layers = LAYERS[package]
+    graph = _module_graph(_imports_by_module(), package)
+    unplaced = sorted(m for m in graph if layer_of(m, layers) is None)
+    assert not unplaced, f"place these modules in LAYERS[{package!r}]: {unplaced}"
+    upward = sorted(
+        f"{module} (layer {layer_of(module, layers)}) → {name} (layer {layer_of(name, layers)})"
+        for module, names in graph.items()
+        for name in names
+        if layer_of(name, layers) > layer_of(module, layers)
+    )
+    assert not upward, "imports from a lower layer to a higher one:\n" + "\n".join(upward)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_import_cycle_between_the_modules_of_a_package(package: str) -> None:
+    graph = _module_graph(_imports_by_module(), package)
+    assert find_cycle(graph) is None, f"import cycle {find_cycle(graph)}"

@@ -11,6 +11,9 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from index.codes import check_code_bits
+from training.registry import TRAINERS
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
@@ -28,18 +31,7 @@ DATASET_HELP = (
 FEATURES_HELP = "featurizers of a raw corpus (default: the dataset's own; OpenClipart: pretrained)"
 
 
-class Method(StrEnum):
-    lsh = "lsh"
-    cca = "cca"
-    cmfh = "cmfh"
-    dsfh = "dsfh"
-    amsh = "amsh"
-    amsh_unpaired = "amsh-unpaired"
-    uddh = "uddh"
-    dmsfh = "dmsfh"
-    mmach = "mmach"
-    contrastive = "contrastive"
-    dsfh_instance = "dsfh-instance"
+Method = StrEnum("Method", {name.replace("-", "_"): name for name in TRAINERS})  # the registry's, as choices
 
 
 def _fail(message: str) -> typer.Exit:
@@ -110,6 +102,14 @@ def _report_split(dataset) -> None:
     )
 
 
+def _code_lengths(lengths: list[int]) -> list[int]:
+    """``--bits`` checked where the length is born, not when the bundle it makes is loaded."""
+    try:
+        return [check_code_bits(length) for length in lengths]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
 @app.command()
 def train(
     dataset: Annotated[str, typer.Option(help=DATASET_HELP)],
@@ -117,7 +117,9 @@ def train(
     method: Annotated[
         Method | None, typer.Option(help="hashing method (default: dsfh when the dataset has labels, else uddh)")
     ] = None,
-    bits: Annotated[list[int], typer.Option(help="code length; repeat for several")] = [64],  # noqa: B006
+    bits: Annotated[
+        list[int], typer.Option(help="code length, a multiple of 8; repeat for several", callback=_code_lengths)
+    ] = [64],  # noqa: B006
     param: Annotated[
         list[str] | None, typer.Option(help="config override KEY=VALUE (a number or text); repeatable")
     ] = None,
@@ -128,9 +130,8 @@ def train(
     per code length a model bundle (``<out>/<bits>bits/bundle``) with its metrics JSON and plots beside it."""
     from training.bundle.writer import write_bundle
     from training.datasets import DatasetNotFoundError, load_dataset
-    from training.evaluation.report import evaluate_hasher, plot_history, summary_row, write_report
+    from training.evaluation.report import evaluate_hasher, markdown_table, plot_history, summary_row, write_report
     from training.featurize.pipeline import featurize
-    from training.methods.registry import TRAINERS
 
     params = _parse_params(param or [])
     try:
@@ -217,14 +218,6 @@ def _parse_params(items: list[str]) -> dict:
     return params
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """Rows of the results table (docs/results.md) for a list of summary rows."""
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 @app.command()
 def evaluate(
     codes: Annotated[
@@ -267,33 +260,18 @@ def featurizers(
 ) -> None:
     """Build a bundle's pretrained featurizer files (ONNX graphs, tokenizer) from the installed weight
     packages, deterministically, and check each against the sha256 in its manifest."""
-    import shutil
-    import tempfile
-
-    from index.bundle.manifest import EfficientNetLite0Spec, MiniLMSpec
     from index.bundle.reader import BundleError, read_manifest
-    from training.featurize.pretrained import IMAGE_GRAPH, TEXT_GRAPH, TOKENIZER, build_featurizer_files
+    from training.featurize.pretrained import install_featurizer_files
 
+    installed = 0
     try:
-        manifest = read_manifest(bundle)
-    except BundleError as exc:
+        for name, digest in install_featurizer_files(bundle, read_manifest(bundle)):
+            typer.echo(f"{bundle / name}: sha256 {digest} as in the manifest")
+            installed += 1
+    except (BundleError, ValueError) as exc:
         raise _fail(str(exc)) from exc
-    image, text = manifest.modalities.image.featurizer, manifest.modalities.text.featurizer
-    targets = {IMAGE_GRAPH: image.onnx} if isinstance(image, EfficientNetLite0Spec) else {}
-    targets |= {TEXT_GRAPH: text.onnx, TOKENIZER: text.tokenizer} if isinstance(text, MiniLMSpec) else {}
-    if not targets:
+    if not installed:
         typer.echo(f"{bundle}: no pretrained featurizers to build")
-        return
-    with tempfile.TemporaryDirectory() as scratch:
-        digests = build_featurizer_files(Path(scratch))
-        for built, name in targets.items():
-            if digests[built] != manifest.files[name]:
-                raise _fail(
-                    f"{name}: built sha256 {digests[built]} differs from the manifest's {manifest.files[name]} "
-                    "(another version of torch, onnx or the weight packages than the bundle was made with)"
-                )
-            shutil.copyfile(Path(scratch) / built, bundle / name)
-            typer.echo(f"{bundle / name}: sha256 {digests[built]} as in the manifest")
 
 
 @app.command("semantic-index")
@@ -305,27 +283,14 @@ def semantic_index(
     """Metrics of retrieval restricted to each query's nearest semantic bucket(s), both directions."""
     from index.bundle import load_bundle
     from training.datasets import load_dataset
-    from training.evaluation.report import DIRECTIONS
-    from training.evaluation.semantic_index import restricted_metrics
+    from training.evaluation.report import markdown_table
+    from training.evaluation.semantic_index import semantic_index_rows
     from training.featurize.pipeline import bundle_features_kind, featurize
 
     model = load_bundle(bundle)
     dataset = load_dataset(model.manifest.training.dataset, seed=seed)
     features = featurize(dataset, kind=bundle_features_kind(model.manifest))
-    rows = []
-    for direction, (source, target) in DIRECTIONS.items():
-        query = model.signs(source, features.part("query")[0 if source == "image" else 1])
-        database = model.signs(target, features.part("database")[0 if target == "image" else 1])
-        labels = features.part("query")[2], features.part("database")[2]
-        for probe in [None, *probes]:
-            result = restricted_metrics(query, database, *labels, model.centers, model.head_bits, probe)
-            rows.append(
-                {
-                    "direction": direction,
-                    **{k: v if isinstance(v, str | int) else round(v, 4) for k, v in result.items()},
-                }
-            )
-    typer.echo(markdown_table(rows))
+    typer.echo(markdown_table(semantic_index_rows(model, features, probes)))
 
 
 @app.command("instance")
@@ -341,6 +306,7 @@ def instance(
     from index.bundle import load_bundle
     from training.datasets import load_dataset
     from training.evaluation.instance import bundle_code_statistics, bundle_instance_table, text_groups
+    from training.evaluation.report import markdown_table
     from training.featurize.pipeline import bundle_features_kind, featurize
 
     models = [load_bundle(path) for path in bundle]
@@ -370,6 +336,7 @@ def natural_queries(
     from index.bundle import load_bundle
     from training.datasets import load_dataset
     from training.evaluation.natural_queries import natural_query_table, short_text_metrics
+    from training.evaluation.report import markdown_table
     from training.featurize.pipeline import bundle_features_kind, featurize
 
     model = load_bundle(bundle)

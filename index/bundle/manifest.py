@@ -10,7 +10,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, PositiveInt, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    PositiveInt,
+    StringConstraints,
+)
+
+from index.codes import check_code_bits
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, FORMAT_VERSION)
@@ -23,6 +34,7 @@ OUTPUT_NAME = "codes"
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 JsonObject = dict[str, JsonValue]
+CodeBits = Annotated[int, AfterValidator(check_code_bits)]  # whole bytes: refused where a bundle is written
 
 
 class _Strict(BaseModel):
@@ -154,7 +166,7 @@ class Manifest(_Strict):
 
     format_version: Literal[2] = FORMAT_VERSION
     modalities: Modalities
-    code_bits: PositiveInt
+    code_bits: CodeBits
     semantic_index: SemanticIndex
     reranker: Reranker | None = Field(default=None, description="absent: results in Hamming order")
     files: dict[str, Sha256] = Field(description="sha256 of every other file of the bundle")

@@ -29,6 +29,7 @@ from index.bundle.manifest import (
     MiniLMSpec,
 )
 from index.bundle.pretrained import ImageEncoder, TextEncoder, image_pixels
+from index.code_space import CodeSpace
 from index.codes import pack_signs, to_signs
 
 _ERRORS_SHOWN = 10  # validation problems a BundleError names (a long vocabulary can have thousands)
@@ -142,8 +143,14 @@ class Bundle:
         index = manifest.semantic_index
         self.centers: np.ndarray = np.load(io.BytesIO(files[index.centers]), allow_pickle=False)
         self.head_bits: int = index.head_bits
-        if self.centers.shape != (index.k, self.head_bits) or self.head_bits > self.bits or self.head_bits % 8:
+        if self.centers.shape != (index.k, self.head_bits):
             raise BundleError(f"centers of shape {self.centers.shape} do not fit a {self.head_bits}-bit head")
+        reranker = manifest.reranker
+        try:
+            self.code_space = CodeSpace(self.bundle_id, self.bits, self.centers, self.centers_version,
+                                        None if reranker is None else reranker.candidates)  # fmt: skip
+        except ValueError as exc:
+            raise BundleError(f"the manifest's code space: {exc}") from exc
 
     @property
     def centers_version(self) -> str:

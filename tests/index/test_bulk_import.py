@@ -15,11 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from index import import_transaction
 from index.bulk_import import Chunk, import_chunks, import_files, open_store
 from index.bundle import load_bundle
 from index.centers import route
+from index.code_space import CodeSpace
 from index.engine import HashIndex, Item
 from index.errors import GenerationMovedError, IndexInputError, ModalityConflictError, StoreUnavailableError
+from index.import_transaction import done_chunks, prepare, write_prepared
 from index.rebuild import rebucket
 from index.redis_server import RedisServer
 from index.store import Group, RedisStore
@@ -58,13 +61,15 @@ def assert_imported(server: RedisServer, index_name: str, bundle, name: str, cod
 
 
 def test_codes_are_imported_in_chunks_that_a_running_index_follows(redis_server, tmp_path: Path, bundle) -> None:
-    index = HashIndex.open(redis_server.client(), "import-follow", bundle.bundle_id, bundle.bits, bundle.centers, "v")
+    index = HashIndex.open(
+        redis_server.client(), "import-follow", CodeSpace(bundle.bundle_id, bundle.bits, bundle.centers, "v")
+    )
     path, codes = write_codes(tmp_path, 2_500)
     store = open_store(redis_server.client(), "import-follow", bundle)
     summary = import_files(store, bundle, "image", [path], chunk=1_000, progress=False)
     assert (summary.written_chunks, summary.skipped_chunks, summary.written_items) == (3, 0, 2_500)
     assert_imported(redis_server, "import-follow", bundle, "codes", codes)
-    assert store.feed_position() == 3  # one feed entry per chunk
+    assert store.feed.position() == 3  # one feed entry per chunk
     assert index.catch_up() == 3 and index.stats()["items"]["image"] == 2_500
     hits = index.search("image", codes[[7]], k=1, probe=None)[0]
     assert hits[0].distance == 0 and hits[0].metadata == {"i": 7, "name": "codes"}
@@ -138,42 +143,46 @@ def _chunk(key: str, prefix: str, n: int, seed: int) -> Chunk:
 
 
 def test_a_chunk_holding_an_id_of_the_other_modality_is_refused_whole(redis_server, bundle) -> None:
-    index = HashIndex.open(redis_server.client(), "import-conflict", bundle.bundle_id, bundle.bits, bundle.centers, "v")
+    index = HashIndex.open(
+        redis_server.client(), "import-conflict", CodeSpace(bundle.bundle_id, bundle.bits, bundle.centers, "v")
+    )
     index.add([Item("taken/3", "text", np.zeros(8, np.uint8))])
     store = open_store(redis_server.client(), "import-conflict", bundle)
     with pytest.raises(ModalityConflictError, match="taken/3"):
         import_chunks(store, "job", [_chunk("0", "taken", 10, 0)], progress=False)
     assert assert_whole(redis_server.client(), "import-conflict", bundle.bundle_id)["image"] == {}
-    assert store.done_chunks("job") == set()
+    assert done_chunks(store, "job") == set()
 
 
 def test_a_chunk_is_refused_while_the_index_is_re_bucketed(redis_server, bundle) -> None:
     store = open_store(redis_server.client(), "import-rebucket", bundle)
-    redis_server.client().set(store.rebuild_key, 1)
+    redis_server.client().set(store.bundle_keys.rebuilding, 1)
     with pytest.raises(StoreUnavailableError, match="re-bucketed"):
         import_chunks(store, "job", [_chunk("0", "c", 10, 0)], progress=False)
     assert assert_whole(redis_server.client(), "import-rebucket", bundle.bundle_id)["image"] == {}
 
 
 @pytest.mark.parametrize("interruptions", [1, 99], ids=["once-then-its-transaction", "always-then-the-script"])
-def test_a_write_between_a_chunks_checks_and_its_commit_is_never_overwritten(redis_server, bundle, interruptions):
+def test_a_write_between_a_chunks_checks_and_its_commit_is_never_overwritten(
+    redis_server, bundle, interruptions, monkeypatch
+):
     """Another process writing the very ids of a chunk after the chunk's checks aborts its transaction;
     the chunk is checked again (those ids are now replacements) and written whole, by the script when
     writes keep interrupting. Every item ends stored once, as the chunk wrote it."""
     name = f"import-race-{interruptions}"
-    other = HashIndex.open(redis_server.client(), name, bundle.bundle_id, bundle.bits, bundle.centers, "v")
+    other = HashIndex.open(redis_server.client(), name, CodeSpace(bundle.bundle_id, bundle.bits, bundle.centers, "v"))
     store = open_store(redis_server.client(), name, bundle)
-    checks = store._watch
+    checks = import_transaction._watch
     calls = []
 
-    def interrupted(conn, ids):
-        found = checks(conn, ids)
+    def interrupted(conn, store, side, ids):
+        found = checks(conn, store, side, ids)
         calls.append(len(calls))
         if len(calls) <= interruptions:
             other.add([Item(ids[len(calls)], "image", np.zeros(8, np.uint8), {"by": "other"})])
         return found
 
-    store._watch = interrupted
+    monkeypatch.setattr(import_transaction, "_watch", interrupted)
     chunk = _chunk("0", "race", 50, 1)
     summary = import_chunks(store, "job", [chunk], progress=False)
     assert summary.written_items == 50 and len(calls) == min(interruptions + 1, 3)
@@ -198,7 +207,7 @@ def test_an_import_goes_on_in_the_generation_a_re_bucket_made_routing_by_its_cen
     def chunks():
         yield _chunk("0", "a", 50, 0)
         yield _chunk("1", "b", 50, 1)
-        while "1" not in store.done_chunks("job"):  # b written (the reader runs a chunk ahead of the writes)
+        while "1" not in done_chunks(store, "job"):  # b written (the reader runs a chunk ahead of the writes)
             time.sleep(0.01)
         rebucket(RedisStore(client, name, bundle.bundle_id), bundle.bits, 16)
         yield _chunk("2", "c", 50, 2)
@@ -222,11 +231,11 @@ def test_a_chunk_prepared_for_a_generation_is_written_to_no_other(redis_server, 
     import_chunks(store, "job", [_chunk("0", "a", 50, 0)], progress=False)
     chunk = _chunk("1", "b", 50, 1)
     buckets = route(chunk.codes, store.load_centers()[0])[:, 0]
-    prepared = store.prepare(Group("image", chunk.ids, buckets, chunk.codes, chunk.metadata))
+    prepared = prepare(store, Group("image", chunk.ids, buckets, chunk.codes, chunk.metadata))
     rebucket(RedisStore(client, name, bundle.bundle_id), bundle.bits, 16)
     for writer in (store, store.at(store.active_generation())):
         with pytest.raises(GenerationMovedError):
-            writer.write_prepared(prepared, "job", chunk.key, 100)
+            write_prepared(writer, prepared, "job", chunk.key, 100)
     assert set(assert_whole(client, name, bundle.bundle_id)["image"]) == {f"a/{i}" for i in range(50)}
 
 
@@ -242,7 +251,7 @@ def _wait_for_chunks(server: RedisServer, bundle, count: int, process: subproces
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
-        jobs = server.client().keys(store.progress_key("*"))
+        jobs = server.client().keys(store.bundle_keys.import_progress("*"))
         done = {c.decode() for c in server.client().hkeys(jobs[0])} if jobs else set()
         if len(done) >= count:
             return done
@@ -276,7 +285,9 @@ def test_sigkill_of_the_importer_mid_import_then_a_rerun_stores_every_item_once(
         os.kill(importer.pid, signal.SIGKILL)
         importer.wait()
         items = assert_whole(server.client(), "faulty", bundle.bundle_id)["image"]
-        jobs = server.client().keys(RedisStore(server.client(), "faulty", bundle.bundle_id).progress_key("*"))
+        jobs = server.client().keys(
+            RedisStore(server.client(), "faulty", bundle.bundle_id).bundle_keys.import_progress("*")
+        )
         done = server.client().hlen(jobs[0])
         assert 5 <= done < N_FAULT // 1_000 and len(items) == 1_000 * done  # whole chunks only, each marked
         summary = _rerun(server, path)

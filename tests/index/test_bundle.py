@@ -16,7 +16,7 @@ from tests.support.synthetic import as_feature_dataset, make_synthetic_crossmoda
 from training.bundle.writer import write_bundle
 from training.datasets.base import CrossModalDataset, seeded_split
 from training.featurize.pipeline import featurize
-from training.methods.registry import TRAINERS
+from training.registry import TRAINERS
 
 OLD_BUNDLE = DEFAULT_BUNDLE.parent / "bow-v1"  # the bag-of-words default before the pretrained encoders
 WORDS = ["red", "car", "tree", "bird", "house", "blue", "green", "sun"]

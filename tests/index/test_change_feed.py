@@ -14,9 +14,10 @@ import pytest
 
 import index.store
 from index.centers import fit_centers
+from index.code_space import CodeSpace
 from index.codes import pack_signs, to_signs, unpack_signs
 from index.engine import HashIndex, Item
-from index.store import MODALITIES
+from index.stored_values import MODALITIES
 
 BITS = 16
 CODES = pack_signs(to_signs(np.random.default_rng(3).normal(size=(40, BITS))))  # 40 codes: many ties
@@ -25,7 +26,7 @@ CODES = pack_signs(to_signs(np.random.default_rng(3).normal(size=(40, BITS))))  
 def _open(redis_server, name: str) -> HashIndex:
     rng = np.random.default_rng(0)
     centers, _ = fit_centers(unpack_signs(CODES, BITS), 4, rng)
-    return HashIndex.open(redis_server.client(), name, "bundle", BITS, centers, "v1")
+    return HashIndex.open(redis_server.client(), name, CodeSpace("bundle", BITS, centers, "v1"))
 
 
 def _answers(index: HashIndex) -> list:
@@ -87,7 +88,7 @@ def test_replaying_changes_a_snapshot_already_holds_changes_nothing(redis_server
     _write_history(writer, 20, seed=4)
     loaded = _open(redis_server, name)
     before = _answers(loaded)
-    for change in loaded.store.changes_after(0):
+    for change in loaded.store.feed.after(0):
         loaded.generation.apply(change)
     assert _answers(loaded) == before == _answers(writer)
 
@@ -113,7 +114,7 @@ def test_a_process_that_fell_behind_the_trimmed_feed_reloads_and_answers_alike(r
     writer, idle = _open(redis_server, name), _open(redis_server, name)
     for i in range(250):
         writer.add([Item(f"image{i % 30}", "image", CODES[i % 40], {"i": i})])
-    assert redis_server.client().xlen(writer.store.key("feed")) < 250  # its first changes are gone
+    assert redis_server.client().xlen(writer.store.keys.feed) < 250  # its first changes are gone
     idle.catch_up()
     assert idle.generation.applied == writer.generation.applied == 250
     assert _answers(idle) == _answers(writer)

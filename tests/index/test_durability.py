@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from index.code_space import CodeSpace
 from index.engine import HashIndex
 from index.redis_server import RedisServer
 from tests.support.ingest_stream import BITS, centers, code
@@ -35,7 +36,7 @@ def test_every_acknowledged_insert_survives_sigkill_of_writer_and_redis(tmp_path
         server.process.wait()
         server.start()  # same directory, same port: Redis replays its AOF
 
-        index = HashIndex.open(server.client(), "durable", "stream", BITS, centers(), "v1")
+        index = HashIndex.open(server.client(), "durable", CodeSpace("stream", BITS, centers(), "v1"))
         stored = index.stats()["items"]["image"]
         assert stored >= acknowledged + 1  # an in-flight batch may also have landed, whole
         assert stored % 50 == 0  # batches land whole or not at all

@@ -10,9 +10,11 @@ import pytest
 import redis
 
 from index.centers import fit_centers, nearest_centers
+from index.code_space import CodeSpace
 from index.codes import hamming_distances, pack_signs, to_signs, unpack_signs
 from index.engine import HashIndex, Item
 from index.errors import IndexInputError, ItemNotFoundError, ModalityConflictError, StoreUnavailableError
+from index.layout_upgrade import upgrade_entries
 from index.rebuild import rebucket
 from index.store import RedisStore
 
@@ -25,7 +27,7 @@ def _codes(n: int, seed: int, bits: int = BITS) -> np.ndarray:
 
 def _open(redis_server, n_buckets: int = 8, bits: int = BITS, name: str | None = None) -> HashIndex:
     centers, _ = fit_centers(unpack_signs(_codes(500, 99, bits), bits), n_buckets, np.random.default_rng(0))
-    return HashIndex.open(redis_server.client(), name or uuid.uuid4().hex, "bundle1", bits, centers, "v1")
+    return HashIndex.open(redis_server.client(), name or uuid.uuid4().hex, CodeSpace("bundle1", bits, centers, "v1"))
 
 
 def _items(prefix: str, modality: str, codes: np.ndarray) -> list[Item]:
@@ -205,7 +207,7 @@ def test_writes_wait_out_a_rebucket_while_reads_go_on(redis_server) -> None:
     index = _open(redis_server)
     codes = _codes(50, 13)
     index.add(_items("i", "image", codes))
-    index.store.client.set(index.store.rebuild_key, 1)
+    index.store.client.set(index.store.bundle_keys.rebuilding, 1)
     try:
         with pytest.raises(StoreUnavailableError, match="re-bucketed"):
             index.add([Item("x", "image", codes[0])])
@@ -215,7 +217,7 @@ def test_writes_wait_out_a_rebucket_while_reads_go_on(redis_server) -> None:
             rebucket(index.store, BITS, k=2)
         assert len(index.search("image", codes[:1], k=5)[0]) == 5
     finally:
-        index.store.client.delete(index.store.rebuild_key)
+        index.store.client.delete(index.store.bundle_keys.rebuilding)
     assert index.stats()["items"]["image"] == 50
 
 
@@ -237,8 +239,9 @@ def test_a_search_resolves_its_hits_in_one_redis_round_trip(redis_server, monkey
     index = _open(redis_server)
     index.add(_items("i", "image", _codes(200, 16)))
     calls = []
-    real_call = index.store._call
-    monkeypatch.setattr(index.store, "_call", lambda fn, *a, **kw: calls.append(fn) or real_call(fn, *a, **kw))
+    client = index.store.client
+    real_call = client.execute_command
+    monkeypatch.setattr(client, "execute_command", lambda *a, **kw: calls.append(a[0]) or real_call(*a, **kw))
     hits = index.search("image", _codes(5, 17), k=10, probe=3)
     assert len(calls) == 1 and all(len(row) == 10 for row in hits)
 
@@ -264,14 +267,14 @@ def _to_former_layout(index: HashIndex, label_map: bool) -> None:
     ``label_map`` is false (the oldest layout), ids by label (``labels:``); no entries."""
     client, store = index.store.client, index.store
     for modality in ("image", "text"):
-        entries = client.hgetall(store.key(f"entries:{modality}"))
+        entries = client.hgetall(store.keys.entries[modality])
         if not entries:
             continue
         named = {label: entry.partition(b"\n") for label, entry in entries.items()}
-        client.hset(store.key(f"meta:{modality}"), mapping={item: meta for item, _, meta in named.values()})
+        client.hset(store.keys.former_meta[modality], mapping={item: meta for item, _, meta in named.values()})
         if label_map:
-            client.hset(store.key(f"labels:{modality}"), mapping={label: e[0] for label, e in named.items()})
-        client.delete(store.key(f"entries:{modality}"))
+            client.hset(store.keys.former_labels[modality], mapping={label: e[0] for label, e in named.items()})
+        client.delete(store.keys.entries[modality])
 
 
 @pytest.mark.parametrize("label_map", [True, False], ids=["ids-and-metadata-hashes", "before-any-label-map"])
@@ -288,9 +291,11 @@ def test_a_store_of_the_former_layout_is_upgraded_at_load(redis_server, label_ma
     second = _open(redis_server, name=name)
     assert {m: second.search(m, queries, k=20) for m in ("image", "text")} == before
     assert second.get("t7").metadata == {"n": 7}
-    former = [first.store.key(f"{kind}:{m}") for kind in ("meta", "labels") for m in ("image", "text")]
+    former = [
+        names[m] for names in (first.store.keys.former_meta, first.store.keys.former_labels) for m in ("image", "text")
+    ]
     assert not first.store.client.exists(*former)
-    assert second.store.upgrade_entries("image") == 0  # complete now: nothing more to write
+    assert upgrade_entries(second.store.client, second.store.keys, "image") == 0  # complete now: nothing more to write
 
 
 def test_a_store_of_the_former_layout_is_upgraded_by_a_re_bucket_too(redis_server) -> None:
@@ -324,7 +329,7 @@ def test_a_loaded_index_keeps_no_python_object_per_item(redis_server) -> None:
 
 def test_with_a_reranker_the_full_probe_equals_brute_force_asymmetric_order_over_whole_tie_groups(redis_server) -> None:
     centers, _ = fit_centers(unpack_signs(_codes(500, 99), BITS), 8, np.random.default_rng(0))
-    index = HashIndex.open(redis_server.client(), uuid.uuid4().hex, "bundle1", BITS, centers, "v1", rerank_candidates=5)
+    index = HashIndex.open(redis_server.client(), uuid.uuid4().hex, CodeSpace("bundle1", BITS, centers, "v1", 5))
     codes = _codes(400, 5)
     index.add(_items("t", "text", codes))
     real = np.random.default_rng(6).normal(size=(20, BITS)).astype(np.float32)

@@ -19,10 +19,11 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from index.code_space import CodeSpace
 from index.codes import unpack_signs
 from index.engine import HashIndex, Item
 from index.errors import IndexInputError, ItemNotFoundError, ModalityConflictError
-from index.store import MODALITIES
+from index.stored_values import MODALITIES
 
 BITS = 16
 N_BUCKETS = 5
@@ -67,7 +68,7 @@ class IndexMachine(RuleBasedStateMachine):
 
     @initialize()
     def open_index(self) -> None:
-        self.index = HashIndex.open(IndexMachine.client, self.name, "props", BITS, CENTERS, "v1")
+        self.index = HashIndex.open(IndexMachine.client, self.name, CodeSpace("props", BITS, CENTERS, "v1"))
 
     def _modality_of(self, item_id: str) -> str | None:
         return next((m for m in MODALITIES if item_id in self.live[m]), None)
@@ -125,7 +126,7 @@ class IndexMachine(RuleBasedStateMachine):
     @rule()
     def reopen(self) -> None:
         """The memory index is a cache: a fresh one rebuilt from Redis answers the same from now on."""
-        self.index = HashIndex.open(IndexMachine.client, self.name, "props", BITS, CENTERS, "v1")
+        self.index = HashIndex.open(IndexMachine.client, self.name, CodeSpace("props", BITS, CENTERS, "v1"))
 
     @invariant()
     def redis_counts_equal_memory_members_and_the_model(self) -> None:

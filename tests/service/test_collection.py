@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from index.bundle import load_bundle
+from index.code_space import CodeSpace
 from index.collection import read_collection
 from index.engine import HashIndex, Item
 from service import collection as loading
@@ -42,7 +43,9 @@ def bundle():
 def _loader(redis_server, bundle) -> tuple[loading.Loader, HashIndex]:
     """A loader into a fresh index of its own name."""
     client, name = redis.Redis.from_url(redis_server.url), uuid.uuid4().hex
-    index = HashIndex.open(client, name, bundle.bundle_id, bundle.bits, bundle.centers, bundle.centers_version)
+    index = HashIndex.open(
+        client, name, CodeSpace(bundle.bundle_id, bundle.bits, bundle.centers, bundle.centers_version)
+    )
     return loading.Loader(bundle, index, client, name, 50_000_000), index
 
 
@@ -219,5 +222,7 @@ def test_a_load_stopped_by_sigterm_reports_what_it_wrote_and_says_to_run_it_agai
     assert report["interrupted"] is True and report["index"] == name
     assert loading.CHUNK <= report["written"]["image"] < len(copies)
     client = redis.Redis.from_url(redis_server.url)
-    index = HashIndex.open(client, name, bundle.bundle_id, bundle.bits, bundle.centers, bundle.centers_version)
+    index = HashIndex.open(
+        client, name, CodeSpace(bundle.bundle_id, bundle.bits, bundle.centers, bundle.centers_version)
+    )
     assert index.stats()["items"] == report["written"]

@@ -143,7 +143,7 @@ def index_items(service: Service) -> dict[str, int]:
 def redis_items(redis: RedisServer, index_name: str, bundle_id: str) -> dict[str, int]:
     store = RedisStore(redis.client(), index_name, bundle_id)
     store = store.at(store.active_generation())
-    return {m: store.client.hlen(store.key(f"items:{m}")) for m in ("image", "text")}
+    return {m: store.client.hlen(store.keys.items[m]) for m in ("image", "text")}
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from training.datasets import load_dataset
 from training.datasets.base import CrossModalDataset
 from training.evaluation.natural_queries import NATURAL_QUERIES
 from training.featurize.pipeline import FeatureSet, featurize
-from training.methods.registry import TRAINERS
+from training.registry import TRAINERS
 
 KEY = {"X-API-Key": "test-key"}
 BATCH = 256

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import redis
 
+from index.code_space import CodeSpace
 from index.codes import pack_signs, to_signs
 from index.engine import HashIndex, Item
 
@@ -27,7 +28,7 @@ def code(i: int) -> np.ndarray:
 
 
 def main(url: str, name: str) -> None:
-    index = HashIndex.open(redis.Redis.from_url(url), name, "stream", BITS, centers(), "v1")
+    index = HashIndex.open(redis.Redis.from_url(url), name, CodeSpace("stream", BITS, centers(), "v1"))
     start = 0
     while True:
         index.add([Item(f"item{i}", "image", code(i), {"i": i}) for i in range(start, start + BATCH)])

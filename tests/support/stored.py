@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import redis
 
-from index.store import MODALITIES, RedisStore
+from index.store import RedisStore
+from index.stored_values import MODALITIES
 
 _HEADER = struct.Struct(">IQ")
 
@@ -28,9 +29,9 @@ def stored_items(client: redis.Redis, index_name: str, bundle_id: str, modality:
     """Every item of a modality in the active generation, by id."""
     store = RedisStore(client, index_name, bundle_id)
     store = store.at(store.active_generation())
-    values = client.hgetall(store.key(f"items:{modality}"))
+    values = client.hgetall(store.keys.items[modality])
     entries = {
-        int(label): entry.partition(b"\n") for label, entry in client.hgetall(store.key(f"entries:{modality}")).items()
+        int(label): entry.partition(b"\n") for label, entry in client.hgetall(store.keys.entries[modality]).items()
     }
     items = {}
     for item, value in values.items():
@@ -48,7 +49,7 @@ def assert_whole(client: redis.Redis, index_name: str, bundle_id: str) -> dict[s
     items = {m: stored_items(client, index_name, bundle_id, m) for m in MODALITIES}
     labels: list[int] = []
     for modality, found in items.items():
-        assert client.hlen(store.key(f"entries:{modality}")) == len(found), f"{modality}: an entry without an item"
+        assert client.hlen(store.keys.entries[modality]) == len(found), f"{modality}: an entry without an item"
         assert all(item.metadata is not None for item in found.values()), f"{modality}: an item without its entry"
         members = Counter(item.bucket for item in found.values())
         counts = {bucket: count for bucket, count in store.counts(modality).items() if count}

@@ -15,8 +15,8 @@ from training.cli import app
 from training.evaluation.metrics import evaluate_codes
 from training.featurize.pipeline import featurize
 from training.methods.baselines import train_cca, train_lsh
-from training.methods.registry import TRAINERS, build_config
 from training.methods.uddh import UDDHConfig
+from training.registry import TRAINERS, build_config
 
 runner = CliRunner()
 

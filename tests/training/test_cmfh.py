@@ -17,7 +17,7 @@ from training.evaluation.metrics import evaluate_codes, relevance
 from training.featurize.pipeline import featurize
 from training.methods import cmfh
 from training.methods.cmfh import CMFHConfig, train_cmfh
-from training.methods.registry import TRAINERS
+from training.registry import TRAINERS
 
 
 def test_the_objective_never_rises_and_is_the_function_the_trainer_records() -> None:

@@ -16,7 +16,6 @@ import torch
 from index.bundle import load_bundle
 from index.codes import to_signs
 from tests.support.synthetic import as_feature_dataset, make_synthetic_crossmodal, short_texts
-from training.bundle.onnx_graphs import hash_function_graph
 from training.bundle.writer import write_bundle
 from training.evaluation.metrics import evaluate_codes, relevance
 from training.featurize.pipeline import featurize
@@ -41,7 +40,7 @@ from training.methods.dmsfh import (
     train_dmsfh,
     update_codes,
 )
-from training.methods.registry import TRAINERS
+from training.registry import TRAINERS
 
 
 @pytest.fixture(autouse=True)
@@ -463,7 +462,7 @@ def test_cnn_image_network_on_raw_pixels_trains_and_exports(tmp_path: Path) -> N
     pixels = rng.random((60, 3 * size * size)).astype(np.float32)  # flattened 3 × 8 × 8 in [0, 1]
     config = small_config(epochs=1, image_net="cnn", image_size=size, cnn_channels=(4, 8))
     hasher = train_dmsfh(pixels, data["text"], data["labels"], config)
-    session = ort.InferenceSession(hash_function_graph(hasher.encoders["image"]).SerializeToString())
+    session = ort.InferenceSession(hasher.encoders["image"].onnx_graph().SerializeToString())
     onnx_codes = session.run(None, {"features": pixels})[0]
     np.testing.assert_allclose(onnx_codes, hasher.encoders["image"].real_codes(pixels), rtol=0, atol=1e-12)
 

@@ -16,7 +16,6 @@ import torch
 from index.bundle import load_bundle
 from index.codes import to_signs
 from tests.support.synthetic import as_feature_dataset, make_synthetic_crossmodal
-from training.bundle.onnx_graphs import hash_function_graph
 from training.bundle.writer import write_bundle
 from training.evaluation.metrics import evaluate_codes, relevance
 from training.featurize.pipeline import featurize
@@ -38,7 +37,7 @@ from training.methods.mmach import (
     triplet_mask,
     unified_codes,
 )
-from training.methods.registry import TRAINERS
+from training.registry import TRAINERS
 
 # Small networks and few epochs: every training run here takes a few seconds on one CPU core.
 # Few minibatches per epoch, so a larger learning rate than the default.
@@ -239,7 +238,7 @@ def test_exported_hash_functions_take_the_modality_features_only(synthetic_run) 
         encoder = hasher.encoders[modality]
         assert list(inspect.signature(encoder.net.forward).parameters) == ["x"]
         assert not any(isinstance(m, LabelNet) for m in encoder.net.modules())
-        session = ort.InferenceSession(hash_function_graph(encoder).SerializeToString())
+        session = ort.InferenceSession(encoder.onnx_graph().SerializeToString())
         (inp,), (out,) = session.get_inputs(), session.get_outputs()
         assert (inp.name, inp.shape, inp.type) == ("features", ["batch", encoder.input_dim], "tensor(float)")
         assert (out.name, out.shape) == ("codes", ["batch", 16])

@@ -17,7 +17,7 @@ from training.bundle.writer import write_bundle
 from training.cli import app
 from training.datasets import load_dataset
 from training.featurize.pipeline import FeatureSet, featurize
-from training.methods.registry import TRAINERS
+from training.registry import TRAINERS
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from index.bundle import load_bundle
 from index.centers import kmeans_loss, nearest_centers, reseed_empty_clusters, update_centers
 from index.codes import to_signs
 from tests.support.synthetic import as_feature_dataset, make_synthetic_crossmodal
-from training.bundle.onnx_graphs import hash_function_graph
 from training.bundle.writer import write_bundle
 from training.evaluation.metrics import evaluate_codes, relevance
 from training.featurize.pipeline import featurize
@@ -305,7 +304,7 @@ def test_onnx_graph_gives_the_trainers_codes_bit_for_bit(synthetic_run) -> None:
     data, result = synthetic_run
     for modality in ("image", "text"):
         encoder = result.hasher.encoders[modality]
-        session = ort.InferenceSession(hash_function_graph(encoder).SerializeToString())
+        session = ort.InferenceSession(encoder.onnx_graph().SerializeToString())
         (inp,), (out,) = session.get_inputs(), session.get_outputs()
         assert (inp.name, inp.shape, inp.type) == ("features", ["batch", encoder.input_dim], "tensor(float)")
         assert (out.name, out.shape) == ("codes", ["batch", 24])

@@ -31,7 +31,6 @@ from index.bundle.manifest import (
 from index.bundle.pretrained import MAX_TOKENS
 from index.centers import fit_centers
 from index.codes import to_signs
-from training.bundle.onnx_graphs import hash_function_graph
 from training.featurize.pipeline import FeatureSet
 from training.featurize.pretrained import PretrainedImage, PretrainedText
 from training.methods.base import TrainedHasher
@@ -130,7 +129,7 @@ def write_bundle(
             encoder = hasher.encoders[modality]
             if encoder.input_dim != dims[modality]:
                 raise ValueError(f"{modality} encoder takes {encoder.input_dim} features, data has {dims[modality]}")
-            (staging / f"{modality}.onnx").write_bytes(hash_function_graph(encoder).SerializeToString())
+            (staging / f"{modality}.onnx").write_bytes(encoder.onnx_graph().SerializeToString())
             modalities[modality] = {
                 "onnx": f"{modality}.onnx",
                 "input": FeaturesInput(dim=dims[modality]),

@@ -96,3 +96,11 @@ def summary_row(label: str, bits: int, metrics: dict) -> dict:
         for key in ("mAP", "mAP_tie_averaged", "MAP@50", "P@10"):
             row[f"{direction}_{key}"] = round(m[key], 4)
     return row
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Rows of the results table (docs/results.md) for a list of summary rows."""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)

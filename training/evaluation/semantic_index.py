@@ -8,11 +8,16 @@ restricted mAP divides by *all* relevant database items, and MAP@50 / P@10 read 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
+from index.bundle import Bundle
 from index.centers import nearest_centers
 from index.codes import hamming_distances
 from training.evaluation.metrics import average_precision_at, relevance
+from training.evaluation.report import DIRECTIONS
+from training.featurize.pipeline import FeatureSet
 
 
 def restricted_metrics(
@@ -49,3 +54,22 @@ def restricted_metrics(
         "P@10": float((hits[:, min(9, hits.shape[1] - 1)] / 10).mean()),  # fewer than 10 items: misses
         "scanned": float(allowed.mean()),
     }
+
+
+def semantic_index_rows(model: Bundle, features: FeatureSet, probes: Sequence[int]) -> list[dict]:
+    """``python -m training semantic-index``'s table: per direction, the metrics over the whole database
+    (probe None) and restricted to each number of probed buckets, rounded to 4 decimals."""
+    rows = []
+    for direction, (source, target) in DIRECTIONS.items():
+        query = model.signs(source, features.part("query")[0 if source == "image" else 1])
+        database = model.signs(target, features.part("database")[0 if target == "image" else 1])
+        labels = features.part("query")[2], features.part("database")[2]
+        for probe in [None, *probes]:
+            result = restricted_metrics(query, database, *labels, model.centers, model.head_bits, probe)
+            rows.append(
+                {
+                    "direction": direction,
+                    **{k: v if isinstance(v, str | int) else round(v, 4) for k, v in result.items()},
+                }
+            )
+    return rows

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from index.bundle.manifest import EfficientNetLite0Spec, Manifest, MiniLMSpec
 from index.bundle.pretrained import IMAGE_DIM, TEXT_BATCH, TEXT_DIM, ImageEncoder, TextEncoder
 from training.datasets.base import CrossModalDataset, save_npy_atomically
 from training.datasets.openclipart import CACHE_DIR
@@ -54,6 +57,27 @@ def build_featurizer_files(out: Path) -> dict[str, str]:
             bar.update()
     fp32_text.unlink()
     return {name: sha256_file(out / name) for name in FEATURIZER_FILES}
+
+
+def install_featurizer_files(bundle: Path, manifest: Manifest) -> Iterator[tuple[str, str]]:
+    """Build the pretrained featurizer files ``manifest`` names, check each against its sha256 there and
+    copy it into ``bundle``, yielding (file, sha256) as each is copied; nothing when the bundle names none.
+    A ValueError when a build differs: the bundle was made with other versions of the weight packages."""
+    image, text = manifest.modalities.image.featurizer, manifest.modalities.text.featurizer
+    targets = {IMAGE_GRAPH: image.onnx} if isinstance(image, EfficientNetLite0Spec) else {}
+    targets |= {TEXT_GRAPH: text.onnx, TOKENIZER: text.tokenizer} if isinstance(text, MiniLMSpec) else {}
+    if not targets:
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        digests = build_featurizer_files(Path(scratch))
+        for built, name in targets.items():
+            if digests[built] != manifest.files[name]:
+                raise ValueError(
+                    f"{name}: built sha256 {digests[built]} differs from the manifest's {manifest.files[name]} "
+                    "(another version of torch, onnx or the weight packages than the bundle was made with)"
+                )
+            shutil.copyfile(Path(scratch) / built, bundle / name)
+            yield name, digests[built]
 
 
 def sha256_file(path: Path) -> str:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
 
 MODALITIES = ("image", "text")
 
@@ -20,6 +23,10 @@ class ModalityEncoder(Protocol):
     def input_dim(self) -> int: ...
 
     def real_codes(self, x: np.ndarray) -> np.ndarray: ...
+
+    def onnx_graph(self) -> onnx.ModelProto:
+        """:meth:`real_codes` as the ONNX graph a bundle ships (``training.methods.onnx_model``)."""
+        ...
 
 
 @dataclass

@@ -10,8 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper
 
+from index.bundle.manifest import INPUT_NAME, OUTPUT_NAME
 from training.methods.base import TrainedHasher, check_features
+from training.methods.onnx_model import hash_function_model
 
 _RIDGE = 1e-3  # relative ridge on covariances; BoW covariances are singular
 
@@ -33,6 +37,19 @@ class LinearHashFunction:
 
     def real_codes(self, x: np.ndarray) -> np.ndarray:
         return (np.asarray(x, dtype=np.float64) - self.mean) @ self.projection
+
+    def onnx_graph(self) -> onnx.ModelProto:
+        """:meth:`real_codes` as an ONNX graph, computed in float64."""
+        nodes = [
+            helper.make_node("Cast", [INPUT_NAME], ["x"], to=TensorProto.DOUBLE),
+            helper.make_node("Sub", ["x", "mean"], ["centred"]),
+            helper.make_node("MatMul", ["centred", "projection"], [OUTPUT_NAME]),
+        ]
+        initializers = {
+            "mean": self.mean.astype(np.float64),
+            "projection": self.projection.astype(np.float64),
+        }
+        return hash_function_model(nodes, initializers, self.input_dim, self.bits)
 
 
 def train_lsh(image: np.ndarray, text: np.ndarray, bits: int, seed: int = 0) -> TrainedHasher:

@@ -29,8 +29,8 @@ from torch import nn
 from tqdm import tqdm
 
 from index.bundle.manifest import INPUT_NAME, OUTPUT_NAME
-from training.bundle.onnx_graphs import OPSET, hash_function_graph
 from training.methods.base import MODALITIES, TrainedHasher, evaluation_fields
+from training.methods.onnx_model import OPSET
 
 Matrix = np.ndarray  # a feature or label matrix, one row per item
 CHUNK = 2048  # rows per forward pass when a whole matrix goes through a network
@@ -64,26 +64,24 @@ class TorchHashEncoder:
             blocks = [self.net(torch.from_numpy(x[s : s + CHUNK])) for s in range(0, len(x), CHUNK)]
         return torch.cat(blocks).numpy() if blocks else np.zeros((0, self.bits))
 
-
-@hash_function_graph.register
-def _torch_graph(encoder: TorchHashEncoder) -> onnx.ModelProto:
-    """The traced float64 network: ``features`` float32 (batch, d) → ``codes`` float64 (batch, bits)."""
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is asked for on purpose
-        torch.onnx.export(
-            encoder.net,
-            (torch.zeros(1, encoder.input_dim, dtype=torch.float32),),
-            buffer,
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        )
-    model = onnx.load_from_string(buffer.getvalue())
-    onnx.checker.check_model(model)
-    return model
+    def onnx_graph(self) -> onnx.ModelProto:
+        """The traced float64 network: ``features`` float32 (batch, d) → ``codes`` float64 (batch, bits)."""
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is asked for on purpose
+            torch.onnx.export(
+                self.net,
+                (torch.zeros(1, self.input_dim, dtype=torch.float32),),
+                buffer,
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+        model = onnx.load_from_string(buffer.getvalue())
+        onnx.checker.check_model(model)
+        return model
 
 
 @contextlib.contextmanager

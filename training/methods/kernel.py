@@ -11,6 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from index.bundle.manifest import INPUT_NAME, OUTPUT_NAME
+from training.methods.onnx_model import hash_function_model
 
 _CHUNK = 4096  # rows per block when forming distances, bounds temporaries at O(chunk × h)
 
@@ -83,3 +88,49 @@ class KernelHashFunction:
 
     def real_codes(self, x: np.ndarray) -> np.ndarray:
         return self.kernel.transform(x) @ self.projection + self.bias
+
+    def onnx_graph(self) -> onnx.ModelProto:
+        """:meth:`real_codes` as an ONNX graph, computed in float64."""
+        # exp(−max(‖x‖² − 2 x·Aᵀ + ‖a‖², 0) / 2σ²) P + b, the order of RBFKernelMap.transform.
+        anchors = self.kernel.anchors
+        # Anchors are training rows, which come from float32 features: stored as float32 (half the bytes)
+        # and cast back in the graph, exactly. Anything not float32-exact stays float64.
+        compact = anchors.T.astype(np.float32)
+        anchors_t = compact if np.array_equal(compact.astype(np.float64), anchors.T) else anchors.T.copy()
+        # Bag-of-words anchors are small integers: for integer queries (our featurizer's counts) x·Aᵀ is an
+        # integer below 2^24, exact in a float32 product, which reads half the bytes of a float64 one. The
+        # query's matrix product is memory-bound, so this halves a text query's encoding time.
+        integral = anchors_t.dtype == np.float32 and np.array_equal(anchors, np.round(anchors))
+        integral = integral and float(np.abs(anchors).sum(1).max()) * 64 < 2**24
+        product = (
+            [helper.make_node("MatMul", [INPUT_NAME, "anchors_stored"], ["xa32"]),
+             helper.make_node("Cast", ["xa32"], ["xa"], to=TensorProto.DOUBLE)]
+            if integral
+            else [helper.make_node("Cast", ["anchors_stored"], ["anchors_t"], to=TensorProto.DOUBLE),
+                  helper.make_node("MatMul", ["x", "anchors_t"], ["xa"])]
+        )  # fmt: skip
+        nodes = [
+            helper.make_node("Cast", [INPUT_NAME], ["x"], to=TensorProto.DOUBLE),
+            helper.make_node("Mul", ["x", "x"], ["x2"]),
+            helper.make_node("ReduceSum", ["x2", "axis1"], ["x_sq"], keepdims=1),
+            *product,
+            helper.make_node("Mul", ["xa", "two"], ["xa2"]),
+            helper.make_node("Sub", ["x_sq", "xa2"], ["partial"]),
+            helper.make_node("Add", ["partial", "anchor_sq"], ["d2_raw"]),
+            helper.make_node("Max", ["d2_raw", "zero"], ["d2"]),
+            helper.make_node("Div", ["d2", "minus_two_sigma_sq"], ["scaled"]),
+            helper.make_node("Exp", ["scaled"], ["phi"]),
+            helper.make_node("MatMul", ["phi", "projection"], ["projected"]),
+            helper.make_node("Add", ["projected", "bias"], [OUTPUT_NAME]),
+        ]
+        initializers = {
+            "axis1": np.array([1], dtype=np.int64),
+            "anchors_stored": anchors_t,
+            "two": np.array(2.0),
+            "anchor_sq": (anchors * anchors).sum(1),
+            "zero": np.array(0.0),
+            "minus_two_sigma_sq": np.array(-2.0 * self.kernel.sigma**2),
+            "projection": self.projection.astype(np.float64),
+            "bias": self.bias.astype(np.float64),
+        }
+        return hash_function_model(nodes, initializers, self.input_dim, self.bits)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from index.centers import center_sums, kmeans_loss, nearest_centers, reseed_empty_clusters, update_centers
-from index.codes import to_signs
+from index.codes import check_code_bits, to_signs
 from training.methods import deep
 from training.methods.base import MODALITIES, TrainedHasher, check_features
 from training.methods.baselines import train_cca
@@ -61,8 +61,7 @@ class UDDHConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_hidden", tuple(self.image_hidden))  # lists from JSON configs
         object.__setattr__(self, "text_hidden", tuple(self.text_hidden))
-        if self.shared_bits < 8 or self.shared_bits % 8:
-            raise ValueError(f"shared_bits (l^c) must be a positive multiple of 8, got {self.shared_bits}")
+        check_code_bits(self.shared_bits, "shared_bits (l^c)")
         if self.specific_bits < 1:
             raise ValueError(f"specific_bits (l^s) must be positive, got {self.specific_bits}")
         if self.n_clusters < 1 or not 1 <= self.top_e <= self.n_clusters:

@@ -3,22 +3,24 @@
 ``params`` overrides fields of the method's config dataclass (e.g. ``{"n_anchors": 500}``) through
 ``build_config``, the one place that turns them into a config: a key that is not a field, or that the
 code length sets, is refused with the valid keys named; methods without hyper-parameters accept none.
-Trainer modules are imported on use, so choosing one method does not pay for the others' imports.
+Trainer modules are imported on use, so choosing one method does not pay for the others' imports (and
+naming the methods, as the CLI does, pays for none).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from training.featurize.pipeline import FeatureSet
 from training.methods.base import TrainedHasher
-from training.methods.deep import Monitor
 
-Trainer = Callable[[FeatureSet, int, int, dict], TrainedHasher]
+if TYPE_CHECKING:
+    from training.featurize.pipeline import FeatureSet
+
+Trainer = Callable[["FeatureSet", int, int, dict], TrainedHasher]
 UDDH_CENTERS = 64  # UDDH's k (semantic-index buckets) ...
 ITEMS_PER_CENTER = 4  # ... or fewer on a small collection, so that each center has items to fit to
 
@@ -140,6 +142,7 @@ def _uddh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHa
     (monitoring only: nothing is selected on it)."""
     from index.codes import to_signs
     from training.evaluation.metrics import evaluate_codes
+    from training.methods.deep import Monitor
     from training.methods.uddh import UDDHConfig, train_uddh
 
     shared = params.get("shared_bits", max(8, bits // 16 * 8))
@@ -161,6 +164,7 @@ def _uddh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHa
 
 
 def _dmsfh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
+    from training.methods.deep import Monitor
     from training.methods.dmsfh import DMSFHConfig, train_dmsfh
 
     image, text, labels = _labelled_train("dmsfh", features)
@@ -171,6 +175,7 @@ def _dmsfh(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedH
 
 
 def _mmach(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
+    from training.methods.deep import Monitor
     from training.methods.mmach import MMACHConfig, train_mmach
 
     image, text, labels = _labelled_train("mmach", features)
@@ -184,6 +189,7 @@ def _contrastive(features: FeatureSet, bits: int, seed: int, params: dict) -> Tr
     """Contrastive instance hashing; items whose text features are identical (identical texts, which
     OpenClipart repeats) are each other's positives, not negatives."""
     from training.methods.contrastive import ContrastiveConfig, train_contrastive
+    from training.methods.deep import Monitor
 
     image, text, labels = _labelled_train("contrastive", features)
     config = build_config("contrastive", ContrastiveConfig, params, {"bits": bits})
@@ -195,6 +201,7 @@ def _contrastive(features: FeatureSet, bits: int, seed: int, params: dict) -> Tr
 
 def _dsfh_instance(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
     """DSFH's code as the head, a contrastive instance code as the tail (identical texts are positives)."""
+    from training.methods.deep import Monitor
     from training.methods.dsfh import DSFHConfig
     from training.methods.dsfh_instance import DSFHInstanceConfig, train_dsfh_instance
 

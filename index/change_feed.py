@@ -1,0 +1,102 @@
+"""Reading the change feed: the stream every write appends to, which each serving process applies in order.
+
+An entry's id is ``<seq>-0``. A batch or a delete (the store's scripts) is ``{items: msgpack rows}``, a row
+per item: side, id, value (empty once deleted), metadata (not kept), the replaced value's header (empty when
+new). An import chunk (``index.import_transaction``) is ``{chunk: msgpack columns}``: side, ids, the values
+as one string, their width, the replaced headers (none when every item is new).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgpack
+import redis
+
+from index.errors import FeedGapError
+from index.redis_calls import call
+from index.redis_keys import GenerationKeys
+from index.stored_values import HEADER, MODALITIES, header
+
+_FEED_READ = 500  # feed entries per XRANGE/XREAD: half a feed, so a catch-up takes a few reads at most
+
+
+@dataclass(frozen=True)
+class ChangedItem:
+    """One item of a change: what it is now (None once deleted) and the (bucket, label) it replaced."""
+
+    modality: str
+    id: str
+    now: tuple[int, int, bytes] | None  # bucket, label, packed code
+    previous: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of the change feed: a written batch or a deleted item, numbered in write order."""
+
+    seq: int
+    items: list[ChangedItem]
+
+
+def _changed(side: int, item: bytes, value: bytes, _metadata: bytes, previous: bytes) -> ChangedItem:
+    """A feed row as a change; its metadata is not kept: processes read it from Redis with search results."""
+    bucket, label = HEADER.unpack(value[: HEADER.size]) if value else (0, 0)
+    now = (bucket, label, value[HEADER.size :]) if value else None
+    return ChangedItem(MODALITIES[side], item.decode(), now, header(previous))
+
+
+def _chunk_changes(side: int, ids: list[bytes], values: bytes, width: int, befores: list[bytes]) -> list[ChangedItem]:
+    """An import chunk's feed entry as changes."""
+    befores = befores or [b""] * len(ids)
+    return [
+        _changed(side, item, values[row * width : (row + 1) * width], b"", before)
+        for row, (item, before) in enumerate(zip(ids, befores, strict=True))
+    ]
+
+
+def _decode(entries: list) -> list[Change]:
+    """Feed entries as returned by XRANGE/XREAD → changes."""
+    changes = []
+    for entry_id, fields in entries:
+        if b"chunk" in fields:
+            items = _chunk_changes(*msgpack.unpackb(fields[b"chunk"], raw=True))
+        else:
+            items = [_changed(*row) for row in msgpack.unpackb(fields[b"items"], raw=True)]
+        changes.append(Change(int(entry_id.split(b"-")[0]), items))
+    return changes
+
+
+@dataclass(frozen=True)
+class ChangeFeed:
+    """The change feed of one generation, read."""
+
+    client: redis.Redis
+    keys: GenerationKeys
+
+    def position(self) -> int:
+        """The number of the last change written (0 before the first)."""
+        return int(call(self.client.get, self.keys.seq) or 0)
+
+    def after(self, seq: int, until: int | None = None) -> list[Change]:
+        """The changes numbered after ``seq`` (up to ``until``), in order; :class:`FeedGapError` when some
+        of them have been trimmed from the feed."""
+        end = "+" if until is None else f"{until}-0"
+        changes: list[Change] = []
+        while True:
+            start = f"{(changes[-1].seq if changes else seq) + 1}-0"
+            page = _decode(call(self.client.xrange, self.keys.feed, start, end, count=_FEED_READ))
+            changes += page
+            if len(page) < _FEED_READ:
+                break
+        numbers = [change.seq for change in changes]
+        wanted = seq + len(changes) if until is None else until
+        if numbers != list(range(seq + 1, wanted + 1)):
+            raise FeedGapError(f"changes {seq + 1}…{wanted} of {self.keys.feed} are no longer all in the feed")
+        return changes
+
+    def wait(self, seq: int, block_ms: int) -> list[Change]:
+        """The changes after ``seq`` already in the feed, or, when there are none, those that arrive
+        within ``block_ms`` (possibly none). Not checked for gaps: :meth:`after` is."""
+        found = call(self.client.xread, {self.keys.feed: f"{seq}-0"}, count=_FEED_READ, block=block_ms)
+        return _decode(found[0][1]) if found else []

@@ -1,0 +1,92 @@
+"""Every Redis key name of the project, in one place: a module that reads or writes Redis asks here.
+
+All keys of an index live under ``xmh:{index}:``. Under it:
+
+- ``{bundle_id}:`` one bundle's code space (two bundles' codes never mix, :class:`BundleKeys`): ``active``
+  names the generation readers use, ``rebuilding`` is set while a re-bucket copies items into the next one,
+  ``import:{job}`` records a bulk import's done chunks, ``demo-corpus`` the demo corpus's progress;
+- ``{bundle_id}:g{n}:`` one *generation* of it (one set of centers and the items bucketed by them,
+  :class:`GenerationKeys`), whose layout ``index.store`` describes;
+- ``run:{run_id}:{name}`` what the worker processes of one service run share; ``thumb:{item_id}`` an
+  image's thumbnail and ``collections`` the registry of loaded collections (per index, not per bundle: a
+  thumbnail shows the image whatever model hashes it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from index.stored_values import MODALITIES
+
+
+@dataclass(frozen=True)
+class IndexKeys:
+    """The keys of one index, whatever bundle serves it."""
+
+    index_name: str
+
+    @property
+    def prefix(self) -> str:
+        return f"xmh:{self.index_name}:"
+
+    def bundle(self, bundle_id: str) -> BundleKeys:
+        return BundleKeys.under(f"{self.prefix}{bundle_id}:")
+
+    def run(self, run_id: str, name: str) -> str:
+        """A key shared by the worker processes of one run of the service."""
+        return f"{self.prefix}run:{run_id}:{name}"
+
+    def thumbnail(self, item_id: str) -> str:
+        return f"{self.prefix}thumb:{item_id}"
+
+    @property
+    def collections(self) -> str:
+        return f"{self.prefix}collections"
+
+
+@dataclass(frozen=True)
+class BundleKeys:
+    """The keys of one index under one bundle; ``base`` ends with a colon. ``import_progress(job)``: an
+    import's done chunks (chunk → the feed entry that wrote it), under the bundle, not the generation, since
+    a re-bucket copies a done chunk's items, so it stays done."""
+
+    base: str
+    active: str
+    rebuilding: str
+    demo_corpus: str
+
+    @classmethod
+    def under(cls, base: str) -> BundleKeys:
+        return cls(base, *(base + name for name in ("active", "rebuilding", "demo-corpus")))
+
+    def import_progress(self, job: str) -> str:
+        return f"{self.base}import:{job}"
+
+    def generation(self, number: int) -> GenerationKeys:
+        return GenerationKeys.under(f"{self.base}g{number}:")
+
+
+@dataclass(frozen=True)
+class GenerationKeys:
+    """The keys of one generation; ``prefix`` ends with a colon (every key of it starts with it). The hashes
+    of each modality are by modality name; ``former_meta``/``former_labels`` are the former layout's
+    (``index.layout_upgrade``)."""
+
+    prefix: str
+    items: dict[str, str]
+    entries: dict[str, str]
+    counts: dict[str, str]
+    former_meta: dict[str, str]
+    former_labels: dict[str, str]
+    centers: str
+    info: str
+    next_label: str
+    seq: str
+    feed: str
+
+    @classmethod
+    def under(cls, prefix: str) -> GenerationKeys:
+        hashes = [
+            {m: f"{prefix}{kind}:{m}" for m in MODALITIES} for kind in ("items", "entries", "counts", "meta", "labels")
+        ]
+        return cls(prefix, *hashes, *(prefix + name for name in ("centers", "info", "next_label", "seq", "feed")))
