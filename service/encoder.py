@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,6 +18,16 @@ from index.bundle.featurizers import ImageDecodeError
 from index.codes import pack_signs, to_signs
 
 FLOAT32_BYTES = 4  # a binary feature vector's bytes per number
+
+
+@dataclass(frozen=True)
+class CodedQuery:
+    """A query as the index takes it: its packed code, its real code for a re-ranker (None without one),
+    and what it came from (``raw`` input or ``features``, as the metrics label it)."""
+
+    code: np.ndarray
+    real: np.ndarray | None
+    kind: str
 
 
 class EncodeError(ValueError):
@@ -111,10 +122,23 @@ class Encoder:
     def packed(self, modality: str, features: np.ndarray) -> np.ndarray:
         return self.bundle.packed_codes(modality, features)
 
-    def query_codes(self, modality: str, features: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(packed codes, real codes) of queries: the real codes (the hash function's output before the sign)
-        only when the bundle declares a re-ranker, which scores candidates with them; one graph run."""
+    def code_query(
+        self,
+        source: str,
+        *,
+        features: Sequence[float] | None = None,
+        text: str | None = None,
+        image: bytes | None = None,
+    ) -> CodedQuery:
+        """One query, given as ``features``, raw ``text`` or ``image`` bytes, to its packed code and, when the
+        bundle declares a re-ranker (which scores candidates with it), its real code; one graph run each."""
+        if features is not None:
+            x, kind = self.features(source, features), "features"
+        elif text is not None:
+            x, kind = self.text_features(text, require_known_words=True), "raw"
+        else:
+            x, kind = self.image_features(image or b""), "raw"
         if self.bundle.manifest.reranker is None:
-            return self.packed(modality, features), None
-        real = self.bundle.real_codes(modality, features)
-        return pack_signs(to_signs(real)), real
+            return CodedQuery(self.packed(source, x), None, kind)
+        real = self.bundle.real_codes(source, x)
+        return CodedQuery(pack_signs(to_signs(real)), real, kind)

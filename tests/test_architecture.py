@@ -255,3 +255,36 @@ def test_imports_inside_a_package_run_from_higher_layers_to_lower_ones(package: 
 def test_no_import_cycle_between_the_modules_of_a_package(package: str) -> None:
     graph = _module_graph(_imports_by_module(), package)
     assert find_cycle(graph) is None, f"import cycle {find_cycle(graph)}"
+
+
+# -- docs/architecture.md's module table is generated from the tree, so it cannot go stale ---------------------
+
+ARCHITECTURE_DOC = ROOT / "docs" / "architecture.md"
+TABLE_START, TABLE_END = "<!-- module table: python -m tests.test_architecture -->", "<!-- end of module table -->"
+
+
+def _summary(path: Path) -> str:
+    """The first line of a module's docstring (what it is for), ``|`` escaped for a Markdown table."""
+    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    return doc.strip().splitlines()[0].replace("|", "\\|") if doc.strip() else ""
+
+
+def module_table() -> str:
+    """Every module of the three packages with its layer (0 = lowest) and its docstring's first line."""
+    rows = ["| module | layer | what it is for |", "|---|---|---|"]
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            module = _module_name(path)
+            rows.append(f"| `{module}` | {package} {layer_of(module, LAYERS[package])} | {_summary(path)} |")
+    return "\n".join(rows)
+
+
+def test_the_architecture_docs_module_table_is_the_trees() -> None:
+    text = ARCHITECTURE_DOC.read_text(encoding="utf-8")
+    assert TABLE_START in text and TABLE_END in text, f"{ARCHITECTURE_DOC} lacks the module table's markers"
+    written = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip()
+    assert written == module_table(), "docs/architecture.md is stale: paste `python -m tests.test_architecture`"
+
+
+if __name__ == "__main__":
+    print(module_table())

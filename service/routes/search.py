@@ -13,12 +13,15 @@ trip a round); the response carries those hits as they are, serialised once.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
+from index.engine import Hit
+from service.encoder import CodedQuery, Encoder
 from service.routes.deps import runtime
 from service.routes.fast_json import FastJSONRoute
 from service.runtime import Model, Runtime
@@ -32,62 +35,75 @@ ERRORS = {
 }
 
 
-def run_search(
-    rt: Runtime,
-    model: Model,
-    source: str,
-    target: str,
-    features: np.ndarray,
-    options: SearchOptions,
-    encode_seconds: float,
-    kind: str,
-) -> Response:
-    """Encode → route → scan → resolve (and filter) for one query of ``source`` against items of
-    ``target``, answered as ``SearchResponse`` JSON."""
+class StepTimer:
+    """Seconds spent in each named step of one request (``code``, ``search``), for the response's timing
+    and the metrics."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+
+def search_request(rt: Runtime, source: str, target: str, options: SearchOptions, **query_input) -> Response:
+    """One query of ``source`` against the items of ``target``, on one pinned model, in three steps: code the
+    query, search the index, respond. ``query_input``: ``features``, ``text`` or ``image`` (bytes)."""
     if options.k > rt.settings.max_k:
         raise HTTPException(422, f"k must be at most {rt.settings.max_k}")
-    started = time.perf_counter()
-    code, real = model.encoder.query_codes(source, features)
-    encode_seconds += time.perf_counter() - started
+    model, timer = rt.model, StepTimer()
+    with timer.step("code"):
+        coded = model.encoder.code_query(source, **query_input)
+    with timer.step("search"):
+        hits, probe = search_index(rt, model, coded, target, options)
+    rt.metrics.encode.labels(source, coded.kind).observe(timer.seconds["code"])
+    rt.metrics.search.labels(target).observe(timer.seconds["search"])
+    return respond(model, hits, options.k, probe, timer)
+
+
+def search_index(
+    rt: Runtime, model: Model, coded: CodedQuery, target: str, options: SearchOptions
+) -> tuple[list[Hit], int | None]:
+    """Route, scan, re-rank, resolve (and filter): the hits and the probe used (None: every bucket)."""
     if options.probe == "all":
         probe = None
     else:  # the index refuses a probe outside its buckets
         probe = min(rt.settings.default_probe, model.index.n_buckets) if options.probe is None else options.probe
-    started = time.perf_counter()
-    [hits] = model.index.search(
-        target, code, options.k, probe, options.filter.metadata if options.filter else None, query_real=real
-    )
-    search_seconds = time.perf_counter() - started
-    rt.metrics.encode.labels(source, kind).observe(encode_seconds)
-    rt.metrics.search.labels(target).observe(search_seconds)
+    where = options.filter.metadata if options.filter else None
+    [hits] = model.index.search(target, coded.code, options.k, probe, where, query_real=coded.real)
+    return hits, probe
+
+
+def respond(model: Model, hits: list[Hit], k: int, probe: int | None, timer: StepTimer) -> Response:
+    """The ``SearchResponse`` JSON FastAPI would send for ``response_model=SearchResponse`` (the docs keep that
+    model), serialised once: returned as a model, FastAPI would validate it again first."""
+    code, search = timer.seconds["code"], timer.seconds["search"]
     result = SearchResponse.model_construct(
         results=hits,
-        k=options.k,
+        k=k,
         probe="all" if probe is None else probe,
         bundle_id=model.bundle.bundle_id,
-        timing=Timing.model_construct(
-            encode_ms=encode_seconds * 1e3,
-            search_ms=search_seconds * 1e3,
-            total_ms=(encode_seconds + search_seconds) * 1e3,
-        ),
+        timing=Timing.model_construct(encode_ms=code * 1e3, search_ms=search * 1e3, total_ms=(code + search) * 1e3),
     )
-    # The JSON FastAPI would send for ``response_model=SearchResponse`` (the docs keep that model), serialised
-    # once: returned as a model, FastAPI would validate it again first.
     return Response(SearchResponse.__pydantic_serializer__.to_json(result), media_type="application/json")
 
 
-def _search(rt: Runtime, source: str, target: str, query: TextQuery | ImageQuery) -> Response:
-    """Features as given, or from the raw input, then the shared search path, all on one pinned model."""
-    started = time.perf_counter()
-    model = rt.model
-    encoder = model.encoder
+def _query_input(source: str, query: TextQuery | ImageQuery) -> dict:
+    """The one input a JSON query body holds, as ``Encoder.code_query`` takes it."""
     if query.features is not None:
-        features, kind = encoder.features(source, query.features), "features"
-    elif source == "text":
-        features, kind = encoder.text_features(query.text, require_known_words=True), "raw"
-    else:
-        features, kind = encoder.image_features(encoder.decode_base64(query.image_base64)), "raw"
-    return run_search(rt, model, source, target, features, query, time.perf_counter() - started, kind)
+        return {"features": query.features}
+    if source == "text":
+        return {"text": query.text}
+    return {"image": Encoder.decode_base64(query.image_base64)}
+
+
+def _search(rt: Runtime, source: str, target: str, query: TextQuery | ImageQuery) -> Response:
+    return search_request(rt, source, target, query, **_query_input(source, query))
 
 
 async def _image_search(rt: Runtime, target: str, query: ImageQuery) -> Response:
@@ -97,14 +113,11 @@ async def _image_search(rt: Runtime, target: str, query: ImageQuery) -> Response
 
 
 def _upload_search(rt: Runtime, target: str, image: UploadFile, k: int, probe: str) -> Response:
-    started = time.perf_counter()
-    model = rt.model
-    features = model.encoder.image_features(image.file.read(rt.settings.max_image_bytes + 1))
     try:
-        parsed = SearchOptions(k=k, probe=None if probe == "" else ("all" if probe == "all" else int(probe)))
+        options = SearchOptions(k=k, probe=None if probe == "" else ("all" if probe == "all" else int(probe)))
     except ValueError as exc:
         raise HTTPException(422, f"probe must be a number or 'all': {exc}") from exc
-    return run_search(rt, model, "image", target, features, parsed, time.perf_counter() - started, "raw")
+    return search_request(rt, "image", target, options, image=image.file.read(rt.settings.max_image_bytes + 1))
 
 
 # Text and feature-vector queries run on the event loop: their CPU (encoding, a scan, one Redis round trip

@@ -18,6 +18,7 @@ import pytest
 from index import import_transaction
 from index.bulk_import import Chunk, import_chunks, import_files, open_store
 from index.bundle import load_bundle
+from index.bundle.reader import read_manifest
 from index.centers import route
 from index.code_space import CodeSpace
 from index.engine import HashIndex, Item
@@ -30,6 +31,7 @@ from tests.support.stored import assert_whole
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "models" / "default"
+CODE_BYTES = read_manifest(BUNDLE).code_bits // 8  # a packed code's bytes under the default bundle
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +40,8 @@ def bundle():
 
 
 def write_codes(directory: Path, n: int, name: str = "codes", seed: int = 0) -> tuple[Path, np.ndarray]:
-    """``n`` random packed 64-bit codes in ``<name>.npy`` and ids ``<name>/<i>`` with metadata in ``<name>.jsonl``."""
-    codes = np.random.default_rng(seed).integers(0, 256, (n, 8), dtype=np.uint8)
+    """``n`` random packed codes of the default bundle's length in ``<name>.npy`` and ids ``<name>/<i>`` with metadata in ``<name>.jsonl``."""
+    codes = np.random.default_rng(seed).integers(0, 256, (n, CODE_BYTES), dtype=np.uint8)
     path = directory / f"{name}.npy"
     np.save(path, codes)
     lines = (json.dumps({"id": f"{name}/{i}", "metadata": {"i": i, "name": name}}) for i in range(n))
@@ -130,15 +132,15 @@ def test_mismatched_inputs_are_refused_with_the_reason(redis_server, tmp_path: P
     with pytest.raises(IndexInputError, match="fewer lines"):
         import_files(store, bundle, "image", [path], progress=False)
     np.save(path, np.zeros((1, 7), np.uint8))
-    with pytest.raises(IndexInputError, match=r"expected packed codes, uint8 \(n, 8\)"):
+    with pytest.raises(IndexInputError, match=rf"expected packed codes, uint8 \(n, {CODE_BYTES}\)"):
         import_files(store, bundle, "image", [path], progress=False)
-    chunk = Chunk("0", "image", ["a", "a"], np.zeros((2, 8), np.uint8), [b"{}", b"{}"])
+    chunk = Chunk("0", "image", ["a", "a"], np.zeros((2, CODE_BYTES), np.uint8), [b"{}", b"{}"])
     with pytest.raises(IndexInputError, match="an id appears twice"):
         import_chunks(store, "job", [chunk], progress=False)
 
 
 def _chunk(key: str, prefix: str, n: int, seed: int) -> Chunk:
-    codes = np.random.default_rng(seed).integers(0, 256, (n, 8), dtype=np.uint8)
+    codes = np.random.default_rng(seed).integers(0, 256, (n, CODE_BYTES), dtype=np.uint8)
     return Chunk(key, "image", [f"{prefix}/{i}" for i in range(n)], codes, [b'{"i": %d}' % i for i in range(n)])
 
 
@@ -146,7 +148,7 @@ def test_a_chunk_holding_an_id_of_the_other_modality_is_refused_whole(redis_serv
     index = HashIndex.open(
         redis_server.client(), "import-conflict", CodeSpace(bundle.bundle_id, bundle.bits, bundle.centers, "v")
     )
-    index.add([Item("taken/3", "text", np.zeros(8, np.uint8))])
+    index.add([Item("taken/3", "text", np.zeros(CODE_BYTES, np.uint8))])
     store = open_store(redis_server.client(), "import-conflict", bundle)
     with pytest.raises(ModalityConflictError, match="taken/3"):
         import_chunks(store, "job", [_chunk("0", "taken", 10, 0)], progress=False)
@@ -179,7 +181,7 @@ def test_a_write_between_a_chunks_checks_and_its_commit_is_never_overwritten(
         found = checks(conn, store, side, ids)
         calls.append(len(calls))
         if len(calls) <= interruptions:
-            other.add([Item(ids[len(calls)], "image", np.zeros(8, np.uint8), {"by": "other"})])
+            other.add([Item(ids[len(calls)], "image", np.zeros(CODE_BYTES, np.uint8), {"by": "other"})])
         return found
 
     monkeypatch.setattr(import_transaction, "_watch", interrupted)

@@ -13,12 +13,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from index.bundle.reader import read_manifest
 from service.app import create_app
 from service.settings import DEFAULT_BUNDLE, Settings
 from training.datasets.openclipart import DEFAULT_ROOT, load_openclipart
 from training.evaluation.metrics import relevance
 
 KEY = {"X-API-Key": "test-key"}
+_BUNDLE_BYTES = read_manifest(DEFAULT_BUNDLE).code_bits // 8  # a stored code's bytes under the default bundle
 INGESTED = 400  # database items per modality sent through the batch endpoint
 
 
@@ -125,8 +127,9 @@ def test_feature_queries_match_raw_queries_and_the_index_called_directly(loaded,
     raw = loaded.post("/v1/search/text-to-image", json={"text": corpus.texts[i], "k": 20, "probe": 4}).json()
     via_features = loaded.post("/v1/search/text-to-image", json={"features": features.tolist(), "k": 20, "probe": 4})
     assert via_features.json()["results"] == raw["results"]
+    real = runtime.bundle.real_codes("text", features[None])  # the default bundle re-ranks by it
     code = runtime.bundle.packed_codes("text", features[None])
-    [direct] = runtime.index.search("image", code, 20, 4)
+    [direct] = runtime.index.search("image", code, 20, 4, query_real=real)
     assert [(h["id"], h["distance"]) for h in raw["results"]] == [(h.id, h.distance) for h in direct]
     path = DEFAULT_ROOT / "png" / f"{corpus.ids[i]}.png"
     image = base64.b64encode(path.read_bytes()).decode()
@@ -152,7 +155,7 @@ def test_items_can_be_read_replaced_idempotently_and_deleted(client) -> None:
     for _ in range(2):
         assert client.post("/v1/items:batch", json={"items": [item]}, headers=KEY).json()["stored"] == 1
     stored = client.get("/v1/items/txt/apple").json()
-    assert stored["modality"] == "text" and stored["metadata"] == {"v": 1} and len(stored["code_hex"]) == 16
+    assert stored["modality"] == "text" and stored["metadata"] == {"v": 1} and len(stored["code_hex"]) == 2 * _BUNDLE_BYTES
     assert client.get("/v1/models").json()["index"]["items"] == {"image": 0, "text": 1}
     assert client.delete("/v1/items/txt/apple", headers=KEY).status_code == 204
     assert client.get("/v1/items/txt/apple").status_code == 404
