@@ -40,7 +40,8 @@ def bundle():
 
 
 def write_codes(directory: Path, n: int, name: str = "codes", seed: int = 0) -> tuple[Path, np.ndarray]:
-    """``n`` random packed codes of the default bundle's length in ``<name>.npy`` and ids ``<name>/<i>`` with metadata in ``<name>.jsonl``."""
+    """``n`` random packed codes of the default bundle's length in ``<name>.npy`` and ids ``<name>/<i>`` with
+    metadata in ``<name>.jsonl``."""
     codes = np.random.default_rng(seed).integers(0, 256, (n, CODE_BYTES), dtype=np.uint8)
     path = directory / f"{name}.npy"
     np.save(path, codes)

@@ -155,7 +155,8 @@ def test_items_can_be_read_replaced_idempotently_and_deleted(client) -> None:
     for _ in range(2):
         assert client.post("/v1/items:batch", json={"items": [item]}, headers=KEY).json()["stored"] == 1
     stored = client.get("/v1/items/txt/apple").json()
-    assert stored["modality"] == "text" and stored["metadata"] == {"v": 1} and len(stored["code_hex"]) == 2 * _BUNDLE_BYTES
+    assert stored["modality"] == "text" and stored["metadata"] == {"v": 1}
+    assert len(stored["code_hex"]) == 2 * _BUNDLE_BYTES
     assert client.get("/v1/models").json()["index"]["items"] == {"image": 0, "text": 1}
     assert client.delete("/v1/items/txt/apple", headers=KEY).status_code == 204
     assert client.get("/v1/items/txt/apple").status_code == 404
