@@ -176,25 +176,34 @@ def run_child(kind: str, pythonpath: Path, data: Path, redis_url: str, probe: in
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def prepare(n: int, buckets: int, data: Path) -> None:
-    """The codes, centers and queries the children share, as .npy files."""
+def replicated_corpus(bundle, n: int, buckets: int, balance: float | None = None):
+    """``n`` codes made from a bundle's codes of OpenClipart's database images, replicated with 5 % bit noise,
+    each one's bucket among ``buckets`` centers fitted on (a sample of) them, the centers, and the held-out
+    texts' features (the queries): (codes, buckets, centers, query features)."""
     from bench.index_bench import replicate
-    from index.bundle import load_bundle
     from index.centers import fit_centers, head_signs, nearest_centers
-    from service.settings import DEFAULT_BUNDLE
     from training.datasets import load_dataset
     from training.featurize.pipeline import bundle_features_kind, featurize
 
-    bundle = load_bundle(DEFAULT_BUNDLE)
     features = featurize(load_dataset(bundle.manifest.training.dataset), kind=bundle_features_kind(bundle.manifest))
     _, q_text, _ = features.part("query")
     d_image, _, d_labels = features.part("database")
     codes, _ = replicate(bundle.packed_codes("image", d_image), d_labels, bundle.bits, n, flip=0.05)
     head = head_signs(codes, bundle.head_bits)
     rng = np.random.default_rng(0)
-    centers, _ = fit_centers(head[rng.choice(n, size=min(n, 200_000), replace=False)], buckets, rng)
+    centers, _ = fit_centers(head[rng.choice(n, size=min(n, 200_000), replace=False)], buckets, rng, balance=balance)
+    return codes, nearest_centers(head, centers)[:, 0], centers, q_text
+
+
+def prepare(n: int, buckets: int, data: Path) -> None:
+    """The codes, centers and queries the children share, as .npy files."""
+    from index.bundle import load_bundle
+    from service.settings import DEFAULT_BUNDLE
+
+    bundle = load_bundle(DEFAULT_BUNDLE)
+    codes, assignment, centers, q_text = replicated_corpus(bundle, n, buckets)
     np.save(data / "codes.npy", codes)
-    np.save(data / "buckets.npy", nearest_centers(head, centers)[:, 0])
+    np.save(data / "buckets.npy", assignment)
     np.save(data / "centers.npy", centers)
     np.save(data / "queries.npy", bundle.packed_codes("text", q_text))
 

@@ -25,7 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.memory_bench import BUNDLE_ID, CENTERS_VERSION, INDEX_NAME, WARM_UP_INDEX, WARM_UP_ITEMS, K, fill, rss_bytes
+from bench.memory_bench import (
+    BUNDLE_ID,
+    CENTERS_VERSION,
+    INDEX_NAME,
+    WARM_UP_INDEX,
+    WARM_UP_ITEMS,
+    K,
+    fill,
+    replicated_corpus,
+    rss_bytes,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,21 +54,10 @@ def baseline_bundle(ref: str, into: Path) -> Path:
 
 def prepare(bundle_path: Path, n: int, buckets: int, balance: float | None, data: Path) -> dict:
     """Codes, bucket of each, centers, query codes and real codes of one side, as .npy files."""
-    from bench.index_bench import replicate
     from index.bundle import load_bundle
-    from index.centers import fit_centers, head_signs, nearest_centers
-    from training.datasets import load_dataset
-    from training.featurize.pipeline import bundle_features_kind, featurize
 
     bundle = load_bundle(bundle_path)
-    features = featurize(load_dataset(bundle.manifest.training.dataset), kind=bundle_features_kind(bundle.manifest))
-    _, q_text, _ = features.part("query")
-    d_image, _, d_labels = features.part("database")
-    codes, _ = replicate(bundle.packed_codes("image", d_image), d_labels, bundle.bits, n, flip=0.05)
-    head = head_signs(codes, bundle.head_bits)
-    rng = np.random.default_rng(0)
-    centers, _ = fit_centers(head[rng.choice(n, size=min(n, 200_000), replace=False)], buckets, rng, balance=balance)
-    assignment = nearest_centers(head, centers)[:, 0]
+    codes, assignment, centers, q_text = replicated_corpus(bundle, n, buckets, balance)
     np.save(data / "codes.npy", codes)
     np.save(data / "buckets.npy", assignment)
     np.save(data / "centers.npy", centers)

@@ -188,7 +188,7 @@ def _mmach(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedH
 def _contrastive(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
     """Contrastive instance hashing; items whose text features are identical (identical texts, which
     OpenClipart repeats) are each other's positives, not negatives."""
-    from training.methods.contrastive import ContrastiveConfig, train_contrastive
+    from training.methods.contrastive import ContrastiveConfig, Pairs, train_contrastive
     from training.methods.deep import Monitor
 
     image, text, labels = _labelled_train("contrastive", features)
@@ -196,11 +196,12 @@ def _contrastive(features: FeatureSet, bits: int, seed: int, params: dict) -> Tr
     _, groups = np.unique(text, axis=0, return_inverse=True)
     views = features.views("train") if config.view_weight else None
     monitor = Monitor(progress=True)
-    return train_contrastive(image, text, labels, config, seed, groups.ravel(), views, monitor)
+    return train_contrastive(Pairs(image, text, labels, groups.ravel(), views), config, seed, monitor)
 
 
 def _dsfh_instance(features: FeatureSet, bits: int, seed: int, params: dict) -> TrainedHasher:
     """DSFH's code as the head, a contrastive instance code as the tail (identical texts are positives)."""
+    from training.methods.contrastive import Pairs
     from training.methods.deep import Monitor
     from training.methods.dsfh import DSFHConfig
     from training.methods.dsfh_instance import DSFHInstanceConfig, train_dsfh_instance
@@ -211,7 +212,7 @@ def _dsfh_instance(features: FeatureSet, bits: int, seed: int, params: dict) -> 
     _, groups = np.unique(text, axis=0, return_inverse=True)
     views = features.views("train")
     monitor = Monitor(progress=True)
-    return train_dsfh_instance(image, text, labels, config, seed, groups.ravel(), views, monitor)
+    return train_dsfh_instance(Pairs(image, text, labels, groups.ravel(), views), config, seed, monitor)
 
 
 TRAINERS: dict[str, Trainer] = {

@@ -8,7 +8,7 @@ import torch
 
 from index.codes import to_signs
 from training.evaluation.instance import instance_recall, pair_targets
-from training.methods.contrastive import ContrastiveConfig, multi_positive_infonce, train_contrastive
+from training.methods.contrastive import ContrastiveConfig, Pairs, multi_positive_infonce, train_contrastive
 from training.methods.dsfh_instance import DSFHInstanceConfig, train_dsfh_instance
 
 
@@ -31,7 +31,7 @@ def _own_pair_recall(image_codes: np.ndarray, text_codes: np.ndarray) -> float:
 def test_contrastive_codes_find_the_items_own_pair_far_above_chance() -> None:
     data = _paired()
     config = ContrastiveConfig(bits=32, hidden=64, epochs=15, batch_size=128)
-    hasher = train_contrastive(data["image"], data["text"], data["labels"], config, seed=0)
+    hasher = train_contrastive(Pairs(data["image"], data["text"], data["labels"]), config, seed=0)
     codes = {m: hasher.encoders[m].real_codes(data[m]) for m in ("image", "text")}
     assert _own_pair_recall(codes["image"], codes["text"]) > 0.25  # chance: 10 / 400 = 0.025
     assert set(np.unique(np.abs(codes["image"]) <= 1)) == {True}  # tanh: the relaxed code, sign at serving
@@ -50,7 +50,7 @@ def test_the_head_is_dsfhs_code_and_the_tail_the_contrastive_code() -> None:
     data = _paired()
     config = DSFHInstanceConfig(bits=32, head_bits=16, dsfh={"n_anchors": 100, "n_clusters": 8},
                                 contrastive={"hidden": 64, "epochs": 5, "batch_size": 128})  # fmt: skip
-    hasher = train_dsfh_instance(data["image"], data["text"], data["labels"], config, seed=0)
+    hasher = train_dsfh_instance(Pairs(data["image"], data["text"], data["labels"]), config, seed=0)
     codes = {m: hasher.encoders[m].real_codes(data[m]) for m in ("image", "text")}
     assert codes["image"].shape == (400, 32)
     assert np.abs(codes["image"][:, :16]).max() <= config.head_weight  # the head's share of the re-ranker

@@ -128,18 +128,24 @@ class _ViewIndex:
         return torch.from_numpy(has), torch.from_numpy(self.order[self.starts[rows[has]] + offsets])
 
 
+@dataclass(frozen=True)
+class Pairs:
+    """Paired training rows: row i of ``image`` and of ``text`` are one item, ``labels`` its labels.
+    ``groups``: items with the same group number have identical texts (positives for each other; None:
+    only an item's own pair is); ``text_views``: short texts of the items, extra text rows."""
+
+    image: np.ndarray
+    text: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray | None = None
+    text_views: TextViews | None = None
+
+
 def train_contrastive(
-    image: np.ndarray,
-    text: np.ndarray,
-    labels: np.ndarray,
-    config: ContrastiveConfig,
-    seed: int = 0,
-    groups: np.ndarray | None = None,
-    text_views: TextViews | None = None,
-    monitor: Monitor | None = None,
+    pairs: Pairs, config: ContrastiveConfig, seed: int = 0, monitor: Monitor | None = None
 ) -> TrainedHasher:
-    """Train both hash functions on paired rows. ``groups``: items with the same group number have identical
-    texts (positives for each other); None: only an item's own pair is its positive."""
+    """Train both hash functions on the pairs."""
+    image, text, labels, groups, text_views = pairs.image, pairs.text, pairs.labels, pairs.groups, pairs.text_views
     image, text = check_features("image", image), check_features("text", text)
     n = len(image)
     labels = np.asarray(labels, dtype=np.float32)

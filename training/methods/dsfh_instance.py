@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.methods.base import MODALITIES, TextViews, TrainedHasher
-from training.methods.contrastive import ContrastiveConfig, ContrastiveHashNet, train_contrastive
+from training.methods.base import MODALITIES, TrainedHasher
+from training.methods.contrastive import ContrastiveConfig, ContrastiveHashNet, Pairs, train_contrastive
 from training.methods.deep import Monitor, TorchHashEncoder
 from training.methods.dsfh import DSFHConfig, train_dsfh
 from training.methods.kernel import KernelHashFunction
@@ -79,20 +79,14 @@ class HeadTailNet(nn.Module):
 
 
 def train_dsfh_instance(
-    image: np.ndarray,
-    text: np.ndarray,
-    labels: np.ndarray,
-    config: DSFHInstanceConfig,
-    seed: int = 0,
-    groups: np.ndarray | None = None,
-    text_views: TextViews | None = None,
-    monitor: Monitor | None = None,
+    pairs: Pairs, config: DSFHInstanceConfig, seed: int = 0, monitor: Monitor | None = None
 ) -> TrainedHasher:
     """DSFH at ``head_bits``, then the contrastive tail at ``bits − head_bits``, joined per modality."""
+    image, text = pairs.image, pairs.text
     head_config = DSFHConfig(**({"bits": config.head_bits} | config.dsfh))
-    head = train_dsfh(image, text, labels, head_config, seed=seed, text_views=text_views)
+    head = train_dsfh(image, text, pairs.labels, head_config, seed=seed, text_views=pairs.text_views)
     tail_config = ContrastiveConfig(**({"bits": config.bits - config.head_bits} | config.contrastive))
-    tail = train_contrastive(image, text, labels, tail_config, seed, groups, text_views, monitor)
+    tail = train_contrastive(pairs, tail_config, seed, monitor)
     features = {"image": image, "text": text}
     encoders = {}
     for m in MODALITIES:
