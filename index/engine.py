@@ -431,12 +431,12 @@ class HashIndex:
                 distances, labels, buckets = side.scan.search(codes, probes, fetch)
             return distances, labels, buckets, np.full(labels.shape, None, dtype=object)
         cut = max(fetch, self.rerank_candidates)
-        width = 2 * cut
+        width = 4 * cut  # one scan of 4x the candidates usually holds their last tie group (a rescan costs more)
         while True:
             with self._memory_lock:
                 distances, labels, buckets, found = side.scan.search(codes, probes, width, with_codes=True)
             bound, last = distances[:, cut - 1], distances[:, -1]
-            if ((bound < 0) | (last < 0) | (last > bound)).all() or width >= max(MAX_CANDIDATES, 2 * cut):
+            if ((bound < 0) | (last < 0) | (last > bound)).all() or width >= max(MAX_CANDIDATES, 4 * cut):
                 break
             width *= 2
         ranked = rerank(distances, labels, buckets, found, real, cut)

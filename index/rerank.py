@@ -29,9 +29,9 @@ def asymmetric_scores(query_real: np.ndarray, codes: np.ndarray) -> np.ndarray:
     256 byte values, then one lookup per candidate byte (no unpacking of the candidates)."""
     nq, _, code_size = codes.shape
     assert query_real.shape == (nq, code_size * 8), (query_real.shape, codes.shape)
-    q = np.asarray(query_real, dtype=np.float32).reshape(nq, code_size, 8)
-    tables = np.einsum("qbj,vj->qbv", q, _BYTE_SIGNS)  # (nq, code_size, 256)
-    picked = np.take_along_axis(tables[:, None], codes[..., None].astype(np.intp), axis=3)[..., 0]
+    bytes_real = np.asarray(query_real, dtype=np.float32).reshape(nq * code_size, 8)
+    tables = (bytes_real @ _BYTE_SIGNS.T).reshape(nq, code_size, 256)
+    picked = tables[np.arange(nq)[:, None, None], np.arange(code_size), codes]  # (nq, c, code_size)
     return picked.sum(axis=2)
 
 
@@ -57,15 +57,16 @@ def rerank(
     distances: np.ndarray, labels: np.ndarray, buckets: np.ndarray, codes: np.ndarray, query_real: np.ndarray, cut: int
 ) -> Ranked:
     """Order each query's first ``cut`` results and the rest of their last tie group by score (best first;
-    equal scores keep the scan's order); the other results are dropped."""
+    equal scores keep the scan's order); the other results are dropped. Only the kept candidates are
+    scored (a query at a time: the service asks one)."""
     keep = within_tie_groups(distances, cut)
-    scores = np.where(keep, asymmetric_scores(query_real, codes), -np.inf)
-    order = np.argsort(-scores, axis=1, kind="stable")
-    take = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
-    kept = take(keep)
-    return Ranked(
-        np.where(kept, take(distances), -1),
-        np.where(kept, take(labels), -1),
-        np.where(kept, take(buckets), -1),
-        np.where(kept, take(scores), np.nan).astype(np.float32),
-    )
+    ranked = Ranked(np.full_like(distances, -1), np.full_like(labels, -1), np.full_like(buckets, -1),
+                    np.full(distances.shape, np.nan, dtype=np.float32))  # fmt: skip
+    for q in range(len(distances)):
+        kept = np.flatnonzero(keep[q])
+        scores = asymmetric_scores(query_real[q : q + 1], codes[q : q + 1, kept])[0]
+        order = np.argsort(-scores, kind="stable")
+        at, n = kept[order], len(kept)
+        ranked.distances[q, :n], ranked.labels[q, :n] = distances[q, at], labels[q, at]
+        ranked.buckets[q, :n], ranked.scores[q, :n] = buckets[q, at], scores[order]
+    return ranked
