@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 
-from training.cli import _parse_params
+from training.cli import parse_params
 from training.datasets import load_dataset
 from training.evaluation.instance import instance_recall, pair_targets
 from training.evaluation.metrics import relevance
@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     dataset = load_dataset("openclipart", seed=args.seed)
     features = featurize(dataset)
-    hasher = TRAINERS[args.method](features, args.bits, args.seed, _parse_params(args.param))
+    hasher = TRAINERS[args.method](features, args.bits, args.seed, parse_params(args.param))
     real = {m: hasher.encoders[m].real_codes(getattr(features, m)).astype(np.float32) for m in ("image", "text")}
     query, everything = dataset.split.query, np.arange(len(dataset.labels))
     rows = {}

@@ -6,13 +6,17 @@ import json
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
 
 from index.codes import check_code_bits
 from training.registry import TRAINERS
+
+if TYPE_CHECKING:  # the command imports them on use: `python -m training --help` stays fast
+    from training.datasets import CrossModalDataset
+    from training.featurize.pipeline import FeatureSet
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -133,7 +137,7 @@ def train(
     from training.evaluation.report import evaluate_hasher, markdown_table, plot_history, summary_row, write_report
     from training.featurize.pipeline import featurize
 
-    params = _parse_params(param or [])
+    params = parse_params(param or [])
     try:
         data = load_dataset(dataset, seed=seed)
         _report_split(data)
@@ -172,13 +176,15 @@ def train(
 EXPORT_HELP = "the corpus to export: openclipart, or tuxpaint (the stamps of Debian's tuxpaint-stamps-default)"
 
 
-def _instance_summary(bundle: Path, features, data) -> dict:
+def _instance_summary(bundle: Path, features: FeatureSet, data: CrossModalDataset) -> dict:
     """R@10 of a held-out item's own pair against all items, both ways, as the written bundle serves it
     (``python -m training instance`` gives the whole table)."""
     from index.bundle import load_bundle
-    from training.evaluation.instance import bundle_instance_table, text_groups
+    from training.evaluation.instance import bundle_instance_table, served_real_codes, text_groups
 
-    table = bundle_instance_table(load_bundle(bundle), features, text_groups(list(data.texts)), str(bundle))
+    model = load_bundle(bundle)
+    real = served_real_codes(model, features)
+    table = bundle_instance_table(model, real, features, text_groups(list(data.texts)), str(bundle))
     return {f"{row['direction']}_R@10": row["R@10"] for row in table if row["database"] == "all"}
 
 
@@ -204,7 +210,7 @@ def export_collection(
     typer.echo(f"{manifest}: " + ", ".join(f"{count} {what}" for what, count in counts.items()))
 
 
-def _parse_params(items: list[str]) -> dict:
+def parse_params(items: list[str]) -> dict:
     """``["n_anchors=500", "alpha=1e-4"]`` → ``{"n_anchors": 500, "alpha": 0.0001}``."""
     params = {}
     for item in items:
@@ -305,7 +311,12 @@ def instance(
     how well each bundle's codes tell items apart (distinct codes, tie group at the pair, bucket sizes)."""
     from index.bundle import load_bundle
     from training.datasets import load_dataset
-    from training.evaluation.instance import bundle_code_statistics, bundle_instance_table, text_groups
+    from training.evaluation.instance import (
+        bundle_code_statistics,
+        bundle_instance_table,
+        served_real_codes,
+        text_groups,
+    )
     from training.evaluation.report import markdown_table
     from training.featurize.pipeline import bundle_features_kind, featurize
 
@@ -318,8 +329,9 @@ def instance(
         kind = bundle_features_kind(model.manifest)
         features.setdefault(kind, featurize(data, kind=kind))
         name = f"{path} ({model.method} {model.bits})"
-        rows += bundle_instance_table(model, features[kind], groups, name)
-        statistics.append(bundle_code_statistics(model, features[kind], name))
+        real = served_real_codes(model, features[kind])  # one run of each graph serves both tables
+        rows += bundle_instance_table(model, real, features[kind], groups, name)
+        statistics.append(bundle_code_statistics(model, real, features[kind], name))
     typer.echo(markdown_table(rows))
     typer.echo("")
     typer.echo(markdown_table(statistics))

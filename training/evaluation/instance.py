@@ -18,8 +18,7 @@ import numpy as np
 
 from index.bundle import Bundle
 from index.centers import route
-from index.codes import pack_signs
-from index.rerank import within_tie_groups
+from index.codes import hamming_distances, pack_signs, to_signs
 from training.featurize.pipeline import FeatureSet
 
 RECALL_AT = (1, 5, 10, 50)
@@ -67,13 +66,16 @@ def recall_table(ranks: dict[str, np.ndarray], recall_at: Sequence[int] = RECALL
 def instance_recall(score_fn, n_queries: int, targets_fn, recall_at: Sequence[int] = RECALL_AT) -> dict[str, float]:
     """:func:`recall_table` of a ranking given block-wise: ``score_fn(rows)`` → (len(rows), nd) scores,
     ``targets_fn(rows)`` → the same shape of bool targets."""
-    parts: dict[str, list[np.ndarray]] = {"before": [], "tied": [], "targets_tied": []}
+    blocks = []
     for start in range(0, n_queries, _BLOCK):
         rows = np.arange(start, min(start + _BLOCK, n_queries))
-        block = first_target_ranks(np.asarray(score_fn(rows)), np.asarray(targets_fn(rows), dtype=bool))
-        for key, value in block.items():
-            parts[key].append(value)
-    return recall_table({key: np.concatenate(value) for key, value in parts.items()}, recall_at)
+        blocks.append(first_target_ranks(np.asarray(score_fn(rows)), np.asarray(targets_fn(rows), dtype=bool)))
+    return recall_table(_joined(blocks), recall_at)
+
+
+def _joined(blocks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Block-wise :func:`first_target_ranks` results as one."""
+    return {key: np.concatenate([block[key] for block in blocks]) for key in blocks[0]}
 
 
 def pair_targets(query_items: np.ndarray, database_items: np.ndarray):
@@ -104,14 +106,11 @@ def code_statistics(database_signs: np.ndarray, query_signs: np.ndarray, pairs: 
     packed = np.packbits(database_signs > 0, axis=1)
     distinct = len({row.tobytes() for row in packed})
     keep = pairs >= 0
-    q = np.asarray(query_signs, np.float32)[keep]
-    db = np.asarray(database_signs, np.float32)
-    bits = db.shape[1]
+    queries, own_rows = np.asarray(query_signs)[keep], pairs[keep]
     group_sizes = []
-    for start in range(0, len(q), _BLOCK):
-        block = q[start : start + _BLOCK]
-        distances = np.rint((bits - block @ db.T) / 2)
-        own = distances[np.arange(len(block)), pairs[keep][start : start + _BLOCK]]
+    for start in range(0, len(queries), _BLOCK):
+        distances = hamming_distances(queries[start : start + _BLOCK], database_signs)
+        own = distances[np.arange(len(distances)), own_rows[start : start + _BLOCK]]
         group_sizes.append((distances == own[:, None]).sum(axis=1))
     tie = np.concatenate(group_sizes) if group_sizes else np.zeros(0)
     return {
@@ -132,19 +131,16 @@ def served_scores(query_real: np.ndarray, database_signs: np.ndarray, candidates
     order (score −distance), or, with a re-ranker of ``candidates``, the top ``candidates`` and the rest of
     their last tie group first, ordered by the asymmetric score (``index.rerank``), then the others."""
     db = np.asarray(database_signs, dtype=np.float32)
-    bits = db.shape[1]
     real = np.asarray(query_real, dtype=np.float32)
 
     def scores(rows: np.ndarray) -> np.ndarray:
-        distances = np.rint((bits - np.sign(real[rows]) @ db.T) / 2).astype(np.int32)
+        distances = hamming_distances(to_signs(real[rows]), database_signs)
         if candidates is None:
             return -distances.astype(np.float64)
-        sorted_distances = np.sort(distances, axis=1)
-        keep_sorted = within_tie_groups(sorted_distances, min(candidates, db.shape[0]))
-        bound = np.where(keep_sorted, sorted_distances, -1).max(axis=1)
-        keep = distances <= bound[:, None]
+        cut = min(candidates, db.shape[0])
+        bound = np.partition(distances, cut - 1, axis=1)[:, cut - 1 : cut]  # the cut-th nearest distance
         asym = real[rows] @ db.T  # index.rerank.asymmetric_scores against the whole database at once
-        return np.where(keep, _RERANKED + asym, -distances.astype(np.float64))
+        return np.where(distances <= bound, _RERANKED + asym, -distances.astype(np.float64))
 
     return scores
 
@@ -168,38 +164,50 @@ def instance_table(
     modality's real codes of every item; ``groups``: duplicate groups (identical texts)."""
     from training.evaluation.metrics import relevance  # the label rule of every category metric
 
-    signs = {m: np.where(r > 0, 1, -1).astype(np.int8) for m, r in real.items()}
+    signs = {m: to_signs(r) for m, r in real.items()}
     rows = []
     for database_name, database in (("all", np.arange(len(labels))), ("held-out", np.asarray(query))):
         for direction, (source, target) in (("t2i", ("text", "image")), ("i2t", ("image", "text"))):
             score_fn = served_scores(real[source][query], signs[target][database], candidates)
-            own = instance_recall(score_fn, len(query), pair_targets(query, database))
-            duplicates = instance_recall(score_fn, len(query), duplicate_targets(groups[query], groups[database]))
+            targets = {"own": pair_targets(query, database),
+                       "same text": duplicate_targets(groups[query], groups[database])}  # fmt: skip
             relevant = relevance(labels[query], labels[database])
-            rng = np.random.default_rng(0)
-            precision = np.concatenate([category_precision(score_fn(np.arange(s, min(s + _BLOCK, len(query)))),
-                                                           relevant[s : s + _BLOCK], 10, rng)
-                                        for s in range(0, len(query), _BLOCK)]).mean()  # fmt: skip
+            ranks: dict[str, list[dict[str, np.ndarray]]] = {kind: [] for kind in targets}
+            precision, rng = [], np.random.default_rng(0)
+            for start in range(0, len(query), _BLOCK):  # each block's scores serve all three measures
+                block = np.arange(start, min(start + _BLOCK, len(query)))
+                scores = score_fn(block)
+                for kind, targets_fn in targets.items():
+                    ranks[kind].append(first_target_ranks(scores, targets_fn(block)))
+                precision.append(category_precision(scores, relevant[block], 10, rng))
+            own, same_text = (recall_table(_joined(ranks[kind])) for kind in targets)
             rows.append(
                 {"bundle": name, "direction": direction, "database": database_name}
                 | {key: round(own[key], 4) for key in ("R@1", "R@5", "R@10", "R@50", "median_rank")}
-                | {"R@10 (same text)": round(duplicates["R@10"], 4), "category P@10": round(float(precision), 4)}
-            )
+                | {"R@10 (same text)": round(same_text["R@10"], 4),
+                   "category P@10": round(float(np.concatenate(precision).mean()), 4)}
+            )  # fmt: skip
     return rows
 
 
-def bundle_instance_table(bundle: Bundle, features: FeatureSet, groups: np.ndarray, name: str) -> list[dict]:
-    """:func:`instance_table` of a bundle's own graphs (the codes it serves) and its declared re-ranker."""
-    real = {m: bundle.real_codes(m, getattr(features, m)) for m in ("image", "text")}
+def served_real_codes(bundle: Bundle, features: FeatureSet) -> dict[str, np.ndarray]:
+    """Every item's real codes by the bundle's own graphs (the codes it serves), per modality."""
+    return {m: bundle.real_codes(m, getattr(features, m)) for m in ("image", "text")}
+
+
+def bundle_instance_table(
+    bundle: Bundle, real: dict[str, np.ndarray], features: FeatureSet, groups: np.ndarray, name: str
+) -> list[dict]:
+    """:func:`instance_table` of a bundle's served codes (:func:`served_real_codes`) and its re-ranker."""
     reranker = bundle.manifest.reranker
     candidates = None if reranker is None else reranker.candidates
     return instance_table(real, features.labels, features.split.query, groups, candidates, name)
 
 
-def bundle_code_statistics(bundle: Bundle, features: FeatureSet, name: str) -> dict:
+def bundle_code_statistics(bundle: Bundle, real: dict[str, np.ndarray], features: FeatureSet, name: str) -> dict:
     """Distinct image codes, the mean tie group at a held-out text's own image, and the image buckets' sizes
     (every item routed to its nearest center, as the index does)."""
-    signs = {m: bundle.signs(m, getattr(features, m)) for m in ("image", "text")}
+    signs = {m: to_signs(r) for m, r in real.items()}
     query = features.split.query
     statistics = code_statistics(signs["image"], signs["text"][query], np.asarray(query))
     sizes = np.bincount(route(pack_signs(signs["image"]), bundle.centers)[:, 0], minlength=len(bundle.centers))
