@@ -423,9 +423,9 @@ class HashIndex:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Each query's candidates in ranked order: (distances, labels, buckets, scores), −1 (scores None)
         past the end. Without a real code: the scan's top ``fetch`` in Hamming order. With one: the top
-        max(fetch, candidates) and the rest of their last tie group, found by scanning twice as many
-        until the last tie group ends inside the scan, re-ranked by the asymmetric score, of which the
-        best ``fetch`` are returned."""
+        max(fetch, candidates) and the rest of their last tie group, found by a scan of four times as
+        many, doubled until the last tie group ends inside it (up to ``MAX_CANDIDATES``), re-ranked by the
+        asymmetric score, of which the best ``fetch`` are returned."""
         if real is None:
             with self._memory_lock:
                 distances, labels, buckets = side.scan.search(codes, probes, fetch)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from index.codes import check_code_bits
 from training.methods.base import MODALITIES, TextViews, TrainedHasher, check_features
 from training.methods.deep import (
     Monitor,
@@ -62,9 +63,8 @@ class ContrastiveConfig:
     torch_threads: int | None = 1
 
     def __post_init__(self) -> None:
-        if self.bits <= 0 or self.bits % 8:
-            raise ValueError(f"code length must be a positive multiple of 8, got {self.bits}")
-        if self.head_bits % 8 or not 0 <= self.head_bits < self.bits:
+        check_code_bits(self.bits)
+        if self.head_bits and check_code_bits(self.head_bits, "head_bits") >= self.bits:
             raise ValueError(f"head_bits must be a multiple of 8 below bits ({self.bits}), got {self.head_bits}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from index.codes import check_code_bits
 from training.methods.base import MODALITIES, TrainedHasher
 from training.methods.contrastive import ContrastiveConfig, ContrastiveHashNet, Pairs, train_contrastive
 from training.methods.deep import Monitor, TorchHashEncoder
@@ -35,8 +36,9 @@ class DSFHInstanceConfig:
     contrastive: dict = field(default_factory=dict)  # ContrastiveConfig overrides
 
     def __post_init__(self) -> None:
-        if self.bits % 8 or self.head_bits % 8 or not 0 < self.head_bits < self.bits:
-            raise ValueError(f"head_bits ({self.head_bits}) and bits ({self.bits}) must be multiples of 8, head < bits")
+        check_code_bits(self.bits)
+        if check_code_bits(self.head_bits, "head_bits") >= self.bits:
+            raise ValueError(f"head_bits must be a multiple of 8 below bits ({self.bits}), got {self.head_bits}")
         if self.head_weight <= 0:
             raise ValueError(f"head_weight must be positive, got {self.head_weight}")
 
