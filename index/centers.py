@@ -90,7 +90,8 @@ def fit_centers(
         if np.array_equal(new_assignment, assignment):
             break
         assignment = new_assignment
-    return centers, nearest_centers(signs, centers)[:, 0]
+    # served by the nearest center: the capacity-bounded assignment was for fitting only
+    return centers, assignment if capacity is None else nearest_centers(signs, centers)[:, 0]
 
 
 CAPACITY_CHOICES = 16  # centers a code may try, nearest first, before it stays with its nearest anyway
