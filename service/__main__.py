@@ -123,9 +123,9 @@ def load_collection(args: argparse.Namespace) -> int:
 
     from index.bundle import BundleError, load_bundle
     from index.collection import CollectionError, read_collection
+    from index.collection_registry import CollectionNameTaken
     from index.engine import HashIndex
     from service.collection import Loader, LoadInterrupted
-    from service.thumbnails import CollectionNameTaken
 
     signal.signal(signal.SIGTERM, _interrupt)
 

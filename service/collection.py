@@ -3,8 +3,8 @@ hashed by the bundle, as the service encodes them, and written in chunks.
 
 Items are ``img:<id>`` and ``txt:<id>``; their metadata is the text's first ``TITLE_CHARS`` characters
 (``title``), the row's ``metadata`` (which may set its own ``title``), its ``labels``, the ``collection``
-name and the ``image`` path inside the collection's folder. The folder is registered under that name
-in Redis (``service.thumbnails``), so the search page shows the images' thumbnails.
+name and the ``image`` path inside the collection's folder. The collection is registered under that name
+in Redis (``index.collection_registry``), so the search page shows the images' thumbnails.
 
 Resumable: ids are the key. Each chunk first asks the index which of its ids are stored and featurizes
 only the others, so a second run after an interruption writes exactly what is missing, and a run over
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pydantic_core
 
+from index import collection_registry
 from index.bulk_import import Chunk, import_chunks
 from index.bundle import Bundle
 from index.bundle.featurizers import ImageDecodeError
@@ -117,7 +118,7 @@ class Loader:
     ) -> LoadReport:
         """Load every row not stored yet; ``on_chunk(rows done, report so far)`` after each chunk. An
         interrupt raises :class:`LoadInterrupted` with the report so far."""
-        thumbnails.register_collection(self.client, self.index_name, name, collection.folder)
+        collection_registry.register(self.client, self.index_name, name, collection.manifest)
         report = LoadReport(skipped=list(collection.skipped))
         try:
             for start in range(0, len(collection.items), CHUNK):

@@ -5,12 +5,8 @@ Where a thumbnail comes from, in order:
 1. an image ingested as raw bytes: a thumbnail made at ingestion and kept in Redis (``keep``), at most
    ``SIZE``×``SIZE`` pixels as WebP, so a page of results never ships the full uploads;
 2. an item of a loaded collection (``service.collection``; the demo corpus is one): its metadata names
-   the ``collection`` and the ``image`` path inside it. The loader registered the collection's folder
-   in Redis under that name (``register_collection``). The path must be relative and without ``..``
-   (``index.collection.inside_path``), and the file it resolves to (symlinks followed) must lie inside
-   the folder or inside a folder that a symlink at the folder's top level links in (how the OpenClipart
-   export reaches the installed corpus without copying it; the loader records those when it registers
-   the collection). So an item's metadata, which any writer sets, reaches no other file;
+   the ``collection`` and the ``image`` path inside it, which ``index.collection_registry`` resolves
+   (only to a file inside the collection's folder, so an item's metadata reaches no other file);
 3. an item ingested as a feature vector only: a placeholder drawing (SVG).
 
 A few collection files are too large to decode on request (10 of the demo corpus exceed the pixel limit,
@@ -24,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +28,7 @@ import numpy as np
 import redis
 from PIL import Image
 
+from index import collection_registry
 from index.bundle.featurizers import ImageDecodeError, load_pixels
 from index.collection import inside_path
 from index.errors import StoreUnavailableError
@@ -87,34 +83,11 @@ def _key(index_name: str, item_id: str) -> str:
     return IndexKeys(index_name).thumbnail(item_id)
 
 
-def _collections_key(index_name: str) -> str:
-    return IndexKeys(index_name).collections
-
-
 def _redis(call, *args):
     try:
         return call(*args)
     except redis.RedisError as exc:
         raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
-
-
-class CollectionNameTaken(ValueError):
-    """A collection name is registered for another folder."""
-
-
-def register_collection(client: redis.Redis, index_name: str, name: str, folder: Path) -> None:
-    """Record the folder of collection ``name`` (its items' ``image`` paths are relative to it) and the
-    folders its top-level symlinks link in; a name already registered for another folder is refused, so
-    loading never re-points another collection's thumbnails."""
-    folder = folder.resolve()
-    roots = [str(folder), *sorted(str(c.resolve()) for c in folder.iterdir() if c.is_symlink() and c.is_dir())]
-    record = json.dumps({"folder": str(folder), "roots": roots})
-    key = _collections_key(index_name)
-    if not client.hsetnx(key, name, record):
-        registered = json.loads(client.hget(key, name))["folder"]
-        if registered != str(folder):
-            raise CollectionNameTaken(f"collection name {name!r} is registered for {registered}; choose another name")
-        client.hset(key, name, record)  # the same folder: its links may have changed
 
 
 def keep(runtime: Runtime, images: dict[str, str | None]) -> None:
@@ -151,25 +124,17 @@ def forget(runtime: Runtime, item_id: str) -> None:
 
 
 def collection_file(runtime: Runtime, collection: object, image: object) -> Path:
-    """The file ``image`` of the registered collection ``collection``, only when the path stays inside its
-    folder (relative, no ``..``) and resolves into the folder or a folder it links in; NoThumbnail otherwise."""
-    record = None
-    if isinstance(collection, str):
-        record = _redis(runtime.client.hget, _collections_key(runtime.settings.index_name), collection)
-    if record is None:
+    """The file ``image`` of the registered collection ``collection`` (``index.collection_registry``: only a
+    path inside its folder); NoThumbnail otherwise."""
+    registered = collection_registry.registered(runtime.client, runtime.settings.index_name, collection)
+    if registered is None:
         raise NoThumbnail("the item's metadata names no loaded collection")
-    path = inside_path(image)
-    if path is None:
+    if inside_path(image) is None:
         raise NoThumbnail(f"image path {image!r} is not a path inside the collection's folder")
-    registered = json.loads(record)
-    try:
-        candidate = (Path(registered["folder"]) / path).resolve()
-        inside = any(candidate.is_relative_to(root) for root in registered["roots"]) and candidate.is_file()
-    except OSError:  # a name too long for the file system, …
-        inside = False
-    if not inside:
+    path = registered.file(image)
+    if path is None:
         raise NoThumbnail(f"no image {image!r} in collection {collection!r}")
-    return candidate
+    return path
 
 
 @lru_cache(maxsize=FILE_CACHE_ITEMS)

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from index import collection_registry
 from service import thumbnails
 from service.app import create_app
 from service.routes.page import STATIC
@@ -119,7 +120,7 @@ def test_an_uploaded_image_keeps_a_small_thumbnail_replaced_and_dropped_with_the
 
 def _register(client: TestClient, name: str, folder: Path) -> None:
     runtime = client.app.state.runtime
-    thumbnails.register_collection(runtime.client, runtime.settings.index_name, name, folder)
+    collection_registry.register(runtime.client, runtime.settings.index_name, name, folder / "manifest.jsonl")
 
 
 def test_collection_items_show_their_file_and_unknown_or_text_items_are_404(client, tmp_path: Path) -> None:
@@ -145,7 +146,7 @@ def test_a_collection_name_is_never_re_pointed_to_another_folder(client, tmp_pat
     (tmp_path / "b").mkdir()
     _register(client, "taken", tmp_path / "a")
     _register(client, "taken", tmp_path / "a")  # the same folder again: fine
-    with pytest.raises(thumbnails.CollectionNameTaken):
+    with pytest.raises(collection_registry.CollectionNameTaken):
         _register(client, "taken", tmp_path / "b")
 
 
