@@ -142,7 +142,7 @@ def import_chunks(
                 write_prepared(store, prepared, job, chunk.key, feed_length)
             except GenerationMovedError:  # a re-bucket ended: route with the new centers, write again
                 store = store.at(store.active_generation())
-                buckets = _centers(store).route(chunk.codes, 1)[:, 0]
+                buckets = center_index(store).route(chunk.codes, 1)[:, 0]
                 group = dataclasses.replace(prepared.group, buckets=buckets)
                 store.write_chunk(group, job, chunk.key, feed_length)
             written += 1
@@ -159,7 +159,7 @@ def _prepared(
     one OpenMP thread (an OpenMP setting is per thread; a team of threads for a 64-center search only
     contends with Redis and the reader)."""
     faiss.omp_set_num_threads(1)
-    centers = _centers(store)
+    centers = center_index(store)
     code_bytes = None
     for chunk in chunks:
         if chunk.key in done:
@@ -172,12 +172,13 @@ def _prepared(
         active = store.active_generation()
         if active is not None and active != store.generation:  # a re-bucket ended: its keys and centers
             store = store.at(active)
-            centers = _centers(store)
+            centers = center_index(store)
         buckets = centers.route(chunk.codes, 1)[:, 0]
         yield chunk, prepare(store, Group(chunk.modality, chunk.ids, buckets, chunk.codes, chunk.metadata))
 
 
-def _centers(store: RedisStore) -> CenterIndex:
+def center_index(store: RedisStore) -> CenterIndex:
+    """The centers of the store's generation, ready to route codes with."""
     stored = store.load_centers()
     if stored is None:
         raise IndexInputError(f"generation {store.generation} of {store.bundle_keys.base} has no centers")

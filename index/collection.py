@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 MANIFEST_NAME = "manifest.jsonl"  # the manifest a collection folder is read from
+ITEM_PREFIXES = {"image": "img:", "text": "txt:"}  # a row's items in an index: img:<id> and txt:<id>
 FIELDS = ("id", "image", "text", "labels", "short_texts", "metadata", "split")
 SPLITS = ("train", "query", "database")  # values of the optional ``split`` field
 _UTF8_BOM = b"\xef\xbb\xbf"

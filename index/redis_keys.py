@@ -7,6 +7,8 @@ All keys of an index live under ``xmh:{index}:``. Under it:
   ``import:{job}`` records a bulk import's done chunks, ``demo-corpus`` the demo corpus's progress;
 - ``{bundle_id}:g{n}:`` one *generation* of it (one set of centers and the items bucketed by them,
   :class:`GenerationKeys`), whose layout ``index.store`` describes;
+- ``src:{modality}`` what re-encodes an API item under another bundle (``index.item_sources``), and
+  ``rollout`` the model rollout in progress (``index.rollout_state``): per index, as the thumbnails;
 - ``run:{run_id}:{name}`` what the worker processes of one service run share; ``thumb:{item_id}`` an
   image's thumbnail and ``collections`` the registry of loaded collections (per index, not per bundle: a
   thumbnail shows the image whatever model hashes it).
@@ -35,6 +37,15 @@ class IndexKeys:
     def run(self, run_id: str, name: str) -> str:
         """A key shared by the worker processes of one run of the service."""
         return f"{self.prefix}run:{run_id}:{name}"
+
+    def sources(self, modality: str) -> str:
+        """What re-encodes the API's items of a modality under another bundle (``index.item_sources``)."""
+        return f"{self.prefix}src:{modality}"
+
+    @property
+    def rollout(self) -> str:
+        """The model rollout in progress or kept for rollback (``index.rollout_state``)."""
+        return f"{self.prefix}rollout"
 
     def thumbnail(self, item_id: str) -> str:
         return f"{self.prefix}thumb:{item_id}"

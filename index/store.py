@@ -81,7 +81,8 @@ end
 """).substitute(slice=SLICE)
 
 # KEYS: items, entries, counts of the image modality; the same of the text modality; the rebuild flag;
-#       next_label; seq; feed; the active-generation key; with a progress field, the progress hash of an import.
+#       next_label; seq; feed; the active-generation key; with a progress field, the progress hash of an import;
+#       for 'fill', the items hashes (image, text) of the index re-encoded instead.
 # ARGV: mode, feed length, progress field ('' for none), generation, then per modality group five arguments: side (0
 #       image, 1 text), ids (a msgpack array), records (one string: a fixed-size record per id), metadata (a
 #       msgpack array of JSON texts), record size. Compact on purpose: a batch is a handful of arguments
@@ -89,6 +90,9 @@ end
 #   'write': record = bucket (u32 BE) · code. Labels are allocated here and put after the bucket; the batch
 #            is appended to the feed as one entry; refused while a re-bucket runs, and when the generation
 #            is no longer the active one (a re-bucket ended: the writer's centers and keys are stale).
+#   'fill':  'write' for the rows whose id the source index holds and this one does not (either modality):
+#            re-encoding an index under a new bundle, which neither revives an item deleted meanwhile nor
+#            overwrites one written meanwhile by the service (that write is newer). Nothing kept: {0, 0, ''}.
 #   'copy':  record = bucket · label (u64 BE) · code, kept as given; next_label is raised past them and
 #            nothing is appended to the feed.
 # Counts are written with one HINCRBY per bucket touched. With a progress field, HSET progress field seq in
@@ -98,18 +102,35 @@ end
 _UPSERT = (
     WRITE_RULES
     + """
-local write = ARGV[1] == 'write'
+local fill = ARGV[1] == 'fill'
+local write = ARGV[1] == 'write' or fill
 if write then
   local refusal = refused(KEYS[7], KEYS[11], ARGV[4])
   if refusal then return refusal end
+end
+-- 'fill' keeps the rows whose id is in the source index (KEYS[12 + side]) and in neither items hash here
+local function kept(group)
+  local here = hmget(KEYS[group.side * 3 + 1], group.ids)
+  local elsewhere = hmget(KEYS[(1 - group.side) * 3 + 1], group.ids)
+  local live = hmget(KEYS[12 + group.side], group.ids)
+  local ids, records, meta = {}, {}, {}
+  for i = 1, #group.ids do
+    if live[i] and not here[i] and not elsewhere[i] then
+      ids[#ids + 1], meta[#meta + 1] = group.ids[i], group.meta[i]
+      records[#records + 1] = string.sub(group.records, (i - 1) * group.size + 1, i * group.size)
+    end
+  end
+  return {side = group.side, ids = ids, records = table.concat(records), meta = meta, size = group.size}
 end
 local groups, n = {}, 0
 for g = 5, #ARGV, 5 do
   local group = {side = tonumber(ARGV[g]), ids = cmsgpack.unpack(ARGV[g + 1]), records = ARGV[g + 2],
                  meta = cmsgpack.unpack(ARGV[g + 3]), size = tonumber(ARGV[g + 4])}
+  if fill then group = kept(group) end
   groups[#groups + 1] = group
   n = n + #group.ids
 end
+if fill and n == 0 then return {0, 0, cmsgpack.pack({})} end
 local function hset(key, pairs_)
   for s = 1, #pairs_, 2 * SLICE do
     redis.call('HSET', key, unpack(pairs_, s, math.min(s + 2 * SLICE - 1, #pairs_)))
@@ -356,8 +377,9 @@ class RedisStore:
     ) -> tuple[int, int, list[bytes]]:
         """Run the upsert script on (side, ids, records, metadata) groups; ``feed_length`` and ``progress``
         (job, chunk) are optional. Returns (seq, first label, previous values)."""
-        progress = options.get("progress")
+        progress, source = options.get("progress"), options.get("source")
         keys = self._upsert_keys() + ([self.bundle_keys.import_progress(progress[0])] if progress else [])
+        keys += [source.keys.items[modality] for modality in MODALITIES] if source is not None else []
         args: list = [mode, options.get("feed_length") or FEED_LENGTH, "" if progress is None else progress[1]]
         args.append(self.generation)
         for side, ids, stored, metadata in groups:
@@ -387,6 +409,13 @@ class RedisStore:
         ``job``'s progress hash; the feed keeps about ``feed_length`` entries (chunks, not batches).
         Returns the chunk's feed entry number; no :class:`Change` is built (nobody here applies it)."""
         return self._upsert_call("write", [_arguments(group)], progress=(job, chunk), feed_length=feed_length)[0]
+
+    def fill(self, groups: Sequence[Group], source: RedisStore) -> int:
+        """:meth:`write` of the rows whose id ``source`` (the index re-encoded, another bundle's) holds and
+        this index does not, checked and written in one script; returns how many were written. What a
+        re-encode writes: an item the service deleted or wrote meanwhile is left as the service left it."""
+        previous = self._upsert_call("fill", [_arguments(group) for group in groups], source=source)[2]
+        return len(previous)
 
     def copy(
         self,

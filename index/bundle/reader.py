@@ -168,6 +168,16 @@ class Bundle:
     def input_dim(self, modality: str) -> int:
         return self.manifest.modalities.of(modality).input.dim
 
+    def feature_space(self, modality: str) -> str:
+        """Names the space of a modality's feature vectors: its featurizer's spec, the sha256 of the files it
+        runs and the dimension. Two bundles with the same name take each other's features (a stored feature
+        vector can be hashed again by a new bundle only then)."""
+        spec = self.manifest.modalities.of(modality)
+        featurizer = spec.featurizer
+        files = [self.manifest.files.get(getattr(featurizer, name, None) or "", "") for name in ("onnx", "tokenizer")]
+        described = f"{featurizer.model_dump_json()}|{'|'.join(files)}|{spec.input.dim}"
+        return f"{featurizer.kind}:{hashlib.sha256(described.encode()).hexdigest()[:16]}"
+
     def real_codes(self, modality: str, features: np.ndarray) -> np.ndarray:
         """Run a modality's hash function on feature vectors (N, d) → real codes (N, bits)."""
         if modality not in self.sessions:
