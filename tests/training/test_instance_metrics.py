@@ -7,12 +7,11 @@ import itertools
 import numpy as np
 import pytest
 
+from index.retrieval_metrics import first_target_ranks, recall_table
 from training.evaluation.instance import (
     code_statistics,
-    first_target_ranks,
     instance_recall,
     pair_targets,
-    recall_table,
     served_scores,
     text_groups,
 )
