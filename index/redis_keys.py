@@ -43,6 +43,11 @@ class IndexKeys:
         return f"{self.prefix}src:{modality}"
 
     @property
+    def live_bundle(self) -> str:
+        """The bundle id last put in service on this index: a service started with another one upgrades."""
+        return f"{self.prefix}live"
+
+    @property
     def rollout(self) -> str:
         """The model rollout in progress or kept for rollback (``index.rollout_state``)."""
         return f"{self.prefix}rollout"

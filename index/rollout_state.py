@@ -35,6 +35,7 @@ class RolloutConflict(ValueError):
 @dataclass(frozen=True)
 class Rollout:
     live: str  # bundle id in service
+    live_path: str  # its bundle directory
     other: str  # bundle id of the index kept beside it
     other_path: str  # its bundle directory ('' for an upgrade's source: no worker loads it)
     purpose: str
@@ -42,10 +43,13 @@ class Rollout:
     report: dict  # index.reencode.ReencodeReport.as_json() of the last pass ({} before the first chunk)
     error: str = ""
 
-    @property
-    def writes_to_other(self) -> bool:
-        """Whether workers hash writes for the other index too (an upgrade's source has no bundle)."""
-        return self.purpose != "upgrade" and self.state != "failed"
+    def beside(self, serving: str) -> tuple[str, str] | None:
+        """(bundle id, directory) of the index a worker serving bundle ``serving`` writes beside its own:
+        the other one of the pair (a worker that has not followed a swap yet writes to the new live one);
+        None when the rollout does not concern it. An upgrade's source directory is '': deletes only."""
+        if self.state == "failed" or serving not in (self.live, self.other):
+            return None
+        return (self.other, self.other_path) if serving == self.live else (self.live, self.live_path)
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -64,6 +68,7 @@ class RolloutState:
         if not raw:
             return None
         fields = {key.decode(): value.decode() for key, value in raw.items()}
+        fields.pop("updated", None)
         return Rollout(**{**fields, "report": json.loads(fields.get("report") or "{}")})
 
     def begin(self, rollout: Rollout) -> Rollout:

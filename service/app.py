@@ -11,7 +11,7 @@ from fastapi import HTTPException
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
-from service import contract, problems
+from service import contract, model_rollout, problems
 from service.routes import items, models, page, search, similar, system, thumbnails
 from service.runtime import Runtime
 from service.settings import Settings
@@ -29,6 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPIOffline:
     @asynccontextmanager
     async def lifespan(app: FastAPIOffline) -> AsyncIterator[None]:
         app.state.runtime = Runtime.start(settings)
+        model_rollout.resume(app.state.runtime)  # a new default bundle upgrades the index; a killed pass resumes
         if settings.demo_corpus:
             from service.demo import start_demo_ingestion
 

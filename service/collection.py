@@ -32,14 +32,13 @@ from index import collection_registry
 from index.bulk_import import Chunk, import_chunks
 from index.bundle import Bundle
 from index.bundle.featurizers import ImageDecodeError
-from index.collection import Collection, CollectionItem, SkippedRow
+from index.collection import ITEM_PREFIXES, Collection, CollectionItem, SkippedRow
 from index.engine import HashIndex
 from service import thumbnails
 
 log = logging.getLogger("xmhash.collection")
 CHUNK = 64  # rows per chunk: featurized together, written as one batch per modality
 TITLE_CHARS = 120  # of an item's text kept as its title (the metadata shown with a hit)
-PREFIXES = {"image": "img:", "text": "txt:"}
 CHUNK_KEY_HEX = 16  # hex digits of the sha256 of a chunk's ids naming it in its import job
 
 
@@ -132,7 +131,7 @@ class Loader:
     def _missing(self, modality: str, items: list[CollectionItem], report: LoadReport) -> list[CollectionItem]:
         """The items whose ``modality`` item is not stored yet (one round trip); an id that another writer
         stored under the other modality is reported as a skipped row (the index refuses to change it)."""
-        ids = [PREFIXES[modality] + item.id for item in items]
+        ids = [ITEM_PREFIXES[modality] + item.id for item in items]
         stored = self.index.stored_modalities(ids)
         missing = []
         for item, item_id in zip(items, ids, strict=True):
@@ -157,10 +156,10 @@ class Loader:
         if good:
             codes = self.bundle.packed_codes("image", self.bundle.image_features(np.stack([p for _, p in good])))
             meta = [_metadata(name, item) for item, _ in good]
-            write_chunk(self.index, "image", [PREFIXES["image"] + item.id for item, _ in good], codes, meta)
+            write_chunk(self.index, "image", [ITEM_PREFIXES["image"] + item.id for item, _ in good], codes, meta)
             report.written["image"] += len(good)
             large = {
-                PREFIXES["image"] + item.id: pixels
+                ITEM_PREFIXES["image"] + item.id: pixels
                 for item, pixels in good
                 if thumbnails.exceeds(collection.image_file(item), self.max_pixels)
             }
@@ -170,5 +169,5 @@ class Loader:
         if texts:
             codes = self.bundle.packed_codes("text", self.bundle.text_features([item.text for item in texts]))
             meta = [_metadata(name, item) for item in texts]
-            write_chunk(self.index, "text", [PREFIXES["text"] + item.id for item in texts], codes, meta)
+            write_chunk(self.index, "text", [ITEM_PREFIXES["text"] + item.id for item in texts], codes, meta)
             report.written["text"] += len(texts)

@@ -10,6 +10,8 @@ import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
+from index.rollout_state import Rollout
+
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -36,6 +38,19 @@ class Metrics:
             "xmhash_index_items", "items in the index", ["modality"], multiprocess_mode="mostrecent",
             registry=self.registry,
         )  # fmt: skip
+
+        self.rollout_items = Gauge(
+            "xmhash_rollout_items", "the rollout's re-encoding pass: items of the source index, and done",
+            ["bundle", "purpose", "state", "count"], multiprocess_mode="mostrecent", registry=self.registry,
+        )  # fmt: skip
+
+    def show_rollout(self, rollout: Rollout | None) -> None:
+        """The rollout's pass as gauges (none when there is no rollout)."""
+        self.rollout_items.clear()
+        if rollout is not None:
+            labels = (rollout.other, rollout.purpose, rollout.state)
+            for count in ("total", "done"):
+                self.rollout_items.labels(*labels, count).set(rollout.report.get(count, 0))
 
     def exposition(self) -> bytes:
         """The Prometheus text of this process, or of all worker processes in multiprocess mode."""

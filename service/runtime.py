@@ -34,9 +34,12 @@ import redis
 from index.bundle import Bundle, BundleError, load_bundle
 from index.engine import HashIndex
 from index.errors import IndexInputError, StoreUnavailableError
+from index.item_sources import SourceStore
 from index.redis_keys import IndexKeys
+from index.rollout_state import RolloutState
 from service.encoder import Encoder
 from service.metrics import Metrics
+from service.other_index import OtherIndex
 from service.settings import Settings
 
 log = logging.getLogger("xmhash.service")
@@ -81,8 +84,18 @@ class Runtime:
     current: Model
     metrics: Metrics
     api_key: str | None
+    other: OtherIndex | None = None  # the index kept beside the live one (a rollout), written with it
     _stopping: threading.Event = field(default_factory=threading.Event)
-    _swapping: threading.Lock = field(default_factory=threading.Lock)
+    _swapping: threading.RLock = field(default_factory=threading.RLock)  # a swap, and following one: one at a time
+
+    @property
+    def sources(self) -> SourceStore:
+        """What re-encodes the API's items under another bundle."""
+        return SourceStore(self.client, self.settings.index_name)
+
+    @property
+    def rollouts(self) -> RolloutState:
+        return RolloutState(self.client, self.settings.index_name)
 
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
@@ -101,6 +114,7 @@ class Runtime:
         model = Model.open(settings, path, client)
         key = None if settings.demo else (settings.api_key.get_secret_value() if settings.api_key else None)
         runtime = cls(settings, client, model, Metrics(), key)
+        runtime.follow_rollout()
         threading.Thread(target=runtime._watch_swaps, name="swap-watcher", daemon=True).start()
         return runtime
 
@@ -139,16 +153,26 @@ class Runtime:
             _PINNED.reset(token)
 
     def swap(self, name: str) -> tuple[Model, Model]:
-        """Serve the bundle directory ``name`` of ``settings.models_dir``; returns (previous, new).
+        """Serve the bundle directory ``name`` of ``settings.models_dir``; returns (previous, new)."""
+        if Path(name).name != name or name in ("", ".") or ".." in name:
+            raise BundleError(f"bundle name {name!r} must be a directory name inside the models directory")
+        return self.serve(self.settings.models_dir / name)
+
+    def serve(self, path: Path) -> tuple[Model, Model]:
+        """Serve the bundle at ``path``; returns (previous, new).
 
         Loading, verifying and opening the index happen before the switch, with the current model
         serving; any failure (BundleError, …) leaves it in service. Swaps are serialised. The other
         workers of the run follow within ``refresh_seconds``."""
-        if Path(name).name != name or name in ("", ".") or ".." in name:
-            raise BundleError(f"bundle name {name!r} must be a directory name inside the models directory")
-        previous, model = self._serve(self.settings.models_dir / name)
-        self.client.set(_run_key(self.settings, "bundle"), str(model.path), ex=_RUN_KEY_SECONDS)
+        with self._swapping:  # the run's record changes with the model: the watcher never reads it in between
+            previous, model = self._serve(path)
+            self.client.set(_run_key(self.settings, "bundle"), str(model.path), ex=_RUN_KEY_SECONDS)
         return previous, model
+
+    @property
+    def stopping(self) -> threading.Event:
+        """Set when the service stops: background work (a rollout's pass) ends at its next step."""
+        return self._stopping
 
     def _serve(self, path: Path) -> tuple[Model, Model]:
         """Open the model at ``path`` and switch to it; the previous index stops following the feed (a
@@ -166,23 +190,45 @@ class Runtime:
 
     def _watch_swaps(self) -> None:
         """Every ``refresh_seconds``, serve the bundle recorded for this run if a swap through another
-        worker changed it."""
+        worker changed it, and write to the index a rollout keeps beside it."""
         while not self._stopping.wait(self.settings.refresh_seconds):
             try:
                 self._follow_swap()
-            except redis.RedisError as exc:
+                self.follow_rollout()
+            except (redis.RedisError, StoreUnavailableError) as exc:
                 log.warning("model: cannot read the bundle this run serves: %s", exc)
                 self._stopping.wait(_RETRY_SECONDS)
 
     def _follow_swap(self) -> None:
-        """Serve the bundle recorded for this run when a swap through another worker changed it."""
-        recorded = self.client.getex(_run_key(self.settings, "bundle"), ex=_RUN_KEY_SECONDS)
-        if recorded is None or Path(recorded.decode()) == self.current.path:
+        """Serve the bundle recorded for this run when a swap through another worker changed it (read and
+        served under the swap lock, so a swap of this worker in progress is never undone)."""
+        with self._swapping:
+            recorded = self.client.getex(_run_key(self.settings, "bundle"), ex=_RUN_KEY_SECONDS)
+            if recorded is None or Path(recorded.decode()) == self.current.path:
+                return
+            try:
+                self._serve(Path(recorded.decode()))
+            except (BundleError, IndexInputError) as exc:
+                log.error("model: another worker swapped to %s, which does not load here: %s", recorded.decode(), exc)
+
+    def follow_rollout(self) -> None:
+        """Open (or drop) the writer of the index the recorded rollout keeps beside the one in service."""
+        rollout = self.rollouts.read()
+        beside = None if rollout is None else rollout.beside(self.current.bundle.bundle_id)
+        if beside is None:
+            self.other = None
             return
-        try:
-            self._serve(Path(recorded.decode()))
-        except (BundleError, IndexInputError) as exc:
-            log.error("model: another worker swapped to %s, which does not load here: %s", recorded.decode(), exc)
+        bundle_id, path = beside
+        if self.other is not None and self.other.bundle_id == bundle_id:
+            return
+        bundle = None
+        if path:
+            try:
+                bundle = load_bundle(Path(path), threads=1)
+            except BundleError as exc:
+                log.error("rollout: bundle %s does not load here: %s", path, exc)
+                return
+        self.other = OtherIndex.open(self.client, self.settings.index_name, bundle_id, bundle)
 
     def authorised(self, presented: str | None) -> bool:
         """Write access: demo mode lets everyone in (it binds to 127.0.0.1); otherwise the API key,

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     refresh_seconds: float = Field(
         default=2.0, gt=0, description="how often to look for a re-bucketed index or a swap through another worker"
     )
+    gate_max_drop: float = Field(
+        default=0.05, ge=0, le=1, description="a swap is refused when a held-out metric falls by more than this"
+    )
+    gate_items: int = Field(default=500, ge=10, description="held-out rows the swap's quality gate evaluates at most")
     max_k: int = Field(default=100, ge=1, description="most results a query may ask for")
     max_batch_items: int = Field(
         default=1000, ge=1, description="most items in one POST /v1/items:batch (JSON or msgpack body)"

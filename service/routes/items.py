@@ -80,6 +80,10 @@ def get_item(item_id: str, rt: Annotated[Runtime, Depends(runtime)]) -> StoredIt
     dependencies=[Depends(require_writer)],
 )
 def delete_item(item_id: str, rt: Annotated[Runtime, Depends(runtime)]) -> None:
-    """Remove an item from the index and from Redis."""
-    rt.index.remove(item_id)
+    """Remove an item from the index and from Redis (from the index a rollout keeps beside it too)."""
+    modality = rt.index.remove(item_id)
+    other = rt.other
+    if other is not None:
+        other.delete(modality, item_id)
+    rt.sources.forget(modality, [item_id])
     thumbnails.forget(rt, item_id)

@@ -27,11 +27,14 @@ def healthz() -> dict:
 )
 def readyz(rt: Annotated[Runtime, Depends(runtime)]) -> dict | Response:
     """Readiness: the bundle is loaded and Redis answers. ``demo_corpus`` is the demo corpus's ingestion
-    (state, items done / total per modality); the service answers queries while it runs. Not ready: a 503
+    (state, items done / total per modality); the service answers queries while it runs. ``rollout`` is
+    the index kept beside the live one (a bundle being prepared, or kept for rollback) and its pass. Not ready: a 503
     problem that says the same (``bundle``, ``redis``)."""
     if not rt.index.ping():
         return problems.problem(503, "Redis is unreachable", bundle=rt.bundle.bundle_id, redis="unreachable")
-    return {"bundle": rt.bundle.bundle_id, "redis": "ok", "demo_corpus": demo.progress(rt)}
+    rollout = rt.rollouts.read()
+    return {"bundle": rt.bundle.bundle_id, "redis": "ok", "demo_corpus": demo.progress(rt),
+            "rollout": None if rollout is None else rollout.as_json()}  # fmt: skip
 
 
 @router.get("/metrics", response_class=Response)
@@ -39,4 +42,5 @@ def metrics(rt: Annotated[Runtime, Depends(runtime)]) -> Response:
     """Prometheus exposition: request latency, encode vs search time, index size."""
     for modality, count in rt.index.stats()["items"].items():
         rt.metrics.index_items.labels(modality).set(count)
+    rt.metrics.show_rollout(rt.rollouts.read())
     return Response(rt.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

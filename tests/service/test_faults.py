@@ -316,8 +316,9 @@ def swap_service(tmp_path_factory: pytest.TempPathFactory):
     server.stop()
 
 
-def swap(service: Service, name, key: str | None = KEY):
-    return service.call("POST", "/v1/models:swap", {"bundle": name}, key=key, timeout=120)
+def swap(service: Service, name, key: str | None = KEY, force: bool = False):
+    body = {"bundle": name} | ({"force": True} if force else {})
+    return service.call("POST", "/v1/models:swap", body, key=key, timeout=120)
 
 
 @pytest.mark.parametrize(
@@ -353,15 +354,17 @@ def test_swap_needs_the_api_key(swap_service) -> None:
     assert swap_service.call("GET", "/v1/models").body["method"] == "dsfh-instance"
 
 
-def test_swap_serves_the_new_bundle_with_its_own_index_and_back(swap_service, bundle) -> None:
+def test_a_forced_swap_serves_the_new_bundles_own_index_and_keeps_the_old_one_in_step(swap_service, bundle) -> None:
     default_id = bundle.bundle_id
     assert swap(swap_service, "default").status == 200
     assert swap_service.call("POST", "/v1/items:batch", {"items": batch_items(100)}, key=KEY).status == 200
-    reply = swap(swap_service, "linear32")
+    refused = swap(swap_service, "linear32")
+    assert refused.status == 409 and "POST /v1/models:prepare first" in refused.body["detail"]
+    reply = swap(swap_service, "linear32", force=True)
     assert reply.status == 200, reply.body
     assert reply.body | {"load_ms": 0} == {
         "bundle_id": "linear32s0", "previous_bundle_id": default_id, "method": "linear-test", "code_bits": 32,
-        "items": {"image": 0, "text": 0}, "load_ms": 0,
+        "items": {"image": 0, "text": 0}, "load_ms": 0, "gate": None, "gate_note": "forced",
     }  # fmt: skip
     models = swap_service.call("GET", "/v1/models").body
     assert (models["bundle_id"], models["code_bits"], models["method"]) == ("linear32s0", 32, "linear-test")
@@ -375,12 +378,14 @@ def test_swap_serves_the_new_bundle_with_its_own_index_and_back(swap_service, bu
     assert search.body["bundle_id"] == "linear32s0" and {h["id"] for h in search.body["results"]} <= {
         f"b101/{j}" for j in range(0, BATCH, 2)
     }
-    # Back to the default bundle: its index, items included, serves again.
+    # The previous bundle is kept for rollback and written to: swapping back finds both batches.
+    assert swap_service.call("GET", "/v1/models:rollout").body["other"] == default_id
     reply = swap(swap_service, "default")
     assert reply.status == 200 and reply.body["bundle_id"] == default_id
-    assert reply.body["items"]["image"] >= BATCH // 2
+    assert reply.body["gate_note"] == "rollback: no gate"
+    assert reply.body["items"]["image"] >= BATCH
     assert swap_service.call("GET", "/v1/items/b100/0").status == 200
-    assert swap_service.call("GET", "/v1/items/b101/0").status == 404
+    assert len(swap_service.call("GET", "/v1/items/b101/0").body["code_hex"]) == 2 * bundle.bits // 8
 
 
 def test_searches_and_ingests_never_fail_while_models_swap(swap_service, bundle) -> None:
@@ -417,7 +422,7 @@ def test_searches_and_ingests_never_fail_while_models_swap(swap_service, bundle)
     try:
         for name in ["linear32", "default"] * 3:
             time.sleep(0.3)
-            reply = swap(swap_service, name)
+            reply = swap(swap_service, name, force=True)
             swaps.append((name, reply.status, round(reply.body.get("load_ms", 0))))
         time.sleep(0.3)
     finally:

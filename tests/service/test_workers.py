@@ -86,7 +86,7 @@ def test_a_write_acknowledged_by_one_worker_is_searchable_on_every_worker(servic
 
 def test_a_swap_through_one_worker_is_followed_by_every_worker(service: Service) -> None:
     default = service.call("GET", "/v1/models").body["bundle_id"]
-    swapped = service.call("POST", "/v1/models:swap", {"bundle": "linear32"}, key=KEY, timeout=120)
+    swapped = service.call("POST", "/v1/models:swap", {"bundle": "linear32", "force": True}, key=KEY, timeout=120)
     assert swapped.status == 200
     new = swapped.body["bundle_id"]
     assert new != default
