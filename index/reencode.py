@@ -31,8 +31,6 @@ from index.item_sources import FeatureSource, SourceStore, TextSource
 from index.store import Group, RedisStore
 from index.stored_values import MODALITIES
 
-CHUNK = 256  # items re-encoded and written together: one featurizer batch, one script
-
 
 class SourceIndexMoved(RuntimeError):
     """The source index was re-bucketed during the pass: its items now live in another generation."""
@@ -70,11 +68,14 @@ class _Chunk:
 class Reencoder:
     """Builds ``target`` (the new bundle's index) from ``source`` (another bundle's index of the same name)."""
 
-    def __init__(self, source: RedisStore, target: RedisStore, bundle: Bundle, max_pixels: int | None = None) -> None:
+    def __init__(
+        self, source: RedisStore, target: RedisStore, bundle: Bundle, max_pixels: int | None = None, chunk: int = 256
+    ) -> None:
+        """``chunk``: items re-encoded and written together (one featurizer batch, one script)."""
         assert source.index_name == target.index_name and source.bundle_id != target.bundle_id
         self.source, self.target, self.bundle = source, target, bundle
         self.kept = SourceStore(source.client, source.index_name)
-        self.max_pixels = max_pixels
+        self.max_pixels, self.chunk = max_pixels, chunk
         self._texts: dict[str, dict[str, str] | None] = {}  # collection name → its texts by row id
 
     def run(
@@ -86,12 +87,12 @@ class Reencoder:
         report = ReencodeReport(total=sum(len(found) for found in labels.values()))
         centers = center_index(self.target)
         for modality in MODALITIES:
-            for start in range(0, len(labels[modality]), CHUNK):
+            for start in range(0, len(labels[modality]), self.chunk):
                 if stop is not None and stop.is_set():
                     return report
                 if self.source.active_generation() != self.source.generation:
                     raise SourceIndexMoved(f"{self.source.bundle_keys.base} was re-bucketed during the re-encode")
-                part = labels[modality][start : start + CHUNK].tolist()
+                part = labels[modality][start : start + self.chunk].tolist()
                 self._chunk(modality, part, centers, report)
                 if on_chunk is not None:
                     on_chunk(report)

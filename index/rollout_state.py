@@ -25,7 +25,6 @@ from index.redis_keys import IndexKeys
 
 STATES = ("preparing", "ready", "failed")
 PURPOSES = ("prepare", "rollback", "upgrade")
-LEASE_SECONDS = 30  # a pass not renewed for this long is taken over by the next worker that asks
 
 
 class RolloutConflict(ValueError):
@@ -58,10 +57,12 @@ class Rollout:
 class RolloutState:
     """The rollout record of one index, and the lease of the worker running its pass."""
 
-    def __init__(self, client: redis.Redis, index_name: str) -> None:
+    def __init__(self, client: redis.Redis, index_name: str, lease_seconds: int = 30) -> None:
+        """``lease_seconds``: a pass not renewed for this long is taken over by the next worker that asks."""
         self.client = client
         self.key = IndexKeys(index_name).rollout
         self.lease_key = self.key + ":worker"
+        self.lease_seconds = lease_seconds
 
     def read(self) -> Rollout | None:
         raw = call(self.client.hgetall, self.key)
@@ -102,7 +103,7 @@ class RolloutState:
 
     def take_lease(self, holder: str) -> bool:
         """True when ``holder`` now runs the pass: the lease was free, lapsed or already its own."""
-        if call(self.client.set, self.lease_key, holder, nx=True, ex=LEASE_SECONDS):
+        if call(self.client.set, self.lease_key, holder, nx=True, ex=self.lease_seconds):
             return True
         return self.renew_lease(holder)
 
@@ -111,7 +112,7 @@ class RolloutState:
         current = call(self.client.get, self.lease_key)
         if current is None or current.decode() != holder:
             return False
-        return bool(call(self.client.set, self.lease_key, holder, xx=True, ex=LEASE_SECONDS))
+        return bool(call(self.client.set, self.lease_key, holder, xx=True, ex=self.lease_seconds))
 
     def release_lease(self, holder: str) -> None:
         if self.renew_lease(holder):

@@ -91,8 +91,7 @@ def prepare(rt: Runtime, name: str) -> Rollout:
 
 
 def start_pass(rt: Runtime) -> threading.Thread:
-    """Run the recorded rollout's pass on a thread of this worker, if it is preparing and no live worker
-    runs it already (the lease)."""
+    """Run the recorded rollout's pass on a thread of this worker once it holds the lease (``run_pass``)."""
     thread = threading.Thread(target=_pass_logging_failures, args=(rt,), name="rollout-pass", daemon=True)
     thread.start()
     return thread
@@ -106,12 +105,18 @@ def _pass_logging_failures(rt: Runtime) -> None:
 
 
 def run_pass(rt: Runtime) -> Rollout | None:
-    """The pass of the recorded rollout, on this thread; returns the record as it ends (None: no pass ran)."""
+    """The pass of the recorded rollout, on this thread, once this worker holds the lease (it waits while
+    another live worker holds it, and takes over once that one's lease lapses); returns the record as the
+    pass ends, None when there was nothing to run."""
     holder = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
     rollouts = rt.rollouts
-    rollout = rollouts.read()
-    if rollout is None or rollout.state != "preparing" or not rollouts.take_lease(holder):
-        return None
+    while True:
+        rollout = rollouts.read()
+        if rollout is None or rollout.state != "preparing" or rt.stopping.is_set():
+            return None
+        if rollouts.take_lease(holder):
+            break
+        rt.stopping.wait(rollouts.lease_seconds / 3)
     stop = threading.Event()
     try:
         while True:
@@ -140,7 +145,8 @@ def _reencoder(rt: Runtime, rollout: Rollout) -> Reencoder:
     else:
         bundle, source_id = load_bundle(Path(rollout.other_path), threads=1), rollout.live
     target = open_store(rt.client, rt.settings.index_name, bundle)
-    return Reencoder(_active(rt, source_id), target, bundle, rt.settings.max_image_pixels)
+    settings = rt.settings
+    return Reencoder(_active(rt, source_id), target, bundle, settings.max_image_pixels, settings.rollout_chunk)
 
 
 def _progress(rt: Runtime, rollout: Rollout, holder: str, stop: threading.Event):

@@ -95,7 +95,7 @@ class Runtime:
 
     @property
     def rollouts(self) -> RolloutState:
-        return RolloutState(self.client, self.settings.index_name)
+        return RolloutState(self.client, self.settings.index_name, self.settings.rollout_lease_seconds)
 
     @classmethod
     def start(cls, settings: Settings) -> Runtime:

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     gate_max_drop: float = Field(
         default=0.05, ge=0, le=1, description="a swap is refused when a held-out metric falls by more than this"
     )
+    rollout_chunk: int = Field(
+        default=256, ge=1, description="items a rollout's re-encoding pass hashes and writes at once"
+    )
+    rollout_lease_seconds: int = Field(
+        default=30, ge=1, description="a re-encoding pass not heard of for this long is taken over by another worker"
+    )
     gate_items: int = Field(default=500, ge=10, description="held-out rows the swap's quality gate evaluates at most")
     max_k: int = Field(default=100, ge=1, description="most results a query may ask for")
     max_batch_items: int = Field(

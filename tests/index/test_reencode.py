@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from index import collection_registry, reencode
+from index import collection_registry
 from index.bulk_import import open_store
 from index.bundle import load_bundle
 from index.code_space import CodeSpace
@@ -82,16 +82,15 @@ def test_every_item_with_a_source_is_hashed_by_the_new_bundle_and_the_others_are
     assert new.stored_modalities(["img:elsewhere", "txt:no-source"]) == {"img:elsewhere": None, "txt:no-source": None}
 
 
-def test_a_stopped_pass_resumes_where_it_stopped(redis_server, bundle, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stopped_pass_resumes_where_it_stopped(redis_server, bundle) -> None:
     name = uuid.uuid4().hex
     _fill_old(redis_server, bundle, name)
-    monkeypatch.setattr(reencode, "CHUNK", 2)
     source = _old_index(redis_server, name).store
     target = open_store(redis_server.client(), name, bundle)
     stop = threading.Event()
-    first = Reencoder(source, target, bundle).run(on_chunk=lambda report: stop.set(), stop=stop)
+    first = Reencoder(source, target, bundle, chunk=2).run(on_chunk=lambda report: stop.set(), stop=stop)
     assert sum(first.written.values()) == 2 and first.done < first.total
-    second = Reencoder(source, target, bundle).run()
+    second = Reencoder(source, target, bundle, chunk=2).run()
     assert sum(second.present.values()) == 2
     assert sum(second.written.values()) == 4 + len(TEXTS) - 2 and second.done == second.total
 

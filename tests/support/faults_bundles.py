@@ -101,3 +101,27 @@ def models_dir(root: Path) -> Path:
     (models / "default").symlink_to(DEFAULT_BUNDLE)
     linear_bundle(models / "linear32", bits=32)
     return models
+
+
+def permuted_bundle(destination: Path, seed: int = 0) -> Path:
+    """The default bundle with the bits of its codes in another order, its centers alike: every code
+    differs, every Hamming distance is the same, so retrieval is exactly as good (a bundle the quality
+    gate must pass, whose re-encoded codes are checkably new)."""
+    bundle = copy_bundle(destination)
+    manifest = read_manifest(bundle)
+    assert manifest.semantic_index.head_bits == manifest.code_bits, "the centers span the whole code"
+    order = np.random.default_rng(seed).permutation(manifest.code_bits)
+    for modality in MODALITIES:
+        path = bundle / manifest.modalities.of(modality).onnx
+        model = onnx.load(path)
+        for node in model.graph.node:
+            node.output[:] = ["unpermuted" if name == "codes" else name for name in node.output]
+        model.graph.initializer.append(numpy_helper.from_array(order.astype(np.int64), name="bit_order"))
+        model.graph.node.append(helper.make_node("Gather", ["unpermuted", "bit_order"], ["codes"], axis=1))
+        onnx.checker.check_model(model)
+        onnx.save(model, path)
+    centers = np.load(bundle / "centers.npy", allow_pickle=False)
+    np.save(bundle / "centers.npy", centers[:, order], allow_pickle=False)
+    write_manifest(bundle, manifest.model_copy(update={"bundle_id": f"{manifest.bundle_id}p{seed}"}))
+    reseal(bundle)
+    return bundle

@@ -214,14 +214,23 @@ def export_collection(
 ) -> tuple[Path, dict[str, int]]:
     """Write OpenClipart as a collection (``index.collection``'s manifest) into ``out``: ``manifest.jsonl``
     and a ``png`` symlink to the installed corpus's images (nothing copied). Rows are the loader's items
-    (``only``: those ids) with their texts, short texts (title, tags) and label names, in a seeded random
-    order (``training.datasets.export``). Returns the manifest and its counts ({"items": rows})."""
+    (``only``: those ids) with their texts, short texts (title, tags), label names and the loader's split
+    (``query`` rows are held out of training: the service's quality gate evaluates on them), in a seeded
+    random order (``training.datasets.export``). Returns the manifest and its counts ({"items": rows})."""
     dataset = load_openclipart(root=root, seed=seed)
     link_images(out, "png", root / "png")
+    split = np.full(len(dataset.ids), "database", dtype=object)
+    split[dataset.split.train], split[dataset.split.query] = "train", "query"
     rows = []
     for i, item in enumerate(dataset.ids):
         if only is None or item in only:
             labels = [dataset.label_names[j] for j in dataset.labels[i].nonzero()[0]]
-            row = {"id": item, "image": f"png/{item}.png", "text": dataset.texts[i], "labels": labels}
+            row = {
+                "id": item,
+                "image": f"png/{item}.png",
+                "text": dataset.texts[i],
+                "labels": labels,
+                "split": split[i],
+            }
             rows.append(row | ({"short_texts": dataset.text_views[i]} if dataset.text_views[i] else {}))
     return write_manifest(out, rows, seed), {"items": len(rows)}
