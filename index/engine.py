@@ -21,7 +21,7 @@ serialised by one lock; the in-memory structures have their own, held by an appl
 changes them and by a search only around its scan, so neither waits for the other's Redis round trip.
 
 The public surface a service uses: ``open``/``close``, ``add``/``remove``/``get``, ``search`` (returning
-:class:`Hit`, which the service's responses serialise as they are), ``stats``, ``stored_modalities``,
+:class:`Hit`, which the service's responses serialise as they are), ``stats``, ``health``, ``stored_modalities``,
 ``ping`` and ``start_following``. ``store`` is there for tools (the re-bucket, ``python -m index``) and tests.
 
 Each process keeps in memory only what ranking needs: per item its packed code and a FAISS id (label
@@ -39,7 +39,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,6 +49,7 @@ from index.centers import CenterIndex
 from index.change_feed import Change
 from index.code_space import CodeSpace
 from index.errors import FeedGapError, IndexInputError, ItemNotFoundError, StoreUnavailableError
+from index.hash_health import HashHealth, measure, tie_group_sizes
 from index.layout_upgrade import upgrade_entries
 from index.memory import release_freed_memory
 from index.rerank import MAX_CANDIDATES, rerank
@@ -175,6 +176,7 @@ class HashIndex:
         self._apply_lock = threading.Lock()  # one applier of the feed at a time
         self._memory_lock = threading.Lock()  # an applier changing the scans vs. a search reading them
         self._closing = threading.Event()
+        self._health: tuple[tuple[int, int], dict[str, HashHealth]] | None = None  # (generation, applied), health
 
     @property
     def bits(self) -> int:
@@ -372,13 +374,15 @@ class HashIndex:
         probe: int | None = None,
         where: Mapping | None = None,
         query_real: np.ndarray | None = None,
+        on_ties: Callable[[np.ndarray], None] | None = None,
     ) -> list[list[Hit]]:
         """Top k items of modality ``target`` for each packed query code; ``probe=None`` scans all
         buckets (exact). Ranked by Hamming distance; ties by the bucket's rank in the query's route (the
         semantically nearer bucket first), then insertion order. With ``query_real`` (the queries' real
         codes, before the sign) and a re-ranker, the Hamming candidates are re-ranked by the asymmetric
         score (``index.rerank``), which breaks ties by a real score. ``where``: keep only items whose
-        metadata has these exact key/value pairs.
+        metadata has these exact key/value pairs. ``on_ties`` (for metrics) is given each query's number of
+        candidates at its best distance among those the first scan ranked (``hash_health.tie_group_sizes``).
 
         Ranks in memory, then resolves the ranked labels to ids and metadata from Redis, one round trip
         per round (one round without a filter). A label replaced or deleted since it was ranked is left
@@ -401,7 +405,9 @@ class HashIndex:
         real = None if query_real is None or self.rerank_candidates is None else np.asarray(query_real, np.float32)
         while pending:
             distances, labels, buckets, scores = self._rank(side, codes[pending], probes[pending], fetch,
-                                                            None if real is None else real[pending])  # fmt: skip
+                                                            None if real is None else real[pending],
+                                                            on_ties)  # fmt: skip
+            on_ties = None  # a filter's further rounds rank the same queries again
             unknown = [label for label in dict.fromkeys(labels[labels >= 0].tolist()) if label not in known]
             for label, found in zip(unknown, self._lookup(generation, target, unknown), strict=True):
                 known[label] = None if found is None else (found[0], json.loads(found[1]))
@@ -419,16 +425,25 @@ class HashIndex:
         return results
 
     def _rank(
-        self, side: _Side, codes: np.ndarray, probes: np.ndarray, fetch: int, real: np.ndarray | None
+        self,
+        side: _Side,
+        codes: np.ndarray,
+        probes: np.ndarray,
+        fetch: int,
+        real: np.ndarray | None,
+        on_ties: Callable[[np.ndarray], None] | None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Each query's candidates in ranked order: (distances, labels, buckets, scores), −1 (scores None)
         past the end. Without a real code: the scan's top ``fetch`` in Hamming order. With one: the top
         max(fetch, candidates) and the rest of their last tie group, found by a scan of four times as
         many, doubled until the last tie group ends inside it (up to ``MAX_CANDIDATES``), re-ranked by the
-        asymmetric score, of which the best ``fetch`` are returned."""
+        asymmetric score, of which the best ``fetch`` are returned. ``on_ties`` gets the tie-group sizes of
+        the scan's distances (in Hamming order, before a re-ranking)."""
         if real is None:
             with self._memory_lock:
                 distances, labels, buckets = side.scan.search(codes, probes, fetch)
+            if on_ties is not None:
+                on_ties(tie_group_sizes(distances))
             return distances, labels, buckets, np.full(labels.shape, None, dtype=object)
         cut = max(fetch, self.rerank_candidates)
         width = 4 * cut  # one scan of 4x the candidates usually holds their last tie group (a rescan costs more)
@@ -439,6 +454,8 @@ class HashIndex:
             if ((bound < 0) | (last < 0) | (last > bound)).all() or width >= max(MAX_CANDIDATES, 4 * cut):
                 break
             width *= 2
+        if on_ties is not None:
+            on_ties(tie_group_sizes(distances))
         ranked = rerank(distances, labels, buckets, found, real, cut)
         top = slice(0, fetch)  # only these are resolved in Redis: the candidates' ids are never all read
         scores = np.where(ranked.labels[:, top] >= 0, ranked.scores[:, top].astype(np.float64).astype(object), None)
@@ -456,6 +473,19 @@ class HashIndex:
             return found
         again = iter(generation.store.at(active).lookup(target, gone))
         return [next(again) if entry is None else entry for entry in found]
+
+    def health(self) -> dict[str, HashHealth]:
+        """Each modality's hash health (``index.hash_health``), computed again only once the index changed
+        (another generation, or a change applied): a scrape must not cost a pass over a million codes."""
+        generation = self.generation
+        with self._memory_lock:  # the codes and the number of changes applied to them, read together
+            key = (generation.store.generation, generation.applied)
+            if self._health is not None and self._health[0] == key:
+                return self._health[1]
+            held = {m: (s.scan.codes(), s.scan.bucket_sizes()) for m, s in generation.sides.items()}
+        health = {m: measure(codes, sizes, self.bits) for m, (codes, sizes) in held.items()}
+        self._health = (key, health)
+        return health
 
     def stats(self) -> dict:
         """Code length, buckets, generation and item counts, from memory (answers without Redis)."""

@@ -57,6 +57,11 @@ class BucketScan:
     def bucket_sizes(self) -> np.ndarray:
         return self._sizes.copy()
 
+    def codes(self) -> np.ndarray:
+        """A copy of every code held (n, bytes), bucket by bucket, for statistics over the stored codes."""
+        held = [self._entries(bucket)[1] for bucket in np.flatnonzero(self._sizes).tolist()]
+        return np.concatenate(held) if held else np.zeros((0, self._ivf.code_size), dtype=np.uint8)
+
     def _locate(self, buckets: np.ndarray) -> None:
         for bucket in np.unique(buckets).tolist():
             self._code_ptrs[bucket] = int(self._lists.get_codes(bucket))

@@ -12,6 +12,7 @@ trip a round); the response carries those hits as they are, serialised once.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,7 +76,8 @@ def search_index(
     else:  # the index refuses a probe outside its buckets
         probe = min(rt.settings.default_probe, model.index.n_buckets) if options.probe is None else options.probe
     where = options.filter.metadata if options.filter else None
-    [hits] = model.index.search(target, coded.code, options.k, probe, where, query_real=coded.real)
+    on_ties = functools.partial(rt.metrics.observe_ties, target)
+    [hits] = model.index.search(target, coded.code, options.k, probe, where, query_real=coded.real, on_ties=on_ties)
     return hits, probe
 
 

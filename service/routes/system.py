@@ -39,8 +39,9 @@ def readyz(rt: Annotated[Runtime, Depends(runtime)]) -> dict | Response:
 
 @router.get("/metrics", response_class=Response)
 def metrics(rt: Annotated[Runtime, Depends(runtime)]) -> Response:
-    """Prometheus exposition: request latency, encode vs search time, index size."""
+    """Prometheus exposition: request latency, encode vs search time, index size and hash health."""
     for modality, count in rt.index.stats()["items"].items():
         rt.metrics.index_items.labels(modality).set(count)
     rt.metrics.show_rollout(rt.rollouts.read())
+    rt.metrics.set_health(rt.index.health())
     return Response(rt.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -108,6 +108,24 @@ def test_metrics_count_the_requests_of_every_worker(service: Service) -> None:
     assert requests_counted(service, "/v1/models") - before == 30
 
 
+def test_hash_health_is_one_series_and_tie_groups_count_the_searches_of_every_worker(service: Service) -> None:
+    """Every worker holds the same items, so a hash-health gauge is one series (the value the last worker
+    scraped set); tie groups are per query, so their histogram sums the searches every worker answered."""
+    same = features("image", 1, seed=7)[0]
+    items = [{"id": f"h/{i}", "modality": "image", "features": same} for i in range(5)]
+    before = items_of(service.call("GET", "/v1/models"))["image"]
+    assert service.call("POST", "/v1/items:batch", {"items": items}, key=KEY).status == 200
+    every_worker(service, "/v1/models", lambda r: items_of(r)["image"] >= before + 5)
+    pattern = r'^xmhash_search_tie_group_size_count\{target="image"\} (\S+)$'
+    counted = sum(float(n) for n in re.findall(pattern, service.call("GET", "/metrics").body, re.M))
+    query = {"features": same, "k": 5, "probe": "all"}
+    assert all(service.call("POST", "/v1/search/image-to-image", query).status == 200 for _ in range(30))
+    text = service.call("GET", "/metrics").body
+    assert sum(float(n) for n in re.findall(pattern, text, re.M)) - counted == 30
+    distinct = re.findall(r'^xmhash_hash_distinct_codes_ratio\{modality="image"\} (\S+)$', text, re.M)
+    assert len(distinct) == 1 and 0 < float(distinct[0]) < 1  # five items share one code
+
+
 def test_the_demo_corpus_is_ingested_by_one_worker_only(tmp_path: Path, small_demo: Path) -> None:  # noqa: F811
     """Each worker runs the start-up code; the demo ingestion is claimed by the first."""
     server = RedisServer(tmp_path / "redis").start()
