@@ -68,14 +68,12 @@ class _Chunk:
 class Reencoder:
     """Builds ``target`` (the new bundle's index) from ``source`` (another bundle's index of the same name)."""
 
-    def __init__(
-        self, source: RedisStore, target: RedisStore, bundle: Bundle, max_pixels: int | None = None, chunk: int = 256
-    ) -> None:
+    def __init__(self, source: RedisStore, target: RedisStore, bundle: Bundle, chunk: int = 256) -> None:
         """``chunk``: items re-encoded and written together (one featurizer batch, one script)."""
         assert source.index_name == target.index_name and source.bundle_id != target.bundle_id
         self.source, self.target, self.bundle = source, target, bundle
         self.kept = SourceStore(source.client, source.index_name)
-        self.max_pixels, self.chunk = max_pixels, chunk
+        self.chunk = chunk
         self._texts: dict[str, dict[str, str] | None] = {}  # collection name → its texts by row id
 
     def run(
@@ -152,7 +150,7 @@ class Reencoder:
             if self.bundle.image_featurizer is None:
                 return None, "the bundle has no image featurizer"
             try:
-                return self.bundle.decode_image(path, self.max_pixels), None
+                return self.bundle.decode_image(path), None  # as the loader: the owner's files, Pillow's bound
             except ImageDecodeError as exc:
                 return None, f"collection image does not decode: {exc}"[:120]
         texts = self._collection_texts(metadata["collection"], registered.manifest)

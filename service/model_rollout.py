@@ -146,7 +146,7 @@ def _reencoder(rt: Runtime, rollout: Rollout) -> Reencoder:
         bundle, source_id = load_bundle(Path(rollout.other_path), threads=1), rollout.live
     target = open_store(rt.client, rt.settings.index_name, bundle)
     settings = rt.settings
-    return Reencoder(_active(rt, source_id), target, bundle, settings.max_image_pixels, settings.rollout_chunk)
+    return Reencoder(_active(rt, source_id), target, bundle, settings.rollout_chunk)
 
 
 def _progress(rt: Runtime, rollout: Rollout, holder: str, stop: threading.Event):

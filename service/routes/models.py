@@ -15,7 +15,7 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from index.bundle import BundleError, Manifest
 from index.bundle.manifest import MODALITIES
@@ -68,7 +68,7 @@ class BundleRequest(BaseModel):
 
 
 class SwapRequest(BundleRequest):
-    force: bool = Field(
+    force: StrictBool = Field(
         default=False,
         description="swap without a prepared index (the new bundle starts with what its index holds) and "
         "without the quality gate",
