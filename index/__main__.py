@@ -24,6 +24,7 @@ from index.bundle import load_bundle
 from index.engine import HashIndex
 from index.errors import IndexInputError, StoreUnavailableError
 from index.rebuild import rebucket
+from index.redis_connection import connect
 from index.store import RedisStore
 
 
@@ -41,9 +42,10 @@ def main() -> None:
     parser.add_argument("--sidecar", type=Path, help="import: ids and metadata of a single FILE (default FILE.jsonl)")
     parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="import: items per atomic write")
     parser.add_argument("--no-progress", action="store_true", help="import: no progress bar")
+    parser.add_argument("--shards", type=int, help="import: shards of a new index (default: one per cluster master)")
     args = parser.parse_args()
     bundle = load_bundle(args.bundle)
-    client = redis.Redis.from_url(args.redis_url)
+    client = connect(args.redis_url)
     if args.command == "import":
         sys.exit(_import(args, bundle, client))
     if args.command == "rebucket":
@@ -62,7 +64,7 @@ def _import(args: argparse.Namespace, bundle, client: redis.Redis) -> int:
         print("import needs FILE … and --modality", file=sys.stderr)
         return 2
     try:
-        store = open_store(client, args.index, bundle)
+        store = open_store(client, args.index, bundle, args.shards)
         summary = import_files(store, bundle, args.modality, args.files, sidecar=args.sidecar, chunk=args.chunk,
                                progress=not args.no_progress)  # fmt: skip
     except IndexInputError as exc:

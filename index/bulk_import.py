@@ -20,7 +20,9 @@ with ``Chunk(key, modality, ids, codes, metadata)``: the chunk's name within the
 packed uint8 codes (n, bits / 8) and metadata (each the JSON text of an object), row-aligned. ``store``
 is the index's active generation (:func:`open_store`).
 
-What a chunk's write guarantees: it is one ``MULTI``/``EXEC`` transaction checked as the upsert script
+What a chunk's write guarantees: on each shard of the index (``index.store``; the shards' parts are
+written at once, each on its node's connection, and the chunk is done once every shard marked it), it is
+one ``MULTI``/``EXEC`` transaction checked as the upsert script
 checks a batch (``index.import_transaction``; the script itself when other writes keep interrupting),
 so Redis writes every item of the chunk (items, entries, bucket counts), appends the chunk to the change
 feed as one entry, and marks the chunk done in the job's progress hash, all or nothing; the call returns
@@ -58,7 +60,8 @@ from index.centers import CenterIndex
 from index.errors import GenerationMovedError, IndexInputError
 from index.import_transaction import PreparedChunk, done_chunks, prepare, write_prepared
 from index.item_ids import ID_MAX_CHARS, ID_PATTERN
-from index.store import Group, RedisStore
+from index.shards import shard_count
+from index.store import Group, RedisStore, each, split
 from index.stored_values import MODALITIES
 
 DEFAULT_CHUNK = 10_000  # items per script call: large enough that a call's fixed cost (fsync) is small
@@ -86,9 +89,14 @@ class ImportSummary:
     written_items: int
 
 
-def open_store(client: redis.Redis, index_name: str, bundle: Bundle) -> RedisStore:
-    """The index's active generation; a new index gets the bundle's centers (as a service opening it)."""
-    store = RedisStore(client, index_name, bundle.bundle_id)
+def open_store(
+    client: redis.Redis, index_name: str, bundle: Bundle, shards: int | None = None, replicas: int = 0
+) -> RedisStore:
+    """The index's active generation; a new index gets the bundle's centers (as a service opening it) and
+    ``shards`` shards; each chunk waits for ``replicas`` replicas."""
+    store = RedisStore(
+        client, index_name, bundle.bundle_id, shards=shard_count(client, index_name, shards), replicas=replicas
+    )
     return store.open_active(bundle.centers, bundle.centers_version)
 
 
@@ -139,23 +147,30 @@ def import_chunks(
                 continue
             feed_length = max(1, FEED_ITEMS // len(chunk.ids))
             try:
-                write_prepared(store, prepared, job, chunk.key, feed_length)
+                _write_parts(store, prepared, job, chunk.key, feed_length)
             except GenerationMovedError:  # a re-bucket ended: route with the new centers, write again
                 store = store.at(store.active_generation())
-                buckets = center_index(store).route(chunk.codes, 1)[:, 0]
-                group = dataclasses.replace(prepared.group, buckets=buckets)
-                store.write_chunk(group, job, chunk.key, feed_length)
+                centers = center_index(store)
+                for shard, part in prepared:
+                    group = dataclasses.replace(part.group, buckets=centers.route(part.group.codes, 1)[:, 0])
+                    store.parts[shard].write_chunk(group, job, chunk.key, feed_length)
             written += 1
             items += len(chunk.ids)
             bar.update(len(chunk.ids))
     return ImportSummary(job, written, skipped, items)
 
 
+def _write_parts(store: RedisStore, parts: list[tuple[int, PreparedChunk]], job: str, key: str, feed: int) -> None:
+    """Each shard's part of a chunk, the shards at once (each on its node's connection)."""
+    each([lambda s=s, p=p: write_prepared(store.parts[s], p, job, key, feed) for s, p in parts])
+
+
 def _prepared(
     chunks: Iterable[Chunk], done: set[str], store: RedisStore
-) -> Iterator[tuple[Chunk, PreparedChunk | None]]:
-    """Each chunk checked, routed and prepared for its write (labels reserved, commands encoded) in the
-    active generation; None for a chunk done before. Runs on the reading thread: its routing searches use
+) -> Iterator[tuple[Chunk, list[tuple[int, PreparedChunk]] | None]]:
+    """Each chunk checked, routed, split by shard and each shard's part prepared for its write (labels
+    reserved, commands encoded) in the active generation; None for a chunk done before. Runs on the
+    reading thread: its routing searches use
     one OpenMP thread (an OpenMP setting is per thread; a team of threads for a 64-center search only
     contends with Redis and the reader)."""
     faiss.omp_set_num_threads(1)
@@ -174,7 +189,8 @@ def _prepared(
             store = store.at(active)
             centers = center_index(store)
         buckets = centers.route(chunk.codes, 1)[:, 0]
-        yield chunk, prepare(store, Group(chunk.modality, chunk.ids, buckets, chunk.codes, chunk.metadata))
+        group = Group(chunk.modality, chunk.ids, buckets, chunk.codes, chunk.metadata)
+        yield chunk, [(shard, prepare(store.parts[shard], part)) for shard, part in split(group, store.shards)]
 
 
 def center_index(store: RedisStore) -> CenterIndex:

@@ -4,6 +4,9 @@ An entry's id is ``<seq>-0``. A batch or a delete (the store's scripts) is ``{it
 per item: side, id, value (empty once deleted), metadata (not kept), the replaced value's header (empty when
 new). An import chunk (``index.import_transaction``) is ``{chunk: msgpack columns}``: side, ids, the values
 as one string, their width, the replaced headers (none when every item is new).
+
+Each shard of an index has its own feed, numbered on its own (``index.shards``); entries hold the shard's
+own labels, which reading turns into the labels serving processes hold.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class Change:
 
     seq: int
     items: list[ChangedItem]
+    shard: int = 0  # the shard whose feed numbers it
 
 
 def _changed(side: int, item: bytes, value: bytes, _metadata: bytes, previous: bytes) -> ChangedItem:
@@ -55,24 +59,35 @@ def _chunk_changes(side: int, ids: list[bytes], values: bytes, width: int, befor
     ]
 
 
-def _decode(entries: list) -> list[Change]:
-    """Feed entries as returned by XRANGE/XREAD → changes."""
+def _relabelled(item: ChangedItem, shard: int, shards: int) -> ChangedItem:
+    """A shard's own labels → the labels serving processes hold."""
+    now = None if item.now is None else (item.now[0], item.now[1] * shards + shard, item.now[2])
+    previous = None if item.previous is None else (item.previous[0], item.previous[1] * shards + shard)
+    return ChangedItem(item.modality, item.id, now, previous)
+
+
+def _decode(entries: list, shard: int = 0, shards: int = 1) -> list[Change]:
+    """Feed entries of a shard as returned by XRANGE/XREAD → changes."""
     changes = []
     for entry_id, fields in entries:
         if b"chunk" in fields:
             items = _chunk_changes(*msgpack.unpackb(fields[b"chunk"], raw=True))
         else:
             items = [_changed(*row) for row in msgpack.unpackb(fields[b"items"], raw=True)]
-        changes.append(Change(int(entry_id.split(b"-")[0]), items))
+        if shards > 1:
+            items = [_relabelled(item, shard, shards) for item in items]
+        changes.append(Change(int(entry_id.split(b"-")[0]), items, shard))
     return changes
 
 
 @dataclass(frozen=True)
 class ChangeFeed:
-    """The change feed of one generation, read."""
+    """The change feed of one shard of one generation, read."""
 
     client: redis.Redis
     keys: GenerationKeys
+    shard: int = 0
+    shards: int = 1
 
     def position(self) -> int:
         """The number of the last change written (0 before the first)."""
@@ -85,7 +100,8 @@ class ChangeFeed:
         changes: list[Change] = []
         while True:
             start = f"{(changes[-1].seq if changes else seq) + 1}-0"
-            page = _decode(call(self.client.xrange, self.keys.feed, start, end, count=_FEED_READ))
+            found = call(self.client.xrange, self.keys.feed, start, end, count=_FEED_READ)
+            page = _decode(found, self.shard, self.shards)
             changes += page
             if len(page) < _FEED_READ:
                 break
@@ -99,4 +115,4 @@ class ChangeFeed:
         """The changes after ``seq`` already in the feed, or, when there are none, those that arrive
         within ``block_ms`` (possibly none). Not checked for gaps: :meth:`after` is."""
         found = call(self.client.xread, {self.keys.feed: f"{seq}-0"}, count=_FEED_READ, block=block_ms)
-        return _decode(found[0][1]) if found else []
+        return _decode(found[0][1], self.shard, self.shards) if found else []

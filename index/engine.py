@@ -48,12 +48,13 @@ import redis
 from index.centers import CenterIndex
 from index.change_feed import Change
 from index.code_space import CodeSpace
-from index.errors import FeedGapError, IndexInputError, ItemNotFoundError, StoreUnavailableError
+from index.errors import FeedGapError, IndexInputError, ItemNotFoundError, PartialWriteError, StoreUnavailableError
 from index.hash_health import HashHealth, measure, tie_group_sizes
 from index.layout_upgrade import upgrade_entries
 from index.memory import release_freed_memory
 from index.rerank import MAX_CANDIDATES, rerank
 from index.scan import BucketScan
+from index.shards import shard_count
 from index.store import Group, RedisStore, StoredItem
 from index.stored_values import MODALITIES
 
@@ -113,7 +114,7 @@ class Generation:
     centers: CenterIndex
     version: str
     sides: dict[str, _Side]
-    applied: int
+    applied: list[int]  # per shard: each shard numbers its own feed
 
     @classmethod
     def load(cls, store: RedisStore, bits: int) -> Generation:
@@ -137,16 +138,18 @@ class Generation:
         if stored is None:
             raise IndexInputError(f"generation {store.generation} of {store.bundle_keys.base} has no centers")
         centers, version = stored
-        applied = store.feed.position()  # read first: every change up to it is in what is read next
+        applied = [part.feed.position() for part in store.parts]  # first: every change up to them is read next
         sides = {m: _Side(BucketScan(bits, len(centers))) for m in MODALITIES}
         for modality, side in sides.items():
-            upgrade_entries(store.client, store.keys, modality)
+            for part in store.parts:
+                upgrade_entries(store.client, part.keys, modality)
             stored = store.codes_in_order(modality)
             if len(stored.labels):
                 side.scan.add(stored.labels, stored.codes, stored.buckets)
         generation = cls(store, CenterIndex(centers), version, sides, applied)
-        for change in store.feed.after(applied):
-            generation.apply(change)
+        for part, seq in zip(store.parts, applied, strict=True):
+            for change in part.feed.after(seq):
+                generation.apply(change)
         return generation
 
     def apply(self, change: Change) -> None:
@@ -163,7 +166,7 @@ class Generation:
             if new:
                 codes = np.frombuffer(b"".join(item.now[2] for item in new), dtype=np.uint8).reshape(len(new), -1)
                 side.scan.add(np.array([item.now[1] for item in new]), codes, np.array([item.now[0] for item in new]))
-        self.applied = change.seq
+        self.applied[change.shard] = change.seq
 
 
 class HashIndex:
@@ -176,7 +179,7 @@ class HashIndex:
         self._apply_lock = threading.Lock()  # one applier of the feed at a time
         self._memory_lock = threading.Lock()  # an applier changing the scans vs. a search reading them
         self._closing = threading.Event()
-        self._health: tuple[tuple[int, int], dict[str, HashHealth]] | None = None  # (generation, applied), health
+        self._health: tuple[tuple, dict[str, HashHealth]] | None = None  # (generation, applied), health
 
     @property
     def bits(self) -> int:
@@ -188,29 +191,37 @@ class HashIndex:
         return self.space.rerank_candidates
 
     @classmethod
-    def open(cls, client: redis.Redis, index_name: str, space: CodeSpace) -> HashIndex:
+    def open(
+        cls, client: redis.Redis, index_name: str, space: CodeSpace, shards: int | None = None, replicas: int = 0
+    ) -> HashIndex:
         """Attach to Redis and load the active generation of ``space``'s index; a new index starts
-        generation 0 with its centers (a re-bucketed one keeps the centers it was re-bucketed with)."""
-        store = RedisStore(client, index_name, space.bundle_id).open_active(space.centers, space.centers_version)
+        generation 0 with its centers (a re-bucketed one keeps the centers it was re-bucketed with) and
+        ``shards`` shards (``index.shards``); each write waits for ``replicas`` replicas."""
+        store = RedisStore(
+            client, index_name, space.bundle_id, shards=shard_count(client, index_name, shards), replicas=replicas
+        )
+        store = store.open_active(space.centers, space.centers_version)
         return cls(space, Generation.load(store, space.bits))
 
     def start_following(self, refresh_seconds: float) -> None:
-        """Keep this index current on a thread of its own until :meth:`close`: apply other processes'
-        writes as they arrive (the change feed) and every ``refresh_seconds`` pick up a re-bucketed
-        generation."""
-        threading.Thread(target=self._follow_loop, args=(refresh_seconds,), name="index-follower", daemon=True).start()
+        """Keep this index current on threads of its own until :meth:`close`, one per shard's feed (a
+        cluster has no read of streams in several slots): apply other processes' writes as they arrive and,
+        on shard 0's thread, every ``refresh_seconds`` pick up a re-bucketed generation."""
+        for shard in range(self.generation.store.shards):
+            threading.Thread(target=self._follow_loop, args=(refresh_seconds, shard), name=f"index-follower-{shard}",
+                             daemon=True).start()  # fmt: skip
 
     def close(self) -> None:
         """Stop following the feed, within one feed wait (not waited for: a swap must not stall on it).
         The in-memory index still answers searches, for requests in flight that hold it."""
         self._closing.set()
 
-    def _follow_loop(self, refresh_seconds: float) -> None:
+    def _follow_loop(self, refresh_seconds: float, shard: int) -> None:
         next_refresh = 0.0
         while not self._closing.is_set():
             try:
-                self.follow(FOLLOW_BLOCK_MS)
-                if time.monotonic() >= next_refresh:
+                self.follow(FOLLOW_BLOCK_MS, shard)
+                if shard == 0 and time.monotonic() >= next_refresh:
                     next_refresh = time.monotonic() + refresh_seconds
                     if self.refresh():
                         log.info("index: now serving generation %s", self.generation.store.generation)
@@ -247,41 +258,43 @@ class HashIndex:
         fresh = Generation.load(self.generation.store.at(active), self.bits)
         with self._apply_lock:
             self.generation = fresh
-            self._catch_up()
+            for shard in range(fresh.store.shards):
+                self._catch_up(shard)
         return True
 
     def catch_up(self) -> int:
-        """Apply every change in the feed not yet applied here (other processes' writes); returns how
-        many were applied."""
+        """Apply every change in every shard's feed not yet applied here (other processes' writes);
+        returns how many were applied."""
         with self._apply_lock:
-            return self._catch_up()
+            return sum(self._catch_up(shard) for shard in range(self.generation.store.shards))
 
-    def follow(self, block_ms: int) -> int:
-        """Wait up to ``block_ms`` for changes not yet applied here and apply them; returns how many.
-        A service calls this in a loop on a thread of its own."""
+    def follow(self, block_ms: int, shard: int = 0) -> int:
+        """Wait up to ``block_ms`` for changes of ``shard``'s feed not yet applied here and apply them;
+        returns how many. A service calls this in a loop on a thread of its own, one per shard."""
         generation = self.generation
-        changes = generation.store.feed.wait(generation.applied, block_ms)
+        changes = generation.store.parts[shard].feed.wait(generation.applied[shard], block_ms)
         with self._apply_lock:
             if not changes or self.generation.store.generation != generation.store.generation:
                 return 0
-            return self._catch_up(changes)
+            return self._catch_up(shard, changes)
 
-    def _catch_up(self, at_hand: Sequence[Change] = ()) -> int:
-        """Apply, in feed order, every change up to the last of ``at_hand`` (changes already read: this
-        process's own write, or what the follower read), reading from the feed those not at hand; with
-        nothing at hand, every change in the feed. The caller holds the apply lock. When changes not
-        yet applied were trimmed from the feed, the generation is loaded again from Redis."""
+    def _catch_up(self, shard: int, at_hand: Sequence[Change] = ()) -> int:
+        """Apply, in feed order, every change of ``shard``'s feed up to the last of ``at_hand`` (changes
+        already read: this process's own write, or what the follower read), reading from the feed those
+        not at hand; with nothing at hand, every change in the feed. The caller holds the apply lock. When
+        changes not yet applied were trimmed from the feed, the generation is loaded again from Redis."""
         generation = self.generation
-        pending = [change for change in at_hand if change.seq > generation.applied]
+        applied, feed = generation.applied[shard], generation.store.parts[shard].feed
+        pending = [change for change in at_hand if change.seq > applied]
         if at_hand and not pending:
             return 0
         try:
             if not pending:
-                pending = generation.store.feed.after(generation.applied)
-            elif pending[0].seq != generation.applied + 1:
-                pending = generation.store.feed.after(generation.applied, until=pending[-1].seq)
+                pending = feed.after(applied)
+            elif pending[0].seq != applied + 1:
+                pending = feed.after(applied, until=pending[-1].seq)
         except FeedGapError:
-            log.warning("index: changes after %d left the feed before they were applied; reloading", generation.applied)
+            log.warning("index: changes after %d left the feed before they were applied; reloading", applied)
             self.generation = Generation.load(generation.store, self.bits)
             return 0
         for change in pending:
@@ -333,15 +346,21 @@ class HashIndex:
             )
             for modality, group in by_modality.items()
         ]
-        self._apply_own(generation, generation.store.write(groups))  # write: the acknowledgement, all or none
+        try:
+            changes = generation.store.write(groups)  # the acknowledgement: every shard's part, or none
+        except PartialWriteError as exc:  # some shards have theirs: searchable here too, then reported
+            self._apply_own(generation, *exc.changes)
+            raise
+        self._apply_own(generation, *changes)
 
-    def _apply_own(self, generation: Generation, change: Change) -> None:
-        """Apply this process's own acknowledged write (and any change before it) so that it is
-        searchable here when the call returns. A generation loaded again meanwhile already holds it
-        or reads it from the feed; a re-bucket copied it (it refuses writes while it runs)."""
+    def _apply_own(self, generation: Generation, *changes: Change) -> None:
+        """Apply this process's own acknowledged writes (and any change before them) so that they are
+        searchable here when the call returns. A generation loaded again meanwhile already holds them
+        or reads them from the feed; a re-bucket copied them (it refuses writes while it runs)."""
         with self._apply_lock:
             if self.generation.store.generation == generation.store.generation:
-                self._catch_up([change])
+                for change in changes:
+                    self._catch_up(change.shard, [change])
 
     def remove(self, item_id: str) -> str:
         """Remove an item; returns its modality. Raises :class:`ItemNotFoundError` if absent."""
@@ -479,7 +498,7 @@ class HashIndex:
         (another generation, or a change applied): a scrape must not cost a pass over a million codes."""
         generation = self.generation
         with self._memory_lock:  # the codes and the number of changes applied to them, read together
-            key = (generation.store.generation, generation.applied)
+            key = (generation.store.generation, tuple(generation.applied))
             if self._health is not None and self._health[0] == key:
                 return self._health[1]
             held = {m: (s.scan.codes(), s.scan.bucket_sizes()) for m, s in generation.sides.items()}

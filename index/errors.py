@@ -23,3 +23,12 @@ class GenerationMovedError(StoreUnavailableError):
 
 class FeedGapError(RuntimeError):
     """Changes a process has not applied were trimmed from the change feed: it must reload from Redis."""
+
+
+class PartialWriteError(StoreUnavailableError):
+    """Some shards of a sharded index took their part of a batch, others failed: ``stored`` names the ids
+    written (acknowledged); the others were not. Writing the batch again is safe (ids are keys)."""
+
+    def __init__(self, message: str, stored: list[str]) -> None:
+        super().__init__(message)
+        self.stored = stored

@@ -6,6 +6,11 @@ The transaction is checked as the script checks a batch, by the same Lua rules (
 ``WRITE_RULES``, run by :data:`_CHECK` under ``WATCH``): no re-bucket running, the chunk's generation still
 the active one, no id held by the other modality. A write by anyone else between the check and ``EXEC``
 aborts it; after :data:`_WATCH_ATTEMPTS` aborts the chunk is written by the script instead.
+
+One transaction writes one shard's part of a chunk (``index.store``), on the node holding the shard; on
+a cluster, a slot moving or a node failing over meanwhile sends the part to the script as well, which
+redis-py routes (labels reserved on a node that failed may be lost with it, so the script, which
+allocates its own, writes it). With ``replicas``, ``WAIT`` follows ``EXEC`` on the same connection.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ import msgpack
 import numpy as np
 import redis
 
-from index.errors import GenerationMovedError
+from index.errors import GenerationMovedError, StoreUnavailableError
 from index.redis_calls import call
-from index.store import SLICE, WRITE_RULES, Group, RedisStore
+from index.redis_connection import ROUTING_ERRORS, is_cluster, node_client
+from index.shard_store import SLICE, WAIT_MS, WRITE_RULES, Group, ShardStore
+from index.store import RedisStore
 from index.stored_values import HEADER, MODALITIES, entry, records
 
 _WATCH_ATTEMPTS = 3  # tries of a chunk's transaction before it is written by the script instead
@@ -56,8 +63,13 @@ class PreparedChunk:
 
 
 def done_chunks(store: RedisStore, job: str) -> set[str]:
-    """The chunks of an import already written (each marked by the write that wrote it)."""
-    return {chunk.decode() for chunk in call(store.client.hkeys, store.bundle_keys.import_progress(job))}
+    """The chunks of an import already written (each shard's part marked by the write that wrote it):
+    those every shard marked."""
+    marked = [
+        {chunk.decode() for chunk in call(store.client.hkeys, part.bundle_keys.import_progress(job))}
+        for part in store.parts
+    ]
+    return set.intersection(*marked)
 
 
 def _interleave(names: Sequence, values: Sequence) -> list:
@@ -67,7 +79,7 @@ def _interleave(names: Sequence, values: Sequence) -> list:
     return pairs
 
 
-def prepare(store: RedisStore, group: Group) -> PreparedChunk:
+def prepare(store: ShardStore, group: Group) -> PreparedChunk:
     """Reserve a chunk's labels (one ``INCRBY``: labels a crash leaves unused are never given again)
     and encode its writes. Labels then increase in the order chunks are prepared, which a concurrent
     batch may interleave with; a serving process keeps each bucket in label order either way."""
@@ -89,7 +101,7 @@ def prepare(store: RedisStore, group: Group) -> PreparedChunk:
     return PreparedChunk(group, store.generation, blob, commands, counted)
 
 
-def write_prepared(store: RedisStore, prepared: PreparedChunk, job: str, chunk: str, feed_length: int) -> int:
+def write_prepared(store: ShardStore, prepared: PreparedChunk, job: str, chunk: str, feed_length: int) -> int:
     """``store.write_chunk`` at the speed of plain commands: one transaction writes the chunk's items,
     entries, counts, feed entry and progress mark, all or nothing (Redis applies a transaction at once
     and, from its AOF, restores none of one cut short), after the checks made under ``WATCH``. A chunk
@@ -98,18 +110,23 @@ def write_prepared(store: RedisStore, prepared: PreparedChunk, job: str, chunk: 
     if prepared.generation != store.generation:
         raise GenerationMovedError(f"chunk prepared for generation {prepared.generation}, not {store.generation}")
     for _ in range(_WATCH_ATTEMPTS):
-        seq = call(_transaction, store, prepared, job, chunk, feed_length)
+        try:
+            seq = call(_transaction, store, prepared, job, chunk, feed_length)
+        except StoreUnavailableError as exc:
+            if not (is_cluster(store.client) and isinstance(exc.__cause__, ROUTING_ERRORS)):
+                raise
+            break
         if seq is not None:
             return seq
     return store.write_chunk(prepared.group, job, chunk, feed_length)
 
 
-def _transaction(store: RedisStore, prepared: PreparedChunk, job: str, chunk: str, feed_length: int) -> int | None:
-    """One try of :func:`write_prepared` on a connection of its own (a watch is per connection); None
-    when a watched key changed. The connection is dropped on any failure, watch and all."""
+def _transaction(store: ShardStore, prepared: PreparedChunk, job: str, chunk: str, feed_length: int) -> int | None:
+    """One try of :func:`write_prepared` on a connection of its own to the shard's node (a watch is per
+    connection); None when a watched key changed. The connection is dropped on any failure."""
     group, side = prepared.group, MODALITIES.index(prepared.group.modality)
     keys = store.keys
-    pool = store.client.connection_pool
+    pool = node_client(store.client, keys.seq).connection_pool
     conn = pool.get_connection()
     try:
         seq, held = _watch(conn, store, side, group.ids)
@@ -136,6 +153,7 @@ def _transaction(store: RedisStore, prepared: PreparedChunk, job: str, chunk: st
             hiredis.pack_command(("HSET", store.bundle_keys.import_progress(job), chunk, seq)),
             hiredis.pack_command(("EXEC",)),
         ]
+        commands += [hiredis.pack_command(("WAIT", store.replicas, WAIT_MS))] if store.replicas else []
         conn.send_packed_command(commands)
         replies = [conn.read_response() for _ in commands]
     except BaseException:
@@ -143,15 +161,18 @@ def _transaction(store: RedisStore, prepared: PreparedChunk, job: str, chunk: st
         raise
     finally:
         pool.release(conn)
-    if replies[-1] is None:
+    executed = replies[-2] if store.replicas else replies[-1]
+    if executed is None:
         return None
-    failed = [reply for reply in replies[-1] if isinstance(reply, redis.ResponseError)]
+    failed = [reply for reply in executed if isinstance(reply, redis.ResponseError)]
     if failed:
         raise failed[0]
+    if store.replicas and replies[-1] < store.replicas:
+        raise StoreUnavailableError(f"{replies[-1]} of {store.replicas} replicas acknowledged the chunk")
     return seq
 
 
-def _watch(conn: redis.connection.Connection, store: RedisStore, side: int, ids: Sequence[str]) -> tuple[int, list]:
+def _watch(conn: redis.connection.Connection, store: ShardStore, side: int, ids: Sequence[str]) -> tuple[int, list]:
     """``WATCH`` what a chunk's write depends on, then check it with :data:`_CHECK` in the same round
     trip: the feed position and each id's stored value under its own modality (b'' where absent)."""
     state = [store.bundle_keys.rebuilding, store.bundle_keys.active, store.keys.seq]

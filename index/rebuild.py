@@ -1,11 +1,12 @@
 """Re-bucket an index: fit new centers on the stored codes and swap generations atomically.
 
-1. Set ``…:rebuilding`` (NX: one re-bucket at a time). Writes are refused from here on (a 503 the
-   client retries), so no acknowledged write can miss the copy; reads go on from the old generation.
+1. Set ``…:rebuilding`` on every shard (shard 0's NX: one re-bucket at a time). Writes are refused from
+   here on (a 503 the client retries), so no acknowledged write can miss the copy; reads go on from the old generation.
 2. Read every item of the active generation, fit ``k`` centers on their head codes (alternating
    nearest-center assignment and bit-wise majority, ``index.centers``), and write centers and items
    (same ids, labels in the same order, metadata) into generation n + 1, whose change feed starts empty.
-3. One ``SET …:active n+1`` switches readers; services pick it up with ``HashIndex.refresh``. The old
+3. ``SET …:active n+1`` on every shard, shard 0's last: that one switches readers, once every shard is
+   written; services pick it up with ``HashIndex.refresh``. The old
    generation is then dropped and the lock released (also on failure, leaving the old one active).
 
 A new *bundle* is a new code space: its items live under its own bundle id and are re-encoded by
@@ -34,7 +35,7 @@ def rebucket(store: RedisStore, bits: int, k: int, seed: int = 0, sample: int = 
     active = store.active_generation()
     if active is None:
         raise ValueError(f"no index at {store.bundle_keys.base}")
-    if not store.client.set(store.bundle_keys.rebuilding, 1, nx=True, ex=_LOCK_SECONDS):
+    if not store.set_rebuilding(_LOCK_SECONDS):
         raise StoreUnavailableError("another re-bucket of this index is running")
     try:
         old = store.at(active)
@@ -70,4 +71,4 @@ def rebucket(store: RedisStore, bits: int, k: int, seed: int = 0, sample: int = 
         return {"generation": active + 1, "buckets": k, "centers_version": version,
                 "items": {m: len(stored.ids) for m, stored in items.items()}}  # fmt: skip
     finally:
-        store.client.delete(store.bundle_keys.rebuilding)
+        store.clear_rebuilding()

@@ -1,6 +1,8 @@
 """Every Redis key name of the project, in one place: a module that reads or writes Redis asks here.
 
-All keys of an index live under ``xmh:{index}:``. Under it:
+All keys of an index live under ``xmh:{index}:``; those of an index sharded over S > 1 shards (or on a
+Redis Cluster, which needs it for any S) under ``xmh:{{index}:s{k}}:`` for shard k, whose hash tag puts every
+key one write touches in one slot (``docs/cluster.md``); ``shards`` records S. Under it:
 
 - ``{bundle_id}:`` one bundle's code space (two bundles' codes never mix, :class:`BundleKeys`): ``active``
   names the generation readers use, ``rebuilding`` is set while a re-bucket copies items into the next one,
@@ -31,8 +33,18 @@ class IndexKeys:
     def prefix(self) -> str:
         return f"xmh:{self.index_name}:"
 
-    def bundle(self, bundle_id: str) -> BundleKeys:
-        return BundleKeys.under(f"{self.prefix}{bundle_id}:")
+    def shard_prefix(self, shard: int, tagged: bool) -> str:
+        """Where shard ``shard``'s keys live: the hash tag names the index and the shard, never the bundle
+        or the generation, so a write, its feed, a re-bucket's copy and a rollout's fill stay in one slot."""
+        return f"xmh:{{{self.index_name}:s{shard}}}:" if tagged else self.prefix
+
+    def bundle(self, bundle_id: str, shard: int = 0, tagged: bool = False) -> BundleKeys:
+        return BundleKeys.under(f"{self.shard_prefix(shard, tagged)}{bundle_id}:")
+
+    @property
+    def shards(self) -> str:
+        """The index's shard count S, fixed when it is created; absent: an index of before shards, S = 1."""
+        return f"{self.prefix}shards"
 
     def run(self, run_id: str, name: str) -> str:
         """A key shared by the worker processes of one run of the service."""

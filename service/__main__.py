@@ -118,13 +118,13 @@ def _interrupt(signum: int, frame: object) -> None:
 def load_collection(args: argparse.Namespace) -> int:
     """``python -m service load``: the exit status (0 loaded, 2 nothing to load, 130 interrupted by Ctrl-C
     or SIGTERM)."""
-    import redis
     from tqdm import tqdm
 
     from index.bundle import BundleError, load_bundle
     from index.collection import CollectionError, read_collection
     from index.collection_registry import CollectionNameTaken
     from index.engine import HashIndex
+    from index.redis_connection import connect
     from service.collection import Loader, LoadInterrupted
 
     signal.signal(signal.SIGTERM, _interrupt)
@@ -140,9 +140,11 @@ def load_collection(args: argparse.Namespace) -> int:
     url, server = args.redis_url or settings.redis_url, None
     if url is None:
         url, server = embedded_redis(settings.data_dir)
-    client = redis.Redis.from_url(url)
+    client = connect(url)
     try:
-        index = HashIndex.open(client, settings.index_name, bundle.code_space)
+        index = HashIndex.open(
+            client, settings.index_name, bundle.code_space, settings.shards, settings.redis_wait_replicas
+        )
         loader = Loader(bundle, index, client, settings.index_name, settings.max_image_pixels, os.cpu_count() or 1)
         name = args.name or collection.folder.name
         with tqdm(total=len(collection.items), desc=f"loading {collection.manifest.name}", unit="item") as bar:

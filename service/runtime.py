@@ -35,6 +35,7 @@ from index.bundle import Bundle, BundleError, load_bundle
 from index.engine import HashIndex
 from index.errors import IndexInputError, StoreUnavailableError
 from index.item_sources import SourceStore
+from index.redis_connection import connect
 from index.redis_keys import IndexKeys
 from index.rollout_state import RolloutState
 from service.encoder import Encoder
@@ -64,7 +65,9 @@ class Model:
         following its change feed."""
         bundle = load_bundle(path, threads=1)
         encoder = Encoder(bundle, settings.max_text_chars, settings.max_image_bytes, settings.max_image_pixels)
-        index = HashIndex.open(client, settings.index_name, bundle.code_space)
+        index = HashIndex.open(
+            client, settings.index_name, bundle.code_space, settings.shards, settings.redis_wait_replicas
+        )
         index.start_following(settings.refresh_seconds)
         return cls(path.resolve(), bundle, encoder, index)
 
@@ -102,7 +105,7 @@ class Runtime:
         """Open the model this run serves (the configured bundle, or the one a swap through another
         worker of the run chose) and start following the index."""
         faiss.omp_set_num_threads(1)  # one query per request thread: OpenMP fan-out only adds overhead
-        client = redis.Redis.from_url(
+        client = connect(
             settings.redis_url, socket_timeout=_REDIS_TIMEOUT_SECONDS, socket_connect_timeout=_REDIS_CONNECT_SECONDS
         )
         serving = _run_key(settings, "bundle")

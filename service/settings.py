@@ -26,7 +26,20 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("REDIS_URL", "XMHASH_REDIS_URL"),
-        description="Redis to use; unset → an embedded redis-server child process with data under data_dir",
+        description="Redis to use; redis+cluster://host:port,host:port… → a Redis Cluster (docs/cluster.md); "
+        "unset → an embedded redis-server child process with data under data_dir",
+    )
+    shards: int | None = Field(
+        default=None,
+        ge=1,
+        description="shards of a new index (fixed at creation, recorded in Redis); unset → one per master of a "
+        "cluster, one on a plain Redis",
+    )
+    redis_wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="each write returns once this many replicas have it (WAIT): 0 acknowledged "
+        "writes lost when a master fails over",
     )
     bundle_path: Path = Field(default=DEFAULT_BUNDLE, description="model bundle directory")
     models_dir: Path = Field(default=ROOT / "models", description="bundles POST /v1/models:swap loads, by name")

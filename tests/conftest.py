@@ -27,3 +27,21 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory):
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """One real Redis Cluster for the session (3 masters + 3 replicas on loopback); a new index on it gets
+    one shard per master (``index.shards``)."""
+    from tests.support.redis_cluster import RedisClusterServer
+
+    cluster = RedisClusterServer(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def any_redis(request: pytest.FixtureRequest):
+    """The plain redis-server (one shard, today's keys) and the cluster (three shards): the index tests
+    that take this fixture run against both."""
+    return request.getfixturevalue("redis_server" if request.param == "redis" else "redis_cluster")

@@ -63,17 +63,17 @@ def assert_imported(server: RedisServer, index_name: str, bundle, name: str, cod
         assert item.bucket == buckets[i]
 
 
-def test_codes_are_imported_in_chunks_that_a_running_index_follows(redis_server, tmp_path: Path, bundle) -> None:
+def test_codes_are_imported_in_chunks_that_a_running_index_follows(any_redis, tmp_path: Path, bundle) -> None:
     index = HashIndex.open(
-        redis_server.client(), "import-follow", CodeSpace(bundle.bundle_id, bundle.bits, bundle.centers, "v")
+        any_redis.client(), "import-follow", CodeSpace(bundle.bundle_id, bundle.bits, bundle.centers, "v")
     )
     path, codes = write_codes(tmp_path, 2_500)
-    store = open_store(redis_server.client(), "import-follow", bundle)
+    store = open_store(any_redis.client(), "import-follow", bundle)
     summary = import_files(store, bundle, "image", [path], chunk=1_000, progress=False)
     assert (summary.written_chunks, summary.skipped_chunks, summary.written_items) == (3, 0, 2_500)
-    assert_imported(redis_server, "import-follow", bundle, "codes", codes)
-    assert store.feed.position() == 3  # one feed entry per chunk
-    assert index.catch_up() == 3 and index.stats()["items"]["image"] == 2_500
+    assert_imported(any_redis, "import-follow", bundle, "codes", codes)
+    assert sum(part.feed.position() for part in store.parts) == 3 * store.shards  # one entry per chunk and shard
+    assert index.catch_up() == 3 * store.shards and index.stats()["items"]["image"] == 2_500
     hits = index.search("image", codes[[7]], k=1, probe=None)[0]
     assert hits[0].distance == 0 and hits[0].metadata == {"i": 7, "name": "codes"}
 
@@ -91,17 +91,17 @@ def test_features_are_encoded_with_the_bundle_as_the_service_encodes_them(redis_
 
 
 def test_a_rerun_skips_the_chunks_done_and_a_changed_file_is_written_again_once(
-    redis_server, tmp_path: Path, bundle
+    any_redis, tmp_path: Path, bundle
 ) -> None:
     path, codes = write_codes(tmp_path, 1_000)
-    store = open_store(redis_server.client(), "import-rerun", bundle)
+    store = open_store(any_redis.client(), "import-rerun", bundle)
     first = import_files(store, bundle, "image", [path], chunk=300, progress=False)
     again = import_files(store, bundle, "image", [path], chunk=300, progress=False)
     assert (again.written_chunks, again.skipped_chunks, again.job) == (0, 4, first.job)
     path, codes = write_codes(tmp_path, 1_000, seed=5)  # same ids, new codes: a new job, every item replaced
     changed = import_files(store, bundle, "image", [path], chunk=300, progress=False)
     assert changed.job != first.job and changed.written_items == 1_000
-    assert_imported(redis_server, "import-rerun", bundle, "codes", codes)
+    assert_imported(any_redis, "import-rerun", bundle, "codes", codes)
 
 
 @pytest.mark.parametrize(
@@ -234,11 +234,11 @@ def test_a_chunk_prepared_for_a_generation_is_written_to_no_other(redis_server, 
     import_chunks(store, "job", [_chunk("0", "a", 50, 0)], progress=False)
     chunk = _chunk("1", "b", 50, 1)
     buckets = route(chunk.codes, store.load_centers()[0])[:, 0]
-    prepared = prepare(store, Group("image", chunk.ids, buckets, chunk.codes, chunk.metadata))
+    prepared = prepare(store.parts[0], Group("image", chunk.ids, buckets, chunk.codes, chunk.metadata))
     rebucket(RedisStore(client, name, bundle.bundle_id), bundle.bits, 16)
     for writer in (store, store.at(store.active_generation())):
         with pytest.raises(GenerationMovedError):
-            write_prepared(writer, prepared, "job", chunk.key, 100)
+            write_prepared(writer.parts[0], prepared, "job", chunk.key, 100)
     assert set(assert_whole(client, name, bundle.bundle_id)["image"]) == {f"a/{i}" for i in range(50)}
 
 

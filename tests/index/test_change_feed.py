@@ -12,7 +12,7 @@ import uuid
 import numpy as np
 import pytest
 
-import index.store
+import index.shard_store
 from index.centers import fit_centers
 from index.code_space import CodeSpace
 from index.codes import pack_signs, to_signs, unpack_signs
@@ -55,21 +55,21 @@ def _write_history(index: HashIndex, rounds: int, seed: int) -> None:
                 index.remove(victim)
 
 
-def test_a_process_applies_writes_of_another_and_then_answers_exactly_alike(redis_server) -> None:
+def test_a_process_applies_writes_of_another_and_then_answers_exactly_alike(any_redis) -> None:
     name = uuid.uuid4().hex
-    first, second = _open(redis_server, name), _open(redis_server, name)
+    first, second = _open(any_redis, name), _open(any_redis, name)
     _write_history(first, 30, seed=1)
     _write_history(second, 30, seed=2)  # second applied its own writes, not yet first's
     assert _answers(first) != _answers(second)
     first.catch_up()
     second.catch_up()
     assert _answers(first) == _answers(second)
-    assert _answers(_open(redis_server, name)) == _answers(first)  # and a process starting now, too
+    assert _answers(_open(any_redis, name)) == _answers(first)  # and a process starting now, too
 
 
-def test_follow_applies_a_write_of_another_process_as_it_arrives(redis_server) -> None:
+def test_follow_applies_a_write_of_another_process_as_it_arrives(any_redis) -> None:
     name = uuid.uuid4().hex
-    writer, follower = _open(redis_server, name), _open(redis_server, name)
+    writer, follower = _open(any_redis, name), _open(any_redis, name)
     applied: list[int] = []
     thread = threading.Thread(target=lambda: applied.append(follower.follow(block_ms=5000)))
     thread.start()
@@ -81,27 +81,27 @@ def test_follow_applies_a_write_of_another_process_as_it_arrives(redis_server) -
     assert follower.follow(block_ms=10) == 0  # nothing new: returns after the wait, applying nothing
 
 
-def test_replaying_changes_a_snapshot_already_holds_changes_nothing(redis_server) -> None:
+def test_replaying_changes_a_snapshot_already_holds_changes_nothing(any_redis) -> None:
     """A process reads the feed position, then the items; changes made in between are in both."""
     name = uuid.uuid4().hex
-    writer = _open(redis_server, name)
+    writer = _open(any_redis, name)
     _write_history(writer, 20, seed=4)
-    loaded = _open(redis_server, name)
+    loaded = _open(any_redis, name)
     before = _answers(loaded)
-    for change in loaded.store.feed.after(0):
+    for change in [change for part in loaded.store.parts for change in part.feed.after(0)]:
         loaded.generation.apply(change)
     assert _answers(loaded) == before == _answers(writer)
 
 
-def test_a_process_loading_while_another_writes_ends_identical(redis_server) -> None:
+def test_a_process_loading_while_another_writes_ends_identical(any_redis) -> None:
     name = uuid.uuid4().hex
-    writer = _open(redis_server, name)
+    writer = _open(any_redis, name)
     _write_history(writer, 10, seed=5)
     done = threading.Event()
     thread = threading.Thread(target=lambda: (_write_history(writer, 60, seed=6), done.set()))
     thread.start()
     while not done.is_set():
-        loading = _open(redis_server, name)
+        loading = _open(any_redis, name)
         thread.join(0.01)
     thread.join()
     loading.catch_up()
@@ -109,14 +109,14 @@ def test_a_process_loading_while_another_writes_ends_identical(redis_server) -> 
 
 
 def test_a_process_that_fell_behind_the_trimmed_feed_reloads_and_answers_alike(redis_server, monkeypatch) -> None:
-    monkeypatch.setattr(index.store, "FEED_LENGTH", 10)  # Redis trims whole stream nodes of 100 entries
+    monkeypatch.setattr(index.shard_store, "FEED_LENGTH", 10)  # Redis trims whole stream nodes of 100 entries
     name = uuid.uuid4().hex
     writer, idle = _open(redis_server, name), _open(redis_server, name)
     for i in range(250):
         writer.add([Item(f"image{i % 30}", "image", CODES[i % 40], {"i": i})])
     assert redis_server.client().xlen(writer.store.keys.feed) < 250  # its first changes are gone
     idle.catch_up()
-    assert idle.generation.applied == writer.generation.applied == 250
+    assert idle.generation.applied == writer.generation.applied == [250]
     assert _answers(idle) == _answers(writer)
 
 

@@ -62,16 +62,16 @@ def _fill_old(redis_server, bundle, name: str) -> dict[str, object]:
     return sources
 
 
-def test_every_item_with_a_source_is_hashed_by_the_new_bundle_and_the_others_are_reported(redis_server, bundle) -> None:
+def test_every_item_with_a_source_is_hashed_by_the_new_bundle_and_the_others_are_reported(any_redis, bundle) -> None:
     name = uuid.uuid4().hex
-    sources = _fill_old(redis_server, bundle, name)
-    source = _old_index(redis_server, name).store
-    target = open_store(redis_server.client(), name, bundle)
+    sources = _fill_old(any_redis, bundle, name)
+    source = _old_index(any_redis, name).store
+    target = open_store(any_redis.client(), name, bundle)
     report = Reencoder(source, target, bundle).run()
     assert report.written == {"image": 4, "text": len(TEXTS)} and report.total == len(sources) + 1
     assert sorted(report.not_reencodable.values()) == [1, 1] and report.done == report.total
     assert any("another feature space" in reason for reason in report.not_reencodable)
-    new = HashIndex.open(redis_server.client(), name, bundle.code_space)
+    new = HashIndex.open(any_redis.client(), name, bundle.code_space)
     expected_text = bundle.packed_codes("text", bundle.text_features(TEXTS))
     for i in range(len(TEXTS)):
         stored = new.get(f"txt:{i}")
@@ -95,19 +95,19 @@ def test_a_stopped_pass_resumes_where_it_stopped(redis_server, bundle) -> None:
     assert sum(second.written.values()) == 4 + len(TEXTS) - 2 and second.done == second.total
 
 
-def test_fill_neither_revives_a_deleted_item_nor_overwrites_a_newer_one(redis_server, bundle) -> None:
+def test_fill_neither_revives_a_deleted_item_nor_overwrites_a_newer_one(any_redis, bundle) -> None:
     name = uuid.uuid4().hex
-    _fill_old(redis_server, bundle, name)
-    old = _old_index(redis_server, name)
+    _fill_old(any_redis, bundle, name)
+    old = _old_index(any_redis, name)
     source = old.store
-    target = open_store(redis_server.client(), name, bundle)
+    target = open_store(any_redis.client(), name, bundle)
     codes = bundle.packed_codes("text", bundle.text_features(["newer", "stale", "deleted"]))
     target.write([Group("text", ["txt:0"], np.zeros(1, np.int64), codes[:1], ['{"n": "newer"}'])])
     old.remove("txt:2")  # the service deleted it after the pass read it
     ids = ["txt:0", "txt:1", "txt:2"]
     written = target.fill([Group("text", ids, np.zeros(3, np.int64), codes, ['{"n": "stale"}'] * 3)], source)
     assert written == 1  # txt:1 only
-    new = HashIndex.open(redis_server.client(), name, bundle.code_space)
+    new = HashIndex.open(any_redis.client(), name, bundle.code_space)
     assert new.get("txt:0").metadata == {"n": "newer"} and new.get("txt:1").metadata == {"n": "stale"}
     assert new.stored_modalities(["txt:2"]) == {"txt:2": None}
 

@@ -26,19 +26,21 @@ class Stored:
 
 
 def stored_items(client: redis.Redis, index_name: str, bundle_id: str, modality: str) -> dict[str, Stored]:
-    """Every item of a modality in the active generation, by id."""
+    """Every item of a modality in the active generation, over every shard, by id (labels as serving
+    processes hold them: ``local · S + shard``)."""
     store = RedisStore(client, index_name, bundle_id)
     store = store.at(store.active_generation())
-    values = client.hgetall(store.keys.items[modality])
-    entries = {
-        int(label): entry.partition(b"\n") for label, entry in client.hgetall(store.keys.entries[modality]).items()
-    }
     items = {}
-    for item, value in values.items():
-        bucket, label = _HEADER.unpack(value[: _HEADER.size])
-        named, _, meta = entries.get(label, (None, None, None))
-        metadata = json.loads(meta) if named == item else None
-        items[item.decode()] = Stored(bucket, label, value[_HEADER.size :], metadata)
+    for part in store.parts:
+        values = client.hgetall(part.keys.items[modality])
+        entries = {
+            int(label): entry.partition(b"\n") for label, entry in client.hgetall(part.keys.entries[modality]).items()
+        }
+        for item, value in values.items():
+            bucket, label = _HEADER.unpack(value[: _HEADER.size])
+            named, _, meta = entries.get(label, (None, None, None))
+            metadata = json.loads(meta) if named == item else None
+            items[item.decode()] = Stored(bucket, label * store.shards + part.shard, value[_HEADER.size :], metadata)
     return items
 
 
@@ -49,7 +51,8 @@ def assert_whole(client: redis.Redis, index_name: str, bundle_id: str) -> dict[s
     items = {m: stored_items(client, index_name, bundle_id, m) for m in MODALITIES}
     labels: list[int] = []
     for modality, found in items.items():
-        assert client.hlen(store.keys.entries[modality]) == len(found), f"{modality}: an entry without an item"
+        entries = sum(client.hlen(part.keys.entries[modality]) for part in store.parts)
+        assert entries == len(found), f"{modality}: an entry without an item"
         assert all(item.metadata is not None for item in found.values()), f"{modality}: an item without its entry"
         members = Counter(item.bucket for item in found.values())
         counts = {bucket: count for bucket, count in store.counts(modality).items() if count}
