@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
 from index.engine import MODALITIES, Item
+from index.errors import PartialWriteError
 from index.item_sources import Source, TextSource, features_source
 from service import thumbnails
 from service.encoder import EncodeError, Encoder
@@ -26,6 +27,7 @@ from service.problems import summary
 from service.runtime import Model, Runtime
 from service.schemas import BatchResponse, BinaryItemIn, ItemIn, ItemResult
 
+_NOT_STORED = "not stored: the shard of the index holding it is unavailable; send it again (ids are keys)"
 _BATCHES = {model: TypeAdapter(list[model]) for model in (ItemIn, BinaryItemIn)}  # one validation per batch
 
 
@@ -98,9 +100,11 @@ def _features(encoder: Encoder, items: list[ItemIn | str]) -> list[np.ndarray | 
     return out
 
 
-def store(runtime: Runtime, model: Model, items: list[Prepared]) -> None:
+def store(runtime: Runtime, model: Model, items: list[Prepared]) -> set[str]:
     """Keep the items' sources, encode them with ``model`` (one call per modality) and write them in one
-    atomic batch; then to the index a rollout keeps beside the live one, if any (``service.other_index``)."""
+    atomic batch (per shard of the index: when only some shards take theirs, the ids of the others are
+    returned, not stored); then to the index a rollout keeps beside the live one, if any
+    (``service.other_index``)."""
     groups = {modality: [p for p in items if p.modality == modality] for modality in MODALITIES}
     for modality, group in groups.items():
         runtime.sources.put(modality, {p.id: p.source for p in group})  # before the item: it never lacks one
@@ -110,7 +114,13 @@ def store(runtime: Runtime, model: Model, items: list[Prepared]) -> None:
             features[modality] = np.stack([p.features for p in group])
             codes = model.encoder.packed(modality, features[modality])
             batch += [Item(p.id, modality, code, p.metadata) for p, code in zip(group, codes, strict=True)]
-    model.index.add(batch)
+    try:
+        model.index.add(batch)
+        missing: set[str] = set()
+    except PartialWriteError as exc:
+        missing = {item.id for item in batch} - set(exc.stored)
+        groups = {modality: [p for p in group if p.id not in missing] for modality, group in groups.items()}
+        features = {m: np.stack([p.features for p in g]) for m, g in groups.items() if g}
     other = runtime.other
     if other is not None and other.bundle_id != model.bundle.bundle_id:  # a swap meanwhile made it the live one
         for modality, x in features.items():
@@ -120,6 +130,7 @@ def store(runtime: Runtime, model: Model, items: list[Prepared]) -> None:
             other.write(modality, ids, (space, x), sources, metadata)
     for modality in MODALITIES:
         runtime.metrics.ingested.labels(modality).inc(len(groups[modality]))
+    return missing
 
 
 def ingest_batch(runtime: Runtime, raw_items: list[dict], binary: bool = False) -> BatchResponse:
@@ -151,7 +162,10 @@ def ingest_batch(runtime: Runtime, raw_items: list[dict], binary: bool = False) 
                 id=item_id, status="rejected", error=f"id is already stored as a {current} item"
             )
             del accepted[item_id]
-    store(runtime, model, [prepared for _, prepared in accepted.values()])
+    missing = store(runtime, model, [prepared for _, prepared in accepted.values()])
+    for item_id in missing:  # a shard of the index failed: not stored, sending it again is safe
+        position, _ = accepted.pop(item_id)
+        results[position] = ItemResult(id=item_id, status="rejected", error=_NOT_STORED)
     images = {i: raw_items[at].get("image_base64") for i, (at, p) in accepted.items() if p.modality == "image"}
     thumbnails.keep(runtime, images)  # after the items: a thumbnail never shows for an item not stored
     final = [r or {"id": raw_items[i]["id"], "status": "stored"} for i, r in enumerate(results)]

@@ -221,8 +221,9 @@ def drop(rt: Runtime) -> Rollout:
     if rollout is None or rollout.live != rt.current.bundle.bundle_id:
         raise RolloutRefused(409, "no index is kept beside the one in service")
     rt.rollouts.clear()
-    pattern = IndexKeys(rt.settings.index_name).bundle(rollout.other).base + "*"
-    keys = list(rt.client.scan_iter(match=pattern, count=_SCAN_COUNT))
+    kept = RedisStore(rt.client, rt.settings.index_name, rollout.other)
+    patterns = [part.bundle_keys.base + "*" for part in kept.parts]  # every shard's keys of that bundle
+    keys = [key for pattern in patterns for key in rt.client.scan_iter(match=pattern, count=_SCAN_COUNT)]
     for start in range(0, len(keys), _SCAN_COUNT):
         call(rt.client.unlink, *keys[start : start + _SCAN_COUNT])
     rt.follow_rollout()

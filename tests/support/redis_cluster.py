@@ -90,6 +90,11 @@ class RedisClusterServer:
         _wait(lambda: redis.Redis(port=next(p for p, q in self.processes.items() if q.poll() is None))
               .cluster("info")["cluster_state"] == "ok")  # fmt: skip
 
+    def slot_count(self, port: int) -> int:
+        """How many slots the master on ``port`` serves."""
+        ranges = redis.Redis(port=port).cluster("slots")
+        return sum(end - start + 1 for (start, end), node in _ranges(ranges) if node == port)
+
     def reshard(self, source_port: int, target_port: int, slots: int) -> subprocess.CompletedProcess:
         """Move ``slots`` slots from one master to another with ``redis-cli --cluster reshard``."""
         ids = {port: redis.Redis(port=port).cluster("myid") for port in (source_port, target_port)}
@@ -108,6 +113,11 @@ class RedisClusterServer:
         for process in self.processes.values():
             process.wait(10)
         self.processes.clear()
+
+
+def _ranges(reply: list) -> list[tuple[tuple[int, int], int]]:
+    """CLUSTER SLOTS ([start, end, [host, port, id, …], replicas…] per range) → ((start, end), port)."""
+    return [((start, end), primary[1]) for start, end, primary, *_ in reply]
 
 
 def _cluster_port() -> int:

@@ -1,0 +1,120 @@
+"""The index sharded over a Redis Cluster, in one run: bulk import items/s with 1, 2 and 3 shards, Redis
+memory per item with S shards against S = 1, and search latency (p50/p99) with S = 3 against S = 1.
+
+    python -m bench.cluster_bench --items 200000 --out docs/data/cluster_bench.json
+
+One Redis Cluster of 3 masters on loopback (``tests.support.redis_cluster``; no replicas here: the rows
+measure the write path, not replication; AOF with ``appendfsync always`` as deployed) and, for the
+reference row, one plain redis-server. Each row imports ``--items`` random packed codes of the default
+bundle (ids and ``{"i": n}`` metadata) into a fresh index with ``index.bulk_import.import_chunks`` (chunks
+of ``--chunk``; each chunk's shard parts written at once, one connection per node), timed around that
+call. Memory: the masters' ``used_memory`` after the import minus before, per item. Search: the index
+opened from Redis by ``HashIndex.open``, ``--queries`` single-code queries (k = 10, default probe 8) one
+after another, each timed (ranking in memory + the entries' lookup, one round trip per shard holding a
+hit, at once). CPU: user + system seconds of every redis-server and of this process during each import
+(``/proc/<pid>/stat``), which shows where a 2-core machine is bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from index.bulk_import import Chunk, import_chunks, open_store
+from index.bundle import load_bundle
+from index.engine import HashIndex
+from index.redis_server import RedisServer
+from tests.support.redis_cluster import RedisClusterServer
+
+ROOT = Path(__file__).resolve().parents[1]
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def used_memory(clients: list) -> int:
+    return sum(int(client.info("memory")["used_memory"]) for client in clients)
+
+
+def chunks(codes: np.ndarray, prefix: str, chunk: int):
+    for number, start in enumerate(range(0, len(codes), chunk)):
+        rows = range(start, min(start + chunk, len(codes)))
+        ids = [f"{prefix}{i}" for i in rows]
+        metadata = [b'{"i": %d}' % i for i in rows]
+        yield Chunk(str(number), "image", ids, codes[start : rows.stop], metadata)
+
+
+def row(client, node_clients: list, pids: list[int], bundle, shards: int, codes: np.ndarray, args) -> dict:
+    """Import into a fresh index of ``shards`` shards, then search it."""
+    name = f"bench-s{shards}-{time.monotonic_ns()}"
+    store = open_store(client, name, bundle, shards)
+    before_memory = used_memory(node_clients)
+    before_cpu = {pid: cpu_seconds(pid) for pid in pids}
+    started = time.perf_counter()
+    summary = import_chunks(store, "bench", chunks(codes, "item", args.chunk), progress=False)
+    seconds = time.perf_counter() - started
+    cpu = {pid: round(cpu_seconds(pid) - before_cpu[pid], 2) for pid in pids}
+    memory = used_memory(node_clients) - before_memory
+    index = HashIndex.open(client, name, bundle.code_space)
+    queries = codes[np.random.default_rng(1).choice(len(codes), args.queries, replace=False)]
+    latencies = []
+    for query in queries:
+        begin = time.perf_counter()
+        index.search("image", query[None], k=10, probe=8)
+        latencies.append(time.perf_counter() - begin)
+    ms = np.array(latencies) * 1000
+    return {
+        "shards": shards,
+        "items": summary.written_items,
+        "import_seconds": round(seconds, 2),
+        "items_per_second": round(summary.written_items / seconds),
+        "memory_bytes_per_item": round(memory / summary.written_items, 1),
+        "search_p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "search_p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "cpu_seconds": {"importer": cpu.pop(os.getpid()), "redis_servers": list(cpu.values())},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=200_000)
+    parser.add_argument("--chunk", type=int, default=10_000)
+    parser.add_argument("--queries", type=int, default=2_000)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    bundle = load_bundle(ROOT / "models" / "default")
+    codes = np.random.default_rng(0).integers(0, 256, (args.items, bundle.bits // 8), dtype=np.uint8)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        server = RedisServer(Path(tmp) / "redis").start()
+        cluster = RedisClusterServer(Path(tmp) / "cluster", masters=3, replicas=0).start()
+        try:
+            plain = server.client()
+            result = row(plain, [plain], [os.getpid(), server.process.pid], bundle, 1, codes, args)
+            rows.append({"redis": "plain redis-server"} | result)
+            print(json.dumps(rows[-1]), flush=True)
+            client = cluster.client()
+            nodes = [node.redis_connection for node in client.get_primaries()]
+            pids = [os.getpid(), *(process.pid for process in cluster.processes.values())]
+            for shards in (1, 2, 3):
+                rows.append({"redis": "cluster, 3 masters"} | row(client, nodes, pids, bundle, shards, codes, args))
+                print(json.dumps(rows[-1]), flush=True)
+        finally:
+            cluster.stop()
+            server.stop()
+    if args.out:
+        args.out.write_text(json.dumps({"cores": os.cpu_count(), "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

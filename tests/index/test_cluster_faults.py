@@ -1,0 +1,129 @@
+"""The index on a real Redis Cluster (3 masters + 3 replicas on loopback) through its faults: a master
+SIGKILLed mid-ingest and its replica promoted loses no acknowledged item (writes wait for a replica,
+``WAIT 1``), and slots moved between masters while the index is written and searched fail no call."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index.code_space import CodeSpace
+from index.engine import HashIndex, Item
+from index.shards import shard_count
+from tests.support.ingest_stream import BITS, centers, code
+from tests.support.redis_cluster import RedisClusterServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path):
+    """A cluster of this test's own: the test breaks it."""
+    server = RedisClusterServer(tmp_path / "cluster").start()
+    yield server
+    server.stop()
+
+
+def _acknowledged(lines: list[str]) -> set[str]:
+    """The ids the writer printed as acknowledged."""
+    ids: set[str] = set()
+    for line in lines:
+        word, *rest = line.split()
+        if word == "ack":
+            ids.update(f"item{i}" for i in range(int(rest[0]), int(rest[1]) + 1))
+        elif word == "stored":
+            ids.update(rest)
+    return ids
+
+
+def _assert_all_found(index: HashIndex, ids: set[str]) -> None:
+    numbers = sorted(int(item.removeprefix("item")) for item in ids)
+    results = index.search("image", np.stack([code(i) for i in numbers]), k=10)
+    for i, row in zip(numbers, results, strict=True):  # found by its own code, with its metadata
+        assert any(h.id == f"item{i}" and h.distance == 0 and h.metadata == {"i": i} for h in row), f"item{i} lost"
+
+
+def test_no_acknowledged_item_is_lost_when_a_master_is_killed_and_its_replica_promoted(cluster) -> None:
+    name = uuid.uuid4().hex
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.ingest_stream", cluster.url, name, "1"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(writer.stdout), daemon=True).start()
+    try:
+        _wait_for(lambda: len(_acknowledged(lines)) >= 1_500, 60)
+        victim = cluster.master_ports()[0]
+        cluster.kill(victim)  # mid-ingest: a batch may be in flight on it
+        killed_at = len(lines)
+        _wait_for(lambda: victim not in cluster.master_ports(), 30)  # its replica promoted
+        _wait_for(lambda: len(lines) >= killed_at + 20, 60)  # the writer goes on past the failover
+    finally:
+        writer.kill()
+        writer.wait()
+    acknowledged = _acknowledged(lines)
+    index = HashIndex.open(cluster.client(), name, CodeSpace("stream", BITS, centers(), "v1"))
+    assert index.store.shards == 3
+    _assert_all_found(index, acknowledged)
+
+
+def test_slots_moved_between_masters_while_writing_and_searching_fail_no_call(cluster) -> None:
+    name = uuid.uuid4().hex
+    client = cluster.client()
+    index = HashIndex.open(client, name, CodeSpace("stream", BITS, centers(), "v1"))
+    assert shard_count(client, name) == 3
+    stop, failures, written = threading.Event(), [], []
+
+    def write() -> None:
+        start = 0
+        while not stop.is_set():
+            batch = [Item(f"item{i}", "image", code(i), {"i": i}) for i in range(start, start + 20)]
+            try:
+                index.add(batch)
+                written.extend(item.id for item in batch)
+            except Exception as exc:  # every failure is the test's finding
+                failures.append(f"add: {exc!r}")
+            start += 20
+
+    def search() -> None:
+        queries = np.stack([code(i) for i in range(8)])
+        while not stop.is_set():
+            try:
+                index.search("image", queries, k=5)
+            except Exception as exc:
+                failures.append(f"search: {exc!r}")
+
+    threads = [threading.Thread(target=write), threading.Thread(target=search)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1)
+        masters = cluster.master_ports()
+        holder = client.get_node_from_key(index.store.parts[0].keys.seq).port  # shard 0's slot moves
+        target = next(port for port in masters if port != holder)
+        cluster.reshard(holder, target, cluster.slot_count(holder))  # every slot of it, shard 0's among them
+        _wait_for(lambda: client.get_node_from_key(index.store.parts[0].keys.seq).port == target, 30)
+        time.sleep(1)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert failures == []
+    assert len(written) > 100
+    fresh = HashIndex.open(cluster.client(), name, CodeSpace("stream", BITS, centers(), "v1"))
+    assert fresh.stats()["items"]["image"] == index.stats()["items"]["image"] == len(set(written))
+    _assert_all_found(fresh, set(written))
+
+
+def _wait_for(ready, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not ready():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
