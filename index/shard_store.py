@@ -57,7 +57,7 @@ FEED_LENGTH = 1000  # change-feed entries Redis keeps (approximately: MAXLEN ~)
 SLICE = 1000  # ids per HMGET/HSET/HDEL of a script (Lua's unpack is bounded), per encoded HSET of an import
 _READ_CHUNK = 10_000  # labels per lookup when reading a whole modality: few round trips, no long block of Redis
 _SCAN_COUNT = 10_000  # SCAN/HSCAN's per-step hint, for the same reason
-WAIT_MS = 5000  # how long a write waits for its replicas (WAIT) before it is reported unacknowledged
+WAIT_MS = 1000  # how long a write waits for its replicas (WAIT) before it is reported unacknowledged
 _LOOKUP_CHUNK = 4000  # labels per HMGET in the lookup script: below Lua's limit on unpacked values (~8000)
 
 # The rules of a write, each stated once, in Lua, for every script that writes or checks a write (the

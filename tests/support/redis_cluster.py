@@ -90,10 +90,10 @@ class RedisClusterServer:
         _wait(lambda: redis.Redis(port=next(p for p, q in self.processes.items() if q.poll() is None))
               .cluster("info")["cluster_state"] == "ok")  # fmt: skip
 
-    def slot_count(self, port: int) -> int:
-        """How many slots the master on ``port`` serves."""
-        ranges = redis.Redis(port=port).cluster("slots")
-        return sum(end - start + 1 for (start, end), node in _ranges(ranges) if node == port)
+    def slot_ranges(self) -> list[tuple[tuple[int, int], int]]:
+        """((first, last) slot, master port) of every range, as a live node sees them now."""
+        port = next(port for port, process in self.processes.items() if process.poll() is None)
+        return _ranges(redis.Redis(port=port).cluster("slots"))
 
     def reshard(self, source_port: int, target_port: int, slots: int) -> subprocess.CompletedProcess:
         """Move ``slots`` slots from one master to another with ``redis-cli --cluster reshard``."""
