@@ -75,6 +75,7 @@ def row(client, node_clients: list, pids: list[int], bundle, shards: int, codes:
     ms = np.array(latencies) * 1000
     return {
         "shards": shards,
+        "load_average_1m": round(os.getloadavg()[0], 2),  # other work on the machine meanwhile
         "items": summary.written_items,
         "import_seconds": round(seconds, 2),
         "items_per_second": round(summary.written_items / seconds),

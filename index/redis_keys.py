@@ -1,8 +1,9 @@
 """Every Redis key name of the project, in one place: a module that reads or writes Redis asks here.
 
 All keys of an index live under ``xmh:{index}:``; those of an index sharded over S > 1 shards (or on a
-Redis Cluster, which needs it for any S) under ``xmh:{{index}:s{k}}:`` for shard k, whose hash tag puts every
-key one write touches in one slot (``docs/cluster.md``); ``shards`` records S. Under it:
+Redis Cluster, which needs it for any S) under ``xmh:{{index}:s{k}:{n}}:`` for shard k, whose hash tag puts
+every key one write touches in one slot (:func:`shard_tag`, ``docs/cluster.md``); ``shards`` records S.
+Under it:
 
 - ``{bundle_id}:`` one bundle's code space (two bundles' codes never mix, :class:`BundleKeys`): ``active``
   names the generation readers use, ``rebuilding`` is set while a re-bucket copies items into the next one,
@@ -19,8 +20,27 @@ key one write touches in one slot (``docs/cluster.md``); ``shards`` records S. U
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
+from itertools import count
+
+from redis.crc import key_slot
 
 from index.stored_values import MODALITIES
+
+_SLOTS = 16384  # a Redis Cluster's hash slots
+
+
+@cache
+def shard_tag(index_name: str, shard: int, shards: int) -> str:
+    """The hash tag of a shard: ``<index>:s<shard>:<n>`` with the first n whose slot lies in the shard's
+    own 1/S of the 16384 slots, so S shards spread over the masters of a cluster made with evenly split
+    slots (``redis-cli --cluster create``) instead of wherever CRC16 happens to put them."""
+    low, high = _SLOTS * shard // shards, _SLOTS * (shard + 1) // shards
+    for n in count():
+        tag = f"{index_name}:s{shard}:{n}"
+        if low <= key_slot(tag.encode()) < high:
+            return tag
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -33,13 +53,14 @@ class IndexKeys:
     def prefix(self) -> str:
         return f"xmh:{self.index_name}:"
 
-    def shard_prefix(self, shard: int, tagged: bool) -> str:
-        """Where shard ``shard``'s keys live: the hash tag names the index and the shard, never the bundle
-        or the generation, so a write, its feed, a re-bucket's copy and a rollout's fill stay in one slot."""
-        return f"xmh:{{{self.index_name}:s{shard}}}:" if tagged else self.prefix
+    def shard_prefix(self, shard: int, shards: int, tagged: bool) -> str:
+        """Where shard ``shard`` of ``shards``' keys live: the hash tag names the index and the shard, never
+        the bundle or the generation, so a write, its feed, a re-bucket's copy and a rollout's fill stay in
+        one slot (:func:`shard_tag`)."""
+        return f"xmh:{{{shard_tag(self.index_name, shard, shards)}}}:" if tagged else self.prefix
 
-    def bundle(self, bundle_id: str, shard: int = 0, tagged: bool = False) -> BundleKeys:
-        return BundleKeys.under(f"{self.shard_prefix(shard, tagged)}{bundle_id}:")
+    def bundle(self, bundle_id: str, shard: int = 0, shards: int = 1, tagged: bool = False) -> BundleKeys:
+        return BundleKeys.under(f"{self.shard_prefix(shard, shards, tagged)}{bundle_id}:")
 
     @property
     def shards(self) -> str:

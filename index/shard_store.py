@@ -352,7 +352,7 @@ class ShardStore:
         self.client, self.replicas = client, replicas
         self.index_name, self.bundle_id, self.generation = index_name, bundle_id, generation
         self.shard, self.shards, self.tagged = shard
-        self.bundle_keys: BundleKeys = IndexKeys(index_name).bundle(bundle_id, self.shard, self.tagged)
+        self.bundle_keys: BundleKeys = IndexKeys(index_name).bundle(bundle_id, self.shard, self.shards, self.tagged)
         self.keys = self.bundle_keys.generation(generation)
         self.feed = ChangeFeed(client, self.keys, self.shard, self.shards)
 

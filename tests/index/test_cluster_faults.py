@@ -16,6 +16,7 @@ import pytest
 
 from index.code_space import CodeSpace
 from index.engine import HashIndex, Item
+from index.redis_keys import IndexKeys
 from index.shards import shard_count
 from tests.support.ingest_stream import BITS, centers, code
 from tests.support.redis_cluster import RedisClusterServer
@@ -84,7 +85,7 @@ def _name_moved_early(cluster, client) -> tuple[str, int]:
     starts = [start for (start, _end), _port in cluster.slot_ranges()]
     for attempt in range(10_000):
         name = f"reshard-{attempt}"
-        slot = client.keyslot(f"xmh:{{{name}:s0}}:seq")
+        slot = client.keyslot(IndexKeys(name).shard_prefix(0, 3, True) + "seq")
         offset = slot - max(start for start in starts if start <= slot)
         if offset < _SLOTS_MOVED // 2:
             return name, offset + _SLOTS_MOVED // 2
