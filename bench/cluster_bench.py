@@ -1,7 +1,7 @@
 """The index sharded over a Redis Cluster, in one run: bulk import items/s with 1, 2 and 3 shards, Redis
 memory per item with S shards against S = 1, and search latency (p50/p99) with S = 3 against S = 1.
 
-    python -m bench.cluster_bench --items 200000 --out docs/data/cluster_bench.json
+    python -m bench.cluster_bench --items 500000 --rounds 3 --out docs/data/cluster_bench.json
 
 One Redis Cluster of 3 masters on loopback (``tests.support.redis_cluster``; no replicas here: the rows
 measure the write path, not replication; AOF with ``appendfsync always`` as deployed) and, for the
@@ -12,7 +12,9 @@ call. Memory: the masters' ``used_memory`` after the import minus before, per it
 opened from Redis by ``HashIndex.open``, ``--queries`` single-code queries (k = 10, default probe 8) one
 after another, each timed (ranking in memory + the entries' lookup, one round trip per shard holding a
 hit, at once). CPU: user + system seconds of every redis-server and of this process during each import
-(``/proc/<pid>/stat``), which shows where a 2-core machine is bound.
+(``/proc/<pid>/stat``), which shows where a 2-core machine is bound. The four configurations take turns,
+``--rounds`` times (every Redis emptied after each), so load from elsewhere on the machine slows them
+alike; the summary is each one's median.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ def row(client, node_clients: list, pids: list[int], bundle, shards: int, codes:
         index.search("image", query[None], k=10, probe=8)
         latencies.append(time.perf_counter() - begin)
     ms = np.array(latencies) * 1000
+    for node in node_clients:
+        node.flushall()
     return {
         "shards": shards,
         "load_average_1m": round(os.getloadavg()[0], 2),  # other work on the machine meanwhile
@@ -81,6 +85,7 @@ def row(client, node_clients: list, pids: list[int], bundle, shards: int, codes:
         "items_per_second": round(summary.written_items / seconds),
         "memory_bytes_per_item": round(memory / summary.written_items, 1),
         "search_p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "search_p90_ms": round(float(np.percentile(ms, 90)), 3),
         "search_p99_ms": round(float(np.percentile(ms, 99)), 3),
         "cpu_seconds": {"importer": cpu.pop(os.getpid()), "redis_servers": list(cpu.values())},
     }
@@ -91,6 +96,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=200_000)
     parser.add_argument("--chunk", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=2_000)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     bundle = load_bundle(ROOT / "models" / "default")
@@ -101,20 +107,37 @@ def main() -> None:
         cluster = RedisClusterServer(Path(tmp) / "cluster", masters=3, replicas=0).start()
         try:
             plain = server.client()
-            result = row(plain, [plain], [os.getpid(), server.process.pid], bundle, 1, codes, args)
-            rows.append({"redis": "plain redis-server"} | result)
-            print(json.dumps(rows[-1]), flush=True)
             client = cluster.client()
             nodes = [node.redis_connection for node in client.get_primaries()]
             pids = [os.getpid(), *(process.pid for process in cluster.processes.values())]
-            for shards in (1, 2, 3):
-                rows.append({"redis": "cluster, 3 masters"} | row(client, nodes, pids, bundle, shards, codes, args))
-                print(json.dumps(rows[-1]), flush=True)
+            configurations = {"plain redis-server, S=1": (plain, [plain], [os.getpid(), server.process.pid], 1)}
+            configurations |= {f"cluster of 3 masters, S={s}": (client, nodes, pids, s) for s in (1, 2, 3)}
+            for _ in range(args.rounds):
+                for name, (to, measured, processes, shards) in configurations.items():
+                    rows.append({"configuration": name} | row(to, measured, processes, bundle, shards, codes, args))
+                    print(json.dumps(rows[-1]), flush=True)
         finally:
             cluster.stop()
             server.stop()
+    summary = {name: median(rows, name) for name in configurations}
+    print(json.dumps(summary, indent=2))
     if args.out:
-        args.out.write_text(json.dumps({"cores": os.cpu_count(), "rows": rows}, indent=2) + "\n")
+        report = {"cores": os.cpu_count(), "items": args.items, "median": summary, "rows": rows}
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def median(rows: list[dict], name: str) -> dict:
+    """A configuration's median of each number over its rounds."""
+    mine = [r for r in rows if r["configuration"] == name]
+    keys = ["items_per_second", "memory_bytes_per_item", "search_p50_ms", "search_p90_ms", "search_p99_ms"]
+    result = {key: float(np.median([r[key] for r in mine])) for key in keys}
+    result["cpu_seconds_per_item_us"] = {
+        "importer": round(float(np.median([r["cpu_seconds"]["importer"] / r["items"] for r in mine])) * 1e6, 2),
+        "redis_servers": round(
+            float(np.median([sum(r["cpu_seconds"]["redis_servers"]) / r["items"] for r in mine])) * 1e6, 2
+        ),
+    }
+    return result
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ A write is split by shard and each shard's part written by its own atomic script
 and when only some do, :class:`PartialWriteError` names the ids stored. Reads go to the shards a call
 needs, at once. Shard 0 holds what is not per item: the centers and the ``active`` record readers follow,
 written last when a re-bucket switches generations (:meth:`RedisStore.activate`), so readers switch only
-once every shard is written. With S = 1 every call is the one shard's, as before shards.
+once every shard is written. A search's lookup of its hits is one pipeline over the shards (one round trip
+per node). With S = 1 every call is the one shard's, as before shards.
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ import redis
 
 from index.change_feed import Change
 from index.errors import PartialWriteError, StoreUnavailableError
+from index.redis_calls import call
 from index.redis_connection import is_cluster
 from index.redis_keys import BundleKeys, GenerationKeys
 from index.shard_store import FEED_LENGTH, SLICE, WRITE_RULES, Group, ShardStore, StoredCodes, StoredItem, StoredItems
 from index.shards import shard_count, shard_of
+from index.stored_values import split_entry
 
 __all__ = ["FEED_LENGTH", "SLICE", "WRITE_RULES", "Group", "RedisStore", "ShardStore", "StoredCodes", "StoredItem",
            "StoredItems"]  # fmt: skip
 
 T = TypeVar("T")
+_LOOKUP_FIELDS = 10_000  # labels per HMGET of a lookup's pipeline
 _POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="shards")  # one round trip per shard, at once
 
 
@@ -204,18 +208,26 @@ class RedisStore:
         return self._shard(item).get(modality, item)
 
     def lookup(self, modality: str, labels: Sequence[int]) -> list[tuple[str, str] | None]:
-        """(id, metadata JSON text) of each label, None for a label no longer stored: one round trip per
-        shard holding some of them, at once."""
+        """(id, metadata JSON text) of each label, None for a label no longer stored. Over S > 1 shards, one
+        pipeline of an ``HMGET`` per shard holding some of them: one round trip per node (redis-py's cluster
+        pipeline writes to every node, then reads), on this thread (no hand-off to others: a search's tail
+        latency is the point)."""
         if self.shards == 1:
             return self.parts[0].lookup(modality, labels)
         labels = np.asarray(labels, dtype=np.int64)
         shards = labels % self.shards
         wanted = {int(s): np.flatnonzero(shards == s) for s in np.unique(shards)}
-        calls = [lambda s=s, r=r: self.parts[s].lookup(modality, labels[r].tolist()) for s, r in wanted.items()]
+        pipe = self.client.pipeline(transaction=False)
+        for shard, rows in wanted.items():
+            for start in range(0, len(rows), _LOOKUP_FIELDS):
+                own = labels[rows[start : start + _LOOKUP_FIELDS]] // self.shards
+                pipe.hmget(self.parts[shard].keys.entries[modality], own.tolist())
+        replies = iter(call(pipe.execute))
         found: list[tuple[str, str] | None] = [None] * len(labels)
-        for rows, entries in zip(wanted.values(), each(calls), strict=True):
+        for rows in wanted.values():
+            entries = [entry for _ in range(0, len(rows), _LOOKUP_FIELDS) for entry in next(replies)]
             for row, entry in zip(rows.tolist(), entries, strict=True):
-                found[row] = entry
+                found[row] = split_entry(entry) if entry else None
         return found
 
     def codes_in_order(self, modality: str) -> StoredCodes:

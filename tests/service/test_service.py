@@ -14,6 +14,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from index.bundle.reader import read_manifest
+from index.errors import StoreUnavailableError
+from index.shards import shard_of
 from service.app import create_app
 from service.settings import DEFAULT_BUNDLE, Settings
 from training.datasets.openclipart import DEFAULT_ROOT, load_openclipart
@@ -38,6 +40,13 @@ def _settings(redis_server, **overrides) -> Settings:
 @pytest.fixture
 def client(redis_server):
     with TestClient(create_app(_settings(redis_server))) as c:
+        yield c
+
+
+@pytest.fixture
+def any_client(any_redis):
+    """A service on the plain redis-server, and one on the Redis Cluster (``redis+cluster://``, 3 shards)."""
+    with TestClient(create_app(_settings(any_redis))) as c:
         yield c
 
 
@@ -150,17 +159,40 @@ def test_metadata_filter_keeps_only_matching_items(loaded, corpus) -> None:
     assert [h["id"] for h in response.json()["results"]] == [f"img:{corpus.ids[row]}"]
 
 
-def test_items_can_be_read_replaced_idempotently_and_deleted(client) -> None:
+def test_items_can_be_read_replaced_idempotently_and_deleted(any_client) -> None:
     item = {"id": "txt/apple", "modality": "text", "text": "red apple fruit", "metadata": {"v": 1}}
     for _ in range(2):
-        assert client.post("/v1/items:batch", json={"items": [item]}, headers=KEY).json()["stored"] == 1
-    stored = client.get("/v1/items/txt/apple").json()
+        assert any_client.post("/v1/items:batch", json={"items": [item]}, headers=KEY).json()["stored"] == 1
+    stored = any_client.get("/v1/items/txt/apple").json()
     assert stored["modality"] == "text" and stored["metadata"] == {"v": 1}
     assert len(stored["code_hex"]) == 2 * _BUNDLE_BYTES
-    assert client.get("/v1/models").json()["index"]["items"] == {"image": 0, "text": 1}
-    assert client.delete("/v1/items/txt/apple", headers=KEY).status_code == 204
-    assert client.get("/v1/items/txt/apple").status_code == 404
-    assert client.delete("/v1/items/txt/apple", headers=KEY).status_code == 404
+    assert any_client.get("/v1/models").json()["index"]["items"] == {"image": 0, "text": 1}
+    assert any_client.delete("/v1/items/txt/apple", headers=KEY).status_code == 204
+    assert any_client.get("/v1/items/txt/apple").status_code == 404
+    assert any_client.delete("/v1/items/txt/apple", headers=KEY).status_code == 404
+
+
+def test_a_batch_some_shards_refuse_answers_which_items_were_stored(redis_cluster, monkeypatch) -> None:
+    """On a sharded index a shard that fails its part leaves the others' parts stored: the answer names
+    both, and sending the batch again stores the rest (ids are keys)."""
+    with TestClient(create_app(_settings(redis_cluster))) as c:
+        store = c.app.state.runtime.index.store
+        broken = store.parts[1]
+        items = [{"id": f"t{i}", "modality": "text", "text": f"red apple {i}"} for i in range(30)]
+
+        def refuse(groups):
+            raise StoreUnavailableError("Redis is unreachable: the test's shard 1")
+
+        monkeypatch.setattr(broken, "write", refuse)
+        body = c.post("/v1/items:batch", json={"items": items}, headers=KEY).json()
+        on_broken = {i["id"] for i in items if store.parts[int(shard_of([i["id"]], 3)[0])] is broken}
+        assert 0 < len(on_broken) < len(items) and body["stored"] == len(items) - len(on_broken)
+        refused = {r["id"] for r in body["results"] if r["status"] == "rejected"}
+        assert refused == on_broken and all("send it again" in r["error"] for r in body["results"] if r["error"])
+        monkeypatch.undo()
+        again = c.post("/v1/items:batch", json={"items": items}, headers=KEY).json()
+        assert again["stored"] == len(items)
+        assert c.get("/v1/models").json()["index"]["items"]["text"] == len(items)
 
 
 def test_writes_need_the_api_key(client) -> None:
@@ -176,7 +208,7 @@ def _png(size: tuple[int, int]) -> bytes:
     return buffer.getvalue()
 
 
-def test_a_bad_item_is_rejected_alone_and_nothing_of_it_is_stored(client) -> None:
+def test_a_bad_item_is_rejected_alone_and_nothing_of_it_is_stored(any_client) -> None:
     items = [
         {"id": "good", "modality": "text", "text": "red apple"},
         {"id": "empty", "modality": "text", "text": "   "},
@@ -189,7 +221,7 @@ def test_a_bad_item_is_rejected_alone_and_nothing_of_it_is_stored(client) -> Non
         {"modality": "text", "text": "no id"},
     ]
     raw = json.dumps({"items": items})  # the NaN literal, as a lax JSON writer sends it
-    body = client.post("/v1/items:batch", content=raw, headers={**KEY, "content-type": "application/json"}).json()
+    body = any_client.post("/v1/items:batch", content=raw, headers={**KEY, "content-type": "application/json"}).json()
     assert body["stored"] == 1 and body["rejected"] == 8
     errors = {r["id"]: r["error"] for r in body["results"] if r["status"] == "rejected"}
     assert errors["empty"] == "text is empty"
@@ -199,9 +231,9 @@ def test_a_bad_item_is_rejected_alone_and_nothing_of_it_is_stored(client) -> Non
     assert errors["word"] == "features: Input should be a valid number (384 entries, first features.0)"
     assert "modality" in errors["what"]
     assert "earlier in this batch" in errors["good"]
-    assert client.get("/v1/models").json()["index"]["items"] == {"image": 0, "text": 1}
+    assert any_client.get("/v1/models").json()["index"]["items"] == {"image": 0, "text": 1}
     item = {"id": "good", "modality": "image", "image_base64": base64.b64encode(_png((8, 8))).decode()}
-    conflict = client.post("/v1/items:batch", json={"items": [item]}, headers=KEY).json()
+    conflict = any_client.post("/v1/items:batch", json={"items": [item]}, headers=KEY).json()
     assert conflict["results"][0]["error"] == "id is already stored as a text item"
 
 
@@ -254,13 +286,13 @@ def test_malformed_json_oversized_images_and_batches_are_4xx(redis_server) -> No
         assert too_many.status_code == 422 and too_many.json()["detail"] == "a batch holds at most 2 items"
 
 
-def test_health_readiness_models_and_metrics(client) -> None:
-    assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json()["redis"] == "ok"
-    models = client.get("/v1/models").json()
+def test_health_readiness_models_and_metrics(any_client) -> None:
+    assert any_client.get("/healthz").json() == {"status": "ok"}
+    assert any_client.get("/readyz").json()["redis"] == "ok"
+    models = any_client.get("/v1/models").json()
     assert models["method"] == "dsfh-instance" and models["code_bits"] == 128 and models["inputs"]["image"]["raw_input"]
-    client.post("/v1/search/text-to-image", json={"text": "apple"})
-    metrics = client.get("/metrics").text
+    any_client.post("/v1/search/text-to-image", json={"text": "apple"})
+    metrics = any_client.get("/metrics").text
     assert 'xmhash_request_seconds_count{method="POST",route="/v1/search/text-to-image",status="200"}' in metrics
     assert "xmhash_encode_seconds" in metrics and "xmhash_search_seconds" in metrics
     assert 'xmhash_index_items{modality="image"}' in metrics
