@@ -1,5 +1,7 @@
 """What can go wrong in the index, as exceptions the service maps to HTTP statuses."""
 
+from collections.abc import Sequence
+
 
 class IndexInputError(ValueError):
     """Bad input from the caller (wrong code length, unknown modality, …): a 4xx, nothing written."""
@@ -27,8 +29,9 @@ class FeedGapError(RuntimeError):
 
 class PartialWriteError(StoreUnavailableError):
     """Some shards of a sharded index took their part of a batch, others failed: ``stored`` names the ids
-    written (acknowledged); the others were not. Writing the batch again is safe (ids are keys)."""
+    written (acknowledged), ``changes`` the shards' changes that wrote them; the others were not. Writing
+    the batch again is safe (ids are keys)."""
 
-    def __init__(self, message: str, stored: list[str]) -> None:
+    def __init__(self, message: str, stored: list[str], changes: Sequence[object]) -> None:
         super().__init__(message)
-        self.stored = stored
+        self.stored, self.changes = stored, list(changes)

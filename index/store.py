@@ -158,10 +158,9 @@ class RedisStore:
         if failed is not None:
             if not changes:
                 raise failed
-            error = PartialWriteError(f"{len(changes)} of {len(parts)} shards stored their part: {failed}",
-                                      [item.id for change in changes for item in change.items])  # fmt: skip
-            error.changes = changes
-            raise error from failed
+            stored = [item.id for change in changes for item in change.items]
+            message = f"{len(changes)} of {len(parts)} shards stored their part: {failed}"
+            raise PartialWriteError(message, stored, changes) from failed
         return changes
 
     def fill(self, groups: Sequence[Group], source: RedisStore) -> int:
