@@ -4,6 +4,10 @@ An entry's id is ``<seq>-0``. A batch or a delete (the store's scripts) is ``{it
 per item: side, id, value (empty once deleted), metadata (not kept), the replaced value's header (empty when
 new). An import chunk (``index.import_transaction``) is ``{chunk: msgpack columns}``: side, ids, the values
 as one string, their width, the replaced headers (none when every item is new).
+
+After a failover the feed is read from the promoted replica, which may lack the last changes the old
+primary had (replication is asynchronous): :meth:`ChangeFeed.continues` tells a follower whether it can
+go on from where it was or must load the generation again.
 """
 
 from __future__ import annotations
@@ -94,6 +98,20 @@ class ChangeFeed:
         if numbers != list(range(seq + 1, wanted + 1)):
             raise FeedGapError(f"changes {seq + 1}…{wanted} of {self.keys.feed} are no longer all in the feed")
         return changes
+
+    def entry(self, seq: int) -> Change | None:
+        """Change ``seq`` as this feed holds it; None when it is not (yet, or any longer) in the feed."""
+        found = _decode(call(self.client.xrange, self.keys.feed, f"{seq}-0", f"{seq}-0"))
+        return found[0] if found else None
+
+    def continues(self, seq: int, last: Change | None) -> bool:
+        """Whether this feed (say, on a promoted replica) continues the one a follower applied up to change
+        ``seq``, ``last`` being that change as applied: it holds change ``seq``, and as it was applied. False
+        when the feed stops short of it (the change was lost with the old primary), holds another change
+        under that number (written after the loss), or no longer holds it: then the follower reloads."""
+        if seq == 0:
+            return True
+        return last is not None and self.position() >= seq and self.entry(seq) == last
 
     def wait(self, seq: int, block_ms: int) -> list[Change]:
         """The changes after ``seq`` already in the feed, or, when there are none, those that arrive

@@ -183,7 +183,8 @@ def test_importing_the_service_app_loads_no_training_module() -> None:
 LAYERS: dict[str, list[set[str]]] = {
     "index": [
         {"index", "index.codes", "index.errors", "index.item_ids", "index.memory", "index.redis_keys",
-         "index.stored_values", "index.rerank", "index.collection", "index.redis_server"},
+         "index.stored_values", "index.rerank", "index.collection", "index.redis_server",
+         "index.redis_connection"},
         {"index.centers", "index.code_space", "index.bundle", "index.scan", "index.redis_calls"},
         {"index.change_feed", "index.layout_upgrade"},
         {"index.store"},
