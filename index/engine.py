@@ -33,10 +33,11 @@ is unreachable a search therefore fails with :class:`StoreUnavailableError` (a 5
 cannot say which items it found.
 
 After Redis failed the follower, the index answers no search (a 503) until the follower, or the search
-itself, has looked at the primary again (``index.redis_connection.primary``): the same one, or a promoted replica whose feed
-continues the changes applied here (``ChangeFeed.continues``), and it goes on; a primary that cannot prove
-that (it lost changes applied here, or holds others under their numbers), and it loads the generation
-from that primary first. So a failover never leaves a process serving items the new primary lacks.
+itself, has looked at the primary again (``index.redis_connection.primary``): the same one, or a promoted
+replica whose feed continues the changes applied here (``ChangeFeed.continues``), and it goes on; a
+primary that cannot prove that (it lost changes applied here, or holds others under their numbers), and
+it loads the generation from that primary first. So a failover never leaves a process serving items the
+new primary lacks.
 """
 
 from __future__ import annotations
