@@ -12,6 +12,7 @@ go on from where it was or must load the generation again.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import msgpack
@@ -41,6 +42,12 @@ class Change:
 
     seq: int
     items: list[ChangedItem]
+
+    def digest(self) -> bytes:
+        """What the change does, in 16 bytes: a follower keeps this of the last change it applied (not the
+        change, which may be a whole import chunk) to compare with a promoted primary's."""
+        rows = [(item.modality, item.id, item.now, item.previous) for item in self.items]
+        return hashlib.blake2b(msgpack.packb([self.seq, rows]), digest_size=16).digest()
 
 
 def _changed(side: int, item: bytes, value: bytes, _metadata: bytes, previous: bytes) -> ChangedItem:
@@ -104,14 +111,17 @@ class ChangeFeed:
         found = _decode(call(self.client.xrange, self.keys.feed, f"{seq}-0", f"{seq}-0"))
         return found[0] if found else None
 
-    def continues(self, seq: int, last: Change | None) -> bool:
+    def continues(self, seq: int, last: bytes | None) -> bool:
         """Whether this feed (say, on a promoted replica) continues the one a follower applied up to change
-        ``seq``, ``last`` being that change as applied: it holds change ``seq``, and as it was applied. False
+        ``seq``, ``last`` being that change's digest: it holds change ``seq``, and as it was applied. False
         when the feed stops short of it (the change was lost with the old primary), holds another change
         under that number (written after the loss), or no longer holds it: then the follower reloads."""
         if seq == 0:
             return True
-        return last is not None and self.position() >= seq and self.entry(seq) == last
+        if last is None or self.position() < seq:
+            return False
+        found = self.entry(seq)
+        return found is not None and found.digest() == last
 
     def wait(self, seq: int, block_ms: int) -> list[Change]:
         """The changes after ``seq`` already in the feed, or, when there are none, those that arrive

@@ -114,15 +114,15 @@ class _Side:
 @dataclass
 class Generation:
     """Centers, the Redis store of their generation, the in-memory scan of each modality, and the
-    number of the last change of the feed applied to them, with that change (None when unknown), by which
-    a promoted primary's feed is checked to continue this one."""
+    number of the last change of the feed applied to them, with that change's digest (None when unknown),
+    by which a promoted primary's feed is checked to continue this one."""
 
     store: RedisStore
     centers: CenterIndex
     version: str
     sides: dict[str, _Side]
     applied: int
-    last: Change | None
+    last: bytes | None
 
     @classmethod
     def load(cls, store: RedisStore, bits: int) -> Generation:
@@ -147,7 +147,8 @@ class Generation:
             raise IndexInputError(f"generation {store.generation} of {store.bundle_keys.base} has no centers")
         centers, version = stored
         applied = store.feed.position()  # read first: every change up to it is in what is read next
-        last = store.feed.entry(applied) if applied else None
+        found = store.feed.entry(applied) if applied else None
+        last = found.digest() if found is not None else None
         sides = {m: _Side(BucketScan(bits, len(centers))) for m in MODALITIES}
         for modality, side in sides.items():
             upgrade_entries(store.client, store.keys, modality)
@@ -173,7 +174,7 @@ class Generation:
             if new:
                 codes = np.frombuffer(b"".join(item.now[2] for item in new), dtype=np.uint8).reshape(len(new), -1)
                 side.scan.add(np.array([item.now[1] for item in new]), codes, np.array([item.now[0] for item in new]))
-        self.applied, self.last = change.seq, change
+        self.applied, self.last = change.seq, change.digest()
 
 
 class HashIndex:
