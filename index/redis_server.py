@@ -35,8 +35,9 @@ def free_port() -> int:
 
 class RedisServer:
     """redis-server with AOF (``appendfsync always``) in its own directory; restartable on the same data.
-    ``config``: a configuration file read first (a deployment's, ``deploy/ha/redis.conf``); ``options``: more
-    command-line options after the defaults (``--replicaof HOST PORT``)."""
+    ``config``: a configuration file read first (a deployment's, ``deploy/ha/redis.conf``), copied into the
+    directory on the first start, since Sentinel has a node rewrite its own file (``CONFIG REWRITE``);
+    ``options``: more command-line options after the defaults (``--replicaof HOST PORT``)."""
 
     def __init__(self, directory: Path, config: Path | None = None, options: Sequence[str] = ()) -> None:
         if shutil.which("redis-server") is None:
@@ -55,8 +56,11 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "redis.conf"
+        if self.config and not config.exists():
+            shutil.copyfile(self.config, config)
         command = [
-            "redis-server", *([str(self.config)] if self.config else []),
+            "redis-server", *([str(config)] if self.config else []),
             "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
             *self.options,

@@ -108,9 +108,10 @@ class ReplicatedRedis:
         _until(lambda: node.client().info("replication")["role"] == "master", "the promoted one is primary", timeout)
         return node
 
-    def restart(self, node: RedisServer) -> None:
-        """Start a killed node again on its port and data; the sentinels make it a replica of the primary."""
-        node.options = []
+    def restart(self, node: RedisServer, replica_of: RedisServer) -> None:
+        """Start a killed node again on its port and data, as a replica of the primary (as docs/ha.md says to:
+        started as a primary, it would take writes until the sentinels turn it into a replica)."""
+        node.options = ["--replicaof", "127.0.0.1", str(replica_of.port)]
         node.start()
 
     def wait_synced(self, replica: RedisServer) -> None:
@@ -150,8 +151,12 @@ class HAProxy:
             command = ["haproxy", "-db", "-f", str(HA / "haproxy.cfg")]
             self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                             preexec_fn=_die_with_parent)  # fmt: skip
-        _until(lambda: self.up() == {"s1", "s2"}, "HAProxy sees both replicas up")
+        self.wait_up({"s1", "s2"})
         return self
+
+    def wait_up(self, servers: set[str]) -> None:
+        """Until HAProxy sends requests to exactly these replicas."""
+        _until(lambda: self.up() == servers, f"HAProxy sends requests to {sorted(servers)} only")
 
     def command(self, line: str) -> str:
         """One command of HAProxy's runtime API (``show stat``, ``set server services/s1 state drain``)."""
