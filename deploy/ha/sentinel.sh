@@ -15,6 +15,7 @@ bind $bind
 dir $dir
 protected-mode no
 sentinel resolve-hostnames yes
+sentinel announce-hostnames yes
 sentinel monitor xmhash $primary_host $primary_port 2
 sentinel down-after-milliseconds xmhash $down_after
 sentinel failover-timeout xmhash 10000
