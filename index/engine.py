@@ -184,7 +184,7 @@ class HashIndex:
         self.space = space
         self.head_bytes = space.head_bits // 8
         self.generation = generation
-        self.primary: Primary | None = serving  # None: Redis failed; no search until the follower checked it
+        self.primary: Primary | None = serving  # None: Redis failed; no search until it is checked again
         self._apply_lock = threading.Lock()  # one applier of the feed at a time
         self._memory_lock = threading.Lock()  # an applier changing the scans vs. a search reading them
         self._closing = threading.Event()
