@@ -15,12 +15,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from index.errors import StoreUnavailableError
 
 DEFAULT_MASTER_NAME = "xmhash"
 DEFAULT_WAIT_MS = 1000  # how long a write waits for its replicas before it is refused (a 503)
+# A failed call is tried once more at once (a connection to a demoted primary is dropped and the next asks
+# the sentinels), not 10 times with backoff as redis-py's default: a request waiting out an outage holds its
+# worker (a search runs on the event loop), so it fails fast with a 503 and Retry-After instead.
+_RETRY = Retry(NoBackoff(), 1)
 
 
 class Client(redis.Redis):
@@ -65,7 +71,7 @@ def parse_sentinels(text: str | None) -> tuple[tuple[str, int], ...]:
 
 def connect(target: RedisTarget, socket_timeout: float | None = None, connect_timeout: float | None = None) -> Client:
     """A client of the target's primary, carrying its write acknowledgement."""
-    timeouts = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout}
+    timeouts = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout, "retry": _RETRY}
     if target.sentinels:
         sentinel_options = {"password": target.password, **timeouts}
         sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_options, **timeouts)

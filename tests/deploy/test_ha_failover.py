@@ -15,6 +15,7 @@ import http.client
 import statistics
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,7 +145,8 @@ def test_sigkills_of_the_redis_primary_under_ingest_lose_no_acknowledged_item(tm
         print(
             f"\n{KILLS} SIGKILLs of the Redis primary (down-after {DOWN_AFTER_MS} ms): "
             f"{len(stream.acked)} batches ({len(stream.acked) * BATCH} items) acknowledged, 0 lost; "
-            f"{len(stream.failed)} refused; searches answered again after "
+            f"{len(stream.failed)} refused ({dict(Counter(why.split()[0] for why in stream.failed.values()))}); "
+            f"searches answered again after "
             f"{', '.join(f'{s:.2f}' for s in recoveries)} s (max {max(recoveries):.2f}, median "
             f"{statistics.median(recoveries):.2f}); writes after {', '.join(f'{s:.2f}' for s in write_recoveries)} s; "
             f"{len(searches.done)} searches, {len(failed)} not 200: {sorted(set(failed))}; items {in_redis} in Redis "

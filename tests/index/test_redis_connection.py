@@ -61,8 +61,9 @@ def pair(tmp_path: Path):
     second = RedisServer(tmp_path / "replica", options=["--replicaof", "127.0.0.1", str(first.port)]).start()
     _synced(second, first)
     yield first, second
-    second.stop()
-    first.stop()
+    for node in (second, first):  # by SIGKILL: nothing of theirs is needed after the test
+        node.process.kill()
+        node.process.wait()
 
 
 def test_sentinel_addresses_and_the_default_number_of_replicas_a_write_waits_for() -> None:
