@@ -164,10 +164,18 @@ class HAProxy:
             connection.sendall(line.encode() + b"\n")
             return b"".join(iter(lambda: connection.recv(65536), b"")).decode()
 
+    def _servers(self) -> dict[str, list[str]]:
+        """``show stat``'s row of each service replica, by name (s1, s2)."""
+        rows = [row.split(",") for row in self.command("show stat").splitlines() if row.startswith("services,s")]
+        return {row[1]: row for row in rows}
+
     def up(self) -> set[str]:
         """The replicas HAProxy sends requests to now."""
-        rows = [row.split(",") for row in self.command("show stat").splitlines() if row.startswith("services,s")]
-        return {row[1] for row in rows if row[17] == "UP"}
+        return {name for name, row in self._servers().items() if row[17] == "UP"}
+
+    def wait_idle(self, server: str) -> None:
+        """Until no request is in flight on ``server`` (its current sessions, ``scur``, are 0)."""
+        _until(lambda: self._servers()[server][4] == "0", f"{server} has no request in flight")
 
     def stop(self) -> None:
         _kill(self.process)
