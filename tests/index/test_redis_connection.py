@@ -57,7 +57,7 @@ def _fail_over(client: redis.Redis, to: RedisServer) -> None:
 @pytest.fixture
 def pair(tmp_path: Path):
     """A primary and its replica."""
-    first = RedisServer(tmp_path / "primary").start()
+    first = RedisServer(tmp_path / "primary", options=["--repl-diskless-sync-delay", "0"]).start()
     second = RedisServer(tmp_path / "replica", options=["--replicaof", "127.0.0.1", str(first.port)]).start()
     _synced(second, first)
     yield first, second

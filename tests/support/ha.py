@@ -123,6 +123,26 @@ class ReplicatedRedis:
 
         _until(synced, f"replica {replica.port} synced")
 
+    def wait_settled(self) -> None:
+        """Until every sentinel names the same primary with no failover under way, and every other node
+        replicates it with its link up: the state a next failure should find (a primary killed before the
+        sentinels finished the last failover waits out their failover-timeout)."""
+
+        def settled() -> bool:
+            states = [redis.Redis(port=port).sentinel_master(MASTER_NAME) for port in self.sentinel_ports]
+            ports = {int(state["port"]) for state in states}
+            if len(ports) != 1 or any(state["flags"] != "master" for state in states):
+                return False
+            primary = ports.pop()
+            for node in self.nodes:
+                if node.port != primary:
+                    info = node.client().info("replication")
+                    if info["role"] != "slave" or info["master_port"] != primary or info["master_link_status"] != "up":
+                        return False
+            return True
+
+        _until(settled, "the sentinels agree on the primary and every replica follows it")
+
     def stop(self) -> None:
         for process in self.sentinels:
             _kill(process)
