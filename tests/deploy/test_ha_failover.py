@@ -135,8 +135,8 @@ def test_sigkills_of_the_redis_primary_under_ingest_lose_no_acknowledged_item(tm
         recoveries, write_recoveries = [], []
         for _ in range(KILLS):
             acked = len(stream.acked)
-            killed_at = time.monotonic()
             old = redis.kill_primary()
+            killed_at = time.monotonic()  # once it is dead: a search started before may still have been served
             new = redis.wait_promoted(old)
             recoveries.append(searches.first_success_after(killed_at) - killed_at)
             stream.wait_acked(acked + 3)
