@@ -31,6 +31,13 @@ metadata in one Redis round trip (``RedisStore.lookup``); a metadata filter over
 that with more candidates until k match or the probed buckets run out (``docs/memory.md``). While Redis
 is unreachable a search therefore fails with :class:`StoreUnavailableError` (a 503), like a write: it
 cannot say which items it found.
+
+After Redis failed the follower, the index answers no search (a 503) until the follower, or the search
+itself, has looked at the primary again (``index.redis_connection.primary``): the same one, or a promoted
+replica whose feed continues the changes applied here (``ChangeFeed.continues``), and it goes on; a
+primary that cannot prove that (it lost changes applied here, or holds others under their numbers), and
+it loads the generation from that primary first. So a failover never leaves a process serving items the
+new primary lacks.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from index.errors import FeedGapError, IndexInputError, ItemNotFoundError, Store
 from index.hash_health import HashHealth, measure, tie_group_sizes
 from index.layout_upgrade import upgrade_entries
 from index.memory import release_freed_memory
+from index.redis_connection import Primary, primary
 from index.rerank import MAX_CANDIDATES, rerank
 from index.scan import BucketScan
 from index.store import Group, RedisStore, StoredItem
@@ -107,13 +115,15 @@ class _Side:
 @dataclass
 class Generation:
     """Centers, the Redis store of their generation, the in-memory scan of each modality, and the
-    number of the last change of the feed applied to them."""
+    number of the last change of the feed applied to them, with that change's digest (None when unknown),
+    by which a promoted primary's feed is checked to continue this one."""
 
     store: RedisStore
     centers: CenterIndex
     version: str
     sides: dict[str, _Side]
     applied: int
+    last: bytes | None
 
     @classmethod
     def load(cls, store: RedisStore, bits: int) -> Generation:
@@ -138,13 +148,15 @@ class Generation:
             raise IndexInputError(f"generation {store.generation} of {store.bundle_keys.base} has no centers")
         centers, version = stored
         applied = store.feed.position()  # read first: every change up to it is in what is read next
+        found = store.feed.entry(applied) if applied else None
+        last = found.digest() if found is not None else None
         sides = {m: _Side(BucketScan(bits, len(centers))) for m in MODALITIES}
         for modality, side in sides.items():
             upgrade_entries(store.client, store.keys, modality)
             stored = store.codes_in_order(modality)
             if len(stored.labels):
                 side.scan.add(stored.labels, stored.codes, stored.buckets)
-        generation = cls(store, CenterIndex(centers), version, sides, applied)
+        generation = cls(store, CenterIndex(centers), version, sides, applied, last)
         for change in store.feed.after(applied):
             generation.apply(change)
         return generation
@@ -163,16 +175,17 @@ class Generation:
             if new:
                 codes = np.frombuffer(b"".join(item.now[2] for item in new), dtype=np.uint8).reshape(len(new), -1)
                 side.scan.add(np.array([item.now[1] for item in new]), codes, np.array([item.now[0] for item in new]))
-        self.applied = change.seq
+        self.applied, self.last = change.seq, change.digest()
 
 
 class HashIndex:
     """Items of both modalities under one bundle's code space, searchable across modalities."""
 
-    def __init__(self, space: CodeSpace, generation: Generation) -> None:
+    def __init__(self, space: CodeSpace, generation: Generation, serving: Primary) -> None:
         self.space = space
         self.head_bytes = space.head_bits // 8
         self.generation = generation
+        self.primary: Primary | None = serving  # None: Redis failed; no search until it is checked again
         self._apply_lock = threading.Lock()  # one applier of the feed at a time
         self._memory_lock = threading.Lock()  # an applier changing the scans vs. a search reading them
         self._closing = threading.Event()
@@ -191,8 +204,9 @@ class HashIndex:
     def open(cls, client: redis.Redis, index_name: str, space: CodeSpace) -> HashIndex:
         """Attach to Redis and load the active generation of ``space``'s index; a new index starts
         generation 0 with its centers (a re-bucketed one keeps the centers it was re-bucketed with)."""
+        serving = primary(client)
         store = RedisStore(client, index_name, space.bundle_id).open_active(space.centers, space.centers_version)
-        return cls(space, Generation.load(store, space.bits))
+        return cls(space, Generation.load(store, space.bits), serving)
 
     def start_following(self, refresh_seconds: float) -> None:
         """Keep this index current on a thread of its own until :meth:`close`: apply other processes'
@@ -209,18 +223,37 @@ class HashIndex:
         next_refresh = 0.0
         while not self._closing.is_set():
             try:
+                self.check_primary()
                 self.follow(FOLLOW_BLOCK_MS)
                 if time.monotonic() >= next_refresh:
                     next_refresh = time.monotonic() + refresh_seconds
                     if self.refresh():
                         log.info("index: now serving generation %s", self.generation.store.generation)
             except (StoreUnavailableError, FeedGapError) as exc:
+                self.primary = None
                 log.warning("index: cannot follow Redis: %s", exc)
                 self._closing.wait(_RETRY_SECONDS)
 
+    def check_primary(self) -> None:
+        """Look at the Redis primary (raises :class:`StoreUnavailableError` while there is none); when it is
+        another one (a failover, a restart), go on from the changes applied here only if its feed continues
+        them, else load the generation from it. Searches resume once this has run after a failure."""
+        now = primary(self.generation.store.client)
+        if now == self.primary:
+            return
+        with self._apply_lock:
+            generation = self.generation
+            if not generation.store.feed.continues(generation.applied, generation.last):
+                log.warning("index: %s does not continue the feed applied here (change %d); reloading",
+                            now.address, generation.applied)  # fmt: skip
+                self.generation = Generation.load(generation.store, self.bits)
+            self.primary = now
+        log.info("index: following the Redis primary at %s", now.address)
+
     def ping(self) -> bool:
-        """Whether Redis answers (searches and writes need it; ranking alone does not)."""
-        return self.generation.store.ping()
+        """Whether Redis answers and the follower has checked its primary since Redis last failed (searches
+        and writes need both; ranking alone does not)."""
+        return self.primary is not None and self.generation.store.ping()
 
     # The current generation's parts, for tools (re-bucket, ``python -m index``) and tests.
     @property
@@ -338,9 +371,11 @@ class HashIndex:
     def _apply_own(self, generation: Generation, change: Change) -> None:
         """Apply this process's own acknowledged write (and any change before it) so that it is
         searchable here when the call returns. A generation loaded again meanwhile already holds it
-        or reads it from the feed; a re-bucket copied it (it refuses writes while it runs)."""
+        or reads it from the feed; a re-bucket copied it (it refuses writes while it runs). While the
+        primary is unchecked (Redis failed), the follower applies it after its check: applied now, a write
+        to a promoted primary could hide that this process holds changes that primary lost."""
         with self._apply_lock:
-            if self.generation.store.generation == generation.store.generation:
+            if self.primary is not None and self.generation.store.generation == generation.store.generation:
                 self._catch_up([change])
 
     def remove(self, item_id: str) -> str:
@@ -389,6 +424,8 @@ class HashIndex:
         out, and more candidates are ranked when that or the filter leaves fewer than k."""
         self._check_modality(target)
         codes = self._check_codes(codes)
+        if self.primary is None:  # Redis failed: check its primary here rather than wait for the follower
+            self.check_primary()
         if k < 1:
             raise IndexInputError("k must be at least 1")
         generation = self.generation

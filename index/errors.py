@@ -23,3 +23,8 @@ class GenerationMovedError(StoreUnavailableError):
 
 class FeedGapError(RuntimeError):
     """Changes a process has not applied were trimmed from the change feed: it must reload from Redis."""
+
+
+class NotReplicatedError(StoreUnavailableError):
+    """The primary applied a write but too few replicas confirmed it in time (``WAIT``): not acknowledged, a
+    503. Retrying the same write is safe: writes are idempotent by id."""

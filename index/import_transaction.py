@@ -19,7 +19,7 @@ import numpy as np
 import redis
 
 from index.errors import GenerationMovedError
-from index.redis_calls import call
+from index.redis_calls import acknowledgement, call, confirm
 from index.store import SLICE, WRITE_RULES, Group, RedisStore
 from index.stored_values import HEADER, MODALITIES, entry, records
 
@@ -136,8 +136,12 @@ def _transaction(store: RedisStore, prepared: PreparedChunk, job: str, chunk: st
             hiredis.pack_command(("HSET", store.bundle_keys.import_progress(job), chunk, seq)),
             hiredis.pack_command(("EXEC",)),
         ]
+        replicas, wait_ms = acknowledgement(store.client)
+        if replicas:  # on this connection, after EXEC: WAIT counts the replicas holding this connection's writes
+            commands.append(hiredis.pack_command(("WAIT", replicas, wait_ms)))
         conn.send_packed_command(commands)
         replies = [conn.read_response() for _ in commands]
+        confirmed = replies.pop() if replicas else 0
     except BaseException:
         conn.disconnect()
         raise
@@ -148,6 +152,7 @@ def _transaction(store: RedisStore, prepared: PreparedChunk, job: str, chunk: st
     failed = [reply for reply in replies[-1] if isinstance(reply, redis.ResponseError)]
     if failed:
         raise failed[0]
+    confirm(confirmed, replicas, wait_ms)
     return seq
 
 

@@ -21,8 +21,9 @@ appends the change to the feed. A bulk import's chunk is the same write as one `
 transaction (``index.import_transaction``), checked by the same Lua rules (:data:`WRITE_RULES`). Every
 process serving the index applies the feed in order (``index.engine``) and keeps each bucket in label
 order, so they all hold the same items in the same order. A call returns only after Redis has applied it
-(and, with ``appendfsync always`` as the deploy config sets, written it to the AOF), so a returned call is
-an acknowledged write.
+(and, with ``appendfsync always`` as the deploy config sets, written it to the AOF) and, with replicas
+(``index.redis_connection``), after the replicas its client asks for confirm it (``WAIT``), so a returned
+call is an acknowledged write.
 
 The feed keeps about :data:`FEED_LENGTH` entries; a process that falls further behind reloads the
 generation from the hashes, which always hold everything.
@@ -386,7 +387,7 @@ class RedisStore:
             if len(ids):
                 args += [side, msgpack.packb(list(ids)), stored.tobytes(), _lua_msgpack(list(metadata))]
                 args.append(stored.shape[1])
-        seq, first, previous = self._upsert(self.client, keys, args)
+        seq, first, previous = self._upsert.write(self.client, keys, args)
         return seq, first, msgpack.unpackb(previous, raw=True)
 
     def write(self, groups: Sequence[Group]) -> Change:
@@ -437,7 +438,7 @@ class RedisStore:
         """Delete an item and append that to the feed; None when it was absent."""
         keys = [self.keys.items[modality], self.keys.entries[modality], self.keys.counts[modality]]
         keys += [self.bundle_keys.rebuilding, self.keys.seq, self.keys.feed]
-        seq, previous = self._delete(self.client, keys, [item, MODALITIES.index(modality), FEED_LENGTH])
+        seq, previous = self._delete.write(self.client, keys, [item, MODALITIES.index(modality), FEED_LENGTH])
         if not seq:
             return None
         return Change(seq, [ChangedItem(modality, item, None, header(previous))])

@@ -35,6 +35,7 @@ from index.bundle import Bundle, BundleError, load_bundle
 from index.engine import HashIndex
 from index.errors import IndexInputError, StoreUnavailableError
 from index.item_sources import SourceStore
+from index.redis_connection import connect
 from index.redis_keys import IndexKeys
 from index.rollout_state import RolloutState
 from service.encoder import Encoder
@@ -102,9 +103,7 @@ class Runtime:
         """Open the model this run serves (the configured bundle, or the one a swap through another
         worker of the run chose) and start following the index."""
         faiss.omp_set_num_threads(1)  # one query per request thread: OpenMP fan-out only adds overhead
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=_REDIS_TIMEOUT_SECONDS, socket_connect_timeout=_REDIS_CONNECT_SECONDS
-        )
+        client = connect(settings.redis_target(), _REDIS_TIMEOUT_SECONDS, _REDIS_CONNECT_SECONDS)
         serving = _run_key(settings, "bundle")
         try:
             client.set(serving, str(settings.bundle_path.resolve()), nx=True, ex=_RUN_KEY_SECONDS)

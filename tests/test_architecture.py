@@ -184,7 +184,7 @@ LAYERS: dict[str, list[set[str]]] = {
     "index": [
         {"index", "index.codes", "index.errors", "index.item_ids", "index.memory", "index.redis_keys",
          "index.stored_values", "index.rerank", "index.collection", "index.redis_server", "index.retrieval_metrics",
-         "index.hash_health"},
+         "index.hash_health", "index.redis_connection"},
         {"index.centers", "index.code_space", "index.bundle", "index.scan", "index.redis_calls"},
         {"index.change_feed", "index.layout_upgrade", "index.collection_registry", "index.item_sources",
          "index.rollout_state"},
