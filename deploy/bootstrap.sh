@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(openclipart-png openclipart-svg redis-server chromium chromium-driver docker-compose gcc)
+DEBIAN_PACKAGES=(openclipart-png openclipart-svg redis-server haproxy chromium chromium-driver docker-compose gcc)
 TORCH_PIN="torch==2.13.0"
 VENV=.venv
 

@@ -4,6 +4,11 @@ python -m index stats    --redis-url redis://… --index default --bundle models
 python -m index rebucket --redis-url redis://… --index default --bundle models/default --buckets 256
 python -m index import   FILE [FILE …] --modality image --redis-url redis://… --index default --bundle models/default
 
+Redis: ``--redis-url`` (``redis+cluster://host:port,…`` for a Redis Cluster, docs/cluster.md), or
+``--sentinels host:port,…`` (``--master-name``) for the primary Redis Sentinel names; ``XMHASH_REDIS_PASSWORD``
+in the environment when the nodes need one; writes wait for ``--wait-replicas`` replicas (default: 1 with
+sentinels, 0 without; on a cluster, each shard's master's; ``index.redis_connection``).
+
 import: FILE is a .npy, or a .npz with one array named features or codes (feature vectors, encoded with
 the bundle, or packed uint8 codes); FILE's stem + .jsonl holds one {"id": …, "metadata": {…}} per row.
 Written in atomic chunks; a re-run of the same command resumes (index/bulk_import.py).
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +30,7 @@ from index.bundle import load_bundle
 from index.engine import HashIndex
 from index.errors import IndexInputError, StoreUnavailableError
 from index.rebuild import rebucket
-from index.redis_connection import connect
+from index.redis_connection import DEFAULT_MASTER_NAME, RedisTarget, connect, parse_sentinels
 from index.store import RedisStore
 
 
@@ -33,7 +39,11 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("command", choices=["stats", "rebucket", "import"])
     parser.add_argument("files", nargs="*", type=Path, help="import: .npy/.npz files")
-    parser.add_argument("--redis-url", required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--redis-url")
+    where.add_argument("--sentinels", type=parse_sentinels, help="host:port,host:port of Redis Sentinel")
+    parser.add_argument("--master-name", default=DEFAULT_MASTER_NAME, help="the primary's name at the sentinels")
+    parser.add_argument("--wait-replicas", type=int, default=None, help="replicas a write waits for (WAIT)")
     parser.add_argument("--index", default="default", help="index name (the service's XMHASH_INDEX_NAME)")
     parser.add_argument("--bundle", required=True, help="bundle directory whose code space the index holds")
     parser.add_argument("--buckets", type=int, default=256, help="rebucket: number of centers")
@@ -45,7 +55,8 @@ def main() -> None:
     parser.add_argument("--shards", type=int, help="import: shards of a new index (default: one per cluster master)")
     args = parser.parse_args()
     bundle = load_bundle(args.bundle)
-    client = connect(args.redis_url)
+    password = os.environ.get("XMHASH_REDIS_PASSWORD")
+    client = connect(RedisTarget(args.redis_url, args.sentinels or (), args.master_name, password, args.wait_replicas))
     if args.command == "import":
         sys.exit(_import(args, bundle, client))
     if args.command == "rebucket":

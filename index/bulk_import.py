@@ -89,14 +89,10 @@ class ImportSummary:
     written_items: int
 
 
-def open_store(
-    client: redis.Redis, index_name: str, bundle: Bundle, shards: int | None = None, replicas: int = 0
-) -> RedisStore:
+def open_store(client: redis.Redis, index_name: str, bundle: Bundle, shards: int | None = None) -> RedisStore:
     """The index's active generation; a new index gets the bundle's centers (as a service opening it) and
-    ``shards`` shards; each chunk waits for ``replicas`` replicas."""
-    store = RedisStore(
-        client, index_name, bundle.bundle_id, shards=shard_count(client, index_name, shards), replicas=replicas
-    )
+    ``shards`` shards. Each chunk waits for the replicas ``client`` asks for (``index.redis_connection``)."""
+    store = RedisStore(client, index_name, bundle.bundle_id, shards=shard_count(client, index_name, shards))
     return store.open_active(bundle.centers, bundle.centers_version)
 
 

@@ -7,10 +7,16 @@ as one string, their width, the replaced headers (none when every item is new).
 
 Each shard of an index has its own feed, numbered on its own (``index.shards``); entries hold the shard's
 own labels, which reading turns into the labels serving processes hold.
+
+After a failover the feed is read from the promoted replica, which may lack the last changes the old
+primary had (replication is asynchronous): :meth:`ChangeFeed.continues` tells a follower whether it can
+go on from where it was or must load the generation again; on a cluster each shard's feed is checked on
+its own, against the master holding it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import msgpack
@@ -41,6 +47,12 @@ class Change:
     seq: int
     items: list[ChangedItem]
     shard: int = 0  # the shard whose feed numbers it
+
+    def digest(self) -> bytes:
+        """What the change does, in 16 bytes: a follower keeps this of the last change it applied (not the
+        change, which may be a whole import chunk) to compare with a promoted primary's."""
+        rows = [(item.modality, item.id, item.now, item.previous) for item in self.items]
+        return hashlib.blake2b(msgpack.packb([self.seq, rows]), digest_size=16).digest()
 
 
 def _changed(side: int, item: bytes, value: bytes, _metadata: bytes, previous: bytes) -> ChangedItem:
@@ -110,6 +122,23 @@ class ChangeFeed:
         if numbers != list(range(seq + 1, wanted + 1)):
             raise FeedGapError(f"changes {seq + 1}…{wanted} of {self.keys.feed} are no longer all in the feed")
         return changes
+
+    def entry(self, seq: int) -> Change | None:
+        """Change ``seq`` as this feed holds it; None when it is not (yet, or any longer) in the feed."""
+        found = _decode(call(self.client.xrange, self.keys.feed, f"{seq}-0", f"{seq}-0"), self.shard, self.shards)
+        return found[0] if found else None
+
+    def continues(self, seq: int, last: bytes | None) -> bool:
+        """Whether this feed (say, on a promoted replica) continues the one a follower applied up to change
+        ``seq``, ``last`` being that change's digest: it holds change ``seq``, and as it was applied. False
+        when the feed stops short of it (the change was lost with the old primary), holds another change
+        under that number (written after the loss), or no longer holds it: then the follower reloads."""
+        if seq == 0:
+            return True
+        if last is None or self.position() < seq:
+            return False
+        found = self.entry(seq)
+        return found is not None and found.digest() == last
 
     def wait(self, seq: int, block_ms: int) -> list[Change]:
         """The changes after ``seq`` already in the feed, or, when there are none, those that arrive

@@ -31,6 +31,13 @@ metadata in one Redis round trip (``RedisStore.lookup``); a metadata filter over
 that with more candidates until k match or the probed buckets run out (``docs/memory.md``). While Redis
 is unreachable a search therefore fails with :class:`StoreUnavailableError` (a 503), like a write: it
 cannot say which items it found.
+
+After Redis failed the follower of a shard, the index answers no search (a 503) until that follower, or
+the search itself, has looked at the shard's primary again (``index.redis_connection.primary``: on a
+cluster, the master holding the shard's slot): the same one, or a promoted replica whose feed continues
+the shard's changes applied here (``ChangeFeed.continues``), and it goes on; a primary that cannot prove
+that (it lost changes applied here, or holds others under their numbers), and the generation is loaded
+again first. So a failover never leaves a process serving items the new primary lacks.
 """
 
 from __future__ import annotations
@@ -46,12 +53,13 @@ import numpy as np
 import redis
 
 from index.centers import CenterIndex
-from index.change_feed import Change
+from index.change_feed import Change, ChangeFeed
 from index.code_space import CodeSpace
 from index.errors import FeedGapError, IndexInputError, ItemNotFoundError, PartialWriteError, StoreUnavailableError
 from index.hash_health import HashHealth, measure, tie_group_sizes
 from index.layout_upgrade import upgrade_entries
 from index.memory import release_freed_memory
+from index.redis_connection import Primary, primary
 from index.rerank import MAX_CANDIDATES, rerank
 from index.scan import BucketScan
 from index.shards import shard_count
@@ -105,16 +113,24 @@ class _Side:
     scan: BucketScan
 
 
+def _digest_of(feed: ChangeFeed, seq: int) -> bytes | None:
+    """The digest of change ``seq`` of ``feed``; None when there is none (0) or the feed no longer holds it."""
+    found = feed.entry(seq) if seq else None
+    return None if found is None else found.digest()
+
+
 @dataclass
 class Generation:
     """Centers, the Redis store of their generation, the in-memory scan of each modality, and the
-    number of the last change of the feed applied to them."""
+    number of the last change of each shard's feed applied to them, with that change's digest (None when
+    unknown), by which the shard's promoted primary's feed is checked to continue this one."""
 
     store: RedisStore
     centers: CenterIndex
     version: str
     sides: dict[str, _Side]
     applied: list[int]  # per shard: each shard numbers its own feed
+    last: list[bytes | None]  # per shard
 
     @classmethod
     def load(cls, store: RedisStore, bits: int) -> Generation:
@@ -139,6 +155,7 @@ class Generation:
             raise IndexInputError(f"generation {store.generation} of {store.bundle_keys.base} has no centers")
         centers, version = stored
         applied = [part.feed.position() for part in store.parts]  # first: every change up to them is read next
+        last = [_digest_of(part.feed, seq) for part, seq in zip(store.parts, applied, strict=True)]
         sides = {m: _Side(BucketScan(bits, len(centers))) for m in MODALITIES}
         for modality, side in sides.items():
             for part in store.parts:
@@ -146,7 +163,7 @@ class Generation:
             stored = store.codes_in_order(modality)
             if len(stored.labels):
                 side.scan.add(stored.labels, stored.codes, stored.buckets)
-        generation = cls(store, CenterIndex(centers), version, sides, applied)
+        generation = cls(store, CenterIndex(centers), version, sides, applied, last)
         for part, seq in zip(store.parts, applied, strict=True):
             for change in part.feed.after(seq):
                 generation.apply(change)
@@ -166,16 +183,18 @@ class Generation:
             if new:
                 codes = np.frombuffer(b"".join(item.now[2] for item in new), dtype=np.uint8).reshape(len(new), -1)
                 side.scan.add(np.array([item.now[1] for item in new]), codes, np.array([item.now[0] for item in new]))
-        self.applied[change.shard] = change.seq
+        self.applied[change.shard], self.last[change.shard] = change.seq, change.digest()
 
 
 class HashIndex:
     """Items of both modalities under one bundle's code space, searchable across modalities."""
 
-    def __init__(self, space: CodeSpace, generation: Generation) -> None:
+    def __init__(self, space: CodeSpace, generation: Generation, serving: Sequence[Primary]) -> None:
         self.space = space
         self.head_bytes = space.head_bits // 8
         self.generation = generation
+        # Each shard's primary; None: its Redis failed, no search until it is checked again.
+        self.primaries: list[Primary | None] = list(serving)
         self._apply_lock = threading.Lock()  # one applier of the feed at a time
         self._memory_lock = threading.Lock()  # an applier changing the scans vs. a search reading them
         self._closing = threading.Event()
@@ -191,17 +210,14 @@ class HashIndex:
         return self.space.rerank_candidates
 
     @classmethod
-    def open(
-        cls, client: redis.Redis, index_name: str, space: CodeSpace, shards: int | None = None, replicas: int = 0
-    ) -> HashIndex:
+    def open(cls, client: redis.Redis, index_name: str, space: CodeSpace, shards: int | None = None) -> HashIndex:
         """Attach to Redis and load the active generation of ``space``'s index; a new index starts
         generation 0 with its centers (a re-bucketed one keeps the centers it was re-bucketed with) and
-        ``shards`` shards (``index.shards``); each write waits for ``replicas`` replicas."""
-        store = RedisStore(
-            client, index_name, space.bundle_id, shards=shard_count(client, index_name, shards), replicas=replicas
-        )
+        ``shards`` shards (``index.shards``). Each shard's primary is looked at before anything is read."""
+        store = RedisStore(client, index_name, space.bundle_id, shards=shard_count(client, index_name, shards))
+        serving = [primary(client, part.bundle_keys.active) for part in store.parts]
         store = store.open_active(space.centers, space.centers_version)
-        return cls(space, Generation.load(store, space.bits))
+        return cls(space, Generation.load(store, space.bits), serving)
 
     def start_following(self, refresh_seconds: float) -> None:
         """Keep this index current on threads of its own until :meth:`close`, one per shard's feed (a
@@ -220,18 +236,39 @@ class HashIndex:
         next_refresh = 0.0
         while not self._closing.is_set():
             try:
+                self.check_primary(shard)
                 self.follow(FOLLOW_BLOCK_MS, shard)
                 if shard == 0 and time.monotonic() >= next_refresh:
                     next_refresh = time.monotonic() + refresh_seconds
                     if self.refresh():
                         log.info("index: now serving generation %s", self.generation.store.generation)
             except (StoreUnavailableError, FeedGapError) as exc:
+                self.primaries[shard] = None
                 log.warning("index: cannot follow Redis: %s", exc)
                 self._closing.wait(_RETRY_SECONDS)
 
+    def check_primary(self, shard: int = 0) -> None:
+        """Look at the Redis primary of ``shard`` (on a cluster, the master holding its slot; raises
+        :class:`StoreUnavailableError` while there is none); when it is another one (a failover, a restart),
+        go on from the changes of that shard applied here only if its feed continues them, else load the
+        generation again. Searches resume once this has run for every shard whose Redis failed."""
+        part = self.generation.store.parts[shard]
+        now = primary(part.client, part.bundle_keys.active)
+        if now == self.primaries[shard]:
+            return
+        with self._apply_lock:
+            generation = self.generation
+            if not generation.store.parts[shard].feed.continues(generation.applied[shard], generation.last[shard]):
+                log.warning("index: %s does not continue shard %d's feed applied here (change %d); reloading",
+                            now.address, shard, generation.applied[shard])  # fmt: skip
+                self.generation = Generation.load(generation.store, self.bits)
+            self.primaries[shard] = now
+        log.info("index: following shard %d's Redis primary at %s", shard, now.address)
+
     def ping(self) -> bool:
-        """Whether Redis answers (searches and writes need it; ranking alone does not)."""
-        return self.generation.store.ping()
+        """Whether Redis answers and the followers have checked every shard's primary since Redis last
+        failed (searches and writes need both; ranking alone does not)."""
+        return None not in self.primaries and self.generation.store.ping()
 
     # The current generation's parts, for tools (re-bucket, ``python -m index``) and tests.
     @property
@@ -356,11 +393,14 @@ class HashIndex:
     def _apply_own(self, generation: Generation, *changes: Change) -> None:
         """Apply this process's own acknowledged writes (and any change before them) so that they are
         searchable here when the call returns. A generation loaded again meanwhile already holds them
-        or reads them from the feed; a re-bucket copied them (it refuses writes while it runs)."""
+        or reads them from the feed; a re-bucket copied them (it refuses writes while it runs). While a
+        shard's primary is unchecked (Redis failed), its follower applies its change after the check: applied
+        now, a write to a promoted primary could hide that this process holds changes that primary lost."""
         with self._apply_lock:
             if self.generation.store.generation == generation.store.generation:
                 for change in changes:
-                    self._catch_up(change.shard, [change])
+                    if self.primaries[change.shard] is not None:
+                        self._catch_up(change.shard, [change])
 
     def remove(self, item_id: str) -> str:
         """Remove an item; returns its modality. Raises :class:`ItemNotFoundError` if absent."""
@@ -408,6 +448,8 @@ class HashIndex:
         out, and more candidates are ranked when that or the filter leaves fewer than k."""
         self._check_modality(target)
         codes = self._check_codes(codes)
+        for shard in [shard for shard, serving in enumerate(self.primaries) if serving is None]:
+            self.check_primary(shard)  # Redis failed: check its primary here rather than wait for the follower
         if k < 1:
             raise IndexInputError("k must be at least 1")
         generation = self.generation

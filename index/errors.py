@@ -35,3 +35,8 @@ class PartialWriteError(StoreUnavailableError):
     def __init__(self, message: str, stored: list[str], changes: Sequence[object]) -> None:
         super().__init__(message)
         self.stored, self.changes = stored, list(changes)
+
+
+class NotReplicatedError(StoreUnavailableError):
+    """The primary applied a write but too few replicas confirmed it in time (``WAIT``): not acknowledged, a
+    503. Retrying the same write is safe: writes are idempotent by id."""

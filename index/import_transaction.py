@@ -10,7 +10,8 @@ aborts it; after :data:`_WATCH_ATTEMPTS` aborts the chunk is written by the scri
 One transaction writes one shard's part of a chunk (``index.store``), on the node holding the shard; on
 a cluster, a slot moving or a node failing over meanwhile sends the part to the script as well, which
 redis-py routes (labels reserved on a node that failed may be lost with it, so the script, which
-allocates its own, writes it). With ``replicas``, ``WAIT`` follows ``EXEC`` on the same connection.
+allocates its own, writes it). With replicas (the client's acknowledgement, ``index.redis_calls``), ``WAIT``
+follows ``EXEC`` on the same connection, so it waits for the replicas of the master holding the shard.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ import numpy as np
 import redis
 
 from index.errors import GenerationMovedError, StoreUnavailableError
-from index.redis_calls import call
+from index.redis_calls import acknowledgement, call, confirm
 from index.redis_connection import ROUTING_ERRORS, is_cluster, node_client
-from index.shard_store import SLICE, WAIT_MS, WRITE_RULES, Group, ShardStore
+from index.shard_store import SLICE, WRITE_RULES, Group, ShardStore
 from index.store import RedisStore
 from index.stored_values import HEADER, MODALITIES, entry, records
 
@@ -153,22 +154,23 @@ def _transaction(store: ShardStore, prepared: PreparedChunk, job: str, chunk: st
             hiredis.pack_command(("HSET", store.bundle_keys.import_progress(job), chunk, seq)),
             hiredis.pack_command(("EXEC",)),
         ]
-        commands += [hiredis.pack_command(("WAIT", store.replicas, WAIT_MS))] if store.replicas else []
+        replicas, wait_ms = acknowledgement(store.client)
+        if replicas:  # on this connection, after EXEC: WAIT counts the replicas holding this connection's writes
+            commands.append(hiredis.pack_command(("WAIT", replicas, wait_ms)))
         conn.send_packed_command(commands)
         replies = [conn.read_response() for _ in commands]
+        confirmed = replies.pop() if replicas else 0
     except BaseException:
         conn.disconnect()
         raise
     finally:
         pool.release(conn)
-    executed = replies[-2] if store.replicas else replies[-1]
-    if executed is None:
+    if replies[-1] is None:
         return None
-    failed = [reply for reply in executed if isinstance(reply, redis.ResponseError)]
+    failed = [reply for reply in replies[-1] if isinstance(reply, redis.ResponseError)]
     if failed:
         raise failed[0]
-    if store.replicas and replies[-1] < store.replicas:
-        raise StoreUnavailableError(f"{replies[-1]} of {store.replicas} replicas acknowledged the chunk")
+    confirm(confirmed, replicas, wait_ms)
     return seq
 
 

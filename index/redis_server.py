@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -33,12 +34,16 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """redis-server with AOF (``appendfsync always``) in its own directory; restartable on the same data."""
+    """redis-server with AOF (``appendfsync always``) in its own directory; restartable on the same data.
+    ``config``: a configuration file read first (a deployment's, ``deploy/ha/redis.conf``), copied into the
+    directory on the first start, since Sentinel has a node rewrite its own file (``CONFIG REWRITE``);
+    ``options``: more command-line options after the defaults (``--replicaof HOST PORT``)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, config: Path | None = None, options: Sequence[str] = ()) -> None:
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server not installed: run `make bootstrap` (Debian package redis-server)")
         self.directory = directory
+        self.config, self.options = config, list(options)
         self.port = free_port()
         self.process: subprocess.Popen | None = None
 
@@ -51,9 +56,14 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "redis.conf"
+        if self.config and not config.exists():
+            shutil.copyfile(self.config, config)
         command = [
-            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+            "redis-server", *([str(config)] if self.config else []),
+            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
+            *self.options,
         ]  # fmt: skip
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent

@@ -25,8 +25,9 @@ appends the change to the feed. A bulk import's chunk is the same write as one `
 transaction (``index.import_transaction``), checked by the same Lua rules (:data:`WRITE_RULES`). Every
 process serving the index applies the feed in order (``index.engine``) and keeps each bucket in label
 order, so they all hold the same items in the same order. A call returns only after Redis has applied it
-(and, with ``appendfsync always`` as the deploy config sets, written it to the AOF), so a returned call is
-an acknowledged write.
+(and, with ``appendfsync always`` as the deploy config sets, written it to the AOF) and, with replicas
+(``index.redis_connection``), after the replicas its client asks for confirm it (``WAIT``, on the master
+holding the shard), so a returned call is an acknowledged write.
 
 The feed keeps about :data:`FEED_LENGTH` entries; a process that falls further behind reloads the
 generation from the hashes, which always hold everything.
@@ -48,7 +49,6 @@ from index.change_feed import Change, ChangedItem, ChangeFeed
 from index.errors import StoreUnavailableError
 from index.layout_upgrade import upgrade_entries
 from index.redis_calls import LuaScript, call
-from index.redis_connection import on_node
 from index.redis_keys import BundleKeys, IndexKeys
 from index.shards import global_labels, local_labels
 from index.stored_values import HEADER, MODALITIES, header, record_dtype, records, split_entry
@@ -57,7 +57,6 @@ FEED_LENGTH = 1000  # change-feed entries Redis keeps (approximately: MAXLEN ~)
 SLICE = 1000  # ids per HMGET/HSET/HDEL of a script (Lua's unpack is bounded), per encoded HSET of an import
 _READ_CHUNK = 10_000  # labels per lookup when reading a whole modality: few round trips, no long block of Redis
 _SCAN_COUNT = 10_000  # SCAN/HSCAN's per-step hint, for the same reason
-WAIT_MS = 1000  # how long a write waits for its replicas (WAIT) before it is reported unacknowledged
 _LOOKUP_CHUNK = 4000  # labels per HMGET in the lookup script: below Lua's limit on unpacked values (~8000)
 
 # The rules of a write, each stated once, in Lua, for every script that writes or checks a write (the
@@ -328,9 +327,9 @@ def _arguments(group: Group) -> tuple[int, Sequence[str], np.ndarray, Sequence[s
 
 class ShardStore:
     """Items, counts and the change feed of one shard of an index under one bundle (its centers too, for
-    shard 0). Its scripts are class attributes, registered once whatever the number of stores. With
-    ``replicas``, a write returns only once that many replicas have it (``WAIT``), so a failover loses no
-    acknowledged write."""
+    shard 0). Its scripts are class attributes, registered once whatever the number of stores. A write
+    returns only once the replicas the client asks for have it (``LuaScript.write``), so a failover loses
+    no acknowledged write."""
 
     _upsert = LuaScript(_UPSERT)
     _delete = LuaScript(_DELETE)
@@ -346,10 +345,9 @@ class ShardStore:
         bundle_id: str,
         generation: int = 0,
         shard: tuple[int, int, bool] = (0, 1, False),
-        replicas: int = 0,
     ) -> None:
         """``shard``: (this shard, S, whether keys are hash-tagged)."""
-        self.client, self.replicas = client, replicas
+        self.client = client
         self.index_name, self.bundle_id, self.generation = index_name, bundle_id, generation
         self.shard, self.shards, self.tagged = shard
         self.bundle_keys: BundleKeys = IndexKeys(index_name).bundle(bundle_id, self.shard, self.shards, self.tagged)
@@ -359,7 +357,7 @@ class ShardStore:
     def at(self, generation: int) -> ShardStore:
         """The same shard, another generation."""
         shard = (self.shard, self.shards, self.tagged)
-        return ShardStore(self.client, self.index_name, self.bundle_id, generation, shard, self.replicas)
+        return ShardStore(self.client, self.index_name, self.bundle_id, generation, shard)
 
     def active_generation(self) -> int | None:
         value = call(self.client.get, self.bundle_keys.active)
@@ -383,23 +381,6 @@ class ShardStore:
         found = header(value)
         return None if found is None else (found[0], self._global(found[1]))
 
-    def _acknowledged(self, script: LuaScript, keys: list[str], args: list) -> object:
-        """Run a write script; with ``replicas``, followed by ``WAIT`` on the same connection, on the
-        node holding the shard (``index.redis_connection.on_node``)."""
-        if not self.replicas:
-            return script(self.client, keys, args)
-
-        def write(node: redis.Redis) -> object:
-            pipe = node.pipeline(transaction=False)
-            script(pipe, keys, args)
-            pipe.wait(self.replicas, WAIT_MS)
-            result, acknowledged = pipe.execute()
-            if acknowledged < self.replicas:
-                raise StoreUnavailableError(f"{acknowledged} of {self.replicas} replicas acknowledged the write")
-            return result
-
-        return call(on_node, self.client, keys[0], write)
-
     def _upsert_keys(self) -> list[str]:
         """The upsert script's KEYS, without the progress hash."""
         keys = self.keys
@@ -421,7 +402,7 @@ class ShardStore:
             if len(ids):
                 args += [side, msgpack.packb(list(ids)), stored.tobytes(), _lua_msgpack(list(metadata))]
                 args.append(stored.shape[1])
-        seq, first, previous = self._acknowledged(self._upsert, keys, args)
+        seq, first, previous = self._upsert.write(self.client, keys, args)
         return seq, first, msgpack.unpackb(previous, raw=True)
 
     def write(self, groups: Sequence[Group]) -> Change:
@@ -464,7 +445,7 @@ class ShardStore:
         """Delete an item and append that to the feed; None when it was absent."""
         keys = [self.keys.items[modality], self.keys.entries[modality], self.keys.counts[modality]]
         keys += [self.bundle_keys.rebuilding, self.keys.seq, self.keys.feed]
-        seq, previous = self._acknowledged(self._delete, keys, [item, MODALITIES.index(modality), FEED_LENGTH])
+        seq, previous = self._delete.write(self.client, keys, [item, MODALITIES.index(modality), FEED_LENGTH])
         if not seq:
             return None
         return Change(seq, [ChangedItem(modality, item, None, self._header(previous))], self.shard)

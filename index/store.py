@@ -2,12 +2,14 @@
 split over the index's S shards (``index.shards``), each one a :class:`ShardStore`.
 
 A write is split by shard and each shard's part written by its own atomic script, the shards at once
-(threads: a cluster's shards live on different nodes); it is acknowledged when every shard has its part,
-and when only some do, :class:`PartialWriteError` names the ids stored. Reads go to the shards a call
-needs, at once. Shard 0 holds what is not per item: the centers and the ``active`` record readers follow,
-written last when a re-bucket switches generations (:meth:`RedisStore.activate`), so readers switch only
-once every shard is written. A search's lookup of its hits is one pipeline over the shards (one round trip
-per node). With S = 1 every call is the one shard's, as before shards.
+(threads: a cluster's shards live on different nodes); it is acknowledged when every shard has its part
+(with replicas, once the replicas the client asks for confirm each part: ``WAIT`` on the master holding
+the shard, ``index.redis_calls``), and when only some do, :class:`PartialWriteError` names the ids stored.
+Reads go to the shards a call needs, at once. Shard 0 holds what is not per item: the centers and the
+``active`` record readers follow, written last when a re-bucket switches generations
+(:meth:`RedisStore.activate`), so readers switch only once every shard is written. A search's lookup of
+its hits is one pipeline over the shards (one round trip per node). With S = 1 every call is the one
+shard's, as before shards.
 """
 
 from __future__ import annotations
@@ -72,16 +74,14 @@ class RedisStore:
         bundle_id: str,
         generation: int = 0,
         shards: int | None = None,
-        replicas: int = 0,
     ) -> None:
         """``shards``: the index's S when the caller knows it, else read from its record (a new index gets
-        ``index.shards``' default); ``replicas``: each write waits for that many replicas (``WAIT``)."""
+        ``index.shards``' default)."""
         self.client, self.index_name, self.bundle_id, self.generation = client, index_name, bundle_id, generation
         self.shards = shard_count(client, index_name) if shards is None else shards
-        self.replicas = replicas
         tagged = self.shards > 1 or is_cluster(client)
         self.parts = [
-            ShardStore(client, index_name, bundle_id, generation, (shard, self.shards, tagged), replicas)
+            ShardStore(client, index_name, bundle_id, generation, (shard, self.shards, tagged))
             for shard in range(self.shards)
         ]
 
@@ -97,7 +97,7 @@ class RedisStore:
 
     def at(self, generation: int) -> RedisStore:
         """The same index and bundle, another generation."""
-        return RedisStore(self.client, self.index_name, self.bundle_id, generation, self.shards, self.replicas)
+        return RedisStore(self.client, self.index_name, self.bundle_id, generation, self.shards)
 
     def active_generation(self) -> int | None:
         return self.parts[0].active_generation()

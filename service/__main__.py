@@ -1,7 +1,8 @@
 """``python -m service [--demo]``: run the service with uvicorn; ``python -m service load MANIFEST``: load a
 collection into the service's Redis (``service.collection``).
 
-With no ``REDIS_URL`` an embedded redis-server is started (data under ``var/service/redis``); with no
+With no ``REDIS_URL`` and no ``XMHASH_REDIS_SENTINELS`` (Sentinel mode, ``docs/ha.md``) an embedded
+redis-server is started (data under ``var/service/redis``); with no
 ``XMHASH_BUNDLE_PATH`` the committed default model serves. The first start ingests the OpenClipart demo
 corpus in the background (``XMHASH_DEMO_CORPUS=false``: start empty); the search page is at ``/``.
 ``--demo`` turns off write authorisation, binding to 127.0.0.1 only. Without ``--demo`` and without
@@ -11,7 +12,7 @@ and following the others' writes through Redis's change feed; their metrics are 
 multiprocess mode).
 
 ``load`` featurizes a collection's images and texts with a bundle (default: the service's), writes them
-into the index the service started on that bundle reads (``REDIS_URL``, else the embedded Redis of
+into the index the service started on that bundle reads (``REDIS_URL`` or the sentinels, else the embedded Redis of
 ``XMHASH_DATA_DIR``; ``XMHASH_INDEX_NAME``), with a progress bar; run again after an interruption, it
 writes only what is missing. It prints the report as JSON: items written, found stored, rows skipped
 with their reasons. Stopped by Ctrl-C or SIGTERM (``kill``, a container stopping), it prints the report
@@ -62,7 +63,7 @@ def main() -> None:
     load = commands.add_parser("load", help="load a collection (manifest.jsonl) into the service's Redis")
     load.add_argument("manifest", type=Path, help="a collection manifest, or a folder holding manifest.jsonl")
     load.add_argument("--bundle", type=Path, default=None, help="bundle to featurize with (default: the service's)")
-    load.add_argument("--redis-url", default=None, help="default: REDIS_URL, else the embedded Redis")
+    load.add_argument("--redis-url", default=None, help="default: REDIS_URL or the sentinels, else the embedded Redis")
     load.add_argument("--index", default=None, help="index name (default: XMHASH_INDEX_NAME)")
     load.add_argument("--name", default=None, help="the collection's name (default: its folder's name)")
     args = parser.parse_args()
@@ -83,7 +84,7 @@ def main() -> None:
         settings.api_key = SecretStr(key)
         print(f"XMHASH_API_KEY not set: writes need this generated key (X-API-Key): {key}", flush=True)
     server = None
-    if settings.redis_url is None:
+    if settings.redis_url is None and not settings.redis_sentinels:
         settings.redis_url, server = embedded_redis(settings.data_dir)
         print(f"embedded Redis at {settings.redis_url} (AOF in {settings.data_dir / 'redis'})", flush=True)
     os.environ.update(_worker_environment(settings))  # workers read their Settings from the environment
@@ -137,14 +138,14 @@ def load_collection(args: argparse.Namespace) -> int:
     except (CollectionError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    url, server = args.redis_url or settings.redis_url, None
-    if url is None:
-        url, server = embedded_redis(settings.data_dir)
-    client = connect(url)
+    if args.redis_url:  # this node, not the sentinels
+        settings.redis_url, settings.redis_sentinels = args.redis_url, None
+    server = None
+    if settings.redis_url is None and not settings.redis_sentinels:
+        settings.redis_url, server = embedded_redis(settings.data_dir)
+    client = connect(settings.redis_target())
     try:
-        index = HashIndex.open(
-            client, settings.index_name, bundle.code_space, settings.shards, settings.redis_wait_replicas
-        )
+        index = HashIndex.open(client, settings.index_name, bundle.code_space, settings.shards)
         loader = Loader(bundle, index, client, settings.index_name, settings.max_image_pixels, os.cpu_count() or 1)
         name = args.name or collection.folder.name
         with tqdm(total=len(collection.items), desc=f"loading {collection.manifest.name}", unit="item") as bar:
@@ -176,8 +177,9 @@ def _worker_environment(settings: Settings) -> dict[str, str]:
         "XMHASH_HOST": settings.host,
         "XMHASH_PORT": str(settings.port),
         "XMHASH_RUN_ID": settings.run_id,
-        "REDIS_URL": settings.redis_url,
     }
+    if settings.redis_url is not None:
+        env["REDIS_URL"] = settings.redis_url
     if settings.api_key is not None:
         env["XMHASH_API_KEY"] = settings.api_key.get_secret_value()
     return env

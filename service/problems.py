@@ -27,6 +27,7 @@ from index.errors import IndexInputError, ItemNotFoundError, ModalityConflictErr
 from service.encoder import EncodeError
 
 MEDIA_TYPE = "application/problem+json"
+RETRY_AFTER_SECONDS = 1  # every 503 says when to try again: Redis failing over, or a write short of replicas
 STATUS_OF = {
     EncodeError: 422,
     IndexInputError: 422,
@@ -37,10 +38,12 @@ STATUS_OF = {
 
 
 def problem(status: int, detail: str, headers: Mapping | None = None, **extensions: Any) -> Response:
-    """The problem-details response, in UTF-8. A ``detail`` or a field name may hold a lone surrogate (from
-    a ``\\ud800`` escape of the request), which UTF-8 cannot carry: it is written as that same JSON escape
-    (it can only stand inside a JSON string)."""
+    """The problem-details response, in UTF-8; a 503 carries ``Retry-After``. A ``detail`` or a field name
+    may hold a lone surrogate (from a ``\\ud800`` escape of the request), which UTF-8 cannot carry: it is
+    written as that same JSON escape (it can only stand inside a JSON string)."""
     body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status, "detail": detail}
+    if status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS), **(headers or {})}
     content = json.dumps(body | extensions, ensure_ascii=False).encode("utf-8", "backslashreplace")
     return Response(content, status, headers=headers, media_type=MEDIA_TYPE)
 

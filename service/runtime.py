@@ -65,9 +65,7 @@ class Model:
         following its change feed."""
         bundle = load_bundle(path, threads=1)
         encoder = Encoder(bundle, settings.max_text_chars, settings.max_image_bytes, settings.max_image_pixels)
-        index = HashIndex.open(
-            client, settings.index_name, bundle.code_space, settings.shards, settings.redis_wait_replicas
-        )
+        index = HashIndex.open(client, settings.index_name, bundle.code_space, settings.shards)
         index.start_following(settings.refresh_seconds)
         return cls(path.resolve(), bundle, encoder, index)
 
@@ -105,9 +103,7 @@ class Runtime:
         """Open the model this run serves (the configured bundle, or the one a swap through another
         worker of the run chose) and start following the index."""
         faiss.omp_set_num_threads(1)  # one query per request thread: OpenMP fan-out only adds overhead
-        client = connect(
-            settings.redis_url, socket_timeout=_REDIS_TIMEOUT_SECONDS, socket_connect_timeout=_REDIS_CONNECT_SECONDS
-        )
+        client = connect(settings.redis_target(), _REDIS_TIMEOUT_SECONDS, _REDIS_CONNECT_SECONDS)
         serving = _run_key(settings, "bundle")
         try:
             client.set(serving, str(settings.bundle_path.resolve()), nx=True, ex=_RUN_KEY_SECONDS)

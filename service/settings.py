@@ -14,6 +14,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from index.bundle.featurizers import PILLOW_MAX_PIXELS
+from index.redis_connection import DEFAULT_MASTER_NAME, DEFAULT_WAIT_MS, RedisTarget, parse_sentinels
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = ROOT / "models" / "default"
@@ -27,19 +28,31 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("REDIS_URL", "XMHASH_REDIS_URL"),
         description="Redis to use; redis+cluster://host:port,host:port… → a Redis Cluster (docs/cluster.md); "
-        "unset → an embedded redis-server child process with data under data_dir",
+        "unset (and no sentinels) → an embedded redis-server child process with data under data_dir",
+    )
+    redis_sentinels: str | None = Field(
+        default=None,
+        description="Sentinel mode: the sentinels, host:port,host:port; the primary is the one they name "
+        "(redis_url unused), followed across a failover (docs/ha.md)",
+    )
+    redis_master_name: str = Field(
+        default=DEFAULT_MASTER_NAME, description="Sentinel mode: the name the sentinels monitor the primary by"
+    )
+    redis_password: SecretStr | None = Field(default=None, description="password of the Redis nodes and sentinels")
+    redis_wait_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        description="replicas that must confirm a write (WAIT) before it is acknowledged (on a cluster, each "
+        "shard's master's); unset → 1 in Sentinel mode, 0 otherwise (0: a single node's behaviour)",
+    )
+    redis_wait_ms: int = Field(
+        default=DEFAULT_WAIT_MS, ge=1, description="how long a write waits for those replicas before it is a 503"
     )
     shards: int | None = Field(
         default=None,
         ge=1,
         description="shards of a new index (fixed at creation, recorded in Redis); unset → one per master of a "
         "cluster, one on a plain Redis",
-    )
-    redis_wait_replicas: int = Field(
-        default=0,
-        ge=0,
-        description="each write returns once this many replicas have it (WAIT): 0 acknowledged "
-        "writes lost when a master fails over",
     )
     bundle_path: Path = Field(default=DEFAULT_BUNDLE, description="model bundle directory")
     models_dir: Path = Field(default=ROOT / "models", description="bundles POST /v1/models:swap loads, by name")
@@ -105,6 +118,12 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1, description="largest request body (64 MiB)")
     cors_origins: list[str] = Field(default=[], description="CORS is off unless origins are listed (a JSON list)")
     access_log: bool = Field(default=True, description="one log line per request (Prometheus counts them anyway)")
+
+    def redis_target(self) -> RedisTarget:
+        """The Redis these settings name, for ``index.redis_connection.connect``."""
+        password = self.redis_password.get_secret_value() if self.redis_password else None
+        return RedisTarget(self.redis_url, parse_sentinels(self.redis_sentinels), self.redis_master_name, password,
+                           self.redis_wait_replicas, self.redis_wait_ms)  # fmt: skip
 
 
 def env_names(name: str) -> list[str]:

@@ -23,18 +23,23 @@ def healthz() -> dict:
 @router.get(
     "/readyz",
     response_model=None,
-    responses={503: {"description": "Redis unreachable (problem details with members bundle and redis)"}},
+    responses={503: {"description": "Redis unreachable or failing over (problem details: bundle, redis)"}},
 )
 def readyz(rt: Annotated[Runtime, Depends(runtime)]) -> dict | Response:
-    """Readiness: the bundle is loaded and Redis answers. ``demo_corpus`` is the demo corpus's ingestion
-    (state, items done / total per modality); the service answers queries while it runs. ``rollout`` is
-    the index kept beside the live one (a bundle being prepared, or kept for rollback) and its pass. Not ready: a 503
-    problem that says the same (``bundle``, ``redis``)."""
-    if not rt.index.ping():
-        return problems.problem(503, "Redis is unreachable", bundle=rt.bundle.bundle_id, redis="unreachable")
+    """Readiness: the bundle is loaded, Redis answers and the index follows its primary, named in
+    ``primary`` (host:port; in Sentinel mode the one the sentinels name, which changes with a failover; on a
+    Redis Cluster each shard's master, in shard order, comma-separated).
+    ``demo_corpus`` is the demo corpus's ingestion (state, items done / total per modality); the service
+    answers queries while it runs. ``rollout`` is the index kept beside the live one (a bundle being
+    prepared, or kept for rollback) and its pass. Not ready: a 503 problem that says the same (``bundle``,
+    ``redis``), which a load balancer's health check takes the replica out on."""
+    index = rt.index
+    if not index.ping():
+        return problems.problem(503, "Redis is unreachable or failing over", bundle=rt.bundle.bundle_id,
+                                redis="unreachable")  # fmt: skip
     rollout = rt.rollouts.read()
-    return {"bundle": rt.bundle.bundle_id, "redis": "ok", "demo_corpus": demo.progress(rt),
-            "rollout": None if rollout is None else rollout.as_json()}  # fmt: skip
+    return {"bundle": rt.bundle.bundle_id, "redis": "ok", "primary": ",".join(p.address for p in index.primaries),
+            "demo_corpus": demo.progress(rt), "rollout": None if rollout is None else rollout.as_json()}  # fmt: skip
 
 
 @router.get("/metrics", response_class=Response)

@@ -1,9 +1,14 @@
 """The index on a real Redis Cluster (3 masters + 3 replicas on loopback) through its faults: a master
 SIGKILLed mid-ingest and its replica promoted loses no acknowledged item (writes wait for a replica,
-``WAIT 1``), and slots moved between masters while the index is written and searched fail no call."""
+``WAIT 1``, each shard's on the master holding it), slots moved between masters while the index is written
+and searched fail no call, and a follower checks each shard against the master now holding it: it goes on
+when the promoted replica's feed continues what it applied, and reloads when that replica lost changes."""
 
 from __future__ import annotations
 
+import itertools
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -13,16 +18,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 
 from index.code_space import CodeSpace
 from index.engine import HashIndex, Item
+from index.errors import StoreUnavailableError
+from index.redis_connection import RedisTarget, connect
 from index.redis_keys import IndexKeys
-from index.shards import shard_count
+from index.shards import shard_count, shard_of
 from tests.support.ingest_stream import BITS, centers, code
 from tests.support.redis_cluster import RedisClusterServer
 
 ROOT = Path(__file__).resolve().parents[2]
 _SLOTS_MOVED = 400  # about: enough to move while writes go on, few enough to keep the test short
+SPACE = CodeSpace("stream", BITS, centers(), "v1")
 
 
 @pytest.fixture
@@ -147,3 +156,88 @@ def _wait_for(ready, seconds: float) -> None:
     while not ready():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
+
+
+def _shard_nodes(cluster, client, index: HashIndex, shard: int) -> tuple[int, int]:
+    """(master port, replica port) of the shard: the master holding its slot and that master's replica."""
+    master = client.get_node_from_key(index.store.parts[shard].keys.seq).port
+    replicas = redis.Redis(port=master).info("replication")
+    return master, int(replicas["slave0"]["port"])
+
+
+def _synced(master: int, replica: int) -> None:
+    """Until the replica holds everything its master wrote."""
+    _wait_for(lambda: redis.Redis(port=master).info("replication")["master_repl_offset"]
+              == redis.Redis(port=replica).info("replication").get("slave_repl_offset"), 10)  # fmt: skip
+
+
+def _checked(index: HashIndex, shard: int) -> None:
+    """Until the shard's follower check passes (a 503 while its master fails over)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            index.check_primary(shard)
+            return
+        except StoreUnavailableError:
+            assert time.monotonic() < deadline, "the shard's primary was never checked"
+            time.sleep(0.1)
+
+
+def _items(first: int, n: int) -> list[Item]:
+    return [Item(f"item{i}", "image", code(i), {"i": i}) for i in range(first, first + n)]
+
+
+def _shard_items(shard: int, first: int, n: int) -> list[Item]:
+    """``n`` items of the 3-shard index's ``shard``, numbered from ``first`` on."""
+    numbers = (i for i in range(first, first + 100 * n) if shard_of([f"item{i}"], 3)[0] == shard)
+    return [Item(f"item{i}", "image", code(i), {"i": i}) for i in itertools.islice(numbers, n)]
+
+
+def test_each_shards_write_waits_for_its_masters_replica_and_its_follower_goes_on_past_its_failover(cluster) -> None:
+    client = connect(RedisTarget(cluster.url, wait_replicas=1))
+    index = HashIndex.open(client, "per-shard", SPACE)
+    index.add(_items(0, 60))  # WAIT 1 on each shard's master: every replica holds its shard's part
+    for shard in range(3):
+        master, replica = _shard_nodes(cluster, client, index, shard)
+        items = index.store.parts[shard].keys.items["image"]
+        on_replica = redis.Redis(port=replica)
+        on_replica.readonly()
+        assert on_replica.hlen(items) == redis.Redis(port=master).hlen(items) > 0  # read as soon as add returned
+    before, loaded = list(index.primaries), index.generation
+    assert len({serving.address for serving in before}) == 3  # each shard on its own master
+    master, replica = _shard_nodes(cluster, client, index, 1)
+    _synced(master, replica)
+    # the replica takes over at once (no vote: deterministic under load), holding everything its master had
+    redis.Redis(port=replica).execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+    _wait_for(lambda: replica in cluster.master_ports(), 30)
+    for shard in range(3):
+        _checked(index, shard)
+    assert index.primaries[1] != before[1] and index.primaries[1].address.endswith(f":{replica}")
+    assert [index.primaries[0], index.primaries[2]] == [before[0], before[2]]  # the other shards kept theirs
+    assert index.generation is loaded  # shard 1's feed continues: nothing reloaded
+    index.add(_items(60, 30))  # the promoted master (its old one now its replica) takes shard 1's writes
+    assert index.stats()["items"]["image"] == 90
+
+
+def test_a_follower_reloads_when_a_shards_promoted_replica_lost_changes_it_applied(cluster) -> None:
+    client = cluster.client()
+    index = HashIndex.open(client, "per-shard-lost", SPACE)
+    index.add(_items(0, 60))
+    master, replica = _shard_nodes(cluster, client, index, 1)
+    _synced(master, replica)
+    os.kill(cluster.processes[replica].pid, signal.SIGSTOP)  # it stays cut off until its master is dead:
+    redis.Redis(port=master).client_kill_filter(_type="replica")  # the next write never reaches it
+    try:
+        index.add(_shard_items(1, 1000, 5))  # applied here and on shard 1's master only (WAIT 0)
+        assert index.stats()["items"]["image"] == 65
+        cluster.kill(master)
+    finally:
+        os.kill(cluster.processes[replica].pid, signal.SIGCONT)
+    _wait_for(lambda: replica in cluster.master_ports(), 60)  # promoted, without the 5 items
+    _checked(index, 1)
+    assert index.stats()["items"]["image"] == 60  # reloaded: what the shards' masters hold, no item they lack
+    fresh = HashIndex.open(cluster.client(), "per-shard-lost", SPACE)
+    queries = np.stack([code(i) for i in range(30)])
+    assert [[(h.id, h.distance) for h in row] for row in index.search("image", queries, k=30, probe=None)] == [
+        [(h.id, h.distance) for h in row] for row in fresh.search("image", queries, k=30, probe=None)
+    ]

@@ -83,8 +83,10 @@ def test_the_routers_404_and_405_and_an_oversized_body_are_problems_too(client) 
 
 def test_not_ready_is_a_503_problem_that_still_names_the_bundle_and_redis(client, monkeypatch) -> None:
     monkeypatch.setattr(client.app.state.runtime.index, "ping", lambda: False)
-    body = problem_of(client.get("/readyz"), 503)
-    assert body["detail"] == "Redis is unreachable" and body["redis"] == "unreachable"
+    reply = client.get("/readyz")
+    body = problem_of(reply, 503)
+    assert body["detail"] == "Redis is unreachable or failing over" and body["redis"] == "unreachable"
+    assert reply.headers["retry-after"] == "1"  # every 503 says when to try again
     assert body["bundle"] == client.app.state.runtime.bundle.bundle_id
 
 

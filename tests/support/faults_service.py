@@ -73,7 +73,7 @@ class Service:
 
     def __init__(
         self,
-        redis_url: str,
+        redis_url: str | None,
         log_dir: Path,
         *,
         index_name: str = "faults",
@@ -84,8 +84,8 @@ class Service:
         self.port = free_port()
         self.log = log_dir / f"service-{self.port}.log"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("XMHASH_") and k != "REDIS_URL"}
+        self.env |= {"REDIS_URL": redis_url} if redis_url else {}  # None: the env names the Redis (sentinels)
         self.env |= {
-            "REDIS_URL": redis_url,
             "XMHASH_INDEX_NAME": index_name,
             "XMHASH_PORT": str(self.port),
             "XMHASH_HOST": "127.0.0.1",

@@ -16,7 +16,7 @@ from index.code_space import CodeSpace
 from index.codes import pack_signs, to_signs
 from index.engine import HashIndex, Item
 from index.errors import PartialWriteError, StoreUnavailableError
-from index.redis_connection import connect
+from index.redis_connection import RedisTarget, connect
 
 BITS = 32
 BATCH = 50
@@ -31,7 +31,8 @@ def code(i: int) -> np.ndarray:
 
 
 def main(url: str, name: str, replicas: int = 0) -> None:
-    index = HashIndex.open(connect(url), name, CodeSpace("stream", BITS, centers(), "v1"), replicas=replicas)
+    client = connect(RedisTarget(url, wait_replicas=replicas))
+    index = HashIndex.open(client, name, CodeSpace("stream", BITS, centers(), "v1"))
     start = 0
     while True:
         try:

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import redis
-from redis.cluster import RedisCluster
 
-from index.redis_connection import connect
+from index.redis_connection import ClusterClient, RedisTarget, connect
 from index.redis_server import _die_with_parent, free_port
 
 _START_SECONDS = 30
@@ -36,8 +35,8 @@ class RedisClusterServer:
     def url(self) -> str:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports[: self.masters])
 
-    def client(self) -> RedisCluster:
-        return connect(self.url)
+    def client(self) -> ClusterClient:
+        return connect(RedisTarget(self.url))
 
     def start_node(self, port: int) -> None:
         node = self.directory / str(port)
@@ -46,7 +45,7 @@ class RedisClusterServer:
             "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node),
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(_NODE_TIMEOUT_MS), "--appendonly", "yes", "--appendfsync", "always",
-            "--save", "", "--daemonize", "no",
+            "--save", "", "--daemonize", "no", "--repl-diskless-sync-delay", "0",
         ]  # fmt: skip
         self.processes[port] = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
@@ -64,12 +63,19 @@ class RedisClusterServer:
         return self
 
     def _settled(self) -> bool:
-        """Every node says the cluster is ok and knows every node (gossip done)."""
+        """Every node says the cluster is ok and knows every node (gossip done), and every replica is in sync
+        with its master (a write waiting for a replica, ``WAIT``, can be confirmed)."""
         for port in self.ports:
             if self.processes[port].poll() is not None:
                 continue
-            info = redis.Redis(port=port).cluster("info")
+            node = redis.Redis(port=port)
+            info = node.cluster("info")
             if info["cluster_state"] != "ok" or int(info["cluster_known_nodes"]) < len(self.processes):
+                return False
+            replication = node.info("replication")
+            if replication["role"] == "master" and replication["connected_slaves"] < self.replicas:
+                return False
+            if replication["role"] == "slave" and replication["master_link_status"] != "up":
                 return False
         return True
 
