@@ -193,7 +193,7 @@ LAYERS: dict[str, list[set[str]]] = {
     ],
     "service": [
         {"service", "service.settings", "service.metrics", "service.schemas", "service.encoder", "service.embedded",
-         "service.routes", "service.routes.fast_json"},
+         "service.routes", "service.routes.fast_json", "service.micro_batch"},
         {"service.runtime", "service.contract"},
         {"service.thumbnails"},
         {"service.collection", "service.ingest"},
