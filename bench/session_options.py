@@ -1,14 +1,14 @@
 """onnxruntime session options of the graphs a query runs, measured: graph optimisation level × memory arena,
 one intra-op thread (the service's: one per worker process), calls/s of each case.
 
-    python -m bench.session_options --bundle models/default --float64 var/bench/float64 --seconds 1
+    python -m bench.session_options --bundle models/default --seconds 1
 
 Cases: MiniLM (the shipped int8 graph) on one short query, its batch-invariant rewrite on 8 queries of
 one token count; EfficientNet-Lite0 on one image; each hash function on one feature vector and on 1,000
-(a batch of ingestion), as the bundle holds it and, with ``--float64``, the float64 graphs of a folder
-holding the bundle's earlier ``image.onnx`` and ``text.onnx``. Calls/s per option pair and per case; the
-faster settings are what ``index.bundle`` uses. Inputs are random (the graphs' cost does not depend on
-them) except the texts, which are natural queries.
+(a batch of ingestion), as the bundle holds it (float64) and as its float32 twin
+(``index.bundle.float32``). Calls/s per option pair and per case; the faster settings are what
+``index.bundle`` uses. Inputs are random (the graphs' cost does not depend on them) except the texts,
+which are natural queries.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import onnxruntime as ort
 
 from index.bundle import read_manifest
 from index.bundle.batch_invariant import batch_invariant
+from index.bundle.float32 import float32_graph
 from index.bundle.pretrained import TextEncoder
 
 LEVELS = {
@@ -54,7 +55,7 @@ def rate(call: Callable[[], object], seconds: float) -> float:
     return round(done / (time.perf_counter() - started), 1)
 
 
-def cases(bundle: Path, float64: Path | None) -> dict[str, tuple[bytes, dict[str, np.ndarray]]]:
+def cases(bundle: Path) -> dict[str, tuple[bytes, dict[str, np.ndarray]]]:
     """Per case: the graph and its feed."""
     manifest = read_manifest(bundle)
     text, image = manifest.modalities.text.featurizer, manifest.modalities.image.featurizer
@@ -74,26 +75,25 @@ def cases(bundle: Path, float64: Path | None) -> dict[str, tuple[bytes, dict[str
             {"pixels": rng.integers(0, 256, (1, 3, 224, 224), dtype=np.uint8)},
         ),
     }
-    folders = {"": bundle} | ({"float64_": float64} if float64 else {})
-    for prefix, folder in folders.items():
-        for modality in ("text", "image"):
-            dim = manifest.modalities.of(modality).input.dim
-            graph = (folder / f"{modality}.onnx").read_bytes()
+    for modality in ("text", "image"):
+        spec = manifest.modalities.of(modality)
+        shipped = (bundle / spec.onnx).read_bytes()
+        for precision, graph in (("shipped", shipped), ("float32", float32_graph(shipped))):
             for rows in (1, 1000):
-                x = rng.standard_normal((rows, dim)).astype(np.float32)
-                found[f"{prefix}hash_{modality}_{rows}"] = (graph, {"features": x})
+                x = rng.standard_normal((rows, spec.input.dim)).astype(np.float32) * 0.05
+                if graph is not None:
+                    found[f"hash_{modality}_{precision}_{rows}"] = (graph, {"features": x})
     return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=Path("models/default"))
-    parser.add_argument("--float64", type=Path, default=None, help="folder with the float64 image.onnx, text.onnx")
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=Path("var/bench/session_options.json"))
     args = parser.parse_args()
     rows = []
-    for name, (graph, feed) in cases(args.bundle, args.float64).items():
+    for name, (graph, feed) in cases(args.bundle).items():
         row: dict = {"case": name}
         for level in LEVELS:
             for arena in (True, False):
