@@ -21,7 +21,6 @@ import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 
 from index.bundle.manifest import INPUT_NAME
-from index.codes import to_signs
 
 MARGIN = 1e-3  # 5x the largest float32 error measured on the default bundle's items (1.8e-4)
 
@@ -48,19 +47,20 @@ def float32_graph(model: bytes) -> bytes | None:
 
 
 class Float32Hash:
-    """The float32 session of a float64 hash function, giving the float64 graph's signs."""
+    """The float32 session of a float64 hash function, giving real codes with the float64 graph's signs."""
 
     def __init__(self, session: ort.InferenceSession) -> None:
         self.session = session
-        self.rows_rechecked = 0  # rows run again in float64 (the tests read it)
+        self.rows_rechecked = 0  # rows run again in float64 (the tests and bench.hash_precision read it)
 
-    def signs(self, x: np.ndarray, float64: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """Signs of the codes of finite float32 ``x`` (n, d); rows with a value within MARGIN of 0 from
-        ``float64(rows)``, the real codes of the float64 graph."""
-        real = self.session.run(None, {INPUT_NAME: x})[0]
-        signs = to_signs(real)
+    def real_codes(self, x: np.ndarray, float64: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Real codes (n, bits) of finite float32 ``x`` (n, d) from the float32 graph, as float64; a row with
+        a value within MARGIN of 0 is ``float64(rows)``'s, the float64 graph's own. So every sign is the
+        float64 graph's, and every other value within float32's error of it (the re-ranker, which scores
+        in float32, reads them)."""
+        real = self.session.run(None, {INPUT_NAME: x})[0].astype(np.float64)
         doubtful = np.flatnonzero((np.abs(real) < MARGIN).any(axis=1))
         if doubtful.size:
-            signs[doubtful] = to_signs(float64(x[doubtful]))
+            real[doubtful] = float64(x[doubtful])
             self.rows_rechecked += doubtful.size
-        return signs
+        return real

@@ -186,18 +186,16 @@ class Bundle:
     def real_codes(self, modality: str, features: np.ndarray) -> np.ndarray:
         """Run a modality's hash function on feature vectors (N, d) → real codes (N, bits)."""
         x = self._checked(modality, features)
-        sparse = self._sparse[modality]
+        sparse, narrowed = self._sparse[modality], self._float32[modality]
         real = sparse.real_codes(x) if sparse is not None else None
-        return real if real is not None else self.sessions[modality].run(None, {INPUT_NAME: x})[0]
+        if real is not None:
+            return real
+        if narrowed is not None:  # the float32 twin, with the float64 graph's signs
+            return narrowed.real_codes(x, lambda rows: self.sessions[modality].run(None, {INPUT_NAME: rows})[0])
+        return self.sessions[modality].run(None, {INPUT_NAME: x})[0]
 
     def signs(self, modality: str, features: np.ndarray) -> np.ndarray:
-        """Signs of the codes of feature vectors (N, d): the float64 graph's, computed in float32 where it
-        has a float32 twin (``index.bundle.float32``)."""
-        narrowed = self._float32.get(modality)
-        if narrowed is None:
-            return to_signs(self.real_codes(modality, features))
-        x = self._checked(modality, features)
-        return narrowed.signs(x, lambda rows: self.sessions[modality].run(None, {INPUT_NAME: rows})[0])
+        return to_signs(self.real_codes(modality, features))
 
     def packed_codes(self, modality: str, features: np.ndarray) -> np.ndarray:
         return pack_signs(self.signs(modality, features))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from index.bundle import INPUT_NAME, load_bundle
-from index.bundle.float32 import float32_graph
+from index.bundle.float32 import MARGIN, float32_graph
 from index.codes import pack_signs, to_signs
 from service.settings import DEFAULT_BUNDLE
 from training.datasets.openclipart import load_openclipart
@@ -29,12 +29,17 @@ def test_codes_in_float32_are_the_float64_graphs_bit_for_bit(items, modality: st
     bundle = load_bundle(DEFAULT_BUNDLE, threads=1)
     narrowed = bundle._float32[modality]
     assert narrowed is not None  # the default's graphs are float64: their float32 twin is what runs
+    rechecked = 0
     for part, features in items.items():
-        float64 = pack_signs(to_signs(bundle.sessions[modality].run(None, {INPUT_NAME: features[modality]})[0]))
+        real = bundle.sessions[modality].run(None, {INPUT_NAME: features[modality]})[0]
+        before = narrowed.rows_rechecked
         served = bundle.packed_codes(modality, features[modality])
-        differing = int(np.unpackbits(served ^ float64).sum())
+        rechecked += narrowed.rows_rechecked - before
+        differing = int(np.unpackbits(served ^ pack_signs(to_signs(real))).sum())
         assert differing == 0, f"{part}: {differing} bits differ"
-    assert 0 < narrowed.rows_rechecked < 0.2 * sum(len(f[modality]) for f in items.values())
+        # the real codes (the re-ranker's query input) within float32's error of the float64 graph's
+        assert np.abs(bundle.real_codes(modality, features[modality]) - real).max() < MARGIN
+    assert 0 < rechecked < 0.2 * sum(len(f[modality]) for f in items.values())
 
 
 def test_float32_alone_would_move_a_few_signs_so_the_recheck_is_needed(items) -> None:
