@@ -195,9 +195,10 @@ def run(args) -> None:
             store = RedisStore(server.client(), "bench", bundle.bundle_id)
             codes, labels = np.load(inputs / "database_codes.npy"), np.load(inputs / "database_labels.npy")
             report["preload_s"] = round(preload(store, bundle, codes, labels, args.items), 1)
-            started = time.perf_counter()
-            rebucket(store, bundle.bits, args.buckets)
-            report["rebucket_s"] = round(time.perf_counter() - started, 1)
+            if args.buckets:
+                started = time.perf_counter()
+                rebucket(store, bundle.bits, args.buckets)
+                report["rebucket_s"] = round(time.perf_counter() - started, 1)
             print(json.dumps(report), flush=True)
             for spec in args.rounds:
                 workers, connections = _round(spec, args.connections_per_worker)
@@ -251,7 +252,7 @@ def main() -> None:
     go.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     go.add_argument("--rounds", nargs="+", default=["1", "2", "4", "8", "16"], help="N workers, or N:C connections")
     go.add_argument("--items", type=int, default=1_000_000)
-    go.add_argument("--buckets", type=int, default=1024)
+    go.add_argument("--buckets", type=int, default=1024, help="re-bucket into this many centers; 0: keep")
     go.add_argument("--duration", type=int, default=5)
     go.add_argument("--connections-per-worker", type=int, default=4)
     go.add_argument("--wrk-threads", type=int, default=4)
