@@ -23,9 +23,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from bench.http_load import replicate
 from index.bundle import load_bundle
 from index.centers import fit_centers, head_signs, nearest_centers, route
-from index.codes import pack_signs, unpack_signs
 from index.scan import BucketScan
 from training.datasets import load_dataset
 from training.evaluation.metrics import average_precision_at, relevance
@@ -75,15 +75,6 @@ def retention(scan, centers, queries, q_labels, db_labels, probes: list[int]) ->
             "fewer_codes": round(float(1 / fraction), 1),
         })  # fmt: skip
     return rows
-
-
-def replicate(codes: np.ndarray, labels: np.ndarray, bits: int, n: int, flip: float, seed: int = 0):
-    """``n`` codes: copies of the real ones, each bit flipped with probability ``flip``."""
-    rng = np.random.default_rng(seed)
-    source = rng.integers(0, len(codes), n)
-    signs = unpack_signs(codes[source], bits)
-    signs[rng.random(signs.shape) < flip] *= -1
-    return pack_signs(signs), labels[source]
 
 
 def latency(scan, centers, flat, database, buckets, queries, probe: int, k: int = 100) -> dict:

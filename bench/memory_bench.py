@@ -180,7 +180,7 @@ def replicated_corpus(bundle, n: int, buckets: int, balance: float | None = None
     """``n`` codes made from a bundle's codes of OpenClipart's database images, replicated with 5 % bit noise,
     each one's bucket among ``buckets`` centers fitted on (a sample of) them, the centers, and the held-out
     texts' features (the queries): (codes, buckets, centers, query features)."""
-    from bench.index_bench import replicate
+    from bench.http_load import replicate
     from index.centers import fit_centers, head_signs, nearest_centers
     from training.datasets import load_dataset
     from training.featurize.pipeline import bundle_features_kind, featurize

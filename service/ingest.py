@@ -8,11 +8,14 @@ The work runs over the whole batch wherever it can, which is what makes a batch 
 cost a few tens of milliseconds (docs/ingestion.md): one pydantic call validates every item (each item
 is validated again on its own only when some failed, for its message), the feature vectors of a
 modality are converted and checked as one array, one ONNX call per modality encodes them, and one
-script call stores the batch. Raw text and images are featurized one by one, as before.
+script call stores the batch. Raw texts and images are checked (images decoded) one by one, then all
+queued at once on the encoder's micro-batchers, which featurize them in shared encoder calls (with the
+queries of the moment), texts grouped by token count.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,15 +66,15 @@ def _validated(raw_items: list[dict], model: type[ItemIn]) -> list[ItemIn | str]
     return validated
 
 
-def _raw_features(encoder: Encoder, item: ItemIn) -> np.ndarray:
-    """The features of an item given as raw text or a raw image."""
+def _raw_features(encoder: Encoder, item: ItemIn) -> Future[np.ndarray]:
+    """The features of an item given as raw text or a raw image, once its micro-batch ran."""
     if item.text is not None:
         if item.modality != "text":
             raise EncodeError("'text' is the input of a text item")
-        return encoder.text_features(item.text, require_known_words=False)[0]
+        return encoder.text_features(item.text, require_known_words=False)
     if item.modality != "image":
         raise EncodeError("'image_base64' is the input of an image item")
-    return encoder.image_features(encoder.decode_base64(item.image_base64))[0]
+    return encoder.image_features(encoder.decode_base64(item.image_base64))
 
 
 def _features(encoder: Encoder, items: list[ItemIn | str]) -> list[np.ndarray | str]:
@@ -79,6 +82,7 @@ def _features(encoder: Encoder, items: list[ItemIn | str]) -> list[np.ndarray | 
     message). Vectors given as ``features`` are converted and checked per modality in one array."""
     out: list[np.ndarray | str] = [item if isinstance(item, str) else "" for item in items]
     given: dict[str, list[int]] = {modality: [] for modality in MODALITIES}
+    pending: dict[int, Future[np.ndarray]] = {}  # all queued before any is awaited: they share encoder calls
     for position, item in enumerate(items):
         if isinstance(item, str):
             continue
@@ -89,9 +93,11 @@ def _features(encoder: Encoder, items: list[ItemIn | str]) -> list[np.ndarray | 
             given[item.modality].append(position)
         else:
             try:
-                out[position] = _raw_features(encoder, item)
+                pending[position] = _raw_features(encoder, item)
             except EncodeError as exc:
                 out[position] = str(exc)
+    for position, future in pending.items():
+        out[position] = future.result()
     for modality, positions in given.items():
         if positions:
             x, errors = encoder.feature_rows(modality, [items[p].features for p in positions])

@@ -9,6 +9,7 @@ items) is the value of the worker that set it last. The hash-health metrics: ``d
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -18,6 +19,9 @@ from index.rollout_state import Rollout
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _TIE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)  # a re-ranker widens its scan up to 4096
+# a micro-batch's wait is bounded by its window (milliseconds) unless the encoder is busy
+_WAIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+_BATCH_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 
 
 class Metrics:
@@ -38,6 +42,14 @@ class Metrics:
         self.ingested = Counter(
             "xmhash_items_ingested_total", "items stored through the batch endpoint", ["modality"],
             registry=self.registry,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "xmhash_featurize_batch_size", "raw inputs featurized in one encoder call (micro-batch)", ["modality"],
+            buckets=_BATCH_SIZES, registry=self.registry,
+        )  # fmt: skip
+        self.batch_wait = Histogram(
+            "xmhash_featurize_queue_seconds", "a raw input's wait for its micro-batch's encoder call to start",
+            ["modality"], buckets=_WAIT_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.index_items = Gauge(
             "xmhash_index_items", "items in the index", ["modality"], multiprocess_mode="mostrecent",
@@ -97,6 +109,17 @@ class Metrics:
             labels = (rollout.other, rollout.purpose, rollout.state)
             for count in ("total", "done"):
                 self.rollout_items.labels(*labels, count).set(rollout.report.get(count, 0))
+
+    def batch_observer(self, modality: str) -> Callable[[int, Sequence[float]], None]:
+        """What a micro-batcher of ``modality`` reports each batch to: its size and its items' waits."""
+        size, wait = self.batch_size.labels(modality), self.batch_wait.labels(modality)
+
+        def observe(items: int, waits: Sequence[float]) -> None:
+            size.observe(items)
+            for seconds in waits:
+                wait.observe(seconds)
+
+        return observe
 
     def exposition(self) -> bytes:
         """The Prometheus text of this process, or of all worker processes in multiprocess mode."""

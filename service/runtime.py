@@ -38,7 +38,7 @@ from index.item_sources import SourceStore
 from index.redis_connection import connect
 from index.redis_keys import IndexKeys
 from index.rollout_state import RolloutState
-from service.encoder import Encoder
+from service.encoder import Batching, Encoder
 from service.metrics import Metrics
 from service.other_index import OtherIndex
 from service.settings import Settings
@@ -60,14 +60,26 @@ class Model:
     index: HashIndex
 
     @classmethod
-    def open(cls, settings: Settings, path: Path, client: redis.Redis) -> Model:
+    def open(cls, settings: Settings, path: Path, client: redis.Redis, metrics: Metrics) -> Model:
         """Load and verify a bundle (BundleError on a bad one), then open its index from Redis and start
         following its change feed."""
         bundle = load_bundle(path, threads=1)
-        encoder = Encoder(bundle, settings.max_text_chars, settings.max_image_bytes, settings.max_image_pixels)
-        index = HashIndex.open(client, settings.index_name, bundle.code_space, settings.shards)
+        batching = Batching(settings.batch_window_ms / 1e3, settings.batch_max_items, metrics.batch_observer)
+        encoder = Encoder(
+            bundle, settings.max_text_chars, settings.max_image_bytes, settings.max_image_pixels, batching
+        )
+        try:
+            index = HashIndex.open(client, settings.index_name, bundle.code_space, settings.shards)
+        except Exception:
+            encoder.close()
+            raise
         index.start_following(settings.refresh_seconds)
         return cls(path.resolve(), bundle, encoder, index)
+
+    def close(self) -> None:
+        """Stop following the index's feed and the encoder's micro-batchers."""
+        self.index.close()
+        self.encoder.close()
 
 
 def _run_key(settings: Settings, name: str) -> str:
@@ -110,9 +122,10 @@ class Runtime:
             path = Path(client.get(serving).decode())
         except redis.RedisError as exc:
             raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
-        model = Model.open(settings, path, client)
+        metrics = Metrics()
+        model = Model.open(settings, path, client, metrics)
         key = None if settings.demo else (settings.api_key.get_secret_value() if settings.api_key else None)
-        runtime = cls(settings, client, model, Metrics(), key)
+        runtime = cls(settings, client, model, metrics, key)
         runtime.follow_rollout()
         threading.Thread(target=runtime._watch_swaps, name="swap-watcher", daemon=True).start()
         return runtime
@@ -177,15 +190,15 @@ class Runtime:
         """Open the model at ``path`` and switch to it; the previous index stops following the feed (a
         request still pinned to it searches its memory as it was)."""
         with self._swapping:
-            model = Model.open(self.settings, path, self.client)
+            model = Model.open(self.settings, path, self.client, self.metrics)
             previous, self.current = self.current, model
-        previous.index.close()
+        previous.close()
         log.info("model: now serving bundle %s (was %s)", model.bundle.bundle_id, previous.bundle.bundle_id)
         return previous, model
 
     def stop(self) -> None:
         self._stopping.set()
-        self.current.index.close()
+        self.current.close()
 
     def _watch_swaps(self) -> None:
         """Every ``refresh_seconds``, serve the bundle recorded for this run if a swap through another

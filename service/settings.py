@@ -116,6 +116,16 @@ class Settings(BaseSettings):
         f"{PILLOW_MAX_PIXELS}, Pillow's own limit)",
     )
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1, description="largest request body (64 MiB)")
+    batch_window_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=1000,
+        description="raw queries and raw items arriving within this many ms of the first are featurized in one "
+        "encoder call, per worker and modality; 0: only those that queue while a call runs",
+    )
+    batch_max_items: int = Field(
+        default=16, ge=1, description="most raw inputs of one modality in one encoder call; 1: one at a time"
+    )
     cors_origins: list[str] = Field(default=[], description="CORS is off unless origins are listed (a JSON list)")
     access_log: bool = Field(default=True, description="one log line per request (Prometheus counts them anyway)")
 

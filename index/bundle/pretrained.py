@@ -5,7 +5,10 @@ Image: any decodable image → :func:`image_pixels` (transparency on white, aspe
 which normalises the uint8 pixels itself → 1280-d features. Text: the all-MiniLM-L6-v2 tokenizer
 (lower-cased WordPiece, ``[CLS] … [SEP]``), padded to the longest text of the batch and truncated at
 ``MAX_TOKENS``, → the MiniLM graph, which mean-pools the tokens under the attention mask and
-L2-normalises → 384-d. The graphs are built by ``training.featurize.pretrained_export``.
+L2-normalises → 384-d. Texts of one token count run together through the graph's batch-invariant
+rewrite (``batch_invariant``), which gives each the features of its run alone, bit for bit; a text
+with no other of its length runs alone through the graph as shipped. The graphs are built by
+``training.featurize.pretrained_export``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from index.bundle.batch_invariant import batch_invariant
 from index.bundle.featurizers import load_pixels
 
 IMAGE_SIZE = 224
@@ -24,10 +28,10 @@ IMAGE_DIM = 1280
 TEXT_DIM = 384
 IMAGE_INPUT = "pixels"
 TEXT_INPUTS = ("input_ids", "attention_mask")
-# Texts per graph run. The int8 graph quantises each run's activations with one dynamic scale, so a text
-# batched with others gets other features than alone (measured: 604 of 1,000 query codes differed). One
-# per run costs ~10% of throughput (phase 1: 62 vs 68 texts/s on one thread).
-TEXT_BATCH = 1
+# Most texts of one token count per graph run. The shipped int8 graph quantises each run's activations
+# with one dynamic scale, so a text batched with others got other features than alone (604 of 1,000 query
+# codes differed); the batch-invariant rewrite quantises per text, so a batch now changes no bit (tested).
+TEXT_BATCH = 32
 # sentence-transformers' max_seq_length for this model; the saved tokenizer.json's 128 is only its padding.
 MAX_TOKENS = 256
 Progress = Callable[[int], object]  # told the rows each graph run did (a progress bar's update)
@@ -93,7 +97,9 @@ class TextEncoder:
     def __init__(
         self, graph: str | Path | bytes, tokenizer_json: str | bytes, threads: int = 1, max_tokens: int = MAX_TOKENS
     ) -> None:
-        self.session = _session(graph, threads)
+        model = graph if isinstance(graph, bytes) else Path(graph).read_bytes()
+        self.session = _session(model, threads)  # one text a run: the fused graph is faster alone
+        self.batch_session = _session(batch_invariant(model), threads)  # several texts of one length
         text = tokenizer_json.decode() if isinstance(tokenizer_json, bytes) else tokenizer_json
         self.tokenizer = Tokenizer.from_str(text)
         # The saved config pads every text to 128 tokens; padding is done here instead, per batch to its
@@ -110,18 +116,23 @@ class TextEncoder:
     ) -> np.ndarray:
         """Texts → (n, 384) float32 of L2 norm 1; ``progress(rows)`` after each graph run.
 
-        Texts are batched in order of length so that little of each batch is padding; rows come back in
-        the order given. The default is one text per run: with the int8 graph the result then depends on
-        the text alone, as it must for training, ingestion and queries to give one text the same code.
+        Texts run in groups of one token count, at most ``batch`` a run, so no text is padded (a 3-word
+        query never pays for a 200-token one); rows come back in the order given. Each text gets the
+        features of its own run alone whatever its group, as it must for training, ingestion and queries
+        to give one text the same code.
         """
         ids = [e.ids for e in self.tokenizer.encode_batch(list(texts))]
-        order = np.argsort([len(i) for i in ids], kind="stable")
+        by_length: dict[int, list[int]] = {}
+        for row, tokens in enumerate(ids):
+            by_length.setdefault(len(tokens), []).append(row)
         features = np.zeros((len(ids), TEXT_DIM), np.float32)
-        for start in range(0, len(ids), batch):
-            rows = order[start : start + batch]
-            features[rows] = self.session.run(None, _padded([ids[r] for r in rows]))[0]
-            if progress is not None:
-                progress(len(rows))
+        for rows in by_length.values():
+            for start in range(0, len(rows), batch):
+                run = rows[start : start + batch]
+                session = self.session if len(run) == 1 else self.batch_session
+                features[run] = session.run(None, _padded([ids[r] for r in run]))[0]
+                if progress is not None:
+                    progress(len(run))
         return features
 
 

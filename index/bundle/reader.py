@@ -15,6 +15,7 @@ from onnx import numpy_helper
 from pydantic import ValidationError
 
 from index.bundle.featurizers import BagOfWords, ImageFeaturizer, load_pixels
+from index.bundle.float32 import Float32Hash, float32_graph
 from index.bundle.manifest import (
     FORMAT_VERSION,
     INPUT_NAME,
@@ -113,6 +114,7 @@ class Bundle:
         self.bits: int = manifest.code_bits
         self.sessions = {}
         self._sparse: dict[str, _SparseProduct | None] = {}
+        self._float32: dict[str, Float32Hash | None] = {}  # signs of a dense float64 graph, run in float32
         for modality in MODALITIES:
             spec = manifest.modalities.of(modality)
             session = _session(files[spec.onnx], spec.onnx, threads)
@@ -124,6 +126,8 @@ class Bundle:
                 raise BundleError(f"{spec.onnx} gives {_static_dim(outputs[0])}, manifest says {expected_out}")
             self.sessions[modality] = session
             self._sparse[modality] = _SparseProduct.split(files[spec.onnx], spec.onnx, threads)
+            narrowed = float32_graph(files[spec.onnx]) if self._sparse[modality] is None else None
+            self._float32[modality] = None if narrowed is None else Float32Hash(_session(narrowed, spec.onnx, threads))
         text = manifest.modalities.text.featurizer
         self.text_featurizer: BagOfWords | TextEncoder | None = None
         if isinstance(text, BagOfWordsSpec):
@@ -178,8 +182,8 @@ class Bundle:
         described = f"{featurizer.model_dump_json()}|{'|'.join(files)}|{spec.input.dim}"
         return f"{featurizer.kind}:{hashlib.sha256(described.encode()).hexdigest()[:16]}"
 
-    def real_codes(self, modality: str, features: np.ndarray) -> np.ndarray:
-        """Run a modality's hash function on feature vectors (N, d) → real codes (N, bits)."""
+    def _checked(self, modality: str, features: np.ndarray) -> np.ndarray:
+        """Feature vectors as the hash function takes them: (N, d) finite float32; ValueError otherwise."""
         if modality not in self.sessions:
             raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
         x = np.asarray(features, dtype=np.float32)
@@ -187,9 +191,18 @@ class Bundle:
             raise ValueError(f"{modality} features must have shape (n, {self.input_dim(modality)}), got {x.shape}")
         if not np.isfinite(x).all():
             raise ValueError(f"{modality} features contain NaN or inf")
-        sparse = self._sparse[modality]
+        return x
+
+    def real_codes(self, modality: str, features: np.ndarray) -> np.ndarray:
+        """Run a modality's hash function on feature vectors (N, d) → real codes (N, bits)."""
+        x = self._checked(modality, features)
+        sparse, narrowed = self._sparse[modality], self._float32[modality]
         real = sparse.real_codes(x) if sparse is not None else None
-        return real if real is not None else self.sessions[modality].run(None, {INPUT_NAME: x})[0]
+        if real is not None:
+            return real
+        if narrowed is not None:  # the float32 twin, with the float64 graph's signs
+            return narrowed.real_codes(x, lambda rows: self.sessions[modality].run(None, {INPUT_NAME: rows})[0])
+        return self.sessions[modality].run(None, {INPUT_NAME: x})[0]
 
     def signs(self, modality: str, features: np.ndarray) -> np.ndarray:
         return to_signs(self.real_codes(modality, features))

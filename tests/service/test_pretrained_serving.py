@@ -19,7 +19,7 @@ from PIL import Image
 from index.bundle import load_bundle
 from index.codes import pack_signs, to_signs
 from service.app import create_app
-from service.encoder import Encoder
+from service.encoder import Batching, Encoder
 from service.settings import DEFAULT_BUNDLE, Settings
 from training.bundle.writer import write_bundle
 from training.datasets import load_dataset
@@ -43,22 +43,30 @@ def _file_bytes(dataset: CrossModalDataset, row: int) -> bytes:
 
 
 def test_served_codes_of_raw_inputs_equal_the_trainers_codes_on_the_whole_query_set(corpus, tmp_path: Path) -> None:
-    """Each query item as the service encodes it (one raw text, one PNG's bytes, one at a time, one
-    onnxruntime thread) against the trainer's codes of the cached training features, bit for bit."""
+    """Each query item as the service encodes it (one raw text, one PNG's bytes, all queued at once on the
+    encoder's micro-batchers, so they share encoder calls; one onnxruntime thread) against the trainer's
+    codes of the cached training features, bit for bit."""
     dataset, features = corpus
     hasher = TRAINERS["cca"](features, 64, 0, {})
     write_bundle(tmp_path / "cca", hasher, features, {})
-    encoder = Encoder(load_bundle(tmp_path / "cca", threads=1), 10_000, 10**9, 10**9)
+    sizes: list[int] = []
+    batching = Batching(0.002, 16, lambda modality: lambda size, waits: sizes.append(size))
+    encoder = Encoder(load_bundle(tmp_path / "cca", threads=1), 10_000, 10**9, 10**9, batching)
     query = dataset.split.query
     image, text, _ = features.part("query")
     trainer = {m: pack_signs(to_signs(hasher.encoders[m].real_codes(x))) for m, x in (("image", image), ("text", text))}
     with warnings.catch_warnings():  # the corpus has a few very large PNGs; trusted here
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        served_image = [encoder.packed("image", encoder.image_features(_file_bytes(dataset, i)))[0] for i in query]
-    served_text = [encoder.packed("text", encoder.text_features(dataset.texts[i], True))[0] for i in query]
-    assert len(query) == 1000
-    for modality, served in (("image", served_image), ("text", served_text)):
-        differing = np.flatnonzero((np.stack(served) != trainer[modality]).any(axis=1))
+        pending_images = [encoder.image_features(_file_bytes(dataset, i)) for i in query]
+    pending_texts = [encoder.text_features(dataset.texts[i], True) for i in query]
+    encoder.close()
+    served = {
+        modality: encoder.packed(modality, np.stack([f.result() for f in pending]))
+        for modality, pending in (("image", pending_images), ("text", pending_texts))
+    }
+    assert len(query) == 1000 and max(sizes) > 1
+    for modality, codes in served.items():
+        differing = np.flatnonzero((codes != trainer[modality]).any(axis=1))
         assert differing.size == 0, f"{modality}: {differing.size} of 1000 query items differ"
 
 

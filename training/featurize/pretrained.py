@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from index.bundle.manifest import EfficientNetLite0Spec, Manifest, MiniLMSpec
-from index.bundle.pretrained import IMAGE_DIM, TEXT_BATCH, TEXT_DIM, ImageEncoder, TextEncoder
+from index.bundle.pretrained import IMAGE_DIM, TEXT_DIM, ImageEncoder, TextEncoder
 from training.datasets.base import CrossModalDataset, save_npy_atomically
 from training.datasets.openclipart import CACHE_DIR
 
@@ -115,7 +115,7 @@ def image_cache_key(graph: Path, dataset: CrossModalDataset) -> str:
 
 
 def text_cache_key(graph: Path, tokenizer: Path, texts: list[str]) -> str:
-    tag = json.dumps([sha256_file(graph), sha256_file(tokenizer), TEXT_BATCH, texts])
+    tag = json.dumps([sha256_file(graph), sha256_file(tokenizer), texts])  # batching changes no feature
     return "text-" + hashlib.sha256(tag.encode()).hexdigest()[:16]
 
 
@@ -135,7 +135,7 @@ def _cached(key: str, compute: Callable[[], np.ndarray], dim: int) -> np.ndarray
 
 
 def text_features(text: PretrainedText, texts: list[str]) -> np.ndarray:
-    """(n, 384) features of ``texts``, one text per graph run as the service runs them, cached."""
+    """(n, 384) features of ``texts``, as the service computes them (batched by token count), cached."""
 
     def compute() -> np.ndarray:
         with tqdm(total=len(texts), desc="text features", unit="text") as bar:
