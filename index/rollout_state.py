@@ -91,7 +91,8 @@ class RolloutState:
         return rollout
 
     def update(self, rollout: Rollout) -> None:
-        """Record progress or an end state (``report``, ``state``, ``error``) of the recorded rollout."""
+        """Record a rollout whole, in one command: its progress or end state, or the pair turned around by
+        a swap (a worker reading it meanwhile sees the old record or the new, never none)."""
         self._write(rollout)
 
     def clear(self) -> None:

@@ -189,10 +189,8 @@ def _swap_to(rt: Runtime, path: Path, force: bool) -> Swapped:
         if gate is not None and not gate.passed:
             raise RolloutRefused(409, f"bundle {path.name!r} is worse on {', '.join(gate.refused_by)}",
                                  gate=gate.as_json())  # fmt: skip
-    rt.rollouts.clear()
-    rt.rollouts.begin(
-        Rollout(bundle.bundle_id, str(path), live.bundle.bundle_id, str(live.path), "rollback", "ready", {})
-    )
+    kept_now = Rollout(bundle.bundle_id, str(path), live.bundle.bundle_id, str(live.path), "rollback", "ready", {})
+    rt.rollouts.update(kept_now)  # one command: no worker reads "no rollout" and stops writing to both
     previous, model = rt.serve(path)
     call(rt.client.set, IndexKeys(rt.settings.index_name).live_bundle, bundle.bundle_id)
     rt.follow_rollout()
