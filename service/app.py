@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPIOffline:
             start_demo_ingestion(app.state.runtime)
         yield
         app.state.runtime.stop()
+        del app.state.runtime  # the app may outlive its run (a test's client): its models' memory must not
 
     app = FastAPIOffline(title="xmhash", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     if settings.cors_origins:
