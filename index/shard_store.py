@@ -368,10 +368,18 @@ class ShardStore:
         call(self.client.set, self.bundle_keys.active, self.generation)
 
     def drop(self) -> None:
-        """Delete every key of this generation (UNLINK frees memory in the background)."""
-        keys = list(self.client.scan_iter(match=self.keys.prefix + "*", count=_SCAN_COUNT))
-        if keys:
-            call(self.client.unlink, *keys)
+        """Delete every key of this generation."""
+        self._unlink(self.keys.prefix + "*")
+
+    def drop_bundle(self) -> None:
+        """Delete every key of this shard under this bundle, every generation (a rollout's kept index)."""
+        self._unlink(self.bundle_keys.base + "*")
+
+    def _unlink(self, pattern: str) -> None:
+        """UNLINK (memory freed in the background) the keys matching ``pattern``, _SCAN_COUNT a call."""
+        keys = list(self.client.scan_iter(match=pattern, count=_SCAN_COUNT))
+        for start in range(0, len(keys), _SCAN_COUNT):
+            call(self.client.unlink, *keys[start : start + _SCAN_COUNT])
 
     def _global(self, local: int) -> int:
         return int(global_labels(local, self.shard, self.shards))

@@ -102,6 +102,11 @@ class RedisStore:
     def active_generation(self) -> int | None:
         return self.parts[0].active_generation()
 
+    def active(self) -> RedisStore:
+        """The active generation, as it stands: of an index other code creates (generation 0 when none is
+        active yet); unlike :meth:`open_active`, nothing is written."""
+        return self.at(self.active_generation() or 0)
+
     def open_active(self, centers: np.ndarray, centers_version: str) -> RedisStore:
         """The active generation of this index; a new index starts generation 0 with these centers (a
         re-bucketed one keeps the centers it was re-bucketed with)."""
@@ -136,6 +141,11 @@ class RedisStore:
     def drop(self) -> None:
         for part in self.parts:
             part.drop()
+
+    def drop_bundle(self) -> None:
+        """Delete every key of this index under this bundle, every generation, on every shard."""
+        for part in self.parts:
+            part.drop_bundle()
 
     def write(self, groups: Sequence[Group]) -> list[Change]:
         """Write a batch of one or both modalities, each shard's part in one atomic script, the shards at

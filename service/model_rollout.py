@@ -38,7 +38,6 @@ from index.store import RedisStore
 from service.runtime import Model, Runtime
 
 log = logging.getLogger("xmhash.rollout")
-_SCAN_COUNT = 10_000
 
 
 class RolloutRefused(Exception):
@@ -68,8 +67,7 @@ def bundle_dir(rt: Runtime, name: str) -> Path:
 
 
 def _active(rt: Runtime, bundle_id: str) -> RedisStore:
-    store = RedisStore(rt.client, rt.settings.index_name, bundle_id)
-    return store.at(store.active_generation() or 0)
+    return RedisStore(rt.client, rt.settings.index_name, bundle_id).active()
 
 
 def prepare(rt: Runtime, name: str) -> Rollout:
@@ -219,11 +217,7 @@ def drop(rt: Runtime) -> Rollout:
     if rollout is None or rollout.live != rt.current.bundle.bundle_id:
         raise RolloutRefused(409, "no index is kept beside the one in service")
     rt.rollouts.clear()
-    kept = RedisStore(rt.client, rt.settings.index_name, rollout.other)
-    patterns = [part.bundle_keys.base + "*" for part in kept.parts]  # every shard's keys of that bundle
-    keys = [key for pattern in patterns for key in rt.client.scan_iter(match=pattern, count=_SCAN_COUNT)]
-    for start in range(0, len(keys), _SCAN_COUNT):
-        call(rt.client.unlink, *keys[start : start + _SCAN_COUNT])
+    RedisStore(rt.client, rt.settings.index_name, rollout.other).drop_bundle()
     rt.follow_rollout()
     return rollout
 

@@ -37,11 +37,10 @@ class OtherIndex:
     @classmethod
     def open(cls, client: redis.Redis, index_name: str, bundle_id: str, bundle: Bundle | None) -> OtherIndex:
         store = RedisStore(client, index_name, bundle_id)
-        if bundle is not None:
-            store = store.open_active(bundle.centers, bundle.centers_version)
-        else:
-            store = store.at(store.active_generation() or 0)
-        return cls(bundle_id, bundle, store, None if bundle is None else center_index(store))
+        if bundle is None:  # an upgrade's source: deletes only
+            return cls(bundle_id, None, store.active(), None)
+        store = store.open_active(bundle.centers, bundle.centers_version)
+        return cls(bundle_id, bundle, store, center_index(store))
 
     def write(
         self,

@@ -149,6 +149,7 @@ class Bundle:
         self.head_bits: int = index.head_bits
         if self.centers.shape != (index.k, self.head_bits):
             raise BundleError(f"centers of shape {self.centers.shape} do not fit a {self.head_bits}-bit head")
+        self._feature_spaces = {modality: self._feature_space(modality) for modality in MODALITIES}
         reranker = manifest.reranker
         try:
             self.code_space = CodeSpace(self.bundle_id, self.bits, self.centers, self.centers_version,
@@ -175,7 +176,10 @@ class Bundle:
     def feature_space(self, modality: str) -> str:
         """Names the space of a modality's feature vectors: its featurizer's spec, the sha256 of the files it
         runs and the dimension. Two bundles with the same name take each other's features (a stored feature
-        vector can be hashed again by a new bundle only then)."""
+        vector can be hashed again by a new bundle only then). Computed once: ingestion asks per item."""
+        return self._feature_spaces[modality]
+
+    def _feature_space(self, modality: str) -> str:
         spec = self.manifest.modalities.of(modality)
         featurizer = spec.featurizer
         files = [self.manifest.files.get(getattr(featurizer, name, None) or "", "") for name in ("onnx", "tokenizer")]
