@@ -103,8 +103,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=5_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--bundle", type=Path, default=ROOT / "models" / "default", help="whose code length")
     args = parser.parse_args()
-    bundle = load_bundle(ROOT / "models" / "default")
+    bundle = load_bundle(args.bundle)
     codes = np.random.default_rng(0).integers(0, 256, (args.items, bundle.bits // 8), dtype=np.uint8)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
