@@ -4,13 +4,18 @@ Encoding runs the bundle's ONNX graphs (featurizer, then hash function); every i
 :class:`EncodeError`, which the API reports as a 422 naming the problem. Raw texts and images for a
 pretrained featurizer are featurized by a :class:`~service.micro_batch.MicroBatcher` per modality: inputs
 checked here, in the caller's thread, then queued, so concurrent queries and a batch's raw items share
-encoder calls; the caller gets a future of its own feature vector.
+encoder calls; the caller gets a future of its own feature vector. Queries' feature vectors, raw or
+given, are hashed the same way, by a second batcher per modality with no window (the queries that queue
+while a run goes share the next): one row of a hash function streams all its weights (4 MB for the
+default bundle's text function, 13 MB for its image one) and costs about as much as 16 rows
+(docs/batching.md); a row's values do not depend on its batch (tested bit for bit).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -42,12 +47,13 @@ class EncodeError(ValueError):
 
 @dataclass(frozen=True)
 class Batching:
-    """How raw inputs share encoder calls: ``window`` seconds, at most ``max_size`` a call; ``observe(modality)``
-    gives the metrics' observer of one modality's batches."""
+    """How raw inputs share encoder calls: ``window`` seconds, at most ``max_size`` a call (queries' hash
+    function runs: the same size, no window); ``observe(stage, modality)`` gives the metrics' observer of one
+    stage's (``featurize``, ``hash``) batches of one modality."""
 
     window: float
     max_size: int
-    observe: Callable[[str], Observer] | None = None
+    observe: Callable[[str, str], Observer] | None = None
 
 
 def _done(result: np.ndarray) -> Future[np.ndarray]:
@@ -70,6 +76,7 @@ class Encoder:
         self.max_image_bytes = max_image_bytes
         self.max_image_pixels = max_image_pixels
         self._batchers: dict[str, MicroBatcher] = {}
+        self._hashers: dict[str, MicroBatcher] = {}
         if batching is None:
             return
         runs = {
@@ -77,13 +84,19 @@ class Encoder:
             "image": (ImageEncoder, bundle.image_featurizer, lambda pixels: bundle.image_features(np.stack(pixels))),
         }
         for modality, (pretrained, featurizer, run) in runs.items():
+            observe = functools.partial(batching.observe, modality=modality) if batching.observe else None
             if isinstance(featurizer, pretrained):  # a graph run's fixed cost is worth sharing
-                observe = batching.observe(modality) if batching.observe else None
-                self._batchers[modality] = MicroBatcher(run, batching.window, batching.max_size, modality, observe)
+                self._batchers[modality] = MicroBatcher(
+                    run, batching.window, batching.max_size, modality, observe and observe("featurize")
+                )
+            self._hashers[modality] = MicroBatcher(
+                functools.partial(self.code_rows, modality), 0.0, batching.max_size, f"hash-{modality}",
+                observe and observe("hash"),
+            )  # fmt: skip
 
     def close(self) -> None:
-        """Stop the micro-batchers' threads (a request still holding this encoder featurizes on its own)."""
-        for batcher in self._batchers.values():
+        """Stop the micro-batchers' threads (a request still holding this encoder encodes on its own)."""
+        for batcher in (*self._batchers.values(), *self._hashers.values()):
             batcher.close()
 
     @property
@@ -191,11 +204,23 @@ class Encoder:
             return self.text_features(text, require_known_words=True), "raw"
         return self.image_features(image or b""), "raw"
 
-    def code(self, source: str, x: np.ndarray, kind: str) -> CodedQuery:
-        """A query's (d,) features to its packed code and, when the bundle declares a re-ranker (which scores
-        candidates with it), its real code; one graph run."""
-        x = x.reshape(1, -1)
+    def code(self, source: str, x: np.ndarray, kind: str) -> Future[CodedQuery]:
+        """The future of a query's code from its (d,) features: hashed with the queries that queue with it
+        (at once without batching)."""
+        if source in self._hashers:
+            return self._hashers[source].submit((x, kind))
+        return _done(self.code_rows(source, [(x, kind)])[0])
+
+    def code_rows(self, source: str, queries: Sequence[tuple[np.ndarray, str]]) -> list[CodedQuery]:
+        """Queries' (features, kind) to their packed codes and, when the bundle declares a re-ranker (which
+        scores candidates with it), their real codes; one graph run."""
+        x = np.stack([features.reshape(-1) for features, _ in queries])
         if self.bundle.manifest.reranker is None:
-            return CodedQuery(self.packed(source, x), None, kind)
-        real = self.bundle.real_codes(source, x)
-        return CodedQuery(pack_signs(to_signs(real)), real, kind)
+            codes, real = self.packed(source, x), None
+        else:
+            real = self.bundle.real_codes(source, x)
+            codes = pack_signs(to_signs(real))
+        return [
+            CodedQuery(codes[i : i + 1], None if real is None else real[i : i + 1], kind)
+            for i, (_, kind) in enumerate(queries)
+        ]

@@ -43,14 +43,26 @@ class Metrics:
             "xmhash_items_ingested_total", "items stored through the batch endpoint", ["modality"],
             registry=self.registry,
         )  # fmt: skip
-        self.batch_size = Histogram(
-            "xmhash_featurize_batch_size", "raw inputs featurized in one encoder call (micro-batch)", ["modality"],
-            buckets=_BATCH_SIZES, registry=self.registry,
-        )  # fmt: skip
-        self.batch_wait = Histogram(
-            "xmhash_featurize_queue_seconds", "a raw input's wait for its micro-batch's encoder call to start",
-            ["modality"], buckets=_WAIT_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+        self.batch_size = {
+            "featurize": Histogram(
+                "xmhash_featurize_batch_size", "raw inputs featurized in one encoder call (micro-batch)",
+                ["modality"], buckets=_BATCH_SIZES, registry=self.registry,
+            ),
+            "hash": Histogram(
+                "xmhash_hash_batch_size", "queries hashed in one hash function run (micro-batch)", ["modality"],
+                buckets=_BATCH_SIZES, registry=self.registry,
+            ),
+        }  # fmt: skip
+        self.batch_wait = {
+            "featurize": Histogram(
+                "xmhash_featurize_queue_seconds", "a raw input's wait for its micro-batch's encoder call to start",
+                ["modality"], buckets=_WAIT_BUCKETS, registry=self.registry,
+            ),
+            "hash": Histogram(
+                "xmhash_hash_queue_seconds", "a query's wait for its micro-batch's hash function run to start",
+                ["modality"], buckets=_WAIT_BUCKETS, registry=self.registry,
+            ),
+        }  # fmt: skip
         self.index_items = Gauge(
             "xmhash_index_items", "items in the index", ["modality"], multiprocess_mode="mostrecent",
             registry=self.registry,
@@ -110,9 +122,10 @@ class Metrics:
             for count in ("total", "done"):
                 self.rollout_items.labels(*labels, count).set(rollout.report.get(count, 0))
 
-    def batch_observer(self, modality: str) -> Callable[[int, Sequence[float]], None]:
-        """What a micro-batcher of ``modality`` reports each batch to: its size and its items' waits."""
-        size, wait = self.batch_size.labels(modality), self.batch_wait.labels(modality)
+    def batch_observer(self, stage: str, modality: str) -> Callable[[int, Sequence[float]], None]:
+        """What a micro-batcher of ``stage`` (``featurize``, ``hash``) and ``modality`` reports each batch to:
+        its size and its items' waits."""
+        size, wait = self.batch_size[stage].labels(modality), self.batch_wait[stage].labels(modality)
 
         def observe(items: int, waits: Sequence[float]) -> None:
             size.observe(items)

@@ -57,3 +57,16 @@ def test_float32_alone_would_move_a_few_signs_so_the_recheck_is_needed(items) ->
 def test_a_graph_already_in_float32_is_not_narrowed() -> None:
     narrowed = float32_graph((DEFAULT_BUNDLE / "text.onnx").read_bytes())
     assert narrowed is not None and float32_graph(narrowed) is None
+
+
+@pytest.mark.parametrize("modality", ["image", "text"])
+def test_a_rows_real_code_does_not_depend_on_the_rows_hashed_with_it(items, modality: str) -> None:
+    """The held-out queries hashed one by one and in batches of 2 to 16 (as the service's hash batcher runs
+    them) give the same real codes, bit for bit: a query's code and its re-ranking never depend on the
+    load."""
+    bundle = load_bundle(DEFAULT_BUNDLE, threads=1)
+    x = items["query"][modality][:240]
+    alone = np.concatenate([bundle.real_codes(modality, x[i : i + 1]) for i in range(len(x))])
+    for size in (2, 3, 5, 8, 16):
+        batched = np.concatenate([bundle.real_codes(modality, x[i : i + size]) for i in range(0, len(x), size)])
+        assert np.array_equal(batched, alone), f"batches of {size}"

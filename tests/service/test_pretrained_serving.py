@@ -43,14 +43,14 @@ def _file_bytes(dataset: CrossModalDataset, row: int) -> bytes:
 
 
 def test_served_codes_of_raw_inputs_equal_the_trainers_codes_on_the_whole_query_set(corpus, tmp_path: Path) -> None:
-    """Each query item as the service encodes it (one raw text, one PNG's bytes, all queued at once on the
-    encoder's micro-batchers, so they share encoder calls; one onnxruntime thread) against the trainer's
-    codes of the cached training features, bit for bit."""
+    """Each query item as a search request encodes it (one raw text, one PNG's bytes, all queued at once on
+    the encoder's micro-batchers, so they share featurizer calls and hash function runs; one onnxruntime
+    thread) against the trainer's codes of the cached training features, bit for bit."""
     dataset, features = corpus
     hasher = TRAINERS["cca"](features, 64, 0, {})
     write_bundle(tmp_path / "cca", hasher, features, {})
-    sizes: list[int] = []
-    batching = Batching(0.002, 16, lambda modality: lambda size, waits: sizes.append(size))
+    sizes: dict[str, list[int]] = {"featurize": [], "hash": []}
+    batching = Batching(0.002, 16, lambda stage, modality: lambda size, waits: sizes[stage].append(size))
     encoder = Encoder(load_bundle(tmp_path / "cca", threads=1), 10_000, 10**9, 10**9, batching)
     query = dataset.split.query
     image, text, _ = features.part("query")
@@ -59,12 +59,13 @@ def test_served_codes_of_raw_inputs_equal_the_trainers_codes_on_the_whole_query_
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         pending_images = [encoder.image_features(_file_bytes(dataset, i)) for i in query]
     pending_texts = [encoder.text_features(dataset.texts[i], True) for i in query]
-    encoder.close()
-    served = {
-        modality: encoder.packed(modality, np.stack([f.result() for f in pending]))
+    coded = {
+        modality: [encoder.code(modality, future.result(), "raw") for future in pending]
         for modality, pending in (("image", pending_images), ("text", pending_texts))
     }
-    assert len(query) == 1000 and max(sizes) > 1
+    encoder.close()
+    served = {modality: np.concatenate([f.result().code for f in futures]) for modality, futures in coded.items()}
+    assert len(query) == 1000 and max(sizes["featurize"]) > 1
     for modality, codes in served.items():
         differing = np.flatnonzero((codes != trainer[modality]).any(axis=1))
         assert differing.size == 0, f"{modality}: {differing.size} of 1000 query items differ"
