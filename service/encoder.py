@@ -5,9 +5,9 @@ Encoding runs the bundle's ONNX graphs (featurizer, then hash function); every i
 pretrained featurizer are featurized by a :class:`~service.micro_batch.MicroBatcher` per modality: inputs
 checked here, in the caller's thread, then queued, so concurrent queries and a batch's raw items share
 encoder calls; the caller gets a future of its own feature vector. Queries' feature vectors, raw or
-given, are hashed the same way, by a second batcher per modality with no window (the queries that queue
-while a run goes share the next): one row of a hash function streams all its weights (4 MB for the
-default bundle's text function, 13 MB for its image one) and costs about as much as 16 rows
+given, are hashed together too: those of one turn of the event loop in one run
+(:class:`~service.tick_batch.TickBatcher`), since one row of a hash function streams all its weights (4 MB
+for the default bundle's text function, 13 MB for its image one) and costs about as much as 16 rows
 (docs/batching.md); a row's values do not depend on its batch (tested bit for bit).
 """
 
@@ -27,6 +27,7 @@ from index.bundle.featurizers import ImageDecodeError
 from index.bundle.pretrained import ImageEncoder, TextEncoder
 from index.codes import pack_signs, to_signs
 from service.micro_batch import MicroBatcher, Observer
+from service.tick_batch import TickBatcher
 
 FLOAT32_BYTES = 4  # a binary feature vector's bytes per number
 
@@ -48,8 +49,8 @@ class EncodeError(ValueError):
 @dataclass(frozen=True)
 class Batching:
     """How raw inputs share encoder calls: ``window`` seconds, at most ``max_size`` a call (queries' hash
-    function runs: the same size, no window); ``observe(stage, modality)`` gives the metrics' observer of one
-    stage's (``featurize``, ``hash``) batches of one modality."""
+    function runs: the same size, one turn of the event loop); ``observe(stage, modality)`` gives the
+    metrics' observer of one stage's (``featurize``, ``hash``) batches of one modality."""
 
     window: float
     max_size: int
@@ -76,7 +77,7 @@ class Encoder:
         self.max_image_bytes = max_image_bytes
         self.max_image_pixels = max_image_pixels
         self._batchers: dict[str, MicroBatcher] = {}
-        self._hashers: dict[str, MicroBatcher] = {}
+        self._hashers: dict[str, TickBatcher] = {}
         if batching is None:
             return
         runs = {
@@ -89,14 +90,13 @@ class Encoder:
                 self._batchers[modality] = MicroBatcher(
                     run, batching.window, batching.max_size, modality, observe and observe("featurize")
                 )
-            self._hashers[modality] = MicroBatcher(
-                functools.partial(self.code_rows, modality), 0.0, batching.max_size, f"hash-{modality}",
-                observe and observe("hash"),
-            )  # fmt: skip
+            self._hashers[modality] = TickBatcher(
+                functools.partial(self.code_rows, modality), batching.max_size, observe and observe("hash")
+            )
 
     def close(self) -> None:
         """Stop the micro-batchers' threads (a request still holding this encoder encodes on its own)."""
-        for batcher in (*self._batchers.values(), *self._hashers.values()):
+        for batcher in self._batchers.values():
             batcher.close()
 
     @property
@@ -204,12 +204,12 @@ class Encoder:
             return self.text_features(text, require_known_words=True), "raw"
         return self.image_features(image or b""), "raw"
 
-    def code(self, source: str, x: np.ndarray, kind: str) -> Future[CodedQuery]:
-        """The future of a query's code from its (d,) features: hashed with the queries that queue with it
-        (at once without batching)."""
+    async def code(self, source: str, x: np.ndarray, kind: str) -> CodedQuery:
+        """A query's code from its (d,) features: hashed with the other queries of this turn of the event
+        loop (at once without batching)."""
         if source in self._hashers:
-            return self._hashers[source].submit((x, kind))
-        return _done(self.code_rows(source, [(x, kind)])[0])
+            return await self._hashers[source].submit((x, kind))
+        return self.code_rows(source, [(x, kind)])[0]
 
     def code_rows(self, source: str, queries: Sequence[tuple[np.ndarray, str]]) -> list[CodedQuery]:
         """Queries' (features, kind) to their packed codes and, when the bundle declares a re-ranker (which

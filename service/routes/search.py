@@ -18,9 +18,8 @@ import asyncio
 import functools
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future
 from contextlib import contextmanager
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -31,8 +30,6 @@ from service.routes.deps import runtime
 from service.routes.fast_json import FastJSONRoute
 from service.runtime import Model, Runtime
 from service.schemas import ImageQuery, SearchOptions, SearchResponse, TextQuery, Timing
-
-T = TypeVar("T")
 
 router = APIRouter(prefix="/v1/search", tags=["search"], route_class=FastJSONRoute)
 
@@ -75,17 +72,13 @@ async def search_request(rt: Runtime, source: str, target: str, options: SearchO
 
 async def code_query(encoder: Encoder, source: str, query_input: dict) -> CodedQuery:
     """The query's code: an image decoded in a worker thread (tens of milliseconds), a raw input's features
-    awaited from its micro-batch, then its code from the hash function's."""
+    awaited from its micro-batch, then its code from a hash function run shared with this loop turn's queries."""
     if "image" in query_input:
         pending, kind = await run_in_threadpool(encoder.query_features, source, **query_input)
     else:
         pending, kind = encoder.query_features(source, **query_input)
-    return await _result(encoder.code(source, await _result(pending), kind))
-
-
-async def _result(future: Future[T]) -> T:
-    """A future's result, awaited on the event loop unless it is already there."""
-    return future.result() if future.done() else await asyncio.wrap_future(future)
+    x = pending.result() if pending.done() else await asyncio.wrap_future(pending)
+    return await encoder.code(source, x, kind)
 
 
 def search_index(

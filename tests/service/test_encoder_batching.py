@@ -3,7 +3,7 @@ gets its own code and real code, the same as hashed alone."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import asyncio
 
 import numpy as np
 
@@ -19,9 +19,11 @@ def test_concurrent_queries_share_hash_runs_and_each_gets_its_own_code() -> None
     rng = np.random.default_rng(0)
     queries = [(m, rng.normal(scale=0.05, size=encoder.bundle.input_dim(m)).astype(np.float32)) for m in
                ["text", "image"] * 48]  # fmt: skip
-    with ThreadPoolExecutor(8) as pool:
-        futures = list(pool.map(lambda q: encoder.code(q[0], q[1], "features"), queries))
-        coded = [future.result(timeout=60) for future in futures]
+
+    async def concurrently() -> list:
+        return list(await asyncio.gather(*(encoder.code(modality, x, "features") for modality, x in queries)))
+
+    coded = asyncio.run(concurrently())
     encoder.close()
     assert max(sizes["hash"]) > 1  # runs were shared
     for (modality, x), got in zip(queries, coded, strict=True):
@@ -30,8 +32,8 @@ def test_concurrent_queries_share_hash_runs_and_each_gets_its_own_code() -> None
         assert got.code.shape == (1, encoder.bundle.bits // 8) and got.kind == "features"
 
 
-def test_without_batching_a_query_is_hashed_at_once() -> None:
+def test_without_batching_a_query_is_hashed_alone() -> None:
     encoder = Encoder(load_bundle(DEFAULT_BUNDLE, threads=1), 10_000, 10**7, 10**8)
     x = np.full(encoder.bundle.input_dim("text"), 0.01, dtype=np.float32)
-    future = encoder.code("text", x, "features")
-    assert future.done() and future.result().code.shape == (1, encoder.bundle.bits // 8)
+    coded = asyncio.run(encoder.code("text", x, "features"))
+    assert coded.code.shape == (1, encoder.bundle.bits // 8) and coded.real is not None

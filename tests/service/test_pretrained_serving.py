@@ -6,6 +6,7 @@ computed by the serving runtime; the parity test below is what makes that cache 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 import warnings
@@ -44,8 +45,8 @@ def _file_bytes(dataset: CrossModalDataset, row: int) -> bytes:
 
 def test_served_codes_of_raw_inputs_equal_the_trainers_codes_on_the_whole_query_set(corpus, tmp_path: Path) -> None:
     """Each query item as a search request encodes it (one raw text, one PNG's bytes, all queued at once on
-    the encoder's micro-batchers, so they share featurizer calls and hash function runs; one onnxruntime
-    thread) against the trainer's codes of the cached training features, bit for bit."""
+    the encoder's micro-batchers, so they share featurizer calls, then hashed in shared runs; one
+    onnxruntime thread) against the trainer's codes of the cached training features, bit for bit."""
     dataset, features = corpus
     hasher = TRAINERS["cca"](features, 64, 0, {})
     write_bundle(tmp_path / "cca", hasher, features, {})
@@ -59,13 +60,14 @@ def test_served_codes_of_raw_inputs_equal_the_trainers_codes_on_the_whole_query_
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         pending_images = [encoder.image_features(_file_bytes(dataset, i)) for i in query]
     pending_texts = [encoder.text_features(dataset.texts[i], True) for i in query]
-    coded = {
-        modality: [encoder.code(modality, future.result(), "raw") for future in pending]
-        for modality, pending in (("image", pending_images), ("text", pending_texts))
-    }
+
+    async def codes(modality: str, pending: list) -> np.ndarray:
+        coded = await asyncio.gather(*(encoder.code(modality, future.result(), "raw") for future in pending))
+        return np.concatenate([query.code for query in coded])
+
+    served = {"image": asyncio.run(codes("image", pending_images)), "text": asyncio.run(codes("text", pending_texts))}
     encoder.close()
-    served = {modality: np.concatenate([f.result().code for f in futures]) for modality, futures in coded.items()}
-    assert len(query) == 1000 and max(sizes["featurize"]) > 1
+    assert len(query) == 1000 and max(sizes["featurize"]) > 1 and max(sizes["hash"]) > 1
     for modality, codes in served.items():
         differing = np.flatnonzero((codes != trainer[modality]).any(axis=1))
         assert differing.size == 0, f"{modality}: {differing.size} of 1000 query items differ"
