@@ -20,7 +20,7 @@ for ``--connections-per-worker`` × N, or ``N:C``), in one run:
   raw image ÷ the EfficientNet baseline and feature queries ÷ ``/healthz``;
 - the profile of each wrk round: CPU cores used by the service's workers, by redis-server and by the
   whole host (``/proc``), and from the service's own metrics the mean featurizer batch, its queue wait
-  and the encode and search times per request.
+  and the encode and search times per request, and the mean batch of the queries' hash function runs.
 """
 
 from __future__ import annotations
@@ -135,8 +135,8 @@ def _metrics(url: str) -> dict[str, float]:
         text = response.read().decode()
     values: dict[str, float] = {}
     for line in text.splitlines():
-        match = re.match(r"^(xmhash_(?:featurize_batch_size|featurize_queue_seconds|encode_seconds|search_seconds)"
-                         r"_(?:sum|count))\{([^}]*)\}\s+(\S+)$", line)  # fmt: skip
+        match = re.match(r"^(xmhash_(?:featurize_batch_size|featurize_queue_seconds|hash_batch_size|encode_seconds"
+                         r"|search_seconds)_(?:sum|count))\{([^}]*)\}\s+(\S+)$", line)  # fmt: skip
         if match:
             labels = ",".join(sorted(label for label in match.group(2).split(",") if label))
             key = f"{match.group(1)}{{{labels}}}"
@@ -169,6 +169,7 @@ def profiled_wrk(url: str, path: str, bodies: Path | None, args, connections: in
         return _mean(after[3], before[3], name, labels)
 
     result["mean_batch"] = mean("xmhash_featurize_batch_size", f'modality="{modality}"')
+    result["mean_hash_batch"] = mean("xmhash_hash_batch_size", f'modality="{modality}"')
     result["mean_queue_ms"] = _ms(mean("xmhash_featurize_queue_seconds", f'modality="{modality}"'))
     for kind in ("features", "raw"):
         result[f"mean_encode_ms_{kind}"] = _ms(mean("xmhash_encode_seconds", f'input="{kind}",modality="{modality}"'))
