@@ -1,6 +1,7 @@
-"""Feature-query QPS of two source trees side by side: both services up at once, rounds alternating.
+"""Query QPS of two source trees side by side: both services up at once, rounds alternating.
 
     python -m bench.http_ab --tree before=../before-tree:models/default --tree after=.:models/bow-v1
+    python -m bench.http_ab --tree before=../before-tree --tree after=. --kind raw_short_text --connections 8
 
 One run of ``bench/http_bench.py`` per tree measures each tree at a different time, and on this 2-core
 machine the framework floor alone moves by 2× between runs. Here each tree serves its own copy of the
@@ -31,7 +32,7 @@ from pathlib import Path
 import bench.http_bench as hb
 
 items, buckets, probe, workers = map(int, sys.argv[1:5])
-bundle_path = sys.argv[5]
+bundle_path, kind = sys.argv[5:7]
 bundle = hb.load_bundle(bundle_path)
 corpus = hb.load_openclipart()
 database = corpus.split.database
@@ -48,10 +49,10 @@ with tempfile.TemporaryDirectory() as tmp:
         hb.rebucket(store, bundle.bits, buckets)
         service, url = hb.start_service(server.url, probe, Path(bundle_path), workers)
         hb.wait_ready(url, workers, items, 900)
-        _, requests = hb.query_bodies(bundle, corpus, corpus.split.query[:200])["features"]
-        bodies = Path(tmp) / "features.jsonl"
+        endpoint, requests = hb.query_bodies(bundle, corpus, corpus.split.query[:200])[kind]
+        bodies = Path(tmp) / f"{kind}.jsonl"
         bodies.write_text("\\n".join(json.dumps(b) for b in requests))
-        print(json.dumps({"url": url, "bodies": str(bodies)}), flush=True)
+        print(json.dumps({"url": url, "bodies": str(bodies), "endpoint": endpoint}), flush=True)
         sys.stdin.read()  # serve until the driver closes our stdin
     finally:
         if service is not None:
@@ -67,20 +68,21 @@ class Side:
     process: subprocess.Popen
     url: str
     bodies: Path
+    endpoint: str
 
     def round(self, seconds: int, connections: int) -> dict:
-        """One wrk round of this side's feature queries."""
-        return run_wrk(f"{self.url}/v1/search/text-to-image", self.bodies, seconds, connections)
+        """One wrk round of this side's queries."""
+        return run_wrk(f"{self.url}/v1/search/{self.endpoint}", self.bodies, seconds, connections)
 
 
-def start_side(spec: str, items: int, buckets: int, probe: int, workers: int) -> Side:
+def start_side(spec: str, items: int, buckets: int, probe: int, workers: int, kind: str) -> Side:
     """``name=tree[:bundle]`` → that tree's service, loaded and ready (bundle relative to the tree)."""
     name, _, rest = spec.partition("=")
     tree, _, bundle = rest.partition(":")
     tree_path = Path(tree).resolve()
     bundle_path = (tree_path / (bundle or "models/default")).resolve()
     process = subprocess.Popen(
-        [sys.executable, "-c", SERVE, str(items), str(buckets), str(probe), str(workers), str(bundle_path)],
+        [sys.executable, "-c", SERVE, str(items), str(buckets), str(probe), str(workers), str(bundle_path), kind],
         cwd=tree_path,
         env=os.environ | {"PYTHONPATH": str(tree_path)},
         stdin=subprocess.PIPE,
@@ -94,7 +96,7 @@ def start_side(spec: str, items: int, buckets: int, probe: int, workers: int) ->
             raise RuntimeError(f"{name}: the tree's service did not start (exit {process.wait()})")
     ready = json.loads(line)
     print(f"{name}: {tree_path} serving {bundle_path.name} at {ready['url']}", flush=True)
-    return Side(name, process, ready["url"], Path(ready["bodies"]))
+    return Side(name, process, ready["url"], Path(ready["bodies"]), ready["endpoint"])
 
 
 def ab_order(rounds: int) -> list[int]:
@@ -112,12 +114,13 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=2)
     parser.add_argument("--duration", type=int, default=8, help="seconds per round")
     parser.add_argument("--rounds", type=int, default=8, help="rounds per side")
+    parser.add_argument("--kind", choices=["features", "raw_short_text", "raw_text", "raw_image"], default="features")
     parser.add_argument("--out", type=Path, default=Path("var/bench/http_ab.json"))
     args = parser.parse_args()
     if len(args.tree) != 2:
         parser.error("give exactly two --tree")
 
-    sides = [start_side(spec, args.items, args.buckets, args.probe, args.workers) for spec in args.tree]
+    sides = [start_side(spec, args.items, args.buckets, args.probe, args.workers, args.kind) for spec in args.tree]
     try:
         for side in sides:  # warm-up round, not counted
             side.round(3, args.connections)
