@@ -56,8 +56,8 @@ def stages(runtime: Runtime, body: bytes, binary: bool) -> dict[str, float]:
     generation = index.generation
     buckets = timed("route", generation.centers.route, codes, 1)[:, 0]
     metadata = [json.dumps(item.metadata) for item in items]
-    change = timed("redis_script_fsync", generation.store.write, [Group(modality, ids, buckets, codes, metadata)])
-    timed("apply_own", index._apply_own, generation, change)
+    changes = timed("redis_script_fsync", generation.store.write, [Group(modality, ids, buckets, codes, metadata)])
+    timed("apply_own", index._apply_own, generation, *changes)
     answer = {"stored": len(ids), "rejected": 0, "results": [{"id": i, "status": "stored"} for i in ids]}
     timed("response", lambda: BatchResponse.__pydantic_serializer__.to_json(BatchResponse.model_validate(answer)))
     return times
