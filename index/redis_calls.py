@@ -31,8 +31,7 @@ def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return fn(*args, **kwargs)
     except redis.ResponseError as exc:
         if str(exc).startswith("CONFLICT "):
-            item = str(exc).removeprefix("CONFLICT ")
-            raise ModalityConflictError(f"id {item!r} is already stored as another modality") from exc
+            raise ModalityConflictError.of(str(exc).removeprefix("CONFLICT ")) from exc
         if str(exc).startswith("REBUILDING"):
             raise StoreUnavailableError("the index is being re-bucketed: writes resume when it ends") from exc
         if str(exc).startswith("GENERATION"):

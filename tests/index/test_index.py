@@ -14,7 +14,13 @@ from index.centers import fit_centers, nearest_centers
 from index.code_space import CodeSpace
 from index.codes import hamming_distances, pack_signs, to_signs, unpack_signs
 from index.engine import HashIndex, Item
-from index.errors import IndexInputError, ItemNotFoundError, ModalityConflictError, StoreUnavailableError
+from index.errors import (
+    IndexInputError,
+    ItemNotFoundError,
+    ModalityConflictError,
+    PartialWriteError,
+    StoreUnavailableError,
+)
 from index.layout_upgrade import upgrade_entries
 from index.rebuild import rebucket
 from index.redis_connection import RedisTarget, connect
@@ -146,16 +152,36 @@ def test_bad_input_is_rejected_and_nothing_is_half_written(any_redis) -> None:
         index.add([Item("b", "image", np.zeros(3, np.uint8))])
     with pytest.raises(IndexInputError, match="unknown modality 'audio'"):
         index.add([Item("b", "audio", codes[1])])
+    # The conflicting batches' other ids lie on every shard (over S > 1 shards): refused whole, not a's shard only.
+    others = [f"c{i}" for i in range(6)]
     with pytest.raises(ModalityConflictError, match="'a' is already stored as another modality"):
-        index.add([Item("c", "text", codes[1]), Item("a", "text", codes[2])])
+        index.add([Item(item, "text", codes[1]) for item in others] + [Item("a", "text", codes[2])])
     with pytest.raises(ModalityConflictError, match="'a' is already stored as another modality"):
-        index.add([Item("e", "image", codes[1]), Item("a", "text", codes[2])])  # both modalities in one batch
+        index.add([Item(item, "image", codes[1]) for item in others] + [Item("a", "text", codes[2])])  # both modalities
     with pytest.raises(IndexInputError, match="same id twice"):
         index.add([Item("d", "text", codes[1]), Item("d", "text", codes[2])])
     assert index.stats()["items"] == {"image": 1, "text": 0}
-    assert index.store.modality_of("c") is None and index.store.modality_of("e") is None  # conflicts wrote nothing
+    assert index.store.modalities_of(others) == dict.fromkeys(others)  # conflicts wrote nothing
     with pytest.raises(IndexInputError, match="probe must be between"):
         index.search("image", codes[:1], k=1, probe=99)
+
+
+def test_a_conflict_only_a_shards_script_sees_is_a_partial_write_naming_what_was_stored(
+    redis_cluster, monkeypatch
+) -> None:
+    """Another writer storing an id as the other modality between a batch's check and its write: that id's
+    shard refuses its part, the others keep theirs, and the caller is told which ids were stored."""
+    index = _open(redis_cluster)
+    codes = _codes(2, 9)
+    index.add([Item("a", "image", codes[0])])
+    monkeypatch.setattr(RedisStore, "_refuse_conflicts", lambda store, groups: None)  # 'a' stored after the check
+    others = [f"c{i}" for i in range(6)]
+    with pytest.raises(PartialWriteError, match="'a' is already stored as another modality") as refused:
+        index.add([Item(item, "text", codes[1]) for item in others] + [Item("a", "text", codes[1])])
+    stored = set(refused.value.stored)
+    assert stored and stored < set(others)
+    assert index.store.modalities_of(others) == {item: "text" if item in stored else None for item in others}
+    assert index.stats()["items"]["text"] == len(stored)  # searchable here as well
 
 
 def test_with_redis_unreachable_writes_and_searches_fail_and_memory_is_unchanged(any_redis) -> None:
