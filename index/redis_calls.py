@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import redis
 
 from index.errors import GenerationMovedError, ModalityConflictError, NotReplicatedError, StoreUnavailableError
-from index.redis_connection import Acknowledged, on_node
+from index.redis_connection import UNREACHABLE_ERRORS, Acknowledged, on_node
 
 T = TypeVar("T")
 
@@ -37,7 +37,7 @@ def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if str(exc).startswith("GENERATION"):
             raise GenerationMovedError("the index was re-bucketed meanwhile: nothing written, retry") from exc
         raise StoreUnavailableError(f"Redis refused the operation: {exc}") from exc
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except UNREACHABLE_ERRORS as exc:
         raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
 
 

@@ -24,7 +24,7 @@ import redis
 from index.change_feed import Change
 from index.errors import ModalityConflictError, PartialWriteError, StoreUnavailableError
 from index.redis_calls import call
-from index.redis_connection import is_cluster
+from index.redis_connection import UNREACHABLE_ERRORS, is_cluster
 from index.redis_keys import BundleKeys, GenerationKeys
 from index.shard_store import FEED_LENGTH, SLICE, WRITE_RULES, Group, ShardStore, StoredCodes, StoredItem, StoredItems
 from index.shards import shard_count, shard_of
@@ -292,5 +292,5 @@ class RedisStore:
     def ping(self) -> bool:
         try:
             return bool(self.client.ping())
-        except (redis.ConnectionError, redis.TimeoutError):
+        except UNREACHABLE_ERRORS:
             return False
