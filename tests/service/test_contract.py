@@ -83,13 +83,13 @@ def _failed_responses(junit: Path) -> dict[str, list[tuple[int, str]]]:
 
 
 def test_a_plain_schemathesis_run_with_every_check_fails_only_on_bytes_that_are_no_image(
-    redis_server, tmp_path: Path
+    any_redis, tmp_path: Path
 ) -> None:
     models = tmp_path / "models"
     models.mkdir()
     (models / "default").symlink_to(DEFAULT_BUNDLE)
     settings = Settings(
-        redis_url=redis_server.url,
+        redis_url=any_redis.url,
         bundle_path=DEFAULT_BUNDLE,
         models_dir=models,
         index_name=f"contract-{uuid.uuid4().hex[:12]}",

@@ -100,14 +100,14 @@ def _report() -> str:
 
 
 @pytest.fixture(scope="module")
-def app(redis_server, tmp_path_factory: pytest.TempPathFactory):
+def app(any_redis, tmp_path_factory: pytest.TempPathFactory):
     """The app, started (lifespan) by schemathesis' ASGI client, with seeded items. Its models
     directory holds the default bundle as ``default`` (the swap operation's example)."""
     models = tmp_path_factory.mktemp("models")
     (models / "default").symlink_to(DEFAULT_BUNDLE)
     application = create_app(
         Settings(
-            redis_url=redis_server.url,
+            redis_url=any_redis.url,
             bundle_path=DEFAULT_BUNDLE,
             models_dir=models,
             index_name=f"fuzz-{uuid.uuid4().hex[:12]}",

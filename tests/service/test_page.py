@@ -30,20 +30,20 @@ APPLE = "food/fruit/an_apple_01"
 PAGE_BUDGET_BYTES = 200_000
 
 
-def _settings(redis_server, **overrides) -> Settings:
-    values = {"redis_url": redis_server.url, "bundle_path": DEFAULT_BUNDLE, "index_name": uuid.uuid4().hex}
+def _settings(server, **overrides) -> Settings:
+    values = {"redis_url": server.url, "bundle_path": DEFAULT_BUNDLE, "index_name": uuid.uuid4().hex}
     return Settings(**(values | {"api_key": "test-key", "demo_corpus": False} | overrides))
 
 
 @pytest.fixture
-def client(redis_server):
-    with TestClient(create_app(_settings(redis_server))) as c:
+def client(any_redis):
+    with TestClient(create_app(_settings(any_redis))) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-def page_client(redis_server):
-    with TestClient(create_app(_settings(redis_server))) as c:
+def page_client(any_redis):
+    with TestClient(create_app(_settings(any_redis))) as c:
         yield c
 
 
@@ -195,11 +195,11 @@ def fake_collection(tmp_path: Path) -> Path:
     ],
 )
 def test_thumbnails_reach_no_file_outside_the_collection_and_bad_files_are_4xx(
-    redis_server, fake_collection: Path, collection, path, status
+    any_redis, fake_collection: Path, collection, path, status
 ) -> None:
     if path == "__ABS__":
         path = str(fake_collection / "secret.png")
-    with TestClient(create_app(_settings(redis_server))) as client:
+    with TestClient(create_app(_settings(any_redis))) as client:
         _register(client, "c", fake_collection / "collection")
         _ingest(client, _image("img:x", features=[0.5] * 1280, metadata={"collection": collection, "image": path}))
         reply = client.get("/v1/thumbnails/img:x")
@@ -306,8 +306,8 @@ def _wait_for_demo_ingestion(seconds: float = 120) -> None:
             assert not thread.is_alive()
 
 
-def test_the_demo_corpus_is_ingested_on_the_first_start_only(redis_server, small_demo: Path, caplog) -> None:  # noqa: F811
-    settings = _settings(redis_server, demo_corpus=True, demo_collection=small_demo)
+def test_the_demo_corpus_is_ingested_on_the_first_start_only(any_redis, small_demo: Path, caplog) -> None:  # noqa: F811
+    settings = _settings(any_redis, demo_corpus=True, demo_collection=small_demo)
     total = FRUIT + OTHERS
     caplog.set_level(logging.INFO, logger="xmhash.demo")
     with TestClient(create_app(settings)) as client:
@@ -334,11 +334,11 @@ def test_the_demo_corpus_is_ingested_on_the_first_start_only(redis_server, small
     assert "demo corpus: already ingested" in caplog.text
 
 
-def test_the_switch_starts_empty_and_a_missing_corpus_leaves_the_service_serving(redis_server, tmp_path) -> None:
-    with TestClient(create_app(_settings(redis_server, demo_corpus=False))) as client:
+def test_the_switch_starts_empty_and_a_missing_corpus_leaves_the_service_serving(any_redis, tmp_path) -> None:
+    with TestClient(create_app(_settings(any_redis, demo_corpus=False))) as client:
         assert client.get("/readyz").json()["demo_corpus"] == {"state": "off"}
         assert client.get("/v1/models").json()["index"]["items"] == {"image": 0, "text": 0}
-    missing = _settings(redis_server, demo_corpus=True, demo_collection=tmp_path / "nothing" / "manifest.jsonl")
+    missing = _settings(any_redis, demo_corpus=True, demo_collection=tmp_path / "nothing" / "manifest.jsonl")
     with TestClient(create_app(missing)) as client:
         _wait_for_demo_ingestion()
         progress = client.get("/readyz").json()["demo_corpus"]
