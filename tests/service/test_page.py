@@ -150,10 +150,11 @@ def test_a_collection_name_is_never_re_pointed_to_another_folder(client, tmp_pat
         _register(client, "taken", tmp_path / "b")
 
 
-@pytest.fixture
-def fake_collection(tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def fake_collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A collection folder holding one real picture, a symlink to a file outside it, a symlinked folder
     of pictures (as the OpenClipart export links the corpus), a corrupt file and a bomb."""
+    tmp_path = tmp_path_factory.mktemp("thumbnails")
     root = tmp_path / "collection"
     (root / "ok").mkdir(parents=True)
     apple = (CORPUS / "png" / f"{APPLE}.png").read_bytes()
@@ -170,6 +171,15 @@ def fake_collection(tmp_path: Path) -> Path:
     Image.new("1", (20_000, 20_000)).save(bomb, format="PNG")  # 4·10⁸ pixels in a few KB
     (root / "ok" / "bomb.png").write_bytes(bomb.getvalue())
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def thumbnail_client(any_redis, fake_collection: Path):
+    """One service with the fake collection registered as ``c`` for every thumbnail case: each stores
+    ``img:x`` again, with its own metadata (features only: no thumbnail of its own is kept)."""
+    with TestClient(create_app(_settings(any_redis))) as client:
+        _register(client, "c", fake_collection / "collection")
+        yield client
 
 
 @pytest.mark.parametrize(
@@ -195,14 +205,14 @@ def fake_collection(tmp_path: Path) -> Path:
     ],
 )
 def test_thumbnails_reach_no_file_outside_the_collection_and_bad_files_are_4xx(
-    any_redis, fake_collection: Path, collection, path, status
+    thumbnail_client, fake_collection: Path, collection, path, status
 ) -> None:
     if path == "__ABS__":
         path = str(fake_collection / "secret.png")
-    with TestClient(create_app(_settings(any_redis))) as client:
-        _register(client, "c", fake_collection / "collection")
-        _ingest(client, _image("img:x", features=[0.5] * 1280, metadata={"collection": collection, "image": path}))
-        reply = client.get("/v1/thumbnails/img:x")
+    _ingest(
+        thumbnail_client, _image("img:x", features=[0.5] * 1280, metadata={"collection": collection, "image": path})
+    )
+    reply = thumbnail_client.get("/v1/thumbnails/img:x")
     assert reply.status_code == status, reply.text
     if status == 200:
         assert _decoded(reply.content).size == (thumbnails.SIZE, thumbnails.SIZE)
