@@ -1,6 +1,7 @@
 """What can go wrong in the index, as exceptions the service maps to HTTP statuses."""
 
 from collections.abc import Sequence
+from typing import Self
 
 
 class IndexInputError(ValueError):
@@ -9,6 +10,10 @@ class IndexInputError(ValueError):
 
 class ModalityConflictError(IndexInputError):
     """An id already stored under the other modality was written again with a new modality: a 409."""
+
+    @classmethod
+    def of(cls, item: str) -> Self:
+        return cls(f"id {item!r} is already stored as another modality")
 
 
 class ItemNotFoundError(KeyError):

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import redis
 
 from index.errors import GenerationMovedError, ModalityConflictError, NotReplicatedError, StoreUnavailableError
-from index.redis_connection import Acknowledged, on_node
+from index.redis_connection import UNREACHABLE_ERRORS, Acknowledged, on_node
 
 T = TypeVar("T")
 
@@ -31,14 +31,13 @@ def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return fn(*args, **kwargs)
     except redis.ResponseError as exc:
         if str(exc).startswith("CONFLICT "):
-            item = str(exc).removeprefix("CONFLICT ")
-            raise ModalityConflictError(f"id {item!r} is already stored as another modality") from exc
+            raise ModalityConflictError.of(str(exc).removeprefix("CONFLICT ")) from exc
         if str(exc).startswith("REBUILDING"):
             raise StoreUnavailableError("the index is being re-bucketed: writes resume when it ends") from exc
         if str(exc).startswith("GENERATION"):
             raise GenerationMovedError("the index was re-bucketed meanwhile: nothing written, retry") from exc
         raise StoreUnavailableError(f"Redis refused the operation: {exc}") from exc
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except UNREACHABLE_ERRORS as exc:
         raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
 
 

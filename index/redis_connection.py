@@ -27,7 +27,16 @@ from urllib.parse import urlsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import AskError, ClusterDownError, MovedError, RedisClusterException, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ClusterError,
+    MovedError,
+    RedisClusterException,
+    RedisClusterUnreachableError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -45,6 +54,11 @@ _RETRY = Retry(NoBackoff(), 1)
 # What a write on a node answers while its slot moves or its node fails over: redis-py's view is refreshed
 # and the write tried again (ids are keys: a write that landed before the error is replaced, not doubled).
 ROUTING_ERRORS = (MovedError, AskError, TryAgainError, ClusterDownError, redis.ConnectionError, redis.TimeoutError)
+# What a call meets when no Redis answers it: a connection failing or timing out; on a cluster also no node
+# reachable for redis-py's slot map (all of them down), a slot no master holds, or redirections that never
+# settle (ClusterError: its retries ran out). Not a connection error to redis-py, so named here.
+UNREACHABLE_ERRORS = (redis.ConnectionError, redis.TimeoutError, RedisClusterUnreachableError, SlotNotCoveredError,
+                      ClusterError)  # fmt: skip
 _NODE_ATTEMPTS = 20
 _NODE_PAUSE_SECONDS = 0.25  # a replica's promotion takes a few node timeouts: 20 tries span about 5 s
 
@@ -138,9 +152,9 @@ def node_client(client: redis.Redis | RedisCluster, key: str) -> redis.Redis:
 
 def refresh(client: redis.Redis | RedisCluster) -> None:
     """On a cluster, read the slot map again (which master holds which slot): after a node failed or a
-    slot moved. Its failure is left to the next call to meet."""
+    slot moved. Its failure (no node answering it either) is left to the next call to meet."""
     if is_cluster(client):
-        with contextlib.suppress(*ROUTING_ERRORS):
+        with contextlib.suppress(*ROUTING_ERRORS, *UNREACHABLE_ERRORS):
             client.nodes_manager.initialize()
 
 

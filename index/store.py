@@ -22,9 +22,9 @@ import numpy as np
 import redis
 
 from index.change_feed import Change
-from index.errors import PartialWriteError, StoreUnavailableError
+from index.errors import ModalityConflictError, PartialWriteError, StoreUnavailableError
 from index.redis_calls import call
-from index.redis_connection import is_cluster
+from index.redis_connection import UNREACHABLE_ERRORS, is_cluster
 from index.redis_keys import BundleKeys, GenerationKeys
 from index.shard_store import FEED_LENGTH, SLICE, WRITE_RULES, Group, ShardStore, StoredCodes, StoredItem, StoredItems
 from index.shards import shard_count, shard_of
@@ -149,8 +149,12 @@ class RedisStore:
 
     def write(self, groups: Sequence[Group]) -> list[Change]:
         """Write a batch of one or both modalities, each shard's part in one atomic script, the shards at
-        once; returns each shard's change as every follower of its feed will apply it. When some shards
-        fail, :class:`PartialWriteError` names the ids the others stored (their changes on ``changes``)."""
+        once; returns each shard's change as every follower of its feed will apply it. A batch holding an
+        id stored as the other modality is refused whole (:class:`ModalityConflictError`): a shard's script
+        checks only its own ids, so a batch over several shards is checked on all of them first. When some
+        shards fail (unavailable, or an id stored as the other modality by another writer between the check
+        and the write), :class:`PartialWriteError` names the ids the others stored (their changes on
+        ``changes``)."""
         parts: dict[int, list[Group]] = {}
         for group in groups:
             for shard, part in split(group, self.shards):
@@ -158,12 +162,13 @@ class RedisStore:
         if len(parts) == 1:
             ((shard, part),) = parts.items()
             return [self.parts[shard].write(part)]
+        self._refuse_conflicts(groups)
         futures = {shard: _POOL.submit(self.parts[shard].write, part) for shard, part in parts.items()}
         changes, failed = [], None
         for future in futures.values():
             try:
                 changes.append(future.result())
-            except StoreUnavailableError as exc:
+            except (StoreUnavailableError, ModalityConflictError) as exc:
                 failed = failed or exc
         if failed is not None:
             if not changes:
@@ -172,6 +177,15 @@ class RedisStore:
             message = f"{len(changes)} of {len(parts)} shards stored their part: {failed}"
             raise PartialWriteError(message, stored, changes) from failed
         return changes
+
+    def _refuse_conflicts(self, groups: Sequence[Group]) -> None:
+        """:class:`ModalityConflictError` when an id of the batch is stored as the other modality (one
+        round trip per shard, at once)."""
+        held = self.modalities_of([item for group in groups for item in group.ids])
+        for group in groups:
+            for item in group.ids:
+                if held[item] not in (None, group.modality):
+                    raise ModalityConflictError.of(item)
 
     def fill(self, groups: Sequence[Group], source: RedisStore) -> int:
         """:meth:`ShardStore.fill` on each shard's part, from the same shard of ``source``."""
@@ -278,5 +292,5 @@ class RedisStore:
     def ping(self) -> bool:
         try:
             return bool(self.client.ping())
-        except (redis.ConnectionError, redis.TimeoutError):
+        except UNREACHABLE_ERRORS:
             return False

@@ -35,6 +35,7 @@ from index.bundle import Bundle, BundleError, load_bundle
 from index.engine import HashIndex
 from index.errors import IndexInputError, StoreUnavailableError
 from index.item_sources import SourceStore
+from index.redis_calls import call
 from index.redis_connection import connect
 from index.redis_keys import IndexKeys
 from index.rollout_state import RolloutState
@@ -215,7 +216,7 @@ class Runtime:
         """Serve the bundle recorded for this run when a swap through another worker changed it (read and
         served under the swap lock, so a swap of this worker in progress is never undone)."""
         with self._swapping:
-            recorded = self.client.getex(_run_key(self.settings, "bundle"), ex=_RUN_KEY_SECONDS)
+            recorded = call(self.client.getex, _run_key(self.settings, "bundle"), ex=_RUN_KEY_SECONDS)
             if recorded is None or Path(recorded.decode()) == self.current.path:
                 return
             try:

@@ -31,7 +31,7 @@ from PIL import Image
 from index import collection_registry
 from index.bundle.featurizers import ImageDecodeError, load_pixels
 from index.collection import inside_path
-from index.errors import StoreUnavailableError
+from index.redis_calls import call
 from index.redis_keys import IndexKeys
 from service.runtime import Runtime
 
@@ -83,13 +83,6 @@ def _key(index_name: str, item_id: str) -> str:
     return IndexKeys(index_name).thumbnail(item_id)
 
 
-def _redis(call, *args):
-    try:
-        return call(*args)
-    except redis.RedisError as exc:
-        raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
-
-
 def keep(runtime: Runtime, images: dict[str, str | None]) -> None:
     """After image items were stored: keep a thumbnail of each one given as base64 bytes, and drop the
     old thumbnail of each one given as features only (``None``), so a replaced item never shows its
@@ -110,7 +103,7 @@ def _put(client: redis.Redis, index_name: str, kept: dict[str, bytes | None]) ->
             pipe.delete(_key(index_name, item_id))
         else:
             pipe.set(_key(index_name, item_id), body)
-    _redis(pipe.execute)
+    call(pipe.execute)
 
 
 def keep_pixels(client: redis.Redis, index_name: str, pixels: dict[str, np.ndarray]) -> None:
@@ -120,7 +113,7 @@ def keep_pixels(client: redis.Redis, index_name: str, pixels: dict[str, np.ndarr
 
 def forget(runtime: Runtime, item_id: str) -> None:
     """Drop a deleted item's thumbnail."""
-    _redis(runtime.client.delete, _key(runtime.settings.index_name, item_id))
+    call(runtime.client.delete, _key(runtime.settings.index_name, item_id))
 
 
 def collection_file(runtime: Runtime, collection: object, image: object) -> Path:
@@ -144,7 +137,7 @@ def _file_thumbnail(path: Path, max_pixels: int) -> bytes:
 
 def thumbnail(runtime: Runtime, item_id: str, metadata: dict) -> tuple[bytes, str]:
     """(body, media type) of an image item's thumbnail; NoThumbnail when its collection file is unreachable."""
-    kept = _redis(runtime.client.get, _key(runtime.settings.index_name, item_id))
+    kept = call(runtime.client.get, _key(runtime.settings.index_name, item_id))
     if kept is not None:
         return kept, MEDIA_TYPE
     if "collection" not in metadata and "image" not in metadata:

@@ -40,8 +40,9 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory):
     cluster.stop()
 
 
-@pytest.fixture(params=["redis", "cluster"])
+@pytest.fixture(scope="module", params=["redis", "cluster"])
 def any_redis(request: pytest.FixtureRequest):
-    """The plain redis-server (one shard, today's keys) and the cluster (three shards): the index tests
-    that take this fixture run against both."""
+    """The plain redis-server (one shard, today's keys) and the cluster (three shards): the index and
+    service tests that take this fixture run against both. Module-scoped, so a module's shared app or index
+    (a module fixture) is made once per server; pytest runs a module's tests on one, then on the other."""
     return request.getfixturevalue("redis_server" if request.param == "redis" else "redis_cluster")

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,8 @@ from index.errors import GenerationMovedError, IndexInputError, ModalityConflict
 from index.import_transaction import done_chunks, prepare, write_prepared
 from index.rebuild import rebucket
 from index.redis_server import RedisServer
-from index.store import Group, RedisStore
+from index.store import Group, RedisStore, split
+from tests.support.redis_cluster import RedisClusterServer
 from tests.support.stored import assert_whole
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +52,9 @@ def write_codes(directory: Path, n: int, name: str = "codes", seed: int = 0) -> 
     return path, codes
 
 
-def assert_imported(server: RedisServer, index_name: str, bundle, name: str, codes: np.ndarray, modality="image"):
+def assert_imported(
+    server: RedisServer | RedisClusterServer, index_name: str, bundle, name: str, codes: np.ndarray, modality="image"
+):
     """Every row of the file stored once, whole, with its code, metadata and the bucket its code routes to."""
     items = assert_whole(server.client(), index_name, bundle.bundle_id)[modality]
     assert len(items) == len(codes)
@@ -78,16 +82,16 @@ def test_codes_are_imported_in_chunks_that_a_running_index_follows(any_redis, tm
     assert hits[0].distance == 0 and hits[0].metadata == {"i": 7, "name": "codes"}
 
 
-def test_features_are_encoded_with_the_bundle_as_the_service_encodes_them(redis_server, tmp_path: Path, bundle) -> None:
+def test_features_are_encoded_with_the_bundle_as_the_service_encodes_them(any_redis, tmp_path: Path, bundle) -> None:
     features = np.random.default_rng(1).normal(size=(300, bundle.input_dim("text"))).astype(np.float32)
     path = tmp_path / "texts.npz"
     np.savez(path, features=features)
     path.with_suffix(".jsonl").write_text(
         "".join(json.dumps({"id": f"texts/{i}", "metadata": {"i": i, "name": "texts"}}) + "\n" for i in range(300))
     )
-    store = open_store(redis_server.client(), "import-features", bundle)
+    store = open_store(any_redis.client(), "import-features", bundle)
     import_files(store, bundle, "text", [path], chunk=128, progress=False)
-    assert_imported(redis_server, "import-features", bundle, "texts", bundle.packed_codes("text", features), "text")
+    assert_imported(any_redis, "import-features", bundle, "texts", bundle.packed_codes("text", features), "text")
 
 
 def test_a_rerun_skips_the_chunks_done_and_a_changed_file_is_written_again_once(
@@ -114,20 +118,20 @@ def test_a_rerun_skips_the_chunks_done_and_a_changed_file_is_written_again_once(
         ("{not json", "line 3: not JSON"),
     ],
 )
-def test_a_bad_sidecar_line_stops_the_import_naming_it_before_its_chunk(redis_server, tmp_path, bundle, line, message):
+def test_a_bad_sidecar_line_stops_the_import_naming_it_before_its_chunk(any_redis, tmp_path, bundle, line, message):
     path, _ = write_codes(tmp_path, 6)
     lines = path.with_suffix(".jsonl").read_text().splitlines()
     lines[2] = line
     path.with_suffix(".jsonl").write_text("\n".join(lines) + "\n")
     name = f"import-bad-{abs(hash(line))}"
-    store = open_store(redis_server.client(), name, bundle)
+    store = open_store(any_redis.client(), name, bundle)
     with pytest.raises(IndexInputError, match=message):
         import_files(store, bundle, "image", [path], chunk=4, progress=False)
-    assert assert_whole(redis_server.client(), name, bundle.bundle_id)["image"] == {}  # its chunk: nothing
+    assert assert_whole(any_redis.client(), name, bundle.bundle_id)["image"] == {}  # its chunk: nothing
 
 
-def test_mismatched_inputs_are_refused_with_the_reason(redis_server, tmp_path: Path, bundle) -> None:
-    store = open_store(redis_server.client(), "import-refused", bundle)
+def test_mismatched_inputs_are_refused_with_the_reason(any_redis, tmp_path: Path, bundle) -> None:
+    store = open_store(any_redis.client(), "import-refused", bundle)
     path, _ = write_codes(tmp_path, 5)
     path.with_suffix(".jsonl").write_text('{"id": "a"}\n')
     with pytest.raises(IndexInputError, match="fewer lines"):
@@ -146,6 +150,8 @@ def _chunk(key: str, prefix: str, n: int, seed: int) -> Chunk:
 
 
 def test_a_chunk_holding_an_id_of_the_other_modality_is_refused_whole(redis_server, bundle) -> None:
+    """One Redis only: over shards a chunk is atomic per shard, and the id's shard alone refuses its part
+    (docs/cluster.md)."""
     index = HashIndex.open(
         redis_server.client(), "import-conflict", CodeSpace(bundle.bundle_id, bundle.bits, bundle.centers, "v")
     )
@@ -157,39 +163,40 @@ def test_a_chunk_holding_an_id_of_the_other_modality_is_refused_whole(redis_serv
     assert done_chunks(store, "job") == set()
 
 
-def test_a_chunk_is_refused_while_the_index_is_re_bucketed(redis_server, bundle) -> None:
-    store = open_store(redis_server.client(), "import-rebucket", bundle)
-    redis_server.client().set(store.bundle_keys.rebuilding, 1)
+def test_a_chunk_is_refused_while_the_index_is_re_bucketed(any_redis, bundle) -> None:
+    store = open_store(any_redis.client(), "import-rebucket", bundle)
+    assert store.set_rebuilding(60)  # as a re-bucket does, on every shard
     with pytest.raises(StoreUnavailableError, match="re-bucketed"):
         import_chunks(store, "job", [_chunk("0", "c", 10, 0)], progress=False)
-    assert assert_whole(redis_server.client(), "import-rebucket", bundle.bundle_id)["image"] == {}
+    assert assert_whole(any_redis.client(), "import-rebucket", bundle.bundle_id)["image"] == {}
 
 
 @pytest.mark.parametrize("interruptions", [1, 99], ids=["once-then-its-transaction", "always-then-the-script"])
 def test_a_write_between_a_chunks_checks_and_its_commit_is_never_overwritten(
-    redis_server, bundle, interruptions, monkeypatch
+    any_redis, bundle, interruptions, monkeypatch
 ):
     """Another process writing the very ids of a chunk after the chunk's checks aborts its transaction;
     the chunk is checked again (those ids are now replacements) and written whole, by the script when
-    writes keep interrupting. Every item ends stored once, as the chunk wrote it."""
+    writes keep interrupting. Every item ends stored once, as the chunk wrote it. Over shards, each
+    shard's part is its own transaction, interrupted alike."""
     name = f"import-race-{interruptions}"
-    other = HashIndex.open(redis_server.client(), name, CodeSpace(bundle.bundle_id, bundle.bits, bundle.centers, "v"))
-    store = open_store(redis_server.client(), name, bundle)
+    other = HashIndex.open(any_redis.client(), name, CodeSpace(bundle.bundle_id, bundle.bits, bundle.centers, "v"))
+    store = open_store(any_redis.client(), name, bundle)
     checks = import_transaction._watch
-    calls = []
+    calls: Counter[int] = Counter()  # checks per shard (each shard's part on a thread of its own)
 
-    def interrupted(conn, store, side, ids):
-        found = checks(conn, store, side, ids)
-        calls.append(len(calls))
-        if len(calls) <= interruptions:
-            other.add([Item(ids[len(calls)], "image", np.zeros(CODE_BYTES, np.uint8), {"by": "other"})])
+    def interrupted(conn, part, side, ids):
+        found = checks(conn, part, side, ids)
+        calls[part.shard] += 1
+        if calls[part.shard] <= interruptions:
+            other.add([Item(ids[calls[part.shard]], "image", np.zeros(CODE_BYTES, np.uint8), {"by": "other"})])
         return found
 
     monkeypatch.setattr(import_transaction, "_watch", interrupted)
     chunk = _chunk("0", "race", 50, 1)
     summary = import_chunks(store, "job", [chunk], progress=False)
-    assert summary.written_items == 50 and len(calls) == min(interruptions + 1, 3)
-    items = assert_whole(redis_server.client(), name, bundle.bundle_id)["image"]
+    assert summary.written_items == 50 and calls == dict.fromkeys(range(store.shards), min(interruptions + 1, 3))
+    items = assert_whole(any_redis.client(), name, bundle.bundle_id)["image"]
     assert {item: (stored.code, stored.metadata) for item, stored in items.items()} == {
         item: (code.tobytes(), json.loads(meta))
         for item, code, meta in zip(chunk.ids, chunk.codes, chunk.metadata, strict=True)
@@ -200,11 +207,11 @@ def test_a_write_between_a_chunks_checks_and_its_commit_is_never_overwritten(
     assert (top[0].id, top[0].distance, top[0].metadata) == ("race/1", 0, {"i": 1})
 
 
-def test_an_import_goes_on_in_the_generation_a_re_bucket_made_routing_by_its_centers(redis_server, bundle):
+def test_an_import_goes_on_in_the_generation_a_re_bucket_made_routing_by_its_centers(any_redis, bundle):
     """A re-bucket ending mid-import: the chunks after it are routed with the new centers and written to
     the new generation, whole, and the chunks before it were carried over by the re-bucket."""
     name = "import-moved"
-    client = redis_server.client()
+    client = any_redis.client()
     store = open_store(client, name, bundle)
 
     def chunks():
@@ -225,20 +232,21 @@ def test_an_import_goes_on_in_the_generation_a_re_bucket_made_routing_by_its_cen
         assert [items[f"{prefix}/{i}"].bucket for i in range(50)] == route(codes, centers)[:, 0].tolist()
 
 
-def test_a_chunk_prepared_for_a_generation_is_written_to_no_other(redis_server, bundle) -> None:
+def test_a_chunk_prepared_for_a_generation_is_written_to_no_other(any_redis, bundle) -> None:
     """Its commands name its generation's keys: once a re-bucket has moved the index on, the chunk is
     refused by the old generation's store and by the new one's alike, and nothing of it is written."""
     name = "import-prepared-moved"
-    client = redis_server.client()
+    client = any_redis.client()
     store = open_store(client, name, bundle)
     import_chunks(store, "job", [_chunk("0", "a", 50, 0)], progress=False)
     chunk = _chunk("1", "b", 50, 1)
     buckets = route(chunk.codes, store.load_centers()[0])[:, 0]
-    prepared = prepare(store.parts[0], Group("image", chunk.ids, buckets, chunk.codes, chunk.metadata))
+    [(shard, part), *_] = split(Group("image", chunk.ids, buckets, chunk.codes, chunk.metadata), store.shards)
+    prepared = prepare(store.parts[shard], part)
     rebucket(RedisStore(client, name, bundle.bundle_id), bundle.bits, 16)
     for writer in (store, store.at(store.active_generation())):
         with pytest.raises(GenerationMovedError):
-            write_prepared(writer.parts[0], prepared, "job", chunk.key, 100)
+            write_prepared(writer.parts[shard], prepared, "job", chunk.key, 100)
     assert set(assert_whole(client, name, bundle.bundle_id)["image"]) == {f"a/{i}" for i in range(50)}
 
 

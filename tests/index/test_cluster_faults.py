@@ -241,3 +241,30 @@ def test_a_follower_reloads_when_a_shards_promoted_replica_lost_changes_it_appli
     assert [[(h.id, h.distance) for h in row] for row in index.search("image", queries, k=30, probe=None)] == [
         [(h.id, h.distance) for h in row] for row in fresh.search("image", queries, k=30, probe=None)
     ]
+
+
+def test_a_whole_cluster_down_is_store_unavailable_and_its_followers_go_on_once_it_is_back(tmp_path: Path) -> None:
+    """Every node stopped (a cluster restarted): writes, searches and the readiness ping fail with the
+    index's StoreUnavailableError (the service's 503), not redis-py's cluster exception; the follower
+    threads outlive it and apply another process's writes once the nodes are back."""
+    cluster = RedisClusterServer(tmp_path / "cluster", replicas=0).start()  # no replica to fail over to
+    try:
+        index = HashIndex.open(cluster.client(), "whole-outage", SPACE)
+        index.start_following(refresh_seconds=1.0)
+        index.add(_items(0, 30))
+        ports = list(cluster.processes)
+        cluster.stop()
+        with pytest.raises(StoreUnavailableError, match="unreachable"):
+            index.add(_items(30, 5))
+        with pytest.raises(StoreUnavailableError, match="unreachable"):
+            index.search("image", code(0)[None], k=1)
+        assert not index.ping()
+        _wait_for(lambda: None in index.primaries, 10)  # the followers met the outage
+        for port in ports:
+            cluster.start_node(port)  # same ports, data and nodes.conf: the same cluster
+        cluster.wait_ok()
+        HashIndex.open(cluster.client(), "whole-outage", SPACE).add(_items(30, 30))  # another process writes
+        _wait_for(lambda: index.stats()["items"]["image"] == 60, 30)
+        assert [h.id for h in index.search("image", code(45)[None], k=1)[0]] == ["item45"]
+    finally:
+        cluster.stop()

@@ -71,13 +71,13 @@ def test_shapes_are_checked() -> None:
         measure(np.zeros((3, 2), np.uint8), np.array([1, 1]), BITS)
 
 
-def _open(redis_server) -> HashIndex:
+def _open(server) -> HashIndex:
     centers, _ = fit_centers(unpack_signs(_random_codes(200, 9), BITS), 4, np.random.default_rng(0))
-    return HashIndex.open(redis_server.client(), uuid.uuid4().hex, CodeSpace("bundle1", BITS, centers, "v1"))
+    return HashIndex.open(server.client(), uuid.uuid4().hex, CodeSpace("bundle1", BITS, centers, "v1"))
 
 
-def test_the_index_health_is_of_what_it_holds_and_computed_again_only_after_a_change(redis_server) -> None:
-    index = _open(redis_server)
+def test_the_index_health_is_of_what_it_holds_and_computed_again_only_after_a_change(any_redis) -> None:
+    index = _open(any_redis)
     codes = _random_codes(300, 2)
     index.add([Item(f"i{i}", "image", c) for i, c in enumerate(codes)])
     health = index.health()
@@ -90,8 +90,8 @@ def test_the_index_health_is_of_what_it_holds_and_computed_again_only_after_a_ch
     assert again is not health and again["image"].items == 299
 
 
-def test_a_search_reports_each_querys_tie_group_at_its_best_distance(redis_server) -> None:
-    index = _open(redis_server)
+def test_a_search_reports_each_querys_tie_group_at_its_best_distance(any_redis) -> None:
+    index = _open(any_redis)
     codes = _random_codes(100, 3)
     same = np.tile(codes[:1], (7, 1))
     index.add([Item(f"t{i}", "text", c) for i, c in enumerate(np.concatenate([same, codes[1:]]))])

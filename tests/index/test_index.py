@@ -1,7 +1,9 @@
-"""The two-level index against a real redis-server: exact at full probe, routed otherwise, durable."""
+"""The two-level index against a real redis-server and a Redis Cluster (``any_redis``): exact at full probe,
+routed otherwise, durable."""
 
 from __future__ import annotations
 
+import gc
 import tracemalloc
 import uuid
 
@@ -13,9 +15,16 @@ from index.centers import fit_centers, nearest_centers
 from index.code_space import CodeSpace
 from index.codes import hamming_distances, pack_signs, to_signs, unpack_signs
 from index.engine import HashIndex, Item
-from index.errors import IndexInputError, ItemNotFoundError, ModalityConflictError, StoreUnavailableError
+from index.errors import (
+    IndexInputError,
+    ItemNotFoundError,
+    ModalityConflictError,
+    PartialWriteError,
+    StoreUnavailableError,
+)
 from index.layout_upgrade import upgrade_entries
 from index.rebuild import rebucket
+from index.redis_connection import RedisTarget, connect
 from index.store import RedisStore
 
 BITS = 16  # short codes: plenty of ties
@@ -25,9 +34,9 @@ def _codes(n: int, seed: int, bits: int = BITS) -> np.ndarray:
     return pack_signs(to_signs(np.random.default_rng(seed).normal(size=(n, bits))))
 
 
-def _open(redis_server, n_buckets: int = 8, bits: int = BITS, name: str | None = None) -> HashIndex:
+def _open(server, n_buckets: int = 8, bits: int = BITS, name: str | None = None) -> HashIndex:
     centers, _ = fit_centers(unpack_signs(_codes(500, 99, bits), bits), n_buckets, np.random.default_rng(0))
-    return HashIndex.open(redis_server.client(), name or uuid.uuid4().hex, CodeSpace("bundle1", bits, centers, "v1"))
+    return HashIndex.open(server.client(), name or uuid.uuid4().hex, CodeSpace("bundle1", bits, centers, "v1"))
 
 
 def _items(prefix: str, modality: str, codes: np.ndarray) -> list[Item]:
@@ -84,8 +93,8 @@ def test_full_probe_equals_brute_force_ranking_with_ties_deletes_and_reinserts(a
         )
 
 
-def test_probing_fewer_buckets_scans_only_those_buckets(redis_server) -> None:
-    index = _open(redis_server)
+def test_probing_fewer_buckets_scans_only_those_buckets(any_redis) -> None:
+    index = _open(any_redis)
     codes = _codes(400, 3)
     index.add(_items("i", "image", codes))
     queries = _codes(10, 4)
@@ -95,8 +104,8 @@ def test_probing_fewer_buckets_scans_only_those_buckets(redis_server) -> None:
         assert [h.distance for h in row] == sorted(h.distance for h in row)
 
 
-def test_items_are_routed_to_their_nearest_center_and_counts_match_members(redis_server) -> None:
-    index = _open(redis_server)
+def test_items_are_routed_to_their_nearest_center_and_counts_match_members(any_redis) -> None:
+    index = _open(any_redis)
     codes = _codes(300, 5)
     index.add(_items("x", "image", codes))
     index.add([Item("x0", "image", codes[1])])  # move x0 to x1's bucket
@@ -109,21 +118,21 @@ def test_items_are_routed_to_their_nearest_center_and_counts_match_members(redis
     assert sum(members) == 299
 
 
-def test_the_memory_index_is_a_cache_rebuilt_from_redis(redis_server) -> None:
+def test_the_memory_index_is_a_cache_rebuilt_from_redis(any_redis) -> None:
     name = uuid.uuid4().hex
-    first = _open(redis_server, name=name)
+    first = _open(any_redis, name=name)
     codes = _codes(250, 6)
     first.add(_items("i", "image", codes))
     first.remove("i3")
     queries = _codes(5, 7)
     before = first.search("image", queries, k=30)
-    second = _open(redis_server, name=name)
+    second = _open(any_redis, name=name)
     assert second.search("image", queries, k=30) == before
     assert np.array_equal(second.centers, first.centers)
 
 
-def test_search_returns_metadata_and_get_returns_the_stored_item(redis_server) -> None:
-    index = _open(redis_server)
+def test_search_returns_metadata_and_get_returns_the_stored_item(any_redis) -> None:
+    index = _open(any_redis)
     code = _codes(1, 8)
     index.add([Item("cat", "image", code[0], {"title": "a cat"})])
     [[hit]] = index.search("image", code, k=5)
@@ -136,34 +145,55 @@ def test_search_returns_metadata_and_get_returns_the_stored_item(redis_server) -
         index.remove("dog")
 
 
-def test_bad_input_is_rejected_and_nothing_is_half_written(redis_server) -> None:
-    index = _open(redis_server)
+def test_bad_input_is_rejected_and_nothing_is_half_written(any_redis) -> None:
+    index = _open(any_redis)
     codes = _codes(3, 9)
     index.add([Item("a", "image", codes[0])])
     with pytest.raises(IndexInputError, match="packed uint8 of shape"):
         index.add([Item("b", "image", np.zeros(3, np.uint8))])
     with pytest.raises(IndexInputError, match="unknown modality 'audio'"):
         index.add([Item("b", "audio", codes[1])])
+    # The conflicting batches' other ids lie on every shard (over S > 1 shards): refused whole, not a's shard only.
+    others = [f"c{i}" for i in range(6)]
     with pytest.raises(ModalityConflictError, match="'a' is already stored as another modality"):
-        index.add([Item("c", "text", codes[1]), Item("a", "text", codes[2])])
+        index.add([Item(item, "text", codes[1]) for item in others] + [Item("a", "text", codes[2])])
     with pytest.raises(ModalityConflictError, match="'a' is already stored as another modality"):
-        index.add([Item("e", "image", codes[1]), Item("a", "text", codes[2])])  # both modalities in one batch
+        index.add([Item(item, "image", codes[1]) for item in others] + [Item("a", "text", codes[2])])  # both modalities
     with pytest.raises(IndexInputError, match="same id twice"):
         index.add([Item("d", "text", codes[1]), Item("d", "text", codes[2])])
     assert index.stats()["items"] == {"image": 1, "text": 0}
-    assert index.store.modality_of("c") is None and index.store.modality_of("e") is None  # conflicts wrote nothing
+    assert index.store.modalities_of(others) == dict.fromkeys(others)  # conflicts wrote nothing
     with pytest.raises(IndexInputError, match="probe must be between"):
         index.search("image", codes[:1], k=1, probe=99)
 
 
-def test_with_redis_unreachable_writes_and_searches_fail_and_memory_is_unchanged(redis_server) -> None:
+def test_a_conflict_only_a_shards_script_sees_is_a_partial_write_naming_what_was_stored(
+    redis_cluster, monkeypatch
+) -> None:
+    """Another writer storing an id as the other modality between a batch's check and its write: that id's
+    shard refuses its part, the others keep theirs, and the caller is told which ids were stored."""
+    index = _open(redis_cluster)
+    codes = _codes(2, 9)
+    index.add([Item("a", "image", codes[0])])
+    monkeypatch.setattr(RedisStore, "_refuse_conflicts", lambda store, groups: None)  # 'a' stored after the check
+    others = [f"c{i}" for i in range(6)]
+    with pytest.raises(PartialWriteError, match="'a' is already stored as another modality") as refused:
+        index.add([Item(item, "text", codes[1]) for item in others] + [Item("a", "text", codes[1])])
+    stored = set(refused.value.stored)
+    assert stored and stored < set(others)
+    assert index.store.modalities_of(others) == {item: "text" if item in stored else None for item in others}
+    assert index.stats()["items"]["text"] == len(stored)  # searchable here as well
+
+
+def test_with_redis_unreachable_writes_and_searches_fail_and_memory_is_unchanged(any_redis) -> None:
     """Ids and metadata live in Redis, so a search cannot name what it ranked while Redis is away: it
     fails like a write (the service's 503), and answers again, the same, once Redis is back."""
-    index = _open(redis_server)
+    index = _open(any_redis)
     codes = _codes(2, 10)
     index.add([Item("kept", "image", codes[0], {"title": "kept"})])
     reachable = index.generation.store
-    unreachable = redis.Redis(port=1, socket_connect_timeout=0.2)  # nothing listens on port 1
+    # nothing listens on port 1; a client as the service makes them (one retry, at once: no backoff to wait out)
+    unreachable = connect(RedisTarget("redis://127.0.0.1:1"), connect_timeout=0.2)
     index.generation.store = RedisStore(unreachable, reachable.index_name, reachable.bundle_id, shards=reachable.shards)
     with pytest.raises(StoreUnavailableError, match="unreachable"):
         index.add([Item("a", "image", codes[1])])
@@ -216,11 +246,11 @@ def test_rebucket_swaps_in_new_centers_without_losing_anything(any_redis) -> Non
     assert reader.store.modality_of("new") == "image"
 
 
-def test_writes_wait_out_a_rebucket_while_reads_go_on(redis_server) -> None:
-    index = _open(redis_server)
+def test_writes_wait_out_a_rebucket_while_reads_go_on(any_redis) -> None:
+    index = _open(any_redis)
     codes = _codes(50, 13)
     index.add(_items("i", "image", codes))
-    index.store.client.set(index.store.bundle_keys.rebuilding, 1)
+    assert index.store.set_rebuilding(60)  # as a re-bucket does, on every shard
     try:
         with pytest.raises(StoreUnavailableError, match="re-bucketed"):
             index.add([Item("x", "image", codes[0])])
@@ -230,12 +260,12 @@ def test_writes_wait_out_a_rebucket_while_reads_go_on(redis_server) -> None:
             rebucket(index.store, BITS, k=2)
         assert len(index.search("image", codes[:1], k=5)[0]) == 5
     finally:
-        index.store.client.delete(index.store.bundle_keys.rebuilding)
+        index.store.clear_rebuilding()
     assert index.stats()["items"]["image"] == 50
 
 
-def test_a_metadata_filter_ranks_more_candidates_until_k_match_or_the_buckets_run_out(redis_server) -> None:
-    index = _open(redis_server)
+def test_a_metadata_filter_ranks_more_candidates_until_k_match_or_the_buckets_run_out(any_redis) -> None:
+    index = _open(any_redis)
     codes = _codes(500, 14)
     index.add([Item(f"i{i}", "image", c, {"kind": "rare" if i % 50 == 0 else "common"}) for i, c in enumerate(codes)])
     queries = _codes(6, 15)
@@ -248,20 +278,26 @@ def test_a_metadata_filter_ranks_more_candidates_until_k_match_or_the_buckets_ru
     assert [len(row) for row in index.search("image", queries, 30, where={"kind": "rare"})] == [10] * 6  # all there are
 
 
-def test_a_search_resolves_its_hits_in_one_redis_round_trip(redis_server, monkeypatch) -> None:
-    index = _open(redis_server)
+def test_a_search_resolves_its_hits_in_one_redis_round_trip_per_node(any_redis, monkeypatch) -> None:
+    """One request to each node holding some of the hits (the one node of a plain Redis), not one per hit
+    or per shard's command."""
+    index = _open(any_redis)
     index.add(_items("i", "image", _codes(200, 16)))
-    calls = []
-    client = index.store.client
-    real_call = client.execute_command
-    monkeypatch.setattr(client, "execute_command", lambda *a, **kw: calls.append(a[0]) or real_call(*a, **kw))
+    sent: list[tuple[str, int]] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(connection, command, check_health=True):
+        sent.append((connection.host, connection.port))
+        return send(connection, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
     hits = index.search("image", _codes(5, 17), k=10, probe=3)
-    assert len(calls) == 1 and all(len(row) == 10 for row in hits)
+    assert len(sent) == len(set(sent)) <= index.store.shards and all(len(row) == 10 for row in hits)
 
 
-def test_an_item_replaced_or_deleted_after_ranking_is_left_out_and_k_still_filled(redis_server) -> None:
+def test_an_item_replaced_or_deleted_after_ranking_is_left_out_and_k_still_filled(any_redis) -> None:
     name = uuid.uuid4().hex
-    writer, reader = _open(redis_server, name=name), _open(redis_server, name=name)
+    writer, reader = _open(any_redis, name=name), _open(any_redis, name=name)
     codes = _codes(100, 18)
     writer.add(_items("i", "image", codes))
     reader.catch_up()
@@ -321,28 +357,42 @@ def test_a_store_of_the_former_layout_is_upgraded_by_a_re_bucket_too(redis_serve
     assert second.stats()["items"]["image"] == 120 and second.get("i7").metadata == {"n": 7}
 
 
-def test_a_loaded_index_keeps_no_python_object_per_item(redis_server) -> None:
+def _load_traced(client: redis.Redis, name: str, space: CodeSpace) -> tuple[HashIndex, int]:
+    """A fresh load of the index and the bytes of Python heap it keeps (garbage collected before and after,
+    so neither earlier garbage nor the load's own counts)."""
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    loaded = HashIndex.open(client, name, space)
+    gc.collect()
+    kept = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return loaded, kept
+
+
+def test_a_loaded_index_keeps_no_python_object_per_item(any_redis) -> None:
     """Only what ranking needs stays in the process: FAISS's lists (C++, not traced here) and a bit per
     label; the Python heap it keeps after a load does not grow with the items."""
     name = uuid.uuid4().hex
-    writer = _open(redis_server, name=name)
+    writer = _open(any_redis, name=name)
     n = 20_000
     codes = _codes(n, 21)
     for start in range(0, n, 2000):
         writer.add(_items(f"item-with-a-long-id-{start}-", "text", codes[start : start + 2000]))
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    loaded = _open(redis_server, name=name)
-    kept = tracemalloc.get_traced_memory()[0] - before
-    tracemalloc.stop()
+    one = _open(any_redis)
+    one.add(_items("one-", "text", codes[:1]))
+    # What any load keeps (connections and threads per shard, centers, scripts): a load of one item. The
+    # clients are made before tracing: a cluster client's slot map and command table are its own.
+    _, fixed = _load_traced(any_redis.client(), one.store.index_name, one.space)
+    loaded, kept = _load_traced(any_redis.client(), name, writer.space)
     assert loaded.stats()["items"]["text"] == n
-    # A label → (id, metadata) dict kept ~270 B per item; what is left is fixed costs (centers, scripts).
-    assert kept / n < 8, f"{kept / n:.1f} B per item kept in Python"
+    # A label → (id, metadata) dict kept ~270 B per item.
+    assert (kept - fixed) / n < 8, f"{(kept - fixed) / n:.1f} B per item kept in Python"
 
 
-def test_with_a_reranker_the_full_probe_equals_brute_force_asymmetric_order_over_whole_tie_groups(redis_server) -> None:
+def test_with_a_reranker_the_full_probe_equals_brute_force_asymmetric_order_over_whole_tie_groups(any_redis) -> None:
     centers, _ = fit_centers(unpack_signs(_codes(500, 99), BITS), 8, np.random.default_rng(0))
-    index = HashIndex.open(redis_server.client(), uuid.uuid4().hex, CodeSpace("bundle1", BITS, centers, "v1", 5))
+    index = HashIndex.open(any_redis.client(), uuid.uuid4().hex, CodeSpace("bundle1", BITS, centers, "v1", 5))
     codes = _codes(400, 5)
     index.add(_items("t", "text", codes))
     real = np.random.default_rng(6).normal(size=(20, BITS)).astype(np.float32)

@@ -1,13 +1,15 @@
-"""Property tests of the two-level index against a brute-force model, on a real redis-server.
+"""Property tests of the two-level index against a brute-force model, on a real redis-server and on a Redis
+Cluster (three shards).
 
 Hypothesis drives random sequences of batch inserts, re-inserts (same id, new code), deletes,
 searches and re-opens (the memory index rebuilt from Redis) on a 16-bit index with few buckets (many
 ties). The model is plain Python: items in insertion order per modality (a re-insert moves an item to
 the end), each in the bucket of its nearest center (ties: lowest center index). The specified ranking
 is the one of ``tests/index/test_index.py::_brute_force``: Hamming distance, then the rank of the item's
-bucket in the query's route (nearer center first, ties by center index), then insertion order; a
-search probing p buckets sees only items in the query's p first buckets. After every step Redis'
-bucket counts equal the in-memory bucket members and the model's.
+bucket in the query's route (nearer center first, ties by center index), then label order, which is
+insertion order (over S shards: each item's label names its shard, ``crc32(id) mod S``, and each shard
+gives labels in insertion order); a search probing p buckets sees only items in the query's p first
+buckets. After every step Redis' bucket counts equal the in-memory bucket members and the model's.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from index.code_space import CodeSpace
 from index.codes import unpack_signs
 from index.engine import HashIndex, Item
 from index.errors import IndexInputError, ItemNotFoundError, ModalityConflictError
+from index.shards import shard_of
 from index.stored_values import MODALITIES
 
 BITS = 16
@@ -64,6 +67,7 @@ class IndexMachine(RuleBasedStateMachine):
         self.index: HashIndex | None = None
         # modality → {id: (code, metadata)} in insertion order (dicts keep it)
         self.live: dict[str, dict[str, tuple[bytes, dict]]] = {m: {} for m in MODALITIES}
+        self.labels: dict[str, int] = {}  # each live item's label, as the index gave it
         self.writes = 0
 
     @initialize()
@@ -87,6 +91,7 @@ class IndexMachine(RuleBasedStateMachine):
         for item_id, modality, code in batch:  # in batch order, within each modality
             self.live[modality].pop(item_id, None)  # a re-insert moves to the end
             self.live[modality][item_id] = (code, {"w": self.writes})
+            self.labels[item_id] = self.index.get(item_id).label
 
     @rule(item_id=st.sampled_from(IDS))
     def delete(self, item_id: str) -> None:
@@ -107,8 +112,8 @@ class IndexMachine(RuleBasedStateMachine):
         allowed = set(route[: probe or N_BUCKETS])
         rank = {bucket: r for r, bucket in enumerate(route)}
         candidates = [
-            (hamming(query, code), rank[model_bucket(code)], position, item_id, meta)
-            for position, (item_id, (code, meta)) in enumerate(self.live[side].items())
+            (hamming(query, code), rank[model_bucket(code)], self.labels[item_id], item_id, meta)
+            for item_id, (code, meta) in self.live[side].items()
             if model_bucket(code) in allowed
         ]
         expected = [(item_id, d, route[r], meta) for d, r, _, item_id, meta in sorted(candidates)[:k]]
@@ -144,6 +149,17 @@ class IndexMachine(RuleBasedStateMachine):
             assert self.index.stats()["items"][modality] == len(self.live[modality])
 
     @invariant()
+    def each_shard_gives_labels_in_insertion_order(self) -> None:
+        if self.index is None:
+            return
+        shards = self.index.store.shards
+        for live in self.live.values():
+            for shard in range(shards):
+                own = [self.labels[item] for item in live if self.labels[item] % shards == shard]
+                assert own == sorted(own), f"shard {shard}: labels out of insertion order"
+            assert [self.labels[item] % shards for item in live] == shard_of(list(live), shards).tolist()
+
+    @invariant()
     def redis_holds_exactly_the_models_items(self) -> None:
         if self.index is None:
             return
@@ -151,11 +167,12 @@ class IndexMachine(RuleBasedStateMachine):
         for modality in MODALITIES:
             for item_id, (code, meta) in self.live[modality].items():
                 stored = self.index.get(item_id)
-                assert (stored.code, stored.bucket, stored.metadata) == (code, model_bucket(code), meta), item_id
+                expected = (code, model_bucket(code), self.labels[item_id], meta)
+                assert (stored.code, stored.bucket, stored.label, stored.metadata) == expected, item_id
 
 
-def test_index_matches_its_brute_force_model(redis_server) -> None:
-    IndexMachine.client = redis_server.client()
+def test_index_matches_its_brute_force_model(any_redis) -> None:
+    IndexMachine.client = any_redis.client()
     run = IndexMachine.TestCase
     run.settings = settings(
         max_examples=80,

@@ -32,19 +32,19 @@ def bundle():
     return load_bundle(DEFAULT_BUNDLE, threads=1)
 
 
-def _old_index(redis_server, name: str) -> HashIndex:
+def _old_index(server, name: str) -> HashIndex:
     """An index under another (made-up) bundle, as the one in service before a rollout."""
     centers = np.where(np.random.default_rng(0).random((4, OLD_BITS)) < 0.5, -1, 1).astype(np.int8)
-    return HashIndex.open(redis_server.client(), name, CodeSpace("oldbundle", OLD_BITS, centers, "v1"))
+    return HashIndex.open(server.client(), name, CodeSpace("oldbundle", OLD_BITS, centers, "v1"))
 
 
 def _old_code(seed: int) -> np.ndarray:
     return pack_signs(to_signs(np.random.default_rng(seed).normal(size=(1, OLD_BITS))))[0]
 
 
-def _fill_old(redis_server, bundle, name: str) -> dict[str, object]:
+def _fill_old(server, bundle, name: str) -> dict[str, object]:
     """Texts and image features kept as sources, one feature item of another space, one item with no source."""
-    old, kept = _old_index(redis_server, name), SourceStore(redis_server.client(), name)
+    old, kept = _old_index(server, name), SourceStore(server.client(), name)
     images = np.random.default_rng(1).random((4, bundle.input_dim("image"))).astype(np.float32)
     sources: dict[str, object] = {f"txt:{i}": TextSource(text) for i, text in enumerate(TEXTS)}
     space = bundle.feature_space("image")
@@ -82,11 +82,11 @@ def test_every_item_with_a_source_is_hashed_by_the_new_bundle_and_the_others_are
     assert new.stored_modalities(["img:elsewhere", "txt:no-source"]) == {"img:elsewhere": None, "txt:no-source": None}
 
 
-def test_a_stopped_pass_resumes_where_it_stopped(redis_server, bundle) -> None:
+def test_a_stopped_pass_resumes_where_it_stopped(any_redis, bundle) -> None:
     name = uuid.uuid4().hex
-    _fill_old(redis_server, bundle, name)
-    source = _old_index(redis_server, name).store
-    target = open_store(redis_server.client(), name, bundle)
+    _fill_old(any_redis, bundle, name)
+    source = _old_index(any_redis, name).store
+    target = open_store(any_redis.client(), name, bundle)
     stop = threading.Event()
     first = Reencoder(source, target, bundle, chunk=2).run(on_chunk=lambda report: stop.set(), stop=stop)
     assert sum(first.written.values()) == 2 and first.done < first.total
@@ -112,21 +112,21 @@ def test_fill_neither_revives_a_deleted_item_nor_overwrites_a_newer_one(any_redi
     assert new.stored_modalities(["txt:2"]) == {"txt:2": None}
 
 
-def test_collection_items_are_re_encoded_from_their_files_and_manifest(redis_server, bundle, tmp_path: Path) -> None:
+def test_collection_items_are_re_encoded_from_their_files_and_manifest(any_redis, bundle, tmp_path: Path) -> None:
     name = uuid.uuid4().hex
     folder = tmp_path / "mine"
     (folder / "pics").mkdir(parents=True)
     Image.new("RGB", (40, 30), (200, 20, 20)).save(folder / "pics" / "red.png")
     row = {"id": "r1", "image": "pics/red.png", "text": "a red square", "labels": ["shape"]}
     (folder / "manifest.jsonl").write_text(json.dumps(row) + "\n")
-    collection_registry.register(redis_server.client(), name, "mine", folder / "manifest.jsonl")
-    old = _old_index(redis_server, name)
+    collection_registry.register(any_redis.client(), name, "mine", folder / "manifest.jsonl")
+    old = _old_index(any_redis, name)
     meta = {"collection": "mine", "image": "pics/red.png"}
     old.add([Item("img:r1", "image", _old_code(1), meta), Item("txt:r1", "text", _old_code(2), meta)])
-    target = open_store(redis_server.client(), name, bundle)
+    target = open_store(any_redis.client(), name, bundle)
     report = Reencoder(old.store, target, bundle).run()
     assert report.written == {"image": 1, "text": 1} and not report.not_reencodable
-    new = HashIndex.open(redis_server.client(), name, bundle.code_space)
+    new = HashIndex.open(any_redis.client(), name, bundle.code_space)
     pixels = bundle.decode_image(folder / "pics" / "red.png")
     assert new.get("img:r1").code == bundle.packed_codes("image", bundle.image_features(pixels[None]))[0].tobytes()
     text_code = bundle.packed_codes("text", bundle.text_features(["a red square"]))[0]

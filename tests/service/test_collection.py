@@ -17,7 +17,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-import redis
 
 from index.bundle import load_bundle
 from index.code_space import CodeSpace
@@ -40,9 +39,9 @@ def bundle():
     return load_bundle(DEFAULT_BUNDLE)
 
 
-def _loader(redis_server, bundle) -> tuple[loading.Loader, HashIndex]:
+def _loader(server, bundle) -> tuple[loading.Loader, HashIndex]:
     """A loader into a fresh index of its own name."""
-    client, name = redis.Redis.from_url(redis_server.url), uuid.uuid4().hex
+    client, name = server.client(), uuid.uuid4().hex
     index = HashIndex.open(
         client, name, CodeSpace(bundle.bundle_id, bundle.bits, bundle.centers, bundle.centers_version)
     )
@@ -95,9 +94,9 @@ def _reasons(report: loading.LoadReport) -> dict[int, str]:
 
 
 def test_good_rows_become_an_image_and_a_text_item_and_bad_rows_are_reported(
-    redis_server, bundle, collection_folder: Path
+    any_redis, bundle, collection_folder: Path
 ) -> None:
-    loader, index = _loader(redis_server, bundle)
+    loader, index = _loader(any_redis, bundle)
     collection = read_collection(collection_folder)
     report = loader.load(collection, "mine")
     loaded = ["an_apple_01", "banana", "baby_tux_01", "guitar_ganson"]
@@ -120,9 +119,9 @@ def test_good_rows_become_an_image_and_a_text_item_and_bad_rows_are_reported(
 
 
 def test_a_second_run_writes_nothing_and_an_interrupted_run_resumes_without_duplicates(
-    redis_server, bundle, collection_folder: Path, monkeypatch
+    any_redis, bundle, collection_folder: Path, monkeypatch
 ) -> None:
-    loader, index = _loader(redis_server, bundle)
+    loader, index = _loader(any_redis, bundle)
     collection = read_collection(collection_folder)
     monkeypatch.setattr(loading, "CHUNK", 2)
     written = loading.write_chunk
@@ -164,9 +163,9 @@ def test_a_second_run_writes_nothing_and_an_interrupted_run_resumes_without_dupl
 
 
 def test_an_id_another_writer_stored_under_the_other_modality_is_reported_not_overwritten(
-    redis_server, bundle, collection_folder: Path
+    any_redis, bundle, collection_folder: Path
 ) -> None:
-    loader, index = _loader(redis_server, bundle)
+    loader, index = _loader(any_redis, bundle)
     code = bundle.packed_codes("text", bundle.text_features(["someone else's text"]))
     index.add([Item("img:banana", "text", code[0], {"owner": "someone else"})])
     report = loader.load(read_collection(collection_folder), "mine")
@@ -175,13 +174,13 @@ def test_an_id_another_writer_stored_under_the_other_modality_is_reported_not_ov
     assert index.get("img:banana").metadata == {"owner": "someone else"}
 
 
-def test_the_loader_loads_every_row_whatever_its_split(redis_server, bundle, collection_folder: Path) -> None:
+def test_the_loader_loads_every_row_whatever_its_split(any_redis, bundle, collection_folder: Path) -> None:
     manifest = collection_folder / "manifest.jsonl"
     rows = manifest.read_bytes().split(b"\n")
     for line, part in enumerate(("train", "query", "database", "query")):
         rows[line] = json.dumps(json.loads(rows[line]) | {"split": part}).encode()
     manifest.write_bytes(b"\n".join(rows))
-    loader, index = _loader(redis_server, bundle)
+    loader, index = _loader(any_redis, bundle)
     report = loader.load(read_collection(collection_folder), "mine")
     assert report.written == {"image": 4, "text": 4} and index.stats()["items"] == {"image": 4, "text": 4}
 
@@ -200,7 +199,7 @@ def _stderr_until(process: subprocess.Popen, wanted: bytes, seconds: float) -> b
 
 
 def test_a_load_stopped_by_sigterm_reports_what_it_wrote_and_says_to_run_it_again(
-    redis_server, bundle, tmp_path: Path
+    any_redis, bundle, tmp_path: Path
 ) -> None:
     """A real ``python -m service load`` sent SIGTERM once its first chunk is stored: like Ctrl-C, it
     prints the report so far and the hint, exits 130, and the index holds what the report says."""
@@ -210,7 +209,7 @@ def test_a_load_stopped_by_sigterm_reports_what_it_wrote_and_says_to_run_it_agai
     (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(row) + "\n" for row in copies))
     name = uuid.uuid4().hex
     command = [sys.executable, "-m", "service", "load", str(tmp_path), "--bundle", str(DEFAULT_BUNDLE)]
-    command += ["--redis-url", redis_server.url, "--index", name]
+    command += ["--redis-url", any_redis.url, "--index", name]
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
         _stderr_until(process, f"{loading.CHUNK}/{len(copies)}".encode(), seconds=120)
@@ -221,7 +220,7 @@ def test_a_load_stopped_by_sigterm_reports_what_it_wrote_and_says_to_run_it_agai
     report = json.loads(stdout)
     assert report["interrupted"] is True and report["index"] == name
     assert loading.CHUNK <= report["written"]["image"] < len(copies)
-    client = redis.Redis.from_url(redis_server.url)
+    client = any_redis.client()
     index = HashIndex.open(
         client, name, CodeSpace(bundle.bundle_id, bundle.bits, bundle.centers, bundle.centers_version)
     )

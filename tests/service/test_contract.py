@@ -85,6 +85,8 @@ def _failed_responses(junit: Path) -> dict[str, list[tuple[int, str]]]:
 def test_a_plain_schemathesis_run_with_every_check_fails_only_on_bytes_that_are_no_image(
     redis_server, tmp_path: Path
 ) -> None:
+    """On the plain redis-server only: it checks the OpenAPI document against the HTTP answers, whatever
+    stores the items; test_fuzz_api sends its kind of requests to a service on the cluster too."""
     models = tmp_path / "models"
     models.mkdir()
     (models / "default").symlink_to(DEFAULT_BUNDLE)

@@ -382,12 +382,12 @@ def test_searches_and_ingests_never_fail_while_models_swap(swap_service, bundle)
 # --- Attacks -------------------------------------------------------------------------------------
 
 
-def _app(redis_server, **overrides) -> TestClient:
-    settings = {"redis_url": redis_server.url, "index_name": uuid.uuid4().hex, "api_key": "secret-key"}
+def _app(server, **overrides) -> TestClient:
+    settings = {"redis_url": server.url, "index_name": uuid.uuid4().hex, "api_key": "secret-key"}
     return TestClient(create_app(Settings(**(settings | overrides))))
 
 
-def test_every_write_needs_the_key_compared_in_constant_time(redis_server, monkeypatch) -> None:
+def test_every_write_needs_the_key_compared_in_constant_time(any_redis, monkeypatch) -> None:
     import service.runtime
 
     compared = []
@@ -403,7 +403,7 @@ def test_every_write_needs_the_key_compared_in_constant_time(redis_server, monke
         ("DELETE", "/v1/items/a", None),
         ("POST", "/v1/models:swap", {"bundle": "default"}),
     ]
-    with _app(redis_server) as client:
+    with _app(any_redis) as client:
         for method, path, body in writes:
             for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": "secret-ke"}, {"X-API-Key": "secret-key "}):
                 reply = client.request(method, path, json=body, headers=headers)
@@ -411,7 +411,7 @@ def test_every_write_needs_the_key_compared_in_constant_time(redis_server, monke
         assert len(compared) == 3 * 3  # every presented key went through secrets.compare_digest
         reply = client.post("/v1/items:batch", json=writes[0][2], headers={"X-API-Key": "secret-key"})
         assert reply.status_code == 200
-    with _app(redis_server, api_key=None) as client:  # no key configured: no writes at all
+    with _app(any_redis, api_key=None) as client:  # no key configured: no writes at all
         reply = client.post("/v1/items:batch", json=writes[0][2], headers={"X-API-Key": ""})
         assert reply.status_code == 403 and "no XMHASH_API_KEY configured" in reply.json()["detail"]
 
@@ -435,8 +435,8 @@ def test_demo_mode_binds_to_loopback_whatever_host_is_asked(tmp_path: Path, redi
         service.stop()
 
 
-def test_request_bodies_over_the_limit_are_413_declared_or_chunked(redis_server) -> None:
-    with _app(redis_server, max_request_bytes=20_000) as client:
+def test_request_bodies_over_the_limit_are_413_declared_or_chunked(any_redis) -> None:
+    with _app(any_redis, max_request_bytes=20_000) as client:
         big = json.dumps({"text": "apple " * 5000}).encode()
         json_headers = {"content-type": "application/json"}
         declared = client.post("/v1/search/text-to-image", content=big, headers=json_headers)
@@ -484,7 +484,7 @@ def _png(size: tuple[int, int]) -> bytes:
     return buffer.getvalue()
 
 
-def test_image_size_limits_and_decompression_bombs_are_refused_before_decoding(redis_server, monkeypatch) -> None:
+def test_image_size_limits_and_decompression_bombs_are_refused_before_decoding(any_redis, monkeypatch) -> None:
     decoded = []
     original_load = PngImagePlugin.PngImageFile.load
 
@@ -493,7 +493,7 @@ def test_image_size_limits_and_decompression_bombs_are_refused_before_decoding(r
         return original_load(self)
 
     monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", recording_load)
-    with _app(redis_server, max_image_bytes=50_000) as client:
+    with _app(any_redis, max_image_bytes=50_000) as client:
         for width, height in [(100_000, 100_000), (8_000, 8_000), (2**31 - 1, 1)]:
             bomb = _png_header_only(width, height)
             started = time.perf_counter()
@@ -522,13 +522,13 @@ def test_image_size_limits_and_decompression_bombs_are_refused_before_decoding(r
     ],
 )
 def test_an_image_over_the_pixel_limit_is_refused_naming_the_configured_limit(
-    redis_server, width, height, limit, message
+    any_redis, width, height, limit, message
 ) -> None:
     """The configured ``max_image_pixels`` is the limit applied and named, also for an image Pillow itself
     refuses to open (4·10⁸ pixels: Pillow's error would name its own limit, 178956970)."""
     bomb = _png_header_only(width, height)
     item = {"id": "big", "modality": "image", "image_base64": base64.b64encode(bomb).decode()}
-    with _app(redis_server, max_image_pixels=limit) as client:
+    with _app(any_redis, max_image_pixels=limit) as client:
         upload = client.post("/v1/search/image-to-image/upload", files={"image": ("big.png", bomb)})
         as_json = client.post("/v1/search/image-to-image", json={"image_base64": item["image_base64"]})
         ingest = client.post("/v1/items:batch", json={"items": [item]}, headers={"X-API-Key": "secret-key"})
@@ -599,16 +599,16 @@ def test_redis_started_by_the_service_listens_on_loopback_only_with_appendfsync_
         server.stop()
 
 
-def test_cors_is_off_unless_origins_are_configured(redis_server) -> None:
+def test_cors_is_off_unless_origins_are_configured(any_redis) -> None:
     cross_origin = {"Origin": "https://evil.example"}
     preflight = cross_origin | {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "X-API-Key"}
-    with _app(redis_server) as client:
+    with _app(any_redis) as client:
         assert "access-control-allow-origin" not in client.get("/healthz", headers=cross_origin).headers
         reply = client.post("/v1/search/text-to-image", json={"text": "apple"}, headers=cross_origin)
         assert "access-control-allow-origin" not in reply.headers
         options = client.options("/v1/items:batch", headers=preflight)
         assert options.status_code >= 400 and "access-control-allow-origin" not in options.headers
-    with _app(redis_server, cors_origins=["https://app.example"]) as client:
+    with _app(any_redis, cors_origins=["https://app.example"]) as client:
         allowed = client.get("/healthz", headers={"Origin": "https://app.example"})
         assert allowed.headers["access-control-allow-origin"] == "https://app.example"
         assert "access-control-allow-origin" not in client.get("/healthz", headers=cross_origin).headers

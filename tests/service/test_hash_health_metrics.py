@@ -19,9 +19,9 @@ BITS = read_manifest(DEFAULT_BUNDLE).code_bits
 
 
 @pytest.fixture(scope="module")
-def client(redis_server):
+def client(any_redis):
     settings = Settings(
-        redis_url=redis_server.url,
+        redis_url=any_redis.url,
         bundle_path=DEFAULT_BUNDLE,
         index_name=uuid.uuid4().hex,
         api_key="test-key",

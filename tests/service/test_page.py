@@ -30,20 +30,20 @@ APPLE = "food/fruit/an_apple_01"
 PAGE_BUDGET_BYTES = 200_000
 
 
-def _settings(redis_server, **overrides) -> Settings:
-    values = {"redis_url": redis_server.url, "bundle_path": DEFAULT_BUNDLE, "index_name": uuid.uuid4().hex}
+def _settings(server, **overrides) -> Settings:
+    values = {"redis_url": server.url, "bundle_path": DEFAULT_BUNDLE, "index_name": uuid.uuid4().hex}
     return Settings(**(values | {"api_key": "test-key", "demo_corpus": False} | overrides))
 
 
 @pytest.fixture
-def client(redis_server):
-    with TestClient(create_app(_settings(redis_server))) as c:
+def client(any_redis):
+    with TestClient(create_app(_settings(any_redis))) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-def page_client(redis_server):
-    with TestClient(create_app(_settings(redis_server))) as c:
+def page_client(any_redis):
+    with TestClient(create_app(_settings(any_redis))) as c:
         yield c
 
 
@@ -150,10 +150,11 @@ def test_a_collection_name_is_never_re_pointed_to_another_folder(client, tmp_pat
         _register(client, "taken", tmp_path / "b")
 
 
-@pytest.fixture
-def fake_collection(tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def fake_collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A collection folder holding one real picture, a symlink to a file outside it, a symlinked folder
     of pictures (as the OpenClipart export links the corpus), a corrupt file and a bomb."""
+    tmp_path = tmp_path_factory.mktemp("thumbnails")
     root = tmp_path / "collection"
     (root / "ok").mkdir(parents=True)
     apple = (CORPUS / "png" / f"{APPLE}.png").read_bytes()
@@ -170,6 +171,15 @@ def fake_collection(tmp_path: Path) -> Path:
     Image.new("1", (20_000, 20_000)).save(bomb, format="PNG")  # 4·10⁸ pixels in a few KB
     (root / "ok" / "bomb.png").write_bytes(bomb.getvalue())
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def thumbnail_client(any_redis, fake_collection: Path):
+    """One service with the fake collection registered as ``c`` for every thumbnail case: each stores
+    ``img:x`` again, with its own metadata (features only: no thumbnail of its own is kept)."""
+    with TestClient(create_app(_settings(any_redis))) as client:
+        _register(client, "c", fake_collection / "collection")
+        yield client
 
 
 @pytest.mark.parametrize(
@@ -195,14 +205,14 @@ def fake_collection(tmp_path: Path) -> Path:
     ],
 )
 def test_thumbnails_reach_no_file_outside_the_collection_and_bad_files_are_4xx(
-    redis_server, fake_collection: Path, collection, path, status
+    thumbnail_client, fake_collection: Path, collection, path, status
 ) -> None:
     if path == "__ABS__":
         path = str(fake_collection / "secret.png")
-    with TestClient(create_app(_settings(redis_server))) as client:
-        _register(client, "c", fake_collection / "collection")
-        _ingest(client, _image("img:x", features=[0.5] * 1280, metadata={"collection": collection, "image": path}))
-        reply = client.get("/v1/thumbnails/img:x")
+    _ingest(
+        thumbnail_client, _image("img:x", features=[0.5] * 1280, metadata={"collection": collection, "image": path})
+    )
+    reply = thumbnail_client.get("/v1/thumbnails/img:x")
     assert reply.status_code == status, reply.text
     if status == 200:
         assert _decoded(reply.content).size == (thumbnails.SIZE, thumbnails.SIZE)
@@ -306,8 +316,8 @@ def _wait_for_demo_ingestion(seconds: float = 120) -> None:
             assert not thread.is_alive()
 
 
-def test_the_demo_corpus_is_ingested_on_the_first_start_only(redis_server, small_demo: Path, caplog) -> None:  # noqa: F811
-    settings = _settings(redis_server, demo_corpus=True, demo_collection=small_demo)
+def test_the_demo_corpus_is_ingested_on_the_first_start_only(any_redis, small_demo: Path, caplog) -> None:  # noqa: F811
+    settings = _settings(any_redis, demo_corpus=True, demo_collection=small_demo)
     total = FRUIT + OTHERS
     caplog.set_level(logging.INFO, logger="xmhash.demo")
     with TestClient(create_app(settings)) as client:
@@ -334,11 +344,11 @@ def test_the_demo_corpus_is_ingested_on_the_first_start_only(redis_server, small
     assert "demo corpus: already ingested" in caplog.text
 
 
-def test_the_switch_starts_empty_and_a_missing_corpus_leaves_the_service_serving(redis_server, tmp_path) -> None:
-    with TestClient(create_app(_settings(redis_server, demo_corpus=False))) as client:
+def test_the_switch_starts_empty_and_a_missing_corpus_leaves_the_service_serving(any_redis, tmp_path) -> None:
+    with TestClient(create_app(_settings(any_redis, demo_corpus=False))) as client:
         assert client.get("/readyz").json()["demo_corpus"] == {"state": "off"}
         assert client.get("/v1/models").json()["index"]["items"] == {"image": 0, "text": 0}
-    missing = _settings(redis_server, demo_corpus=True, demo_collection=tmp_path / "nothing" / "manifest.jsonl")
+    missing = _settings(any_redis, demo_corpus=True, demo_collection=tmp_path / "nothing" / "manifest.jsonl")
     with TestClient(create_app(missing)) as client:
         _wait_for_demo_ingestion()
         progress = client.get("/readyz").json()["demo_corpus"]

@@ -74,12 +74,12 @@ def test_served_codes_of_raw_inputs_equal_the_trainers_codes_on_the_whole_query_
 
 
 @pytest.fixture(scope="module")
-def service(redis_server, corpus):
+def service(any_redis, corpus):
     """The default bundle served over HTTP with the demo corpus (the database split) ingested as the
     bundle's featurizers see it: the cached features of the same graphs, sent through the batch endpoint."""
     dataset, features = corpus
     settings = Settings(
-        redis_url=redis_server.url,
+        redis_url=any_redis.url,
         bundle_path=DEFAULT_BUNDLE,
         index_name=uuid.uuid4().hex,
         api_key="test-key",
@@ -138,11 +138,11 @@ def test_held_out_query_images_find_texts_of_their_categories(service, corpus) -
 
 
 @pytest.fixture(scope="module")
-def demo_service(redis_server, corpus):
+def demo_service(any_redis, corpus):
     """The default bundle over HTTP with the whole demo corpus, ids as the demo loader writes them
     (``img:<id>``, ``txt:<id>``), ingested through the batch endpoint from the cached features."""
     dataset, features = corpus
-    settings = Settings(redis_url=redis_server.url, bundle_path=DEFAULT_BUNDLE, index_name=uuid.uuid4().hex,
+    settings = Settings(redis_url=any_redis.url, bundle_path=DEFAULT_BUNDLE, index_name=uuid.uuid4().hex,
                         api_key="test-key", demo_corpus=False)  # fmt: skip
     with TestClient(create_app(settings)) as client:
         for start in range(0, len(dataset.ids), BATCH // 2):

@@ -19,14 +19,14 @@ KEY = {"X-API-Key": "test-key"}
 PROBLEM = "application/problem+json"
 
 
-def _settings(redis_server, **overrides) -> Settings:
-    values = {"redis_url": redis_server.url, "bundle_path": DEFAULT_BUNDLE, "index_name": uuid.uuid4().hex}
+def _settings(server, **overrides) -> Settings:
+    values = {"redis_url": server.url, "bundle_path": DEFAULT_BUNDLE, "index_name": uuid.uuid4().hex}
     return Settings(**(values | {"api_key": "test-key", "demo_corpus": False} | overrides))
 
 
 @pytest.fixture(scope="module")
-def client(redis_server):
-    with TestClient(create_app(_settings(redis_server, max_request_bytes=20_000))) as c:
+def client(any_redis):
+    with TestClient(create_app(_settings(any_redis, max_request_bytes=20_000))) as c:
         yield c
 
 
@@ -90,8 +90,8 @@ def test_not_ready_is_a_503_problem_that_still_names_the_bundle_and_redis(client
     assert body["bundle"] == client.app.state.runtime.bundle.bundle_id
 
 
-def test_an_unexpected_failure_is_a_500_problem_that_tells_nothing_of_the_exception(redis_server, monkeypatch) -> None:
-    with TestClient(create_app(_settings(redis_server)), raise_server_exceptions=False) as client:
+def test_an_unexpected_failure_is_a_500_problem_that_tells_nothing_of_the_exception(any_redis, monkeypatch) -> None:
+    with TestClient(create_app(_settings(any_redis)), raise_server_exceptions=False) as client:
         monkeypatch.setattr(client.app.state.runtime.index, "stats", lambda: 1 / 0)
         body = problem_of(client.get("/v1/models"), 500)
     assert "ZeroDivision" not in body["detail"] and "division" not in body["detail"]

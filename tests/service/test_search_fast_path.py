@@ -69,9 +69,9 @@ def test_codes_are_those_of_the_exported_graph_bit_for_bit(bundle: Bundle, modal
 
 
 @pytest.fixture(scope="module")
-def client(redis_server):
+def client(any_redis):
     settings = Settings(
-        redis_url=redis_server.url, bundle_path=DEFAULT_BUNDLE, index_name=uuid.uuid4().hex, api_key="test-key"
+        redis_url=any_redis.url, bundle_path=DEFAULT_BUNDLE, index_name=uuid.uuid4().hex, api_key="test-key"
     )
     with TestClient(create_app(settings)) as c:
         rng = np.random.default_rng(1)

@@ -1,4 +1,5 @@
-"""The REST service end to end: the real app, the committed default model, a real redis-server."""
+"""The REST service end to end: the real app, the committed default model, a real redis-server and a Redis
+Cluster (``any_redis``: ``redis+cluster://``, three shards)."""
 
 from __future__ import annotations
 
@@ -26,10 +27,10 @@ _BUNDLE_BYTES = read_manifest(DEFAULT_BUNDLE).code_bits // 8  # a stored code's 
 INGESTED = 400  # database items per modality sent through the batch endpoint
 
 
-def _settings(redis_server, **overrides) -> Settings:
+def _settings(server, **overrides) -> Settings:
     index_name = uuid.uuid4().hex
     return Settings(
-        redis_url=redis_server.url,
+        redis_url=server.url,
         bundle_path=DEFAULT_BUNDLE,
         index_name=index_name,
         api_key="test-key",
@@ -37,15 +38,16 @@ def _settings(redis_server, **overrides) -> Settings:
     )
 
 
-@pytest.fixture
-def client(redis_server):
-    with TestClient(create_app(_settings(redis_server))) as c:
+@pytest.fixture(scope="module")
+def client(any_redis):
+    """A service its tests share: they store nothing (refused writes, bad queries, the docs)."""
+    with TestClient(create_app(_settings(any_redis))) as c:
         yield c
 
 
 @pytest.fixture
-def any_client(any_redis):
-    """A service on the plain redis-server, and one on the Redis Cluster (``redis+cluster://``, 3 shards)."""
+def fresh_client(any_redis):
+    """A service on an index of its own, for a test that counts what it stores."""
     with TestClient(create_app(_settings(any_redis))) as c:
         yield c
 
@@ -69,9 +71,9 @@ def _query_rows(corpus, n: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def loaded(redis_server, corpus):
+def loaded(any_redis, corpus):
     """An app holding INGESTED real database images and texts, ingested as raw PNG files and raw text."""
-    with TestClient(create_app(_settings(redis_server))) as c:
+    with TestClient(create_app(_settings(any_redis))) as c:
         rows = _database_rows(corpus)
         for start in range(0, INGESTED, 100):
             part = rows[start : start + 100]
@@ -159,17 +161,17 @@ def test_metadata_filter_keeps_only_matching_items(loaded, corpus) -> None:
     assert [h["id"] for h in response.json()["results"]] == [f"img:{corpus.ids[row]}"]
 
 
-def test_items_can_be_read_replaced_idempotently_and_deleted(any_client) -> None:
+def test_items_can_be_read_replaced_idempotently_and_deleted(fresh_client) -> None:
     item = {"id": "txt/apple", "modality": "text", "text": "red apple fruit", "metadata": {"v": 1}}
     for _ in range(2):
-        assert any_client.post("/v1/items:batch", json={"items": [item]}, headers=KEY).json()["stored"] == 1
-    stored = any_client.get("/v1/items/txt/apple").json()
+        assert fresh_client.post("/v1/items:batch", json={"items": [item]}, headers=KEY).json()["stored"] == 1
+    stored = fresh_client.get("/v1/items/txt/apple").json()
     assert stored["modality"] == "text" and stored["metadata"] == {"v": 1}
     assert len(stored["code_hex"]) == 2 * _BUNDLE_BYTES
-    assert any_client.get("/v1/models").json()["index"]["items"] == {"image": 0, "text": 1}
-    assert any_client.delete("/v1/items/txt/apple", headers=KEY).status_code == 204
-    assert any_client.get("/v1/items/txt/apple").status_code == 404
-    assert any_client.delete("/v1/items/txt/apple", headers=KEY).status_code == 404
+    assert fresh_client.get("/v1/models").json()["index"]["items"] == {"image": 0, "text": 1}
+    assert fresh_client.delete("/v1/items/txt/apple", headers=KEY).status_code == 204
+    assert fresh_client.get("/v1/items/txt/apple").status_code == 404
+    assert fresh_client.delete("/v1/items/txt/apple", headers=KEY).status_code == 404
 
 
 def test_a_batch_some_shards_refuse_answers_which_items_were_stored(redis_cluster, monkeypatch) -> None:
@@ -208,7 +210,7 @@ def _png(size: tuple[int, int]) -> bytes:
     return buffer.getvalue()
 
 
-def test_a_bad_item_is_rejected_alone_and_nothing_of_it_is_stored(any_client) -> None:
+def test_a_bad_item_is_rejected_alone_and_nothing_of_it_is_stored(fresh_client) -> None:
     items = [
         {"id": "good", "modality": "text", "text": "red apple"},
         {"id": "empty", "modality": "text", "text": "   "},
@@ -221,7 +223,7 @@ def test_a_bad_item_is_rejected_alone_and_nothing_of_it_is_stored(any_client) ->
         {"modality": "text", "text": "no id"},
     ]
     raw = json.dumps({"items": items})  # the NaN literal, as a lax JSON writer sends it
-    body = any_client.post("/v1/items:batch", content=raw, headers={**KEY, "content-type": "application/json"}).json()
+    body = fresh_client.post("/v1/items:batch", content=raw, headers={**KEY, "content-type": "application/json"}).json()
     assert body["stored"] == 1 and body["rejected"] == 8
     errors = {r["id"]: r["error"] for r in body["results"] if r["status"] == "rejected"}
     assert errors["empty"] == "text is empty"
@@ -231,9 +233,9 @@ def test_a_bad_item_is_rejected_alone_and_nothing_of_it_is_stored(any_client) ->
     assert errors["word"] == "features: Input should be a valid number (384 entries, first features.0)"
     assert "modality" in errors["what"]
     assert "earlier in this batch" in errors["good"]
-    assert any_client.get("/v1/models").json()["index"]["items"] == {"image": 0, "text": 1}
+    assert fresh_client.get("/v1/models").json()["index"]["items"] == {"image": 0, "text": 1}
     item = {"id": "good", "modality": "image", "image_base64": base64.b64encode(_png((8, 8))).decode()}
-    conflict = any_client.post("/v1/items:batch", json={"items": [item]}, headers=KEY).json()
+    conflict = fresh_client.post("/v1/items:batch", json={"items": [item]}, headers=KEY).json()
     assert conflict["results"][0]["error"] == "id is already stored as a text item"
 
 
@@ -268,8 +270,8 @@ def test_bad_queries_get_a_clear_4xx(client, path, body, status, message) -> Non
     assert response.status_code == status and message in response.text, response.text
 
 
-def test_malformed_json_oversized_images_and_batches_are_4xx(redis_server) -> None:
-    settings = _settings(redis_server, max_image_bytes=10_000, max_batch_items=2, max_image_pixels=10_000)
+def test_malformed_json_oversized_images_and_batches_are_4xx(any_redis) -> None:
+    settings = _settings(any_redis, max_image_bytes=10_000, max_batch_items=2, max_image_pixels=10_000)
     with TestClient(create_app(settings)) as c:
         assert (
             c.post(
@@ -286,13 +288,13 @@ def test_malformed_json_oversized_images_and_batches_are_4xx(redis_server) -> No
         assert too_many.status_code == 422 and too_many.json()["detail"] == "a batch holds at most 2 items"
 
 
-def test_health_readiness_models_and_metrics(any_client) -> None:
-    assert any_client.get("/healthz").json() == {"status": "ok"}
-    assert any_client.get("/readyz").json()["redis"] == "ok"
-    models = any_client.get("/v1/models").json()
+def test_health_readiness_models_and_metrics(fresh_client) -> None:
+    assert fresh_client.get("/healthz").json() == {"status": "ok"}
+    assert fresh_client.get("/readyz").json()["redis"] == "ok"
+    models = fresh_client.get("/v1/models").json()
     assert models["method"] == "dsfh-instance" and models["code_bits"] == 128 and models["inputs"]["image"]["raw_input"]
-    any_client.post("/v1/search/text-to-image", json={"text": "apple"})
-    metrics = any_client.get("/metrics").text
+    fresh_client.post("/v1/search/text-to-image", json={"text": "apple"})
+    metrics = fresh_client.get("/metrics").text
     assert 'xmhash_request_seconds_count{method="POST",route="/v1/search/text-to-image",status="200"}' in metrics
     assert "xmhash_encode_seconds" in metrics and "xmhash_search_seconds" in metrics
     assert 'xmhash_index_items{modality="image"}' in metrics
