@@ -196,7 +196,8 @@ LAYERS: dict[str, list[set[str]]] = {
     ],
     "service": [
         {"service", "service.settings", "service.metrics", "service.schemas", "service.encoder", "service.embedded",
-         "service.routes", "service.routes.fast_json", "service.other_index", "service.micro_batch"},
+         "service.routes", "service.routes.fast_json", "service.other_index", "service.micro_batch",
+         "service.tick_batch"},
         {"service.runtime", "service.contract"},
         {"service.thumbnails", "service.model_rollout"},
         {"service.collection", "service.ingest"},
