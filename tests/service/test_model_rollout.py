@@ -65,7 +65,7 @@ def _service(redis_url: str, root: Path, models: Path, corpus: Path, bundle: str
         "XMHASH_ROLLOUT_CHUNK": "16",
         "XMHASH_ROLLOUT_LEASE_SECONDS": "3",
     }
-    return Service(redis_url, root, index_name="rollout", env=env).start()
+    return Service(redis_url, root, index_name=f"rollout-{root.name}", env=env).start()  # one index a test
 
 
 def _wait(service: Service, path: str, done, timeout: float = 240) -> dict:
@@ -155,8 +155,12 @@ class Load:
             time.sleep(0.02)
 
 
-@pytest.fixture
-def redis_url(tmp_path: Path):
+@pytest.fixture(params=["redis", "cluster"])
+def redis_url(request: pytest.FixtureRequest, tmp_path: Path):
+    """A redis-server of the test's own, then the session's Redis Cluster (three shards)."""
+    if request.param == "cluster":
+        yield request.getfixturevalue("redis_cluster").url
+        return
     server = RedisServer(tmp_path / "redis").start()
     yield server.url
     server.stop()

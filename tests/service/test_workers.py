@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -23,21 +24,24 @@ WORKERS = 2
 DEADLINE = 10.0  # seconds within which every worker must agree (a liveness bound, not a speed target)
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", params=["redis", "cluster"])
+def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Two workers on a redis-server of their own, then on the session's Redis Cluster (three shards)."""
     root = tmp_path_factory.mktemp("workers")
     models = models_dir(root)
-    server = RedisServer(root / "redis").start()
+    server = RedisServer(root / "redis").start() if request.param == "redis" else None
+    url = server.url if server else request.getfixturevalue("redis_cluster").url
     env = {
         "XMHASH_WORKERS": str(WORKERS),
         "XMHASH_MODELS_DIR": str(models),
         "XMHASH_BUNDLE_PATH": str(models / "default"),
         "XMHASH_REFRESH_SECONDS": "0.5",
     }
-    service = Service(server.url, root, index_name="workers", env=env).start()
+    service = Service(url, root, index_name=f"workers-{uuid.uuid4().hex}", env=env).start()
     yield service
     service.stop()
-    server.stop()
+    if server:
+        server.stop()
 
 
 def every_worker(service: Service, path: str, agree, deadline: float = DEADLINE) -> dict[int, Reply]:
