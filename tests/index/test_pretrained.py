@@ -66,7 +66,9 @@ def test_export_is_byte_identical_from_run_to_run_and_warns_nothing(graphs: Path
 def test_quantising_logs_no_pre_processing_advice(graphs: Path, tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.INFO):
         quantize(graphs / "text.onnx", tmp_path / "text.int8.onnx")
-    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    # the quantizer logs through the root logger; other loggers' records are other threads' (in a whole
+    # run, an earlier test's index follower may warn that its stopped Redis is gone)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "root"]
     assert (tmp_path / "text.int8.onnx").stat().st_size < (graphs / "text.onnx").stat().st_size / 3
 
 
