@@ -84,14 +84,17 @@ class Encoder:
             "text": (TextEncoder, bundle.text_featurizer, bundle.text_features),
             "image": (ImageEncoder, bundle.image_featurizer, lambda pixels: bundle.image_features(np.stack(pixels))),
         }
+
+        def observer(stage: str, modality: str) -> Observer | None:
+            return batching.observe(stage, modality) if batching.observe else None
+
         for modality, (pretrained, featurizer, run) in runs.items():
-            observe = functools.partial(batching.observe, modality=modality) if batching.observe else None
             if isinstance(featurizer, pretrained):  # a graph run's fixed cost is worth sharing
                 self._batchers[modality] = MicroBatcher(
-                    run, batching.window, batching.max_size, modality, observe and observe("featurize")
+                    run, batching.window, batching.max_size, modality, observer("featurize", modality)
                 )
             self._hashers[modality] = TickBatcher(
-                functools.partial(self.code_rows, modality), batching.max_size, observe and observe("hash")
+                functools.partial(self.code_rows, modality), batching.max_size, observer("hash", modality)
             )
 
     def close(self) -> None:

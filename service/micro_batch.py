@@ -12,6 +12,7 @@ and its item is left out of the batch if it has not started.
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
@@ -50,7 +51,7 @@ class MicroBatcher(Generic[Item, Result]):
         future: Future[Result] = Future()
         if self._closed:
             if future.set_running_or_notify_cancel():
-                _settle([future], lambda: self.run([item]))
+                settle([future], lambda: self.run([item]))
             return future
         self._queue.put((item, future, time.perf_counter()))
         return future
@@ -91,11 +92,12 @@ class MicroBatcher(Generic[Item, Result]):
             return
         if self.observe is not None:
             self.observe(len(live), [started - queued for _, _, queued in live])
-        _settle([future for _, future, _ in live], lambda: self.run([item for item, _, _ in live]))
+        settle([future for _, future, _ in live], lambda: self.run([item for item, _, _ in live]))
 
 
-def _settle(futures: list[Future], compute: Callable[[], Sequence]) -> None:
-    """Each future its own result, or every one the exception that ``compute`` raised."""
+def settle(futures: Sequence[Future | asyncio.Future], compute: Callable[[], Sequence]) -> None:
+    """Each future (a thread's or an event loop's) its own result, or every one the exception that
+    ``compute`` raised."""
     try:
         results = compute()
         if len(results) != len(futures):

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-from service.micro_batch import Observer
+from service.micro_batch import Observer, settle
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -51,13 +51,4 @@ class TickBatcher(Generic[Item, Result]):
         started = time.perf_counter()
         if self.observe is not None:
             self.observe(len(batch), [started - queued for _, _, queued in batch])
-        try:
-            results = self.run([item for item, _, _ in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"a batch of {len(batch)} items gave {len(results)} results")
-        except Exception as exc:  # handed to the callers, whose requests report it
-            for _, future, _ in batch:
-                future.set_exception(exc)
-            return
-        for (_, future, _), result in zip(batch, results, strict=True):
-            future.set_result(result)
+        settle([future for _, future, _ in batch], lambda: self.run([item for item, _, _ in batch]))
