@@ -20,7 +20,8 @@ for ``--connections-per-worker`` × N, or ``N:C``), in one run:
   raw image ÷ the EfficientNet baseline and feature queries ÷ ``/healthz``;
 - the profile of each wrk round: CPU cores used by the service's workers, by redis-server and by the
   whole host (``/proc``), and from the service's own metrics the mean featurizer batch, its queue wait
-  and the encode and search times per request, and the mean batch of the queries' hash function runs.
+  and the encode and search times per request, and the mean batch of the queries' hash function runs;
+  with ``--profile``, one worker's sampled stacks too (``bench.py_spy_profile``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import py_spy_profile
 from bench.http_load import preload, run_wrk, start_service, wait_ready
 from index.bundle import load_bundle
 from index.bundle.pretrained import ImageEncoder, TextEncoder, image_pixels
@@ -124,6 +126,12 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _a_worker(pids: list[int]) -> int:
+    """The last started process that serves requests (not multiprocessing's resource tracker)."""
+    serving = [p for p in pids if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()]
+    return serving[-1]
+
+
 def _host_busy() -> tuple[float, float]:
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = values[3] + values[4]
@@ -150,13 +158,20 @@ def _mean(after: dict, before: dict, name: str, labels: str) -> float | None:
     return round(total / count, 6) if count else None
 
 
-def profiled_wrk(url: str, path: str, bodies: Path | None, args, connections: int, service_pid: int, redis_pid: int):
-    """One wrk round with the CPU each party used and the service's own timings over it."""
+def profiled_wrk(
+    url: str, path: str, bodies: Path | None, args, connections: int, service_pid: int, redis_pid: int, profile: bool
+):
+    """One wrk round with the CPU each party used and the service's own timings over it (and, if ``profile``,
+    one worker's sampled stacks)."""
     pids = [service_pid, *_descendants(service_pid)]  # one worker serves in the service's own process
     before = {pid: _cpu_seconds(pid) for pid in pids}, _cpu_seconds(redis_pid), _host_busy(), _metrics(url)
+    profiled = max(1, args.duration - 2)  # wrk's first second (connections opening) is left out
+    recording = py_spy_profile.start(_a_worker(pids), profiled) if profile else None
     started = time.perf_counter()
     result = run_wrk(url + path, bodies, args.duration, connections, args.wrk_threads)
     seconds = time.perf_counter() - started
+    if recording:
+        result["profile_one_worker"] = py_spy_profile.finish(recording, profiled)
     after = {pid: _cpu_seconds(pid) for pid in pids}, _cpu_seconds(redis_pid), _host_busy(), _metrics(url)
     busy, total = after[2][0] - before[2][0], after[2][1] - before[2][1]
     result["cores_workers"] = round(sum(after[0][p] - before[0][p] for p in pids) / seconds, 2)
@@ -212,7 +227,7 @@ def run(args) -> None:
                     ),
                 }
                 service, url = start_service(server.url, 8, args.bundle, workers, settings)
-                pids = (service.pid, server.process.pid)
+                pids = (service.pid, server.process.pid, workers in args.profile)
                 try:
                     row["startup_s"] = round(wait_ready(url, workers, args.items, 900), 1)
                     row["healthz"] = profiled_wrk(url, "/healthz", None, args, connections, *pids)
@@ -261,6 +276,7 @@ def main() -> None:
     go.add_argument("--batch", type=int, default=16, help="XMHASH_BATCH_MAX_ITEMS")
     go.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     go.add_argument("--out", type=Path, default=Path("var/bench/scaling.json"))
+    go.add_argument("--profile", nargs="*", type=int, default=[], help="py-spy one worker in the rounds of these N")
     args = parser.parse_args()
     if args.command == "prepare":
         prepare(args.out, args.bundle)
