@@ -46,6 +46,7 @@ def batch_invariant(model: bytes) -> bytes:
         "rq_one": np.array(1.0, np.float32),
         "rq_axis1": np.array(1, np.int64),
         "rq_last": np.array(-1, np.int64),
+        "rq_rows": np.array([-1], np.int64),
     }
     corrections: dict[int, str] = {}  # id of a MatMulInteger → its row zero point (int32)
     rewritten: list[onnx.NodeProto] = []
@@ -78,10 +79,10 @@ def batch_invariant(model: bytes) -> bytes:
         initial = _node(rewritten, "Neg", [_node(rewritten, "Div", [low, scale], f"{p}_lowq")], f"{p}_izp")
         zero = _node(rewritten, "Round", [_node(rewritten, "Clip", [initial, "rq_zero", "rq_levels"], f"{p}_czp")],
                      f"{p}_zp")  # fmt: skip
-        levels = _node(rewritten, "Round", [_node(rewritten, "Div", [x, scale], f"{p}_xq")], f"{p}_xr")
-        shifted = _node(rewritten, "Clip", [_node(rewritten, "Add", [levels, zero], f"{p}_xz"), "rq_zero", "rq_levels"],
-                        f"{p}_xc")  # fmt: skip
-        _node(rewritten, "Cast", [shifted], quantized, to=TensorProto.UINT8)
+        row_scale = _node(rewritten, "Reshape", [scale, "rq_rows"], f"{p}_rs")
+        row_zero = _node(rewritten, "Reshape", [_node(rewritten, "Cast", [zero], f"{p}_zpu", to=TensorProto.UINT8),
+                                                "rq_rows"], f"{p}_rz")  # fmt: skip
+        _node(rewritten, "QuantizeLinear", [x, row_scale, row_zero], quantized, axis=0)
         zero_int = _node(rewritten, "Cast", [zero], f"{p}_zpi", to=TensorProto.INT32)
         for product in consumers.get(zero_out, []):
             if product.op_type != "MatMulInteger" or product.input[2] != zero_out:
