@@ -1,13 +1,11 @@
 """What batching buys the MiniLM featurizer: ms per short query at 1, 2, 4, 8 and 16 queries a call, one
-onnxruntime thread, three ways:
+onnxruntime thread, two ways:
 
-- ``served``: ``TextEncoder.embed_texts``, the function the micro-batcher runs (fewer than
-  ``SHARED_RUN_MIN_TEXTS`` texts of one length run one by one through the shipped graph, more share a
-  run of its batch-invariant rewrite, ``index.bundle.batch_invariant``);
-- ``rewrite``: the batch-invariant rewrite on the whole batch, whatever its size (what chose that
-  threshold);
-- ``shipped``: the shipped int8 graph on the whole batch. Not batch-invariant (one quantisation scale for
-  the whole batch), so not what serving may run, but the bound on what any batch-invariant rewrite of it
+- ``served``: ``TextEncoder.embed_texts``, the function the micro-batcher runs (one text alone runs the
+  shipped int8 graph; more of one length share a run of its batch-invariant rewrite,
+  ``index.bundle.batch_invariant``);
+- ``shipped``: the shipped graph on the whole batch. Not batch-invariant (one quantisation scale for the
+  whole batch), so not what serving may run, but the bound on what any batch-invariant rewrite of it
   could reach on this CPU.
 
     python -m bench.text_batching --reps 9
@@ -48,7 +46,6 @@ def main() -> None:
     sizes = [n for n in (1, 2, 4, 8, 16) if n <= len(queries)]
     ways = {
         "served": encoder.embed_texts,
-        "rewrite": lambda texts: encoder.batch_session.run(None, encoder.tokens(texts)),
         "shipped": lambda texts: encoder.session.run(None, encoder.tokens(texts)),
     }
     times: dict[tuple[str, int], list[float]] = {(way, n): [] for way in ways for n in sizes}

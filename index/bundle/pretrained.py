@@ -6,9 +6,8 @@ which normalises the uint8 pixels itself → 1280-d features. Text: the all-Mini
 (lower-cased WordPiece, ``[CLS] … [SEP]``), padded to the longest text of the batch and truncated at
 ``MAX_TOKENS``, → the MiniLM graph, which mean-pools the tokens under the attention mask and
 L2-normalises → 384-d. Texts of one token count run together through the graph's batch-invariant
-rewrite (``batch_invariant``), which gives each the features of its run alone, bit for bit; fewer than
-``SHARED_RUN_MIN_TEXTS`` of one length run one by one through the graph as shipped, which is faster
-for them (the rewrite loses the fused quantised products; docs/batching.md). The graphs are built by
+rewrite (``batch_invariant``), which gives each the features of its run alone, bit for bit; a text
+with no other of its length runs alone through the graph as shipped. The graphs are built by
 ``training.featurize.pretrained_export``.
 """
 
@@ -35,10 +34,6 @@ TEXT_INPUTS = ("input_ids", "attention_mask")
 TEXT_BATCH = 32
 # sentence-transformers' max_seq_length for this model; the saved tokenizer.json's 128 is only its padding.
 MAX_TOKENS = 256
-# Texts of one length that share a run of the rewrite rather than run alone through the shipped graph:
-# measured on a 2-core AVX2 host (bench.text_batching), the rewrite ran at 0.77-0.85 x the speed of
-# one-text runs at 2 texts a run, about the same at 4, 1.2-1.4 x at 8 and 1.45-1.5 x at 16.
-SHARED_RUN_MIN_TEXTS = 4
 Progress = Callable[[int], object]  # told the rows each graph run did (a progress bar's update)
 
 
@@ -134,11 +129,10 @@ class TextEncoder:
         for rows in by_length.values():
             for start in range(0, len(rows), batch):
                 run = rows[start : start + batch]
-                for part in [run] if len(run) >= SHARED_RUN_MIN_TEXTS else [[row] for row in run]:
-                    session = self.batch_session if len(part) > 1 else self.session
-                    features[part] = session.run(None, _padded([ids[r] for r in part]))[0]
-                    if progress is not None:
-                        progress(len(part))
+                session = self.session if len(run) == 1 else self.batch_session
+                features[run] = session.run(None, _padded([ids[r] for r in run]))[0]
+                if progress is not None:
+                    progress(len(run))
         return features
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index.bundle.pretrained import SHARED_RUN_MIN_TEXTS, TextEncoder
+from index.bundle.pretrained import TextEncoder
 from service.settings import DEFAULT_BUNDLE
 from training.datasets.openclipart import load_openclipart
 from training.evaluation.natural_queries import NATURAL_QUERIES
@@ -53,19 +53,3 @@ def test_no_text_is_padded_to_another(encoder: TextEncoder, held_out: list[str])
     recorded.embed_texts(held_out[:300])
     feeds = recorded.session.inputs + recorded.batch_session.inputs
     assert recorded.batch_session.inputs and all(feed["attention_mask"].all() for feed in feeds)
-
-
-def test_fewer_texts_of_one_length_than_a_shared_run_needs_run_alone_through_the_shipped_graph(
-    encoder: TextEncoder,
-) -> None:
-    recorded = TextEncoder(GRAPH, TOKENIZER.read_bytes())
-    recorded.session, recorded.batch_session = Recording(encoder.session), Recording(encoder.batch_session)
-    few = ["red apple", "blue car", "green tree"][: SHARED_RUN_MIN_TEXTS - 1]  # one token count
-    enough = ["old house", "big dog", "fast car", "old tree", "big cat", "red car"][:SHARED_RUN_MIN_TEXTS]
-    assert len(set(recorded.tokens(few + enough)["attention_mask"].sum(axis=1).tolist())) == 1
-
-    recorded.embed_texts(few)
-    assert [len(feed["input_ids"]) for feed in recorded.session.inputs] == [1] * len(few)
-    assert not recorded.batch_session.inputs
-    recorded.embed_texts(enough)
-    assert [len(feed["input_ids"]) for feed in recorded.batch_session.inputs] == [len(enough)]

@@ -79,8 +79,8 @@ def test_bulk_featurizing_reports_the_rows_of_each_graph_run(
     pixels = np.zeros((5, 3, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
     image_encoder.embed_pixels(pixels, batch=2, progress=runs["image"].append)
     text_encoder.embed_texts(SENTENCES, batch=3, progress=runs["text"].append)
-    # "a red apple" and "a car engine" (5 tokens) are too few to share a run (SHARED_RUN_MIN_TEXTS): each runs alone
-    assert runs == {"image": [2, 2, 1], "text": [1, 1, 1, 1]}
+    # texts run in groups of one token count: "a red apple" and "a car engine" (5 tokens), then the others
+    assert runs == {"image": [2, 2, 1], "text": [2, 1, 1]}
 
 
 def test_padding_does_not_change_a_sentence_embedding(text_encoder: TextEncoder) -> None:
