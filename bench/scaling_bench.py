@@ -21,7 +21,7 @@ for ``--connections-per-worker`` × N, or ``N:C``), in one run:
 - the profile of each wrk round: CPU cores used by the service's workers, by redis-server and by the
   whole host (``/proc``), and from the service's own metrics the mean featurizer batch, its queue wait
   and the encode and search times per request, and the mean batch of the queries' hash function runs;
-  with ``--profile``, one worker's sampled stacks too (``bench.py_spy_profile``).
+  with ``--profile``, the busiest worker's sampled stacks too (``bench.py_spy_profile``).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import re
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -126,10 +127,15 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _a_worker(pids: list[int]) -> int:
-    """The last started process that serves requests (not multiprocessing's resource tracker)."""
+def _profile_busiest_worker(pids: list[int], seconds: int) -> dict | None:
+    """py-spy on the worker that used the most CPU over half a second, once wrk's connections are open
+    (connections spread unevenly over workers: a worker picked blindly may serve none)."""
+    time.sleep(1.0)
     serving = [p for p in pids if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()]
-    return serving[-1]
+    before = {p: _cpu_seconds(p) for p in serving}
+    time.sleep(0.5)
+    busiest = max(serving, key=lambda p: _cpu_seconds(p) - before[p])
+    return py_spy_profile.finish(py_spy_profile.start(busiest, seconds), seconds)
 
 
 def _host_busy() -> tuple[float, float]:
@@ -165,13 +171,13 @@ def profiled_wrk(
     one worker's sampled stacks)."""
     pids = [service_pid, *_descendants(service_pid)]  # one worker serves in the service's own process
     before = {pid: _cpu_seconds(pid) for pid in pids}, _cpu_seconds(redis_pid), _host_busy(), _metrics(url)
-    profiled = max(1, args.duration - 2)  # wrk's first second (connections opening) is left out
-    recording = py_spy_profile.start(_a_worker(pids), profiled) if profile else None
-    started = time.perf_counter()
-    result = run_wrk(url + path, bodies, args.duration, connections, args.wrk_threads)
-    seconds = time.perf_counter() - started
-    if recording:
-        result["profile_one_worker"] = py_spy_profile.finish(recording, profiled)
+    with ThreadPoolExecutor(1) as pool:
+        recording = pool.submit(_profile_busiest_worker, pids, max(1, args.duration - 2)) if profile else None
+        started = time.perf_counter()
+        result = run_wrk(url + path, bodies, args.duration, connections, args.wrk_threads)
+        seconds = time.perf_counter() - started
+        if recording:
+            result["profile_one_worker"] = recording.result()
     after = {pid: _cpu_seconds(pid) for pid in pids}, _cpu_seconds(redis_pid), _host_busy(), _metrics(url)
     busy, total = after[2][0] - before[2][0], after[2][1] - before[2][1]
     result["cores_workers"] = round(sum(after[0][p] - before[0][p] for p in pids) / seconds, 2)
