@@ -8,38 +8,40 @@ the followers) and which functions held the samples, inclusive and as the leaf.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 _FRAME = re.compile(r"^(?P<name>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
-def available() -> bool:
-    return shutil.which("py-spy") is not None
+class Recording(NamedTuple):
+    process: subprocess.Popen
+    out: Path
+    seconds: int
+    rate: int
 
 
-def start(pid: int, seconds: int, rate: int = 200) -> tuple[subprocess.Popen, Path]:
+def start(pid: int, seconds: int, rate: int = 200) -> Recording:
     """py-spy recording ``pid``'s threads for ``seconds`` (raw collapsed stacks), started in the background."""
     out = Path(tempfile.mkstemp(prefix="py-spy-", suffix=".txt")[1])
     command = ["py-spy", "record", "-p", str(pid), "-d", str(seconds), "-r", str(rate), "-f", "raw", "-o", str(out)]
     process = subprocess.Popen([*command, "--threads", "--nonblocking"], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip
-    return process, out
+    return Recording(process, out, seconds, rate)
 
 
-def finish(recording: tuple[subprocess.Popen, Path], seconds: int, rate: int = 200, top: int = 25) -> dict | None:
+def finish(recording: Recording, top: int = 25) -> dict | None:
     """Waits for the recording and summarises it; None where py-spy could not read the process."""
-    process, out = recording
-    process.wait(seconds + 30)
-    text = out.read_text() if out.exists() else ""
-    out.unlink(missing_ok=True)
-    return summarise(text, seconds * rate, top) if text.strip() else None
+    recording.process.wait(recording.seconds + 30)
+    text = recording.out.read_text() if recording.out.exists() else ""
+    recording.out.unlink(missing_ok=True)
+    return summarise(text, recording.seconds * recording.rate, top) if text.strip() else None
 
 
-def summarise(collapsed: str, possible: int, top: int = 15) -> dict:
+def summarise(collapsed: str, possible: int, top: int) -> dict:
     """Shares of the ``possible`` samples (seconds × rate): per thread busy, per function inclusive and leaf."""
     threads: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()

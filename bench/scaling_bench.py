@@ -135,7 +135,7 @@ def _profile_busiest_worker(pids: list[int], seconds: int) -> dict | None:
     before = {p: _cpu_seconds(p) for p in serving}
     time.sleep(0.5)
     busiest = max(serving, key=lambda p: _cpu_seconds(p) - before[p])
-    return py_spy_profile.finish(py_spy_profile.start(busiest, seconds), seconds)
+    return py_spy_profile.finish(py_spy_profile.start(busiest, seconds))
 
 
 def _host_busy() -> tuple[float, float]:
@@ -168,7 +168,7 @@ def profiled_wrk(
     url: str, path: str, bodies: Path | None, args, connections: int, service_pid: int, redis_pid: int, profile: bool
 ):
     """One wrk round with the CPU each party used and the service's own timings over it (and, if ``profile``,
-    one worker's sampled stacks)."""
+    the busiest worker's sampled stacks)."""
     pids = [service_pid, *_descendants(service_pid)]  # one worker serves in the service's own process
     before = {pid: _cpu_seconds(pid) for pid in pids}, _cpu_seconds(redis_pid), _host_busy(), _metrics(url)
     with ThreadPoolExecutor(1) as pool:
@@ -233,13 +233,14 @@ def run(args) -> None:
                     ),
                 }
                 service, url = start_service(server.url, 8, args.bundle, workers, settings)
-                pids = (service.pid, server.process.pid, workers in args.profile)
+                pids = (service.pid, server.process.pid)
+                profile = workers in args.profile
                 try:
                     row["startup_s"] = round(wait_ready(url, workers, args.items, 900), 1)
-                    row["healthz"] = profiled_wrk(url, "/healthz", None, args, connections, *pids)
+                    row["healthz"] = profiled_wrk(url, "/healthz", None, args, connections, *pids, profile)
                     for kind in args.kinds:
                         path = "/v1/search/" + (inputs / f"{kind}.endpoint").read_text()
-                        row[kind] = profiled_wrk(url, path, inputs / f"{kind}.jsonl", args, connections, *pids)
+                        row[kind] = profiled_wrk(url, path, inputs / f"{kind}.jsonl", args, connections, *pids, profile)
                 finally:
                     service.terminate()
                     service.wait(60)
